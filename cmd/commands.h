@@ -1,0 +1,17 @@
+// Each subcommand lives in its own file and registers itself on the root app.
+#pragma once
+#include <CLI/CLI.hpp>
+
+namespace ptool::cmd {
+
+void add_train(CLI::App& app);
+void add_quantize(CLI::App& app);
+void add_pack(CLI::App& app);
+void add_eval(CLI::App& app);
+void add_inspect(CLI::App& app);
+void add_data(CLI::App& app);
+
+// For subcommands whose implementation has not landed: says so and exits non-zero.
+void add_not_built(CLI::App& app, const char* name, const char* description, const char* issue);
+
+}  // namespace ptool::cmd

@@ -1,0 +1,7 @@
+#include "src/version.h"
+
+namespace ptool {
+
+const char* version() { return PTOOL_VERSION; }
+
+}  // namespace ptool

@@ -1,0 +1,7 @@
+#pragma once
+
+namespace ptool {
+
+const char* version();
+
+}  // namespace ptool
