@@ -1,5 +1,8 @@
 // Each subcommand lives in its own file and registers itself on the root app.
 #pragma once
+#include <string>
+#include <vector>
+
 #include <CLI/CLI.hpp>
 
 namespace ptool::cmd {
@@ -10,6 +13,9 @@ void add_pack(CLI::App& app);
 void add_eval(CLI::App& app);
 void add_inspect(CLI::App& app);
 void add_data(CLI::App& app);
+
+// The command line ptool was started with (recorded as provenance in artifacts).
+std::vector<std::string>& invocation();
 
 // For subcommands whose implementation has not landed: says so and exits non-zero.
 void add_not_built(CLI::App& app, const char* name, const char* description, const char* issue);

@@ -4,7 +4,15 @@
 #include "cmd/commands.h"
 #include "formats/error.h"
 
+namespace ptool::cmd {
+std::vector<std::string>& invocation() {
+  static std::vector<std::string> args;
+  return args;
+}
+}  // namespace ptool::cmd
+
 int main(int argc, char** argv) {
+  ptool::cmd::invocation().assign(argv, argv + argc);
   CLI::App app{"ptool: train, quantize, pack and evaluate parameter-golf language models"};
   app.set_version_flag("--version", PTOOL_VERSION);
   app.require_subcommand(1);

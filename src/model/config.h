@@ -1,0 +1,63 @@
+// Model configuration: everything the model's shape and wiring depend on (DESIGN.md "Model").
+// Stored as JSON in every artifact; unknown keys and impossible shapes are refused.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "src/ops/cpu_ops.h"
+
+namespace ptool::model {
+
+enum class SkipKind { none, plain, gated };
+
+struct ModelConfig {
+  int64_t vocab_size = 1024;
+  int64_t d_model = 512;
+  int64_t n_heads = 8;
+  int64_t n_kv_heads = 4;
+  double mlp_mult = 2.0;            // hidden = round(mlp_mult * d_model) unless mlp_hidden > 0
+  int64_t mlp_hidden = 0;
+  cpu::Activation activation = cpu::Activation::relu2;
+  double rope_base = 10000.0;
+  int64_t rope_dims = 0;            // rotated dims per head; 0 = the whole head
+  bool qk_norm = true;
+  double q_gain_init = 1.5;
+  double logit_softcap = 30.0;      // <= 0: off
+  bool tie_embeddings = true;
+  double embed_init_std = 0.005;
+  bool resid_mix = true;
+  bool ln_scale = false;            // multiply pre-norm outputs of virtual layer i by 1/sqrt(i+1)
+  SkipKind skips = SkipKind::plain;
+  int64_t physical_blocks = 9;
+  // Virtual layer i runs physical block schedule[i]. Empty = [0, 1, ..., physical_blocks-1].
+  std::vector<int64_t> schedule;
+  // Scalars (attn/mlp scale, resid_mix, q_gain) per virtual layer instead of per physical block.
+  bool per_virtual_scalars = false;
+  int64_t train_seq_len = 1024;
+
+  int64_t head_dim() const { return d_model / n_heads; }
+  int64_t kv_dim() const { return head_dim() * n_kv_heads; }
+  int64_t hidden() const;
+  int64_t rotary_dims() const { return rope_dims > 0 ? rope_dims : head_dim(); }
+  int64_t virtual_layers() const { return static_cast<int64_t>(schedule.size()); }
+  int64_t encoder_layers() const { return virtual_layers() / 2; }
+  int64_t skip_count() const;
+  int64_t scalar_sets() const { return per_virtual_scalars ? virtual_layers() : physical_blocks; }
+  int64_t scalar_index(int64_t virtual_layer) const;
+
+  // Throws Error with a message naming the key or the shape constraint that fails.
+  void validate() const;
+};
+
+ModelConfig config_from_json(const nlohmann::json& j);  // unknown keys refused; schedule expanded
+nlohmann::json config_to_json(const ModelConfig& c);
+
+// Built-in presets: tiny, baseline and the depth-recurrent seed systems.
+std::vector<std::string> preset_names();
+ModelConfig preset(const std::string& name);  // throws Error listing the known names
+std::string preset_description(const std::string& name);
+
+}  // namespace ptool::model

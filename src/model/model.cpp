@@ -1,0 +1,295 @@
+#include "src/model/model.h"
+
+#include <cfloat>
+#include <cmath>
+
+#include "formats/error.h"
+
+namespace ptool::model {
+
+namespace {
+template <class T>
+constexpr T rms_eps() {
+  return std::numeric_limits<T>::epsilon();  // F.rms_norm's default: the dtype's machine epsilon
+}
+}  // namespace
+
+template <class T>
+Model<T>::Model(const ModelConfig& config, Backend<T>& backend)
+    : cfg_(config), be_(backend), layout_(make_layout(config)) {
+  cfg_.validate();
+  params_ = DeviceBuffer<T>(be_, layout_.total);
+  grads_ = DeviceBuffer<T>(be_, layout_.total);
+  be_.zero(grads_.get(), layout_.total);
+  fwd_ = params_.get();
+  tok_emb_ = layout_.at("tok_emb.weight").offset;
+  if (!cfg_.tie_embeddings) lm_head_ = layout_.at("lm_head.weight").offset;
+  if (cfg_.skip_count() > 0) {
+    skip_w_ = layout_.at("skip_weights").offset;
+    if (cfg_.skips == SkipKind::gated) skip_g_ = layout_.at("skip_gates").offset;
+  }
+  for (int64_t b = 0; b < cfg_.physical_blocks; ++b) {
+    const std::string p = "blocks." + std::to_string(b) + ".";
+    block_.push_back({layout_.at(p + "attn.c_q.weight").offset, layout_.at(p + "attn.c_k.weight").offset,
+                      layout_.at(p + "attn.c_v.weight").offset, layout_.at(p + "attn.proj.weight").offset,
+                      layout_.at(p + "mlp.fc.weight").offset, layout_.at(p + "mlp.proj.weight").offset});
+  }
+  for (int64_t s = 0; s < cfg_.scalar_sets(); ++s) {
+    const std::string p = (cfg_.per_virtual_scalars ? "layers." : "blocks.") + std::to_string(s) + ".";
+    scal_.push_back({layout_.at(p + "attn_scale").offset, layout_.at(p + "mlp_scale").offset,
+                     cfg_.resid_mix ? layout_.at(p + "resid_mix").offset : -1, layout_.at(p + "attn.q_gain").offset});
+  }
+}
+
+template <class T>
+Model<T>::~Model() {
+  if (xdev_) be_.release_index(xdev_);
+  if (ydev_) be_.release_index(ydev_);
+}
+
+template <class T>
+void Model<T>::load_params(const T* host) {
+  be_.upload(params_.get(), host, layout_.total);
+}
+
+template <class T>
+void Model<T>::store_params(T* host) {
+  be_.download(host, params_.get(), layout_.total);
+}
+
+template <class T>
+double Model<T>::rope_base_at(int64_t Tn) const {
+  if (Tn <= cfg_.train_seq_len) return cfg_.rope_base;
+  return cpu::rope_ntk_base(cfg_.rope_base, cfg_.rotary_dims(), Tn, cfg_.train_seq_len);
+}
+
+template <class T>
+T Model<T>::ln_factor(int64_t v) const {
+  return cfg_.ln_scale ? static_cast<T>(1.0 / std::sqrt(static_cast<double>(v + 1))) : T(1);
+}
+
+template <class T>
+void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
+  if (B == arenaB_ && Tn == arenaT_ && (arena_train_ || !train)) return;
+  const size_t N = static_cast<size_t>(B * Tn), D = cfg_.d_model, KV = cfg_.kv_dim(), Hd = cfg_.hidden(),
+               H = cfg_.n_heads, Hkv = cfg_.n_kv_heads, V = cfg_.vocab_size;
+  auto buf = [&](size_t n) { return DeviceBuffer<T>(be_, n); };
+  acts_.clear();
+  acts_.resize(cfg_.virtual_layers());
+  for (auto& a : acts_) {
+    a.x_pre = buf(N * D); a.x_in = buf(N * D); a.x_mix = buf(N * D); a.h1 = buf(N * D); a.rstd1 = buf(N);
+    a.q_raw = buf(N * D); a.rstd_q = buf(N * H); a.k_raw = buf(N * KV); a.rstd_k = buf(N * Hkv);
+    a.q_rot = buf(N * D); a.q = buf(N * D); a.k = buf(N * KV); a.v = buf(N * KV); a.att = buf(N * D);
+    a.lse = buf(N * H); a.o = buf(N * D); a.x1 = buf(N * D); a.h2 = buf(N * D); a.rstd2 = buf(N);
+    a.u = buf(N * Hd); a.a = buf(N * Hd); a.m = buf(N * D); a.x_out = buf(N * D);
+  }
+  emb_ = buf(N * D); x0_ = buf(N * D); rstd0_ = buf(N); xs_ = buf(N * D); final_ = buf(N * D); rstdf_ = buf(N);
+  logits_ = buf(N * V);
+  g_tmp_ = buf(N * D);
+  if (train) {
+    dlogits_ = buf(N * V);
+    g_x_ = buf(N * D); g_x0_ = buf(N * D); g_h_ = buf(N * D); g_q_ = buf(N * D); g_k_ = buf(N * KV);
+    g_kraw_ = buf(N * KV); g_v_ = buf(N * KV); g_att_ = buf(N * D); g_o_ = buf(N * D); g_u_ = buf(N * Hd);
+    g_a_ = buf(N * Hd); g_m_ = buf(N * D); g_final_ = buf(N * D);
+    g_skip_.clear();
+    for (int64_t i = 0; i < cfg_.encoder_layers(); ++i) g_skip_.push_back(buf(N * D));
+  }
+  if (idx_cap_ < N) {
+    if (xdev_) be_.release_index(xdev_);
+    if (ydev_) be_.release_index(ydev_);
+    xdev_ = be_.alloc_index(N);
+    ydev_ = be_.alloc_index(N);
+    idx_cap_ = N;
+  }
+  loss_scratch_.assign(N, 0.0);
+  arenaB_ = B;
+  arenaT_ = Tn;
+  arena_train_ = train;
+}
+
+template <class T>
+void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* x) {
+  const int64_t N = B * Tn, D = cfg_.d_model, KV = cfg_.kv_dim(), Hd = cfg_.hidden(), H = cfg_.n_heads,
+                Hkv = cfg_.n_kv_heads, hd = cfg_.head_dim();
+  const Names& w = block_[cfg_.schedule[v]];
+  const Scalars& s = scal_[cfg_.scalar_index(v)];
+  const T* P = fwd_;
+  LayerActs& a = acts_[v];
+  const int64_t n_enc = cfg_.encoder_layers(), k = v - n_enc;
+  be_.copy(a.x_pre.get(), x, N * D);
+  if (v >= n_enc && k < cfg_.skip_count()) {
+    const T* skip = acts_[n_enc - 1 - k].x_out.get();
+    if (cfg_.skips == SkipKind::gated)
+      be_.gated_skip_forward(a.x_pre.get(), skip, P + skip_w_ + k * D, P + skip_g_ + k * D, N, D, x);
+    else
+      be_.skip_add_forward(x, skip, P + skip_w_ + k * D, N, D);
+  }
+  be_.copy(a.x_in.get(), x, N * D);
+  if (cfg_.resid_mix)
+    be_.resid_mix_forward(a.x_in.get(), x0, P + s.resid_mix, N, D, a.x_mix.get());
+  else
+    be_.copy(a.x_mix.get(), a.x_in.get(), N * D);
+  // Attention branch.
+  be_.rmsnorm_forward(a.x_mix.get(), N, D, rms_eps<T>(), a.h1.get(), a.rstd1.get());
+  if (cfg_.ln_scale) be_.scale(a.h1.get(), ln_factor(v), N * D);
+  be_.linear_forward(a.h1.get(), P + w.c_q, N, D, D, a.q_raw.get());
+  be_.linear_forward(a.h1.get(), P + w.c_k, N, D, KV, a.k_raw.get());
+  be_.linear_forward(a.h1.get(), P + w.c_v, N, D, KV, a.v.get());
+  if (cfg_.qk_norm) {
+    be_.rmsnorm_forward(a.q_raw.get(), N * H, hd, rms_eps<T>(), a.q_rot.get(), a.rstd_q.get());
+    be_.rmsnorm_forward(a.k_raw.get(), N * Hkv, hd, rms_eps<T>(), a.k.get(), a.rstd_k.get());
+  } else {
+    be_.copy(a.q_rot.get(), a.q_raw.get(), N * D);
+    be_.copy(a.k.get(), a.k_raw.get(), N * KV);
+  }
+  const double base = rope_base_at(Tn);
+  be_.rope_forward(a.q_rot.get(), B, Tn, H, hd, cfg_.rotary_dims(), base);
+  be_.rope_forward(a.k.get(), B, Tn, Hkv, hd, cfg_.rotary_dims(), base);
+  be_.head_scale_forward(a.q_rot.get(), P + s.q_gain, N, H, hd, a.q.get());
+  be_.attention_forward(a.q.get(), a.k.get(), a.v.get(), B, Tn, H, Hkv, hd, a.att.get(), a.lse.get());
+  be_.linear_forward(a.att.get(), P + w.proj, N, D, D, a.o.get());
+  be_.channel_scale_forward(a.o.get(), P + s.attn_scale, N, D, g_tmp_.get());
+  be_.copy(a.x1.get(), a.x_mix.get(), N * D);
+  be_.add(a.x1.get(), g_tmp_.get(), N * D);
+  // MLP branch.
+  be_.rmsnorm_forward(a.x1.get(), N, D, rms_eps<T>(), a.h2.get(), a.rstd2.get());
+  if (cfg_.ln_scale) be_.scale(a.h2.get(), ln_factor(v), N * D);
+  be_.linear_forward(a.h2.get(), P + w.fc, N, D, Hd, a.u.get());
+  be_.activation_forward(cfg_.activation, a.u.get(), N * Hd, a.a.get());
+  be_.linear_forward(a.a.get(), P + w.mproj, N, Hd, D, a.m.get());
+  be_.channel_scale_forward(a.m.get(), P + s.mlp_scale, N, D, g_tmp_.get());
+  be_.copy(a.x_out.get(), a.x1.get(), N * D);
+  be_.add(a.x_out.get(), g_tmp_.get(), N * D);
+  be_.copy(x, a.x_out.get(), N * D);
+}
+
+template <class T>
+void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* dx, T* dx0) {
+  const int64_t N = B * Tn, D = cfg_.d_model, KV = cfg_.kv_dim(), Hd = cfg_.hidden(), H = cfg_.n_heads,
+                Hkv = cfg_.n_kv_heads, hd = cfg_.head_dim();
+  const Names& w = block_[cfg_.schedule[v]];
+  const Scalars& s = scal_[cfg_.scalar_index(v)];
+  const T* P = fwd_;
+  T* G = grads_.get();
+  LayerActs& a = acts_[v];
+  const int64_t n_enc = cfg_.encoder_layers(), k = v - n_enc;
+  if (v < n_enc && v < static_cast<int64_t>(g_skip_.size())) be_.add(dx, g_skip_[v].get(), N * D);
+  // MLP branch: x_out = x1 + mlp_scale * proj(act(fc(norm(x1)))).
+  be_.zero(g_m_.get(), N * D);
+  be_.channel_scale_backward(dx, a.m.get(), P + s.mlp_scale, N, D, g_m_.get(), G + s.mlp_scale);
+  be_.zero(g_a_.get(), N * Hd);
+  be_.linear_backward(g_m_.get(), a.a.get(), P + w.mproj, N, Hd, D, g_a_.get(), G + w.mproj);
+  be_.zero(g_u_.get(), N * Hd);
+  be_.activation_backward(cfg_.activation, g_a_.get(), a.u.get(), N * Hd, g_u_.get());
+  be_.zero(g_h_.get(), N * D);
+  be_.linear_backward(g_u_.get(), a.h2.get(), P + w.fc, N, D, Hd, g_h_.get(), G + w.fc);
+  if (cfg_.ln_scale) be_.scale(g_h_.get(), ln_factor(v), N * D);
+  be_.rmsnorm_backward(g_h_.get(), a.x1.get(), a.rstd2.get(), N, D, dx);  // dx: now d/dx1
+  // Attention branch: x1 = x_mix + attn_scale * proj(attention(...)).
+  be_.zero(g_o_.get(), N * D);
+  be_.channel_scale_backward(dx, a.o.get(), P + s.attn_scale, N, D, g_o_.get(), G + s.attn_scale);
+  be_.zero(g_att_.get(), N * D);
+  be_.linear_backward(g_o_.get(), a.att.get(), P + w.proj, N, D, D, g_att_.get(), G + w.proj);
+  be_.zero(g_q_.get(), N * D);
+  be_.zero(g_k_.get(), N * KV);
+  be_.zero(g_v_.get(), N * KV);
+  be_.attention_backward(g_att_.get(), a.q.get(), a.k.get(), a.v.get(), a.att.get(), a.lse.get(), B, Tn, H, Hkv, hd,
+                         g_q_.get(), g_k_.get(), g_v_.get());
+  be_.zero(g_tmp_.get(), N * D);
+  be_.head_scale_backward(g_q_.get(), a.q_rot.get(), P + s.q_gain, N, H, hd, g_tmp_.get(), G + s.q_gain);
+  const double base = rope_base_at(Tn);
+  be_.rope_backward(g_tmp_.get(), B, Tn, H, hd, cfg_.rotary_dims(), base);
+  be_.rope_backward(g_k_.get(), B, Tn, Hkv, hd, cfg_.rotary_dims(), base);
+  T* gq_raw = g_tmp_.get();
+  T* gk_raw = g_k_.get();
+  if (cfg_.qk_norm) {
+    be_.zero(g_q_.get(), N * D);
+    be_.rmsnorm_backward(g_tmp_.get(), a.q_raw.get(), a.rstd_q.get(), N * H, hd, g_q_.get());
+    be_.zero(g_kraw_.get(), N * KV);
+    be_.rmsnorm_backward(g_k_.get(), a.k_raw.get(), a.rstd_k.get(), N * Hkv, hd, g_kraw_.get());
+    gq_raw = g_q_.get();
+    gk_raw = g_kraw_.get();
+  }
+  be_.zero(g_h_.get(), N * D);
+  be_.linear_backward(gq_raw, a.h1.get(), P + w.c_q, N, D, D, g_h_.get(), G + w.c_q);
+  be_.linear_backward(gk_raw, a.h1.get(), P + w.c_k, N, D, KV, g_h_.get(), G + w.c_k);
+  be_.linear_backward(g_v_.get(), a.h1.get(), P + w.c_v, N, D, KV, g_h_.get(), G + w.c_v);
+  if (cfg_.ln_scale) be_.scale(g_h_.get(), ln_factor(v), N * D);
+  be_.rmsnorm_backward(g_h_.get(), a.x_mix.get(), a.rstd1.get(), N, D, dx);  // dx: now d/dx_mix
+  if (cfg_.resid_mix) {
+    be_.zero(g_tmp_.get(), N * D);
+    be_.resid_mix_backward(dx, a.x_in.get(), x0, P + s.resid_mix, N, D, g_tmp_.get(), dx0, G + s.resid_mix);
+    be_.copy(dx, g_tmp_.get(), N * D);
+  }
+  // dx: now d/dx_in. Undo the skip connection.
+  if (v >= n_enc && k < cfg_.skip_count()) {
+    const int64_t e = n_enc - 1 - k;
+    const T* skip = acts_[e].x_out.get();
+    if (cfg_.skips == SkipKind::gated) {
+      be_.zero(g_tmp_.get(), N * D);
+      be_.gated_skip_backward(dx, a.x_pre.get(), skip, P + skip_w_ + k * D, P + skip_g_ + k * D, N, D, g_tmp_.get(),
+                              g_skip_[e].get(), G + skip_w_ + k * D, G + skip_g_ + k * D);
+      be_.copy(dx, g_tmp_.get(), N * D);
+    } else {
+      be_.skip_add_backward(dx, skip, P + skip_w_ + k * D, N, D, g_skip_[e].get(), G + skip_w_ + k * D);
+    }
+  }
+}
+
+template <class T>
+double Model<T>::run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, double* losses, T* dz,
+                     T grad_scale) {
+  const bool train = dz != nullptr;
+  ensure_arena(B, Tn, train);
+  const int64_t N = B * Tn, D = cfg_.d_model, V = cfg_.vocab_size;
+  for (int64_t i = 0; i < N; ++i)
+    if (x[i] < 0 || x[i] >= V || y[i] < 0 || y[i] >= V)
+      throw Error("token id out of range at batch position " + std::to_string(i) + " (vocab " + std::to_string(V) +
+                  ")");
+  be_.upload_index(xdev_, x, N);
+  be_.upload_index(ydev_, y, N);
+  const T* P = fwd_;
+  be_.embedding_forward(P + tok_emb_, xdev_, N, D, emb_.get());
+  be_.rmsnorm_forward(emb_.get(), N, D, rms_eps<T>(), x0_.get(), rstd0_.get());
+  be_.copy(xs_.get(), x0_.get(), N * D);
+  for (int64_t v = 0; v < cfg_.virtual_layers(); ++v) layer_forward(v, B, Tn, x0_.get(), xs_.get());
+  be_.rmsnorm_forward(xs_.get(), N, D, rms_eps<T>(), final_.get(), rstdf_.get());
+  const T* head = P + (cfg_.tie_embeddings ? tok_emb_ : lm_head_);
+  be_.linear_forward(final_.get(), head, N, D, V, logits_.get());
+  double* l = losses ? losses : loss_scratch_.data();
+  const double sum = be_.softcap_cross_entropy(logits_.get(), ydev_, N, V, static_cast<T>(cfg_.logit_softcap), l, dz,
+                                               grad_scale);
+  if (!train) return sum;
+
+  T* G = grads_.get();
+  for (auto& g : g_skip_) be_.zero(g.get(), N * D);
+  be_.zero(g_final_.get(), N * D);
+  be_.linear_backward(dz, final_.get(), head, N, D, V, g_final_.get(),
+                      G + (cfg_.tie_embeddings ? tok_emb_ : lm_head_));
+  be_.zero(g_x_.get(), N * D);
+  be_.rmsnorm_backward(g_final_.get(), xs_.get(), rstdf_.get(), N, D, g_x_.get());
+  be_.zero(g_x0_.get(), N * D);
+  for (int64_t v = cfg_.virtual_layers() - 1; v >= 0; --v)
+    layer_backward(v, B, Tn, x0_.get(), g_x_.get(), g_x0_.get());
+  be_.add(g_x0_.get(), g_x_.get(), N * D);
+  be_.zero(g_tmp_.get(), N * D);
+  be_.rmsnorm_backward(g_x0_.get(), emb_.get(), rstd0_.get(), N, D, g_tmp_.get());
+  be_.embedding_backward(g_tmp_.get(), xdev_, N, D, G + tok_emb_);
+  return sum;
+}
+
+template <class T>
+double Model<T>::forward(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, double* losses) {
+  return run(x, y, B, Tn, losses, nullptr, T(0));
+}
+
+template <class T>
+double Model<T>::forward_backward(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, T grad_scale) {
+  ensure_arena(B, Tn, true);
+  return run(x, y, B, Tn, nullptr, dlogits_.get(), grad_scale);
+}
+
+template class Model<float>;
+template class Model<double>;
+
+}  // namespace ptool::model

@@ -1,0 +1,87 @@
+// The depth-recurrent transformer: forward and explicit backward over a Backend (DESIGN.md "Model").
+// Virtual layer i runs physical block schedule[i]; shared blocks accumulate gradient from every visit.
+// U-Net skips pair virtual layers: the first n_enc = V/2 layers push their outputs, decoder slot k pops
+// (LIFO) before running its block.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "src/model/config.h"
+#include "src/model/layout.h"
+#include "src/ops/backend.h"
+
+namespace ptool::model {
+
+template <class T>
+class Model {
+ public:
+  Model(const ModelConfig& config, Backend<T>& backend);
+
+  const ModelConfig& config() const { return cfg_; }
+  const ParamLayout& layout() const { return layout_; }
+  Backend<T>& backend() { return be_; }
+  T* params() { return params_.get(); }
+  T* grads() { return grads_.get(); }
+  int64_t param_count() const { return layout_.total; }
+
+  void load_params(const T* host);   // host -> backend
+  void store_params(T* host);        // backend -> host
+  void zero_grads() { be_.zero(grads_.get(), layout_.total); }
+  // Weights the forward pass reads (default: params()). QAT points this at fake-quantized weights; the
+  // backward then yields the straight-through gradient, accumulated into grads().
+  void set_forward_weights(const T* w) { fwd_ = w ? w : params_.get(); }
+
+  // Sum of per-token losses over B x Tn targets; per-token losses go to `losses` (host, B*Tn) when given.
+  double forward(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, double* losses = nullptr);
+  // Forward, then backward of grad_scale * (sum of losses), accumulated into grads(). Returns the loss sum.
+  double forward_backward(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, T grad_scale);
+
+  // RoPE base used at sequence length Tn (NTK-rescaled above train_seq_len).
+  double rope_base_at(int64_t Tn) const;
+
+ private:
+  struct Names {
+    int64_t c_q, c_k, c_v, proj, fc, mproj;
+  };
+  struct Scalars {
+    int64_t attn_scale, mlp_scale, resid_mix, q_gain;
+  };
+  struct LayerActs {  // what backward needs from one virtual layer
+    DeviceBuffer<T> x_pre, x_in, x_mix, h1, rstd1, q_raw, rstd_q, k_raw, rstd_k, q_rot, q, k, v, att, lse, o, x1, h2,
+        rstd2, u, a, m, x_out;
+  };
+
+  void ensure_arena(int64_t B, int64_t Tn, bool train);
+  double run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, double* losses, T* dz, T grad_scale);
+  void layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* x);
+  void layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* dx, T* dx0);
+  T ln_factor(int64_t v) const;
+
+  ModelConfig cfg_;
+  Backend<T>& be_;
+  ParamLayout layout_;
+  DeviceBuffer<T> params_, grads_;
+  const T* fwd_ = nullptr;
+  std::vector<Names> block_;     // offsets per physical block
+  std::vector<Scalars> scal_;    // offsets per scalar set
+  int64_t tok_emb_ = 0, lm_head_ = -1, skip_w_ = -1, skip_g_ = -1;
+
+  // Arena, sized for (B, Tn).
+  int64_t arenaB_ = 0, arenaT_ = 0;
+  bool arena_train_ = false;
+  std::vector<LayerActs> acts_;
+  DeviceBuffer<T> emb_, x0_, rstd0_, xs_, final_, rstdf_, logits_, dlogits_;
+  DeviceBuffer<T> g_x_, g_x0_, g_h_, g_q_, g_k_, g_kraw_, g_v_, g_att_, g_o_, g_u_, g_a_, g_m_, g_tmp_, g_final_;
+  std::vector<DeviceBuffer<T>> g_skip_;  // gradient flowing back into each encoder output
+  int32_t* xdev_ = nullptr;
+  int32_t* ydev_ = nullptr;
+  size_t idx_cap_ = 0;
+  std::vector<double> loss_scratch_;
+
+ public:
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+};
+
+}  // namespace ptool::model

@@ -1,0 +1,98 @@
+// The op interface the model is written against. The CPU backend forwards to the reference ops in
+// cpu_ops.h; a CUDA backend implements the same virtual functions over device pointers, so the model
+// code does not change when the device does. All pointers passed to a backend are its own memory.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "src/ops/cpu_ops.h"
+
+namespace ptool {
+
+template <class T>
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;
+
+  // Memory and transfers (host <-> backend memory).
+  virtual T* alloc(size_t n) = 0;
+  virtual void release(T* p) = 0;
+  virtual int32_t* alloc_index(size_t n) = 0;
+  virtual void release_index(int32_t* p) = 0;
+  virtual void upload(T* dst, const T* host, size_t n) = 0;
+  virtual void download(T* host, const T* src, size_t n) = 0;
+  virtual void upload_index(int32_t* dst, const int32_t* host, size_t n) = 0;
+  virtual void zero(T* p, size_t n) = 0;
+  virtual void copy(T* dst, const T* src, size_t n) = 0;
+  virtual void add(T* y, const T* x, size_t n) = 0;     // y += x
+  virtual void scale(T* y, T a, size_t n) = 0;          // y *= a
+
+  // Model ops (see cpu_ops.h for the contracts).
+  virtual void embedding_forward(const T* table, const int32_t* tokens, int64_t N, int64_t D, T* out) = 0;
+  virtual void embedding_backward(const T* dout, const int32_t* tokens, int64_t N, int64_t D, T* dtable) = 0;
+  virtual void rmsnorm_forward(const T* x, int64_t N, int64_t D, T eps, T* out, T* rstd) = 0;
+  virtual void rmsnorm_backward(const T* dout, const T* x, const T* rstd, int64_t N, int64_t D, T* dx) = 0;
+  virtual void linear_forward(const T* x, const T* W, int64_t N, int64_t K, int64_t M, T* y) = 0;
+  virtual void linear_backward(const T* dy, const T* x, const T* W, int64_t N, int64_t K, int64_t M, T* dx,
+                               T* dW) = 0;
+  virtual void channel_scale_forward(const T* x, const T* s, int64_t N, int64_t D, T* y) = 0;
+  virtual void channel_scale_backward(const T* dy, const T* x, const T* s, int64_t N, int64_t D, T* dx,
+                                      T* ds) = 0;
+  virtual void head_scale_forward(const T* x, const T* g, int64_t N, int64_t H, int64_t hd, T* y) = 0;
+  virtual void head_scale_backward(const T* dy, const T* x, const T* g, int64_t N, int64_t H, int64_t hd, T* dx,
+                                   T* dg) = 0;
+  virtual void rope_forward(T* x, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base) = 0;
+  virtual void rope_backward(T* dx, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base) = 0;
+  virtual void attention_forward(const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t H, int64_t Hkv,
+                                 int64_t hd, T* out, T* lse) = 0;
+  virtual void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* out, const T* lse,
+                                  int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, T* dq, T* dk,
+                                  T* dv) = 0;
+  virtual void activation_forward(cpu::Activation a, const T* h, int64_t n, T* out) = 0;
+  virtual void activation_backward(cpu::Activation a, const T* dout, const T* h, int64_t n, T* dh) = 0;
+  virtual void skip_add_forward(T* x, const T* skip, const T* w, int64_t N, int64_t D) = 0;
+  virtual void skip_add_backward(const T* dy, const T* skip, const T* w, int64_t N, int64_t D, T* dskip,
+                                 T* dw) = 0;
+  virtual void gated_skip_forward(const T* x, const T* skip, const T* w, const T* g, int64_t N, int64_t D,
+                                  T* y) = 0;
+  virtual void gated_skip_backward(const T* dy, const T* x, const T* skip, const T* w, const T* g, int64_t N,
+                                   int64_t D, T* dx, T* dskip, T* dw, T* dg) = 0;
+  virtual void resid_mix_forward(const T* x, const T* x0, const T* m, int64_t N, int64_t D, T* y) = 0;
+  virtual void resid_mix_backward(const T* dy, const T* x, const T* x0, const T* m, int64_t N, int64_t D, T* dx,
+                                  T* dx0, T* dm) = 0;
+  // Per-token losses land in host memory (double); returns their sum.
+  virtual double softcap_cross_entropy(const T* z, const int32_t* targets, int64_t N, int64_t V, T cap,
+                                       double* losses_host, T* dz, T grad_scale) = 0;
+};
+
+// The CPU reference backend (fp32 for training, double for gradient checks).
+template <class T>
+std::unique_ptr<Backend<T>> make_cpu_backend();
+
+// Owning handle to backend memory.
+template <class T>
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(Backend<T>& b, size_t n) : b_(&b), p_(n ? b.alloc(n) : nullptr), n_(n) {}
+  DeviceBuffer(DeviceBuffer&& o) noexcept : b_(o.b_), p_(o.p_), n_(o.n_) { o.p_ = nullptr; o.n_ = 0; }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) { reset(); b_ = o.b_; p_ = o.p_; n_ = o.n_; o.p_ = nullptr; o.n_ = 0; }
+    return *this;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { reset(); }
+  T* get() const { return p_; }
+  size_t size() const { return n_; }
+
+ private:
+  void reset() { if (p_) b_->release(p_); p_ = nullptr; }
+  Backend<T>* b_ = nullptr;
+  T* p_ = nullptr;
+  size_t n_ = 0;
+};
+
+}  // namespace ptool

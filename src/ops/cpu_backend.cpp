@@ -1,0 +1,118 @@
+#include <algorithm>
+#include <cstring>
+
+#include "src/ops/backend.h"
+
+namespace ptool {
+
+namespace {
+
+template <class T>
+class CpuBackend final : public Backend<T> {
+ public:
+  const char* name() const override { return "cpu"; }
+  T* alloc(size_t n) override { return new T[n](); }
+  void release(T* p) override { delete[] p; }
+  int32_t* alloc_index(size_t n) override { return new int32_t[n](); }
+  void release_index(int32_t* p) override { delete[] p; }
+  void upload(T* dst, const T* host, size_t n) override { std::copy(host, host + n, dst); }
+  void download(T* host, const T* src, size_t n) override { std::copy(src, src + n, host); }
+  void upload_index(int32_t* dst, const int32_t* host, size_t n) override { std::copy(host, host + n, dst); }
+  void zero(T* p, size_t n) override { std::fill(p, p + n, T(0)); }
+  void copy(T* dst, const T* src, size_t n) override { std::copy(src, src + n, dst); }
+  void add(T* y, const T* x, size_t n) override {
+    for (size_t i = 0; i < n; ++i) y[i] += x[i];
+  }
+  void scale(T* y, T a, size_t n) override {
+    for (size_t i = 0; i < n; ++i) y[i] *= a;
+  }
+
+  void embedding_forward(const T* t, const int32_t* tok, int64_t N, int64_t D, T* out) override {
+    cpu::embedding_forward(t, tok, N, D, out);
+  }
+  void embedding_backward(const T* d, const int32_t* tok, int64_t N, int64_t D, T* dt) override {
+    cpu::embedding_backward(d, tok, N, D, dt);
+  }
+  void rmsnorm_forward(const T* x, int64_t N, int64_t D, T eps, T* out, T* rstd) override {
+    cpu::rmsnorm_forward(x, N, D, eps, out, rstd);
+  }
+  void rmsnorm_backward(const T* d, const T* x, const T* rstd, int64_t N, int64_t D, T* dx) override {
+    cpu::rmsnorm_backward(d, x, rstd, N, D, dx);
+  }
+  void linear_forward(const T* x, const T* W, int64_t N, int64_t K, int64_t M, T* y) override {
+    cpu::linear_forward(x, W, N, K, M, y);
+  }
+  void linear_backward(const T* dy, const T* x, const T* W, int64_t N, int64_t K, int64_t M, T* dx,
+                       T* dW) override {
+    cpu::linear_backward(dy, x, W, N, K, M, dx, dW);
+  }
+  void channel_scale_forward(const T* x, const T* s, int64_t N, int64_t D, T* y) override {
+    cpu::channel_scale_forward(x, s, N, D, y);
+  }
+  void channel_scale_backward(const T* dy, const T* x, const T* s, int64_t N, int64_t D, T* dx, T* ds) override {
+    cpu::channel_scale_backward(dy, x, s, N, D, dx, ds);
+  }
+  void head_scale_forward(const T* x, const T* g, int64_t N, int64_t H, int64_t hd, T* y) override {
+    cpu::head_scale_forward(x, g, N, H, hd, y);
+  }
+  void head_scale_backward(const T* dy, const T* x, const T* g, int64_t N, int64_t H, int64_t hd, T* dx,
+                           T* dg) override {
+    cpu::head_scale_backward(dy, x, g, N, H, hd, dx, dg);
+  }
+  void rope_forward(T* x, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base) override {
+    cpu::rope_forward(x, B, Tn, H, hd, rot, base);
+  }
+  void rope_backward(T* dx, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base) override {
+    cpu::rope_backward(dx, B, Tn, H, hd, rot, base);
+  }
+  void attention_forward(const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t H, int64_t Hkv,
+                         int64_t hd, T* out, T* lse) override {
+    cpu::attention_forward(q, k, v, B, Tn, H, Hkv, hd, out, lse);
+  }
+  void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* out, const T* lse, int64_t B,
+                          int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, T* dq, T* dk, T* dv) override {
+    cpu::attention_backward(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv);
+  }
+  void activation_forward(cpu::Activation a, const T* h, int64_t n, T* out) override {
+    cpu::activation_forward(a, h, n, out);
+  }
+  void activation_backward(cpu::Activation a, const T* dout, const T* h, int64_t n, T* dh) override {
+    cpu::activation_backward(a, dout, h, n, dh);
+  }
+  void skip_add_forward(T* x, const T* skip, const T* w, int64_t N, int64_t D) override {
+    cpu::skip_add_forward(x, skip, w, N, D);
+  }
+  void skip_add_backward(const T* dy, const T* skip, const T* w, int64_t N, int64_t D, T* dskip, T* dw) override {
+    cpu::skip_add_backward(dy, skip, w, N, D, dskip, dw);
+  }
+  void gated_skip_forward(const T* x, const T* skip, const T* w, const T* g, int64_t N, int64_t D, T* y) override {
+    cpu::gated_skip_forward(x, skip, w, g, N, D, y);
+  }
+  void gated_skip_backward(const T* dy, const T* x, const T* skip, const T* w, const T* g, int64_t N, int64_t D,
+                           T* dx, T* dskip, T* dw, T* dg) override {
+    cpu::gated_skip_backward(dy, x, skip, w, g, N, D, dx, dskip, dw, dg);
+  }
+  void resid_mix_forward(const T* x, const T* x0, const T* m, int64_t N, int64_t D, T* y) override {
+    cpu::resid_mix_forward(x, x0, m, N, D, y);
+  }
+  void resid_mix_backward(const T* dy, const T* x, const T* x0, const T* m, int64_t N, int64_t D, T* dx, T* dx0,
+                          T* dm) override {
+    cpu::resid_mix_backward(dy, x, x0, m, N, D, dx, dx0, dm);
+  }
+  double softcap_cross_entropy(const T* z, const int32_t* targets, int64_t N, int64_t V, T cap, double* losses,
+                               T* dz, T grad_scale) override {
+    return cpu::softcap_cross_entropy(z, targets, N, V, cap, losses, dz, grad_scale);
+  }
+};
+
+}  // namespace
+
+template <class T>
+std::unique_ptr<Backend<T>> make_cpu_backend() {
+  return std::make_unique<CpuBackend<T>>();
+}
+
+template std::unique_ptr<Backend<float>> make_cpu_backend<float>();
+template std::unique_ptr<Backend<double>> make_cpu_backend<double>();
+
+}  // namespace ptool

@@ -1,0 +1,161 @@
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <random>
+
+#include "formats/error.h"
+#include "src/model/config.h"
+#include "src/model/layout.h"
+#include "src/model/model.h"
+
+using namespace ptool;
+using namespace ptool::model;
+
+namespace {
+
+ModelConfig small_config() {
+  ModelConfig c;
+  c.vocab_size = 11;
+  c.d_model = 8;
+  c.n_heads = 2;
+  c.n_kv_heads = 1;
+  c.mlp_mult = 2;
+  c.physical_blocks = 2;
+  c.schedule = {0, 1};
+  c.train_seq_len = 5;
+  c.logit_softcap = 3.0;
+  return c;
+}
+
+// Random (not zero) weights everywhere so that every path carries gradient.
+std::vector<double> random_params(const ParamLayout& L, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<double> nd(0.0, 0.5);
+  std::vector<double> p(L.total);
+  for (auto& v : p) v = nd(rng);
+  for (auto& s : L.specs)
+    if (s.name.find("scale") != std::string::npos || s.name.find("q_gain") != std::string::npos)
+      for (int64_t i = 0; i < s.numel; ++i) p[s.offset + i] = 1.0 + 0.3 * nd(rng);
+  return p;
+}
+
+// Central-difference check of d(mean loss)/d(params) on every parameter tensor (a sample of entries each).
+void check_model_gradient(const ModelConfig& c) {
+  auto be = make_cpu_backend<double>();
+  Model<double> m(c, *be);
+  const int64_t B = 2, Tn = 5, N = B * Tn;
+  std::mt19937 rng(7);
+  std::vector<int32_t> x(N), y(N);
+  for (auto& t : x) t = static_cast<int32_t>(rng() % c.vocab_size);
+  for (auto& t : y) t = static_cast<int32_t>(rng() % c.vocab_size);
+  auto p = random_params(m.layout(), 3);
+  m.load_params(p.data());
+  m.zero_grads();
+  m.forward_backward(x.data(), y.data(), B, Tn, 1.0 / N);
+  std::vector<double> g(m.param_count());
+  be->download(g.data(), m.grads(), g.size());
+  const double h = 1e-5;
+  for (auto& s : m.layout().specs) {
+    const int64_t step = std::max<int64_t>(1, s.numel / 7);
+    for (int64_t i = 0; i < s.numel; i += step) {
+      const int64_t j = s.offset + i;
+      auto q = p;
+      q[j] += h;
+      m.load_params(q.data());
+      const double lp = m.forward(x.data(), y.data(), B, Tn) / N;
+      q[j] -= 2 * h;
+      m.load_params(q.data());
+      const double lm = m.forward(x.data(), y.data(), B, Tn) / N;
+      const double num = (lp - lm) / (2 * h);
+      INFO(s.name << "[" << i << "] analytic " << g[j] << " numeric " << num);
+      CHECK(g[j] == Approx(num).margin(1e-7).epsilon(1e-5));
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("baseline preset has the reference's 17,059,912 parameters", "[model]") {
+  auto c = preset("baseline");
+  CHECK(make_layout(c).total == 17059912);
+}
+
+TEST_CASE("every preset validates and round-trips through JSON", "[model]") {
+  for (auto& name : preset_names()) {
+    INFO(name);
+    auto c = preset(name);
+    auto back = config_from_json(config_to_json(c));
+    CHECK(config_to_json(back) == config_to_json(c));
+    CHECK(!preset_description(name).empty());
+  }
+}
+
+TEST_CASE("recurrence expands to unique entry, looped shared blocks and unique exit", "[model]") {
+  auto c = config_from_json(nlohmann::json::parse(
+      R"({"d_model": 16, "n_heads": 2, "n_kv_heads": 1, "recurrence": {"entry": 1, "shared": 2, "loops": 3, "exit": 1}})"));
+  CHECK(c.physical_blocks == 4);
+  CHECK(c.schedule == std::vector<int64_t>{0, 1, 2, 1, 2, 1, 2, 3});
+  CHECK(c.encoder_layers() == 4);
+  CHECK(c.skip_count() == 4);
+}
+
+TEST_CASE("unknown keys and impossible shapes are refused with a message", "[model]") {
+  using nlohmann::json;
+  CHECK_THROWS_WITH(config_from_json(json::parse(R"({"d_modle": 64})")), Catch::Contains("unknown key 'd_modle'"));
+  CHECK_THROWS_WITH(config_from_json(json::parse(R"({"d_model": 60, "n_heads": 8})")),
+                    Catch::Contains("multiple of n_heads"));
+  CHECK_THROWS_WITH(config_from_json(json::parse(R"({"n_heads": 8, "n_kv_heads": 3})")),
+                    Catch::Contains("n_kv_heads"));
+  CHECK_THROWS_WITH(config_from_json(json::parse(R"({"physical_blocks": 2, "schedule": [0, 2]})")),
+                    Catch::Contains("schedule names block 2"));
+  CHECK_THROWS_WITH(config_from_json(json::parse(R"({"physical_blocks": 3, "schedule": [0, 1]})")),
+                    Catch::Contains("never used"));
+  CHECK_THROWS_WITH(preset("nope"), Catch::Contains("unknown preset 'nope'"));
+}
+
+TEST_CASE("initialisation follows the reference: zero output projections, embedding std, unit scales", "[model]") {
+  auto c = preset("tiny");
+  auto L = make_layout(c);
+  std::vector<float> p(L.total);
+  init_params(c, L, 1337, p.data());
+  auto span = [&](const std::string& n) { auto& s = L.at(n); return std::vector<float>(p.begin() + s.offset, p.begin() + s.offset + s.numel); };
+  for (float v : span("blocks.0.attn.proj.weight")) REQUIRE(v == 0.0f);
+  for (float v : span("blocks.1.mlp.proj.weight")) REQUIRE(v == 0.0f);
+  for (float v : span("blocks.0.attn_scale")) REQUIRE(v == 1.0f);
+  for (float v : span("blocks.0.attn.q_gain")) REQUIRE(v == Approx(1.5f));
+  auto e = span("tok_emb.weight");
+  double ss = 0;
+  for (float v : e) ss += double(v) * v;
+  CHECK(std::sqrt(ss / e.size()) == Approx(0.005).epsilon(0.05));
+  auto fc = span("blocks.0.mlp.fc.weight");
+  const float bound = 1.0f / std::sqrt(float(c.d_model));
+  for (float v : fc) REQUIRE(std::abs(v) <= bound);
+  std::vector<float> p2(L.total);
+  init_params(c, L, 1337, p2.data());
+  CHECK(p == p2);
+}
+
+TEST_CASE("model gradient matches finite differences: plain U-Net", "[model][gradcheck]") {
+  check_model_gradient(small_config());
+}
+
+TEST_CASE("model gradient matches finite differences: block 1 looped 3 times (shared weights sum every visit), gated skips, per-virtual scalars", "[model][gradcheck]") {
+  auto c = small_config();
+  c.physical_blocks = 3;
+  c.schedule = {0, 1, 1, 1, 2};
+  c.per_virtual_scalars = true;
+  c.skips = SkipKind::gated;
+  c.activation = cpu::Activation::leaky_relu2;
+  check_model_gradient(c);
+}
+
+TEST_CASE("model gradient matches finite differences: untied head, ln_scale, partial RoPE, no QK-norm", "[model][gradcheck]") {
+  auto c = small_config();
+  c.tie_embeddings = false;
+  c.ln_scale = true;
+  c.qk_norm = false;
+  c.rope_dims = 2;
+  c.resid_mix = false;
+  c.logit_softcap = 0;
+  check_model_gradient(c);
+}
