@@ -1,0 +1,145 @@
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <random>
+
+#include "formats/artifact.h"
+#include "formats/error.h"
+#include "formats/shard.h"
+#include "src/model/load.h"
+#include "src/train/trainer.h"
+
+using namespace ptool;
+namespace fs = std::filesystem;
+
+namespace {
+
+// The project's own small tokenizer (testdata/README.md says how it is made).
+std::string test_tokenizer() { return std::string(PTOOL_SOURCE_DIR) + "/testdata/tiny_sp.model"; }
+
+struct Corpus {
+  fs::path dir;
+  train::TrainInputs in;
+  explicit Corpus(const std::string& name) {
+    dir = fs::temp_directory_path() / ("ptool_trainer_" + name + "_" + std::to_string(::getpid()));
+    fs::create_directories(dir);
+    // A learnable stream: a repeating pattern with noise, ids below the tokenizer's vocabulary.
+    std::mt19937 rng(11);
+    std::vector<uint16_t> train(20000), val(2000);
+    for (size_t i = 0; i < train.size(); ++i) train[i] = static_cast<uint16_t>(rng() % 8 == 0 ? 1 : 4 + (i % 17));
+    for (size_t i = 0; i < val.size(); ++i) val[i] = static_cast<uint16_t>(rng() % 8 == 0 ? 1 : 4 + (i % 17));
+    write_shard((dir / "x_train_000000.bin").string(), std::span<const uint16_t>(train).first(12000));
+    write_shard((dir / "x_train_000001.bin").string(), std::span<const uint16_t>(train).subspan(12000));
+    write_shard((dir / "x_val_000000.bin").string(), val);
+    in.train_files = expand_glob((dir / "x_train_*.bin").string());
+    in.val_files = {(dir / "x_val_000000.bin").string()};
+    in.tokenizer_path = test_tokenizer();
+  }
+  ~Corpus() { fs::remove_all(dir); }
+};
+
+model::ModelConfig micro() {
+  auto c = model::preset("tiny");
+  c.vocab_size = 512;
+  c.d_model = 32;
+  c.train_seq_len = 32;
+  return c;
+}
+
+train::TrainOptions quick(int64_t steps) {
+  train::TrainOptions o;
+  o.steps = steps;
+  o.batch_tokens = 256;
+  o.warmdown_iters = 4;
+  o.val_tokens = 512;
+  o.deterministic_time = true;
+  o.ema_decay = 0.9;
+  return o;
+}
+
+std::vector<float> weights_of(const std::string& path) { return model::load_model(path).weights; }
+
+}  // namespace
+
+TEST_CASE("resume continues bit-exactly: 2N steps equal N + resume + N", "[train][resume]") {
+  Corpus corpus("resume");
+  auto cfg = micro();
+  // One straight run of 8 steps that writes a checkpoint every 4; the step-4 file is copied aside when
+  // step 5 is logged (before the step-8 write replaces it).
+  auto straight = corpus.in;
+  straight.out_path = (corpus.dir / "straight.ptc").string();
+  auto opt = quick(8);
+  opt.checkpoint_every = 4;
+  opt.log_every = 1;
+  train::TrainCallbacks cb;
+  cb.on_step = [&](const train::StepLog& s) {
+    if (s.step == 5) fs::copy_file(straight.out_path, corpus.dir / "step4.ptc");
+  };
+  auto a = train::train(cfg, opt, straight, cb);
+
+  auto resumed = corpus.in;
+  resumed.out_path = (corpus.dir / "resumed.ptc").string();
+  resumed.resume_path = (corpus.dir / "step4.ptc").string();
+  auto c = train::train(cfg, opt, resumed);
+
+  REQUIRE(a.losses.size() == 8);
+  REQUIRE(c.losses.size() == 4);
+  for (int i = 0; i < 4; ++i) CHECK(c.losses[i] == a.losses[4 + i]);
+  CHECK(weights_of(straight.out_path) == weights_of(resumed.out_path));
+  CHECK(c.val_loss == a.val_loss);
+}
+
+TEST_CASE("training lowers the loss on a learnable stream", "[train]") {
+  Corpus corpus("learn");
+  auto opt = quick(30);
+  opt.warmdown_iters = 10;
+  opt.ema_decay = 0;
+  auto in = corpus.in;
+  in.out_path = (corpus.dir / "m.ptc").string();
+  auto r = train::train(micro(), opt, in);
+  REQUIRE(r.losses.size() == 30);
+  CHECK(r.losses.back() < r.losses.front() - 1.0);
+  // The checkpoint carries the config, the tokenizer identity and the provenance.
+  auto art = read_artifact(in.out_path);
+  CHECK(art.stage == Stage::checkpoint);
+  CHECK(art.metadata.at("tokenizer").at("sha256").get<std::string>().size() == 64);
+  CHECK(art.metadata.at("provenance").at("train_files").size() == 2);
+}
+
+TEST_CASE("QAT trains through the STE and EMA/SWA replace the final weights", "[train][qat]") {
+  Corpus corpus("qat");
+  auto opt = quick(6);
+  opt.qat_bits = 6;
+  opt.ema_decay = 0;
+  opt.swa_every = 2;
+  opt.swa_start = 2.0;
+  auto in = corpus.in;
+  in.out_path = (corpus.dir / "q.ptc").string();
+  auto r = train::train(micro(), opt, in);
+  CHECK(r.losses.size() == 6);
+  auto art = read_artifact(in.out_path);
+  CHECK(art.find("swa/tok_emb.weight") != nullptr);
+  CHECK(art.find("train/tok_emb.weight") != nullptr);
+}
+
+TEST_CASE("a NaN loss stops training with a clear message", "[train]") {
+  Corpus corpus("nan");
+  auto opt = quick(5);
+  opt.matrix_lr = 1e30;
+  opt.scalar_lr = 1e30;
+  opt.tied_embed_lr = 1e30;
+  auto in = corpus.in;
+  in.out_path = (corpus.dir / "nan.ptc").string();
+  CHECK_THROWS_WITH(train::train(micro(), opt, in), Catch::Contains("training stopped"));
+  CHECK_FALSE(fs::exists(in.out_path));
+}
+
+TEST_CASE("bad training inputs are refused before any work", "[train]") {
+  Corpus corpus("bad");
+  auto opt = quick(2);
+  opt.batch_tokens = 100;  // not a multiple of seq_len
+  CHECK_THROWS_WITH(train::train(micro(), opt, corpus.in), Catch::Contains("multiple of"));
+  auto cfg = micro();
+  cfg.vocab_size = 16;  // shards hold ids up to 20
+  CHECK_THROWS_WITH(train::train(cfg, quick(2), corpus.in), Catch::Contains("is not below the vocabulary size 16"));
+}
