@@ -289,6 +289,23 @@ double Model<T>::forward_backward(const int32_t* x, const int32_t* y, int64_t B,
   return run(x, y, B, Tn, nullptr, dlogits_.get(), grad_scale);
 }
 
+template <class T>
+void Model<T>::visit_linear_inputs(const LinearInputVisitor& f) const {
+  const int64_t N = arenaB_ * arenaT_, D = cfg_.d_model, Hd = cfg_.hidden();
+  if (N == 0) throw Error("visit_linear_inputs needs a forward pass first");
+  for (int64_t v = 0; v < cfg_.virtual_layers(); ++v) {
+    const std::string p = "blocks." + std::to_string(cfg_.schedule[v]) + ".";
+    const LayerActs& a = acts_[v];
+    f(p + "attn.c_q.weight", a.h1.get(), N, D);
+    f(p + "attn.c_k.weight", a.h1.get(), N, D);
+    f(p + "attn.c_v.weight", a.h1.get(), N, D);
+    f(p + "attn.proj.weight", a.att.get(), N, D);
+    f(p + "mlp.fc.weight", a.h2.get(), N, D);
+    f(p + "mlp.proj.weight", a.a.get(), N, Hd);
+  }
+  f(cfg_.tie_embeddings ? "tok_emb.weight" : "lm_head.weight", final_.get(), N, D);
+}
+
 template class Model<float>;
 template class Model<double>;
 

@@ -4,6 +4,8 @@
 // (LIFO) before running its block.
 #pragma once
 #include <cstdint>
+#include <functional>
+#include <string>
 #include <vector>
 
 #include "src/model/config.h"
@@ -35,6 +37,14 @@ class Model {
   double forward(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, double* losses = nullptr);
   // Forward, then backward of grad_scale * (sum of losses), accumulated into grads(). Returns the loss sum.
   double forward_backward(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, T grad_scale);
+
+  // After forward(): calls f(weight name, X, rows, cols) with the input activations X of every linear layer
+  // of every virtual layer (a looped block is visited once per loop) and of the tied/untied head, so that
+  // GPTQ can accumulate H = sum X^T X. X is backend memory (host memory on the CPU backend).
+  using LinearInputVisitor = std::function<void(const std::string& weight, const T* X, int64_t rows, int64_t cols)>;
+  void visit_linear_inputs(const LinearInputVisitor& f) const;
+  // After forward(): the softcapped-or-not raw logits [B*Tn, vocab] (backend memory), before the softcap.
+  const T* logits() const { return logits_.get(); }
 
   // RoPE base used at sequence length Tn (NTK-rescaled above train_seq_len).
   double rope_base_at(int64_t Tn) const;

@@ -1,0 +1,41 @@
+// `ptool quantize`: a float artifact in, a quantized artifact out. Each tensor's scheme comes from the
+// first matching rule (src/quant/rules.h); GPTQ and Hessian-aware SDClip get Hessians from calibration
+// (training shards or self-generated sequences).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "formats/artifact.h"
+#include "src/model/load.h"
+#include "src/quant/report.h"
+#include "src/quant/rules.h"
+
+namespace ptool::pipeline {
+
+struct CalibrationOptions {
+  std::vector<std::string> files;  // training shards; empty with generate_seqs == 0: no calibration
+  int64_t batches = 16;
+  int64_t seq_len = 0;             // 0: the model's train_seq_len
+  int64_t batch_seqs = 8;
+  int64_t generate_seqs = 0;       // > 0: sample this many sequences from the model instead of shards
+  double temperature = 0.8;
+  uint64_t seed = 42;
+};
+
+struct QuantizeResult {
+  Artifact artifact;                          // stage quantized
+  std::vector<quant::TensorReport> reports;   // per tensor, in layout order
+  double est_bytes = 0;                       // sum of estimated compressed bytes
+};
+
+using Log = std::function<void(const std::string&)>;
+
+// True when some tensor's rule needs a Hessian (GPTQ or hsdclip).
+bool needs_hessians(const model::LoadedModel& m, const quant::RuleSet& rules);
+
+QuantizeResult quantize_model(const model::LoadedModel& m, const quant::RuleSet& rules, const CalibrationOptions& calib,
+                              const Log& log = {});
+
+}  // namespace ptool::pipeline
