@@ -162,7 +162,11 @@ void add_tokenizer(CLI::App& data) {
                    o->t.vocab_size);
     std::printf("wrote %s (vocab %u, sha256 %s)\n", r.model_path.c_str(), r.vocab_size, r.sha256.c_str());
     std::printf("wrote %s\n", r.vocab_path.c_str());
-    std::printf("trained on %s documents\n", with_commas(r.sentences - r.too_long).c_str());
+    std::printf("documents: %s read, %s non-empty, %s trained on", with_commas(r.documents).c_str(),
+                with_commas(r.sentences).c_str(), with_commas(r.sentences - r.too_long).c_str());
+    if (o->t.input_sentence_size && o->t.input_sentence_size < r.sentences - r.too_long)
+      std::printf(" (SentencePiece samples %s of them)", with_commas(o->t.input_sentence_size).c_str());
+    std::printf("\n");
   });
 }
 
