@@ -20,7 +20,7 @@ while [ $# -gt 0 ]; do
     *) echo "main_job.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-PTOOL=build/ptool
+PTOOL=${PTOOL:-build/ptool}
 [ -x "$PTOOL" ] || { echo "main_job.sh: $PTOOL is missing; run scripts/build.sh first" >&2; exit 1; }
 mkdir -p "$WORK"
 
