@@ -71,7 +71,7 @@ std::vector<uint16_t> read_payload(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   std::vector<uint16_t> out((bytes.size() - 1024) / 2);
-  std::memcpy(out.data(), bytes.data() + 1024, out.size() * 2);
+  if (!out.empty()) std::memcpy(out.data(), bytes.data() + 1024, out.size() * 2);
   return out;
 }
 
