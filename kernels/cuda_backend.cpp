@@ -1,0 +1,482 @@
+// The CUDA backend: memory, transfers, cuBLASLt GEMMs and the dispatch to the kernels of cuda_ops.cu and
+// cuda_attention.cu. Host code only (compiled by the C++ compiler); see cuda_backend.h for the numerics.
+#include "kernels/cuda_backend.h"
+
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <stdexcept>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "formats/error.h"
+#include "kernels/cuda_internal.h"
+
+namespace ptool {
+
+namespace cuda {
+
+void throw_cuda_error(const char* call, cudaError_t err, const char* file, int line) {
+  throw Error(std::string("CUDA: ") + call + " failed: " + cudaGetErrorName(err) + ": " + cudaGetErrorString(err) +
+              " (" + file + ":" + std::to_string(line) + ")");
+}
+
+namespace {
+bool sync_after_launch() {
+  static const bool on = [] {
+    const char* e = std::getenv("PTOOL_CUDA_SYNC");
+    return e != nullptr && e[0] != '\0' && std::strcmp(e, "0") != 0;
+  }();
+  return on;
+}
+}  // namespace
+
+void check_launch(const char* kernel, cudaStream_t stream, const char* file, int line) {
+  cudaError_t err = cudaGetLastError();
+  if (err == cudaSuccess && sync_after_launch()) err = cudaStreamSynchronize(stream);
+  if (err != cudaSuccess) throw_cuda_error((std::string("kernel ") + kernel).c_str(), err, file, line);
+}
+
+Workspace::~Workspace() {
+  if (p_) cudaFree(p_);  // destructor: errors ignored
+}
+
+void* Workspace::get(size_t bytes) {
+  if (bytes <= bytes_ && p_) return p_;
+  if (p_) {
+    PTOOL_CUDA_CHECK(cudaStreamSynchronize(stream_));  // queued kernels may still use the old block
+    PTOOL_CUDA_CHECK(cudaFree(p_));
+    p_ = nullptr;
+    bytes_ = 0;
+  }
+  const size_t want = std::max<size_t>(bytes, 1 << 20);
+  PTOOL_CUDA_CHECK(cudaMalloc(&p_, want));
+  bytes_ = want;
+  return p_;
+}
+
+}  // namespace cuda
+
+namespace {
+
+using cuda::Workspace;
+
+[[noreturn]] void throw_cublas(const char* call, cublasStatus_t st, const char* file, int line) {
+  throw Error(std::string("cuBLASLt: ") + call + " failed: " + cublasLtGetStatusName(st) + ": " +
+              cublasLtGetStatusString(st) + " (" + file + ":" + std::to_string(line) + ")");
+}
+
+#define PTOOL_CUBLAS_CHECK(call)                                                      \
+  do {                                                                                \
+    const cublasStatus_t ptool_cublas_st_ = (call);                                   \
+    if (ptool_cublas_st_ != CUBLAS_STATUS_SUCCESS)                                    \
+      throw_cublas(#call, ptool_cublas_st_, __FILE__, __LINE__);                      \
+  } while (0)
+
+unsigned alignment_of(const void* p) {
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  unsigned al = 16;
+  while (al > 1 && (a % al) != 0) al >>= 1;
+  return al;
+}
+
+// One cached cuBLASLt plan per GEMM shape, transposes and operand alignments.
+struct GemmKey {
+  bool ta, tb;
+  int64_t m, n, k, lda, ldb, ldc;
+  unsigned ala, alb, alc;
+  bool operator<(const GemmKey& o) const {
+    return std::tie(ta, tb, m, n, k, lda, ldb, ldc, ala, alb, alc) <
+           std::tie(o.ta, o.tb, o.m, o.n, o.k, o.lda, o.ldb, o.ldc, o.ala, o.alb, o.alc);
+  }
+};
+
+struct GemmPlan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  void destroy() {
+    if (desc) cublasLtMatmulDescDestroy(desc);
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (c) cublasLtMatrixLayoutDestroy(c);
+    desc = nullptr;
+    a = b = c = nullptr;
+  }
+};
+
+struct RopeTable {
+  float* cos_t = nullptr;
+  float* sin_t = nullptr;
+};
+
+class CudaBackend final : public Backend<float> {
+ public:
+  explicit CudaBackend(const CudaBackendOptions& o) : opt_(o) {
+    int count = 0;
+    PTOOL_CUDA_CHECK(cudaGetDeviceCount(&count));
+    if (o.device < 0 || o.device >= count) {
+      throw Error("CUDA: device " + std::to_string(o.device) + " does not exist (" + std::to_string(count) +
+                  " device(s) found)");
+    }
+    PTOOL_CUDA_CHECK(cudaSetDevice(o.device));
+    PTOOL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    ws_.set_stream(stream_);
+    PTOOL_CUBLAS_CHECK(cublasLtCreate(&lt_));
+    PTOOL_CUDA_CHECK(cudaMalloc(&lt_ws_, kLtWorkspace));
+    PTOOL_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&bad_row_dev_), sizeof(int32_t)));
+    PTOOL_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&bad_row_host_), sizeof(int32_t)));
+  }
+
+  ~CudaBackend() override {
+    if (stream_) cudaStreamSynchronize(stream_);
+    for (auto& [key, plan] : plans_) plan.destroy();
+    for (auto& [key, t] : rope_) {
+      cudaFree(t.cos_t);
+      cudaFree(t.sin_t);
+    }
+    if (losses_host_) cudaFreeHost(losses_host_);
+    if (losses_dev_) cudaFree(losses_dev_);
+    if (bad_row_host_) cudaFreeHost(bad_row_host_);
+    if (bad_row_dev_) cudaFree(bad_row_dev_);
+    if (lt_ws_) cudaFree(lt_ws_);
+    if (lt_) cublasLtDestroy(lt_);
+    if (stream_) cudaStreamDestroy(stream_);
+  }
+
+  const char* name() const override { return "cuda"; }
+  void synchronize() { PTOOL_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+
+  // ---- memory ----
+  float* alloc(size_t n) override {
+    if (n == 0) return nullptr;
+    void* p = nullptr;
+    PTOOL_CUDA_CHECK(cudaMalloc(&p, n * sizeof(float)));
+    return static_cast<float*>(p);
+  }
+  void release(float* p) override {
+    if (p) PTOOL_CUDA_CHECK(cudaFree(p));
+  }
+  int32_t* alloc_index(size_t n) override {
+    if (n == 0) return nullptr;
+    void* p = nullptr;
+    PTOOL_CUDA_CHECK(cudaMalloc(&p, n * sizeof(int32_t)));
+    return static_cast<int32_t*>(p);
+  }
+  void release_index(int32_t* p) override {
+    if (p) PTOOL_CUDA_CHECK(cudaFree(p));
+  }
+  // From pageable host memory cudaMemcpyAsync returns once the data is staged, so `host` may be reused at once.
+  void upload(float* dst, const float* host, size_t n) override {
+    if (n) PTOOL_CUDA_CHECK(cudaMemcpyAsync(dst, host, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
+  }
+  void download(float* host, const float* src, size_t n) override {
+    if (n == 0) return;
+    PTOOL_CUDA_CHECK(cudaMemcpyAsync(host, src, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
+    PTOOL_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  }
+  void upload_index(int32_t* dst, const int32_t* host, size_t n) override {
+    if (n) PTOOL_CUDA_CHECK(cudaMemcpyAsync(dst, host, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+  }
+  void zero(float* p, size_t n) override {
+    if (n) PTOOL_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(float), stream_));
+  }
+  void copy(float* dst, const float* src, size_t n) override {
+    if (n && dst != src)
+      PTOOL_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
+  }
+  void add(float* y, const float* x, size_t n) override { cuda::launch_add(y, x, n, stream_); }
+  void scale(float* y, float a, size_t n) override { cuda::launch_scale(y, a, n, stream_); }
+
+  // ---- model ops ----
+  void embedding_forward(const float* t, const int32_t* tok, int64_t N, int64_t D, float* out) override {
+    cuda::launch_embedding_forward(t, tok, N, D, out, stream_);
+  }
+  void embedding_backward(const float* d, const int32_t* tok, int64_t N, int64_t D, float* dt) override {
+    if (!dt) return;
+    if (opt_.deterministic)
+      cuda::launch_embedding_backward_sorted(d, tok, N, D, dt, ws_, stream_);
+    else
+      cuda::launch_embedding_backward_atomic(d, tok, N, D, dt, stream_);
+  }
+  void rmsnorm_forward(const float* x, int64_t N, int64_t D, float eps, float* out, float* rstd) override {
+    cuda::launch_rmsnorm_forward(x, N, D, eps, out, rstd, stream_);
+  }
+  void rmsnorm_backward(const float* d, const float* x, const float* rstd, int64_t N, int64_t D,
+                        float* dx) override {
+    cuda::launch_rmsnorm_backward(d, x, rstd, N, D, dx, stream_);
+  }
+
+  // y[N, M] = x[N, K] W[M, K]^T. cuBLASLt is column-major: the row-major y is the column-major y^T (M x N), and
+  // y^T = W x^T = op_T(W as col-major K x M) * op_N(x as col-major K x N).
+  void linear_forward(const float* x, const float* W, int64_t N, int64_t K, int64_t M, float* y) override {
+    if (N <= 0 || M <= 0) return;
+    if (K <= 0) {
+      zero(y, static_cast<size_t>(N * M));
+      return;
+    }
+    gemm(true, false, M, N, K, W, K, x, K, y, M, 0.f);
+  }
+  // dx[N, K] += dy[N, M] W[M, K]:  dx^T (K x N) = W^T (col-major K x M, op N) * dy^T (col-major M x N, op N).
+  // dW[M, K] += dy^T x:            dW^T (K x M) = x^T (col-major K x N, op N) * dy (col-major M x N, op T).
+  void linear_backward(const float* dy, const float* x, const float* W, int64_t N, int64_t K, int64_t M, float* dx,
+                       float* dW) override {
+    if (N <= 0 || K <= 0 || M <= 0) return;
+    if (dx) gemm(false, false, K, N, M, W, K, dy, M, dx, K, 1.f);
+    if (dW) gemm(false, true, K, M, N, x, K, dy, M, dW, K, 1.f);
+  }
+
+  void channel_scale_forward(const float* x, const float* s, int64_t N, int64_t D, float* y) override {
+    cuda::launch_channel_scale_forward(x, s, N, D, y, stream_);
+  }
+  void channel_scale_backward(const float* dy, const float* x, const float* s, int64_t N, int64_t D, float* dx,
+                              float* ds) override {
+    cuda::launch_channel_scale_backward(dy, x, s, N, D, dx, ds, ws_, stream_);
+  }
+  void head_scale_forward(const float* x, const float* g, int64_t N, int64_t H, int64_t hd, float* y) override {
+    cuda::launch_head_scale_forward(x, g, N, H, hd, y, stream_);
+  }
+  void head_scale_backward(const float* dy, const float* x, const float* g, int64_t N, int64_t H, int64_t hd,
+                           float* dx, float* dg) override {
+    cuda::launch_head_scale_backward(dy, x, g, N, H, hd, dx, dg, ws_, stream_);
+  }
+  void rope_forward(float* x, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base) override {
+    rope("rope_forward", x, B, Tn, H, hd, rot, base, false);
+  }
+  void rope_backward(float* dx, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base) override {
+    rope("rope_backward", dx, B, Tn, H, hd, rot, base, true);
+  }
+  void attention_forward(const float* q, const float* k, const float* v, int64_t B, int64_t Tn, int64_t H,
+                         int64_t Hkv, int64_t hd, float* out, float* lse) override {
+    cuda::launch_attention_forward(q, k, v, B, Tn, H, Hkv, hd, out, lse, stream_);
+  }
+  void attention_backward(const float* dout, const float* q, const float* k, const float* v, const float* out,
+                          const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, float* dq,
+                          float* dk, float* dv) override {
+    cuda::launch_attention_backward(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv, ws_, stream_);
+  }
+  void activation_forward(cpu::Activation a, const float* h, int64_t n, float* out) override {
+    cuda::launch_activation_forward(a == cpu::Activation::leaky_relu2, h, n, out, stream_);
+  }
+  void activation_backward(cpu::Activation a, const float* dout, const float* h, int64_t n, float* dh) override {
+    cuda::launch_activation_backward(a == cpu::Activation::leaky_relu2, dout, h, n, dh, stream_);
+  }
+  void skip_add_forward(float* x, const float* skip, const float* w, int64_t N, int64_t D) override {
+    cuda::launch_skip_add_forward(x, skip, w, N, D, stream_);
+  }
+  void skip_add_backward(const float* dy, const float* skip, const float* w, int64_t N, int64_t D, float* dskip,
+                         float* dw) override {
+    cuda::launch_skip_add_backward(dy, skip, w, N, D, dskip, dw, ws_, stream_);
+  }
+  void gated_skip_forward(const float* x, const float* skip, const float* w, const float* g, int64_t N, int64_t D,
+                          float* y) override {
+    cuda::launch_gated_skip_forward(x, skip, w, g, N, D, y, stream_);
+  }
+  void gated_skip_backward(const float* dy, const float* x, const float* skip, const float* w, const float* g,
+                           int64_t N, int64_t D, float* dx, float* dskip, float* dw, float* dg) override {
+    cuda::launch_gated_skip_backward(dy, x, skip, w, g, N, D, dx, dskip, dw, dg, ws_, stream_);
+  }
+  void resid_mix_forward(const float* x, const float* x0, const float* m, int64_t N, int64_t D, float* y) override {
+    cuda::launch_resid_mix_forward(x, x0, m, N, D, y, stream_);
+  }
+  void resid_mix_backward(const float* dy, const float* x, const float* x0, const float* m, int64_t N, int64_t D,
+                          float* dx, float* dx0, float* dm) override {
+    cuda::launch_resid_mix_backward(dy, x, x0, m, N, D, dx, dx0, dm, ws_, stream_);
+  }
+
+  // The only op that waits for the device: per-token losses come back to the host (and with them the check
+  // that every target is inside the vocabulary). The sum is taken on the host in row order (deterministic).
+  double softcap_cross_entropy(const float* z, const int32_t* targets, int64_t N, int64_t V, float cap,
+                               double* losses_host, float* dz, float grad_scale) override {
+    if (N < 0 || V <= 0) {
+      throw std::invalid_argument("softcap_cross_entropy: bad shape N=" + std::to_string(N) +
+                                  " V=" + std::to_string(V));
+    }
+    if (N == 0) return 0.0;
+    if (N > INT32_MAX) throw std::invalid_argument("softcap_cross_entropy: N too large");
+    if (static_cast<size_t>(N) > losses_cap_) {
+      synchronize();
+      if (losses_host_) PTOOL_CUDA_CHECK(cudaFreeHost(losses_host_));
+      if (losses_dev_) PTOOL_CUDA_CHECK(cudaFree(losses_dev_));
+      losses_host_ = nullptr;
+      losses_dev_ = nullptr;
+      losses_cap_ = 0;
+      PTOOL_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&losses_host_), N * sizeof(double)));
+      PTOOL_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&losses_dev_), N * sizeof(double)));
+      losses_cap_ = static_cast<size_t>(N);
+    }
+    PTOOL_CUDA_CHECK(cudaMemsetAsync(bad_row_dev_, 0x7f, sizeof(int32_t), stream_));  // 0x7f7f7f7f > any row
+    cuda::launch_softcap_cross_entropy(z, targets, N, V, cap, losses_dev_, bad_row_dev_, dz, grad_scale, stream_);
+    PTOOL_CUDA_CHECK(cudaMemcpyAsync(losses_host_, losses_dev_, N * sizeof(double), cudaMemcpyDeviceToHost, stream_));
+    PTOOL_CUDA_CHECK(cudaMemcpyAsync(bad_row_host_, bad_row_dev_, sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+    synchronize();
+    if (*bad_row_host_ != 0x7f7f7f7f) {
+      const int32_t row = *bad_row_host_;
+      int32_t t = 0;
+      PTOOL_CUDA_CHECK(cudaMemcpy(&t, targets + row, sizeof(int32_t), cudaMemcpyDeviceToHost));
+      throw std::out_of_range("softcap_cross_entropy: target " + std::to_string(t) + " at row " +
+                              std::to_string(row) + " is outside the vocabulary [0, " + std::to_string(V) + ")");
+    }
+    double total = 0.0;
+    for (int64_t n = 0; n < N; ++n) total += losses_host_[n];
+    if (losses_host) std::memcpy(losses_host, losses_host_, static_cast<size_t>(N) * sizeof(double));
+    return total;
+  }
+
+ private:
+  static constexpr size_t kLtWorkspace = size_t{32} << 20;  // cuBLAS's recommendation for Hopper
+
+  // D = alpha op(A) op(B) + beta C with C == D (column-major, m x n result, k the inner dimension).
+  //
+  // BF16 PATH: with bf16 activations and weights, A and B become CUDA_R_16BF layouts, the compute type stays
+  // CUBLAS_COMPUTE_32F, C/D stay fp32 for the accumulated gradients (or bf16 for activations), and the key gets
+  // the data types. Epilogues (bias, GELU-like activations) attach to the same descriptor.
+  void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
+            int64_t ldb, float* C, int64_t ldc, float beta) {
+    const GemmKey key{ta, tb, m, n, k, lda, ldb, ldc, alignment_of(A), alignment_of(B), alignment_of(C)};
+    auto it = plans_.find(key);
+    if (it == plans_.end()) it = plans_.emplace(key, make_plan(key)).first;
+    const GemmPlan& p = it->second;
+    const float alpha = 1.f;
+    PTOOL_CUBLAS_CHECK(cublasLtMatmul(lt_, p.desc, &alpha, A, p.a, B, p.b, &beta, C, p.c, C, p.c, &p.algo, lt_ws_,
+                                      kLtWorkspace, stream_));
+  }
+
+  GemmPlan make_plan(const GemmKey& key) {
+    GemmPlan p;
+    try {
+      const cublasComputeType_t compute =
+          opt_.gemm == CudaGemmPrecision::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+      PTOOL_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, compute, CUDA_R_32F));
+      const cublasOperation_t opa = key.ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = key.tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+      PTOOL_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)));
+      PTOOL_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)));
+      // Stored shapes (before op): A is m x k (or k x m when transposed), B is k x n (or n x k).
+      PTOOL_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_32F, key.ta ? key.k : key.m, key.ta ? key.m : key.k,
+                                                    key.lda));
+      PTOOL_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_32F, key.tb ? key.n : key.k, key.tb ? key.k : key.n,
+                                                    key.ldb));
+      PTOOL_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, key.m, key.n, key.ldc));
+      cublasLtMatmulPreference_t pref = nullptr;
+      PTOOL_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+      cublasLtMatmulHeuristicResult_t result{};
+      int found = 0;
+      cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+      {
+        const uint64_t ws = kLtWorkspace;
+        const uint32_t ala = key.ala, alb = key.alb, alc = key.alc;
+        st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+        if (st == CUBLAS_STATUS_SUCCESS)
+          st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &ala,
+                                                    sizeof(ala));
+        if (st == CUBLAS_STATUS_SUCCESS)
+          st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &alb,
+                                                    sizeof(alb));
+        if (st == CUBLAS_STATUS_SUCCESS)
+          st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &alc,
+                                                    sizeof(alc));
+        if (st == CUBLAS_STATUS_SUCCESS)
+          st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &alc,
+                                                    sizeof(alc));
+        if (st == CUBLAS_STATUS_SUCCESS)
+          st = cublasLtMatmulAlgoGetHeuristic(lt_, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
+      }
+      cublasLtMatmulPreferenceDestroy(pref);
+      PTOOL_CUBLAS_CHECK(st);
+      if (found == 0) {
+        throw Error("cuBLASLt: no algorithm for the GEMM m=" + std::to_string(key.m) + " n=" + std::to_string(key.n) +
+                    " k=" + std::to_string(key.k));
+      }
+      p.algo = result.algo;
+    } catch (...) {
+      p.destroy();
+      throw;
+    }
+    return p;
+  }
+
+  void rope(const char* op, float* x, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base,
+            bool inverse) {
+    if (rot < 0 || rot % 2 != 0 || rot > hd) {
+      throw std::invalid_argument(std::string(op) + ": rotary dims " + std::to_string(rot) +
+                                  " must be even and in [0, head_dim = " + std::to_string(hd) + "]");
+    }
+    if (!(base > 0.0)) throw std::invalid_argument(std::string(op) + ": base must be > 0, got " + std::to_string(base));
+    if (rot == 0 || B <= 0 || Tn <= 0 || H <= 0) return;
+    uint64_t bits = 0;
+    std::memcpy(&bits, &base, sizeof(bits));
+    const auto key = std::make_tuple(Tn, rot, bits);
+    auto it = rope_.find(key);
+    if (it == rope_.end()) {  // computed once per (T, rot, base) and kept
+      RopeTable t;
+      const size_t n = static_cast<size_t>(Tn * (rot / 2));
+      try {
+        PTOOL_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&t.cos_t), n * sizeof(float)));
+        PTOOL_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&t.sin_t), n * sizeof(float)));
+        cuda::launch_rope_table(Tn, rot, base, t.cos_t, t.sin_t, stream_);
+      } catch (...) {
+        cudaFree(t.cos_t);
+        cudaFree(t.sin_t);
+        throw;
+      }
+      it = rope_.emplace(key, t).first;
+    }
+    cuda::launch_rope_apply(x, B, Tn, H, hd, rot, it->second.cos_t, it->second.sin_t, inverse, stream_);
+  }
+
+  CudaBackendOptions opt_;
+  cudaStream_t stream_ = nullptr;
+  cublasLtHandle_t lt_ = nullptr;
+  void* lt_ws_ = nullptr;
+  Workspace ws_;
+  std::map<GemmKey, GemmPlan> plans_;
+  std::map<std::tuple<int64_t, int64_t, uint64_t>, RopeTable> rope_;
+  double* losses_host_ = nullptr;  // pinned
+  double* losses_dev_ = nullptr;
+  size_t losses_cap_ = 0;
+  int32_t* bad_row_dev_ = nullptr;
+  int32_t* bad_row_host_ = nullptr;  // pinned
+};
+
+}  // namespace
+
+std::unique_ptr<Backend<float>> make_cuda_backend(const CudaBackendOptions& options) {
+  return std::make_unique<CudaBackend>(options);
+}
+
+std::unique_ptr<Backend<float>> make_cuda_backend(int device) {
+  CudaBackendOptions o;
+  o.device = device;
+  return make_cuda_backend(o);
+}
+
+bool cuda_device_available() {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) {
+    cudaGetLastError();  // clear the error state
+    return false;
+  }
+  return count > 0;
+}
+
+std::string cuda_device_name(int device) {
+  cudaDeviceProp prop{};
+  PTOOL_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  return std::string(prop.name) + " (sm_" + std::to_string(prop.major) + std::to_string(prop.minor) + ", " +
+         std::to_string(prop.multiProcessorCount) + " SMs)";
+}
+
+void cuda_synchronize(Backend<float>& backend) {
+  if (auto* b = dynamic_cast<CudaBackend*>(&backend)) b->synchronize();
+}
+
+}  // namespace ptool

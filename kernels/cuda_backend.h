@@ -1,0 +1,53 @@
+// The CUDA implementation of the op interface (src/ops/backend.h), DESIGN.md principle 2: the CPU backend is
+// the oracle, this is the fast path, tested against it in tests/kernels/test_cuda_parity.cpp.
+//
+// This header has no CUDA includes, so plain C++ files (the trainer, benchmarks, tests) can use it. It exists
+// only when the build found nvcc (PTOOL_HAVE_CUDA=1); a build with nvcc but no GPU at run time still links,
+// and cuda_device_available() then says false.
+//
+// Version 1: fp32 storage for everything (the interface is Backend<float>), one CUDA stream per backend, all
+// memory from cudaMalloc. Ops are asynchronous on that stream; download() and softcap_cross_entropy() (which
+// returns per-token losses to the host) are the only calls that wait for the device.
+//
+// Numerics
+// - GEMMs (linear_*): cuBLASLt, fp32 in/out, compute fp32 or TF32 (CudaGemmPrecision; TF32 by default, as
+//   PyTorch does with allow_tf32). TF32 rounds GEMM inputs to 10 mantissa bits; products of small integers stay
+//   exact in both modes.
+// - Everything else is fp32 arithmetic with fp32 or double accumulators (see kernels/cuda_ops.cu and
+//   kernels/cuda_attention.cu for the per-op notes).
+// - Deterministic: with CudaBackendOptions::deterministic (the default) every op gives bit-identical results
+//   run to run (no floating-point atomics anywhere). deterministic = false only switches embedding_backward to
+//   atomicAdd (faster for large batches; order-dependent rounding).
+#pragma once
+#include <memory>
+#include <string>
+
+#include "src/ops/backend.h"
+
+namespace ptool {
+
+enum class CudaGemmPrecision {
+  fp32,  // CUBLAS_COMPUTE_32F: full fp32 multiply-add (FFMA), slow on tensor-core GPUs
+  tf32,  // CUBLAS_COMPUTE_32F_FAST_TF32: inputs rounded to TF32 on the tensor cores, fp32 accumulation
+  // bf16 (bf16 inputs, fp32 accumulation) comes with bf16 activations: see "BF16 PATH" in cuda_backend.cpp.
+};
+
+struct CudaBackendOptions {
+  int device = 0;
+  CudaGemmPrecision gemm = CudaGemmPrecision::tf32;
+  bool deterministic = true;
+};
+
+// Throws ptool::Error when no usable device exists (say which CUDA call failed and why).
+std::unique_ptr<Backend<float>> make_cuda_backend(int device = 0);
+std::unique_ptr<Backend<float>> make_cuda_backend(const CudaBackendOptions& options);
+
+// True when the CUDA runtime finds at least one device (never throws).
+bool cuda_device_available();
+// "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs)"; throws ptool::Error when there is no such device.
+std::string cuda_device_name(int device = 0);
+// Waits for all work queued on a CUDA backend's stream and reports any asynchronous error (throws ptool::Error).
+// A no-op for other backends. Benchmarks use it to time ops.
+void cuda_synchronize(Backend<float>& backend);
+
+}  // namespace ptool

@@ -1,0 +1,122 @@
+// Internal to kernels/: error checking, the grow-once device workspace, and the kernel launchers that
+// cuda_backend.cpp (host code, compiled by the C++ compiler) calls. Kernels live in cuda_ops.cu and
+// cuda_attention.cu. Every launcher enqueues on the given stream and returns without waiting.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace ptool::cuda {
+
+// Throws ptool::Error("CUDA: <call> failed: <error string> (<file>:<line>)").
+[[noreturn]] void throw_cuda_error(const char* call, cudaError_t err, const char* file, int line);
+// After a kernel launch: checks the launch (cudaGetLastError); with PTOOL_CUDA_SYNC=1 in the environment it
+// also synchronizes the stream, so that an asynchronous fault is reported at the kernel that caused it.
+void check_launch(const char* kernel, cudaStream_t stream, const char* file, int line);
+
+#define PTOOL_CUDA_CHECK(call)                                                          \
+  do {                                                                                  \
+    const cudaError_t ptool_cuda_err_ = (call);                                         \
+    if (ptool_cuda_err_ != cudaSuccess)                                                 \
+      ::ptool::cuda::throw_cuda_error(#call, ptool_cuda_err_, __FILE__, __LINE__);      \
+  } while (0)
+#define PTOOL_CUDA_LAUNCHED(name, stream) ::ptool::cuda::check_launch(name, stream, __FILE__, __LINE__)
+
+// Device scratch that grows to the largest request and is then reused (no allocation in the step loop once
+// the shapes are known). Ops run in stream order, so one op's use of the block cannot overlap the next op's.
+// Growing synchronizes the stream before freeing the old block.
+class Workspace {
+ public:
+  Workspace() = default;
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
+  ~Workspace();
+  void set_stream(cudaStream_t s) { stream_ = s; }
+  void* get(size_t bytes);
+  size_t capacity() const { return bytes_; }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Carves aligned sub-buffers out of one workspace block: first measure (base == nullptr), then carve.
+struct Carver {
+  char* base = nullptr;
+  size_t off = 0;
+  template <class T>
+  T* take(size_t n) {
+    off = (off + 255) & ~size_t(255);
+    T* p = base ? reinterpret_cast<T*>(base + off) : nullptr;
+    off += n * sizeof(T);
+    return p;
+  }
+};
+
+// ---- cuda_ops.cu --------------------------------------------------------------------------------------------
+void launch_add(float* y, const float* x, size_t n, cudaStream_t s);
+void launch_scale(float* y, float a, size_t n, cudaStream_t s);
+
+void launch_embedding_forward(const float* table, const int32_t* tokens, int64_t N, int64_t D, float* out,
+                              cudaStream_t s);
+void launch_embedding_backward_atomic(const float* dout, const int32_t* tokens, int64_t N, int64_t D,
+                                      float* dtable, cudaStream_t s);
+// Deterministic: stable radix sort of (token, position), then one block per distinct token adds its rows in
+// position order, starting from the existing dtable value (the CPU reference's exact summation order).
+void launch_embedding_backward_sorted(const float* dout, const int32_t* tokens, int64_t N, int64_t D,
+                                      float* dtable, Workspace& ws, cudaStream_t s);
+
+void launch_rmsnorm_forward(const float* x, int64_t N, int64_t D, float eps, float* out, float* rstd,
+                            cudaStream_t s);
+void launch_rmsnorm_backward(const float* dout, const float* x, const float* rstd, int64_t N, int64_t D,
+                             float* dx_acc, cudaStream_t s);
+
+void launch_channel_scale_forward(const float* x, const float* sc, int64_t N, int64_t D, float* y, cudaStream_t s);
+void launch_channel_scale_backward(const float* dy, const float* x, const float* sc, int64_t N, int64_t D,
+                                   float* dx_acc, float* ds_acc, Workspace& ws, cudaStream_t s);
+void launch_head_scale_forward(const float* x, const float* g, int64_t N, int64_t H, int64_t hd, float* y,
+                               cudaStream_t s);
+void launch_head_scale_backward(const float* dy, const float* x, const float* g, int64_t N, int64_t H, int64_t hd,
+                                float* dx_acc, float* dg_acc, Workspace& ws, cudaStream_t s);
+
+// cos/sin tables [Tn, rot/2] (angles in double, rounded to float, as in the CPU reference).
+void launch_rope_table(int64_t Tn, int64_t rot, double base, float* cos_t, float* sin_t, cudaStream_t s);
+void launch_rope_apply(float* x, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, const float* cos_t,
+                       const float* sin_t, bool inverse, cudaStream_t s);
+
+void launch_activation_forward(bool leaky, const float* h, int64_t n, float* out, cudaStream_t s);
+void launch_activation_backward(bool leaky, const float* dout, const float* h, int64_t n, float* dh_acc,
+                                cudaStream_t s);
+
+void launch_skip_add_forward(float* x, const float* skip, const float* w, int64_t N, int64_t D, cudaStream_t s);
+void launch_skip_add_backward(const float* dy, const float* skip, const float* w, int64_t N, int64_t D,
+                              float* dskip_acc, float* dw_acc, Workspace& ws, cudaStream_t s);
+void launch_gated_skip_forward(const float* x, const float* skip, const float* w, const float* g, int64_t N,
+                               int64_t D, float* y, cudaStream_t s);
+void launch_gated_skip_backward(const float* dy, const float* x, const float* skip, const float* w, const float* g,
+                                int64_t N, int64_t D, float* dx_acc, float* dskip_acc, float* dw_acc, float* dg_acc,
+                                Workspace& ws, cudaStream_t s);
+void launch_resid_mix_forward(const float* x, const float* x0, const float* m, int64_t N, int64_t D, float* y,
+                              cudaStream_t s);
+void launch_resid_mix_backward(const float* dy, const float* x, const float* x0, const float* m, int64_t N,
+                               int64_t D, float* dx_acc, float* dx0_acc, float* dm_acc, Workspace& ws,
+                               cudaStream_t s);
+
+// One block per row. losses_dev[n] gets each row's loss (double); *bad_row gets the smallest row whose target
+// is outside [0, V) (it must hold INT32_MAX before the launch; left unchanged when all targets are valid).
+void launch_softcap_cross_entropy(const float* z, const int32_t* targets, int64_t N, int64_t V, float cap,
+                                  double* losses_dev, int32_t* bad_row, float* dz, float grad_scale,
+                                  cudaStream_t s);
+
+// ---- cuda_attention.cu --------------------------------------------------------------------------------------
+// Throws std::invalid_argument for bad shapes (H % Hkv != 0, ...) and for head_dim > 128, which the kernels do
+// not support. 16-byte loads are used when hd % 4 == 0 and the pointers allow, element loads otherwise.
+void launch_attention_forward(const float* q, const float* k, const float* v, int64_t B, int64_t Tn, int64_t H,
+                              int64_t Hkv, int64_t hd, float* out, float* lse, cudaStream_t s);
+void launch_attention_backward(const float* dout, const float* q, const float* k, const float* v, const float* out,
+                               const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd,
+                               float* dq_acc, float* dk_acc, float* dv_acc, Workspace& ws, cudaStream_t s);
+
+}  // namespace ptool::cuda

@@ -1,0 +1,761 @@
+// CUDA kernels of every op except attention (cuda_attention.cu) and the GEMMs (cuBLASLt, cuda_backend.cpp).
+// Contracts: src/ops/cpu_ops.h. fp32 storage; the notes per family say where accumulation is wider.
+//
+// Design per family
+// - Element-wise ops (add, scale, activations, channel/head scale forward, skip/gated skip/resid_mix forward,
+//   embedding forward, RoPE): one grid-stride kernel over the flat index, coalesced; add/scale use 16-byte
+//   accesses when the pointers allow. Memory-bound; no shared memory.
+// - RMSNorm forward/backward: one warp per row; sum of squares and the backward's dot product accumulate in
+//   double (as the CPU reference does), so rstd almost always matches it bit for bit.
+// - Backward of the per-channel parameters (ds, dw, dg, dm, and the per-head dg): one fused pass that also does
+//   the element-wise input gradient, then a deterministic two-pass column reduction over the N rows: pass 1 has
+//   blocks of 32 columns x 8 row lanes over a fixed chunk of rows and writes double partial sums per chunk;
+//   pass 2 (one block per output) adds the chunks in a fixed order and adds the total to the accumulator. The
+//   chunking depends only on (N, columns), so results are bit-identical run to run. No atomics.
+// - Embedding backward: deterministic by default (stable radix sort of the token ids, then one block per
+//   distinct id adds its rows in position order onto the existing dtable value: the CPU's exact order, so the
+//   result equals the CPU's bit for bit); or atomicAdd (CudaBackendOptions::deterministic = false).
+// - Softcap cross-entropy: one block per row, two passes over the row, never storing probabilities: pass 1 an
+//   online (max, sum of exp) in fp32 per thread, combined across the block; pass 2 writes dz. Per-row loss
+//   lse - zc[y] in double. dz may alias z (each element is read then written by the same thread, and the target
+//   logit is read before the block barrier that precedes any write).
+#include <cub/device/device_radix_sort.cuh>
+
+#include <algorithm>
+#include <climits>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+
+#include "kernels/cuda_internal.h"
+
+namespace ptool::cuda {
+
+namespace {
+
+constexpr int kThreads = 256;
+
+unsigned grid_for(int64_t n, int threads) {
+  const int64_t b = (n + threads - 1) / threads;
+  return static_cast<unsigned>(std::clamp<int64_t>(b, 1, int64_t{1} << 20));  // grid-stride beyond this
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+__device__ __forceinline__ double warp_sum_d(double v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// ---- generic element-wise map -------------------------------------------------------------------------------
+
+template <class F>
+__global__ void map_kernel(F f, int64_t n) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) f(i);
+}
+
+template <class F>
+void launch_map(const F& f, int64_t n, cudaStream_t s, const char* name) {
+  if (n <= 0) return;
+  map_kernel<<<grid_for(n, kThreads), kThreads, 0, s>>>(f, n);
+  PTOOL_CUDA_LAUNCHED(name, s);
+}
+
+struct AddF {
+  float* y;
+  const float* x;
+  __device__ void operator()(int64_t i) const { y[i] += x[i]; }
+};
+struct Add4F {
+  float4* y;
+  const float4* x;
+  __device__ void operator()(int64_t i) const {
+    float4 a = y[i];
+    const float4 b = x[i];
+    a.x += b.x; a.y += b.y; a.z += b.z; a.w += b.w;
+    y[i] = a;
+  }
+};
+struct ScaleF {
+  float* y;
+  float a;
+  __device__ void operator()(int64_t i) const { y[i] *= a; }
+};
+struct Scale4F {
+  float4* y;
+  float a;
+  __device__ void operator()(int64_t i) const {
+    float4 v = y[i];
+    v.x *= a; v.y *= a; v.z *= a; v.w *= a;
+    y[i] = v;
+  }
+};
+
+// ---- deterministic column reductions (fused with the element-wise part of a backward) ------------------------
+//
+// A functor F has `static constexpr int kOut` and `__device__ void operator()(int64_t n, int64_t c, double* v)`:
+// it does the element-wise work of element (n, c) and returns its kOut contributions to the column sums.
+
+template <class F>
+struct ElementwiseOf {  // runs only the element-wise part over the flat index
+  F f;
+  int64_t C;
+  __device__ void operator()(int64_t i) const {
+    double v[F::kOut];
+    f(i / C, i % C, v);
+  }
+};
+
+struct ColPlan {
+  unsigned colblocks = 1;
+  int64_t chunks = 1, rows_per_chunk = 1;
+};
+
+ColPlan col_plan(int64_t N, int64_t C) {
+  ColPlan p;
+  p.colblocks = static_cast<unsigned>((C + 31) / 32);
+  int64_t chunks = std::max<int64_t>(1, 1024 / static_cast<int64_t>(p.colblocks));
+  chunks = std::min<int64_t>(chunks, std::max<int64_t>(1, (N + 7) / 8));
+  p.rows_per_chunk = std::max<int64_t>(1, (N + chunks - 1) / chunks);
+  p.chunks = (N + p.rows_per_chunk - 1) / p.rows_per_chunk;
+  return p;
+}
+
+template <class F>
+__global__ void __launch_bounds__(256) colreduce_kernel(F f, int64_t N, int64_t C, int64_t rows_per_chunk,
+                                                        double* partial) {
+  constexpr int K = F::kOut;
+  const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * 32 + tx;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.y) * rows_per_chunk;
+  const int64_t r1 = r0 + rows_per_chunk < N ? r0 + rows_per_chunk : N;
+  double acc[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k) acc[k] = 0.0;
+  if (c < C) {
+    for (int64_t n = r0 + ty; n < r1; n += 8) {
+      double v[K];
+      f(n, c, v);
+#pragma unroll
+      for (int k = 0; k < K; ++k) acc[k] += v[k];
+    }
+  }
+  __shared__ double sh[K][8][32];
+#pragma unroll
+  for (int k = 0; k < K; ++k) sh[k][ty][tx] = acc[k];
+  __syncthreads();
+  if (ty == 0 && c < C) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      double s = 0.0;
+      for (int j = 0; j < 8; ++j) s += sh[k][j][tx];
+      partial[(static_cast<int64_t>(blockIdx.y) * K + k) * C + c] = s;
+    }
+  }
+}
+
+// Block (j, k): out_k[j] += sum over chunks and over the `group` columns j*group .. j*group+group-1.
+template <int K>
+__global__ void __launch_bounds__(256) colreduce_finalize(const double* partial, int64_t chunks, int64_t C,
+                                                          int64_t group, float* out0, float* out1) {
+  const int64_t j = blockIdx.x;
+  const int k = static_cast<int>(blockIdx.y);
+  float* out = k == 0 ? out0 : out1;
+  if (out == nullptr) return;  // uniform across the block
+  const int64_t per = chunks * group;
+  double s = 0.0;
+  for (int64_t e = threadIdx.x; e < per; e += blockDim.x) {
+    const int64_t ch = e / group, g = e % group;
+    s += partial[(ch * K + k) * C + j * group + g];
+  }
+  s = warp_sum_d(s);
+  __shared__ double sh[8];
+  if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0.0;
+    for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) t += sh[w];
+    out[j] += static_cast<float>(t);
+  }
+}
+
+// Runs f over all N x C elements; when out0 or out1 is non-null also reduces its contributions into
+// out_k[j] (j < C / group) as described above.
+template <class F>
+void launch_colreduce(const F& f, int64_t N, int64_t C, int64_t group, float* out0, float* out1, Workspace& ws,
+                      cudaStream_t s, const char* name) {
+  if (N <= 0 || C <= 0) return;
+  if (out0 == nullptr && out1 == nullptr) {
+    launch_map(ElementwiseOf<F>{f, C}, N * C, s, name);
+    return;
+  }
+  const ColPlan p = col_plan(N, C);
+  auto* partial = static_cast<double*>(ws.get(static_cast<size_t>(p.chunks * F::kOut * C) * sizeof(double)));
+  colreduce_kernel<<<dim3(p.colblocks, static_cast<unsigned>(p.chunks)), 256, 0, s>>>(f, N, C, p.rows_per_chunk,
+                                                                                     partial);
+  PTOOL_CUDA_LAUNCHED(name, s);
+  colreduce_finalize<F::kOut>
+      <<<dim3(static_cast<unsigned>(C / group), F::kOut), 256, 0, s>>>(partial, p.chunks, C, group, out0, out1);
+  PTOOL_CUDA_LAUNCHED(name, s);
+}
+
+// ---- embedding ----------------------------------------------------------------------------------------------
+
+struct EmbedFwdF {
+  const float* table;
+  const int32_t* tokens;
+  float* out;
+  int64_t D;
+  __device__ void operator()(int64_t i) const {
+    const int64_t n = i / D, d = i % D;
+    out[i] = table[static_cast<int64_t>(tokens[n]) * D + d];
+  }
+};
+struct EmbedBwdAtomicF {
+  const float* dout;
+  const int32_t* tokens;
+  float* dtable;
+  int64_t D;
+  __device__ void operator()(int64_t i) const {
+    const int64_t n = i / D, d = i % D;
+    atomicAdd(dtable + static_cast<int64_t>(tokens[n]) * D + d, dout[i]);
+  }
+};
+struct IotaF {
+  int32_t* v;
+  __device__ void operator()(int64_t i) const { v[i] = static_cast<int32_t>(i); }
+};
+
+// keys: token ids sorted (stable), pos: their positions. Block per run start.
+__global__ void embed_bwd_segments(const float* dout, const int32_t* keys, const int32_t* pos, int64_t N, int64_t D,
+                                   float* dtable) {
+  for (int64_t i = blockIdx.x; i < N; i += gridDim.x) {
+    const int32_t tok = keys[i];
+    if (i > 0 && keys[i - 1] == tok) continue;  // not the first of its run (uniform across the block)
+    int64_t end = i + 1;
+    while (end < N && keys[end] == tok) ++end;
+    float* row = dtable + static_cast<int64_t>(tok) * D;
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+      float acc = row[d];
+#pragma unroll 4
+      for (int64_t j = i; j < end; ++j) acc += dout[static_cast<int64_t>(pos[j]) * D + d];
+      row[d] = acc;
+    }
+  }
+}
+
+// ---- RMSNorm ------------------------------------------------------------------------------------------------
+
+__global__ void __launch_bounds__(256) rmsnorm_fwd_kernel(const float* x, int64_t N, int64_t D, float eps,
+                                                          float* out, float* rstd) {
+  const int lane = threadIdx.x & 31;
+  const int64_t wpb = blockDim.x >> 5;
+  const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
+  for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < N; row += nwarps) {
+    const float* xr = x + row * D;
+    double ss = 0.0;
+    for (int64_t d = lane; d < D; d += 32) {
+      const double v = xr[d];
+      ss += v * v;
+    }
+    ss = warp_sum_d(ss);
+    const float r = static_cast<float>(1.0 / sqrt(ss / static_cast<double>(D) + static_cast<double>(eps)));
+    if (lane == 0) rstd[row] = r;
+    float* o = out + row * D;  // may alias x: each element is read and written by the same lane
+    for (int64_t d = lane; d < D; d += 32) o[d] = xr[d] * r;
+  }
+}
+
+__global__ void __launch_bounds__(256) rmsnorm_bwd_kernel(const float* dout, const float* x, const float* rstd,
+                                                          int64_t N, int64_t D, float* dx) {
+  const int lane = threadIdx.x & 31;
+  const int64_t wpb = blockDim.x >> 5;
+  const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
+  for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < N; row += nwarps) {
+    const float* xr = x + row * D;
+    const float* g = dout + row * D;
+    double dot = 0.0;
+    for (int64_t d = lane; d < D; d += 32) dot += static_cast<double>(g[d]) * static_cast<double>(xr[d]);
+    dot = warp_sum_d(dot);
+    const float r = rstd[row];
+    const float c = static_cast<float>(static_cast<double>(r) * r * r * dot / static_cast<double>(D));
+    float* o = dx + row * D;
+    for (int64_t d = lane; d < D; d += 32) o[d] += r * g[d] - c * xr[d];
+  }
+}
+
+unsigned row_warps_grid(int64_t rows) { return grid_for(rows, 8); }  // 8 warps (rows) per 256-thread block
+
+// ---- scales -------------------------------------------------------------------------------------------------
+
+struct ChannelScaleFwdF {
+  const float* x;
+  const float* s;
+  float* y;
+  int64_t D;
+  __device__ void operator()(int64_t i) const { y[i] = s[i % D] * x[i]; }
+};
+struct ChannelScaleBwdF {
+  static constexpr int kOut = 1;
+  const float* dy;
+  const float* x;
+  const float* s;
+  float* dx;
+  int64_t D;
+  __device__ void operator()(int64_t n, int64_t c, double* v) const {
+    const int64_t i = n * D + c;
+    const float g = dy[i];
+    if (dx) dx[i] += s[c] * g;
+    v[0] = static_cast<double>(g) * static_cast<double>(x[i]);
+  }
+};
+struct HeadScaleFwdF {
+  const float* x;
+  const float* g;
+  float* y;
+  int64_t H, hd;
+  __device__ void operator()(int64_t i) const { y[i] = g[(i / hd) % H] * x[i]; }
+};
+struct HeadScaleBwdF {  // columns c = h * hd + i of the [N, H * hd] view
+  static constexpr int kOut = 1;
+  const float* dy;
+  const float* x;
+  const float* g;
+  float* dx;
+  int64_t C, hd;
+  __device__ void operator()(int64_t n, int64_t c, double* v) const {
+    const int64_t i = n * C + c;
+    const float gy = dy[i];
+    if (dx) dx[i] += g[c / hd] * gy;
+    v[0] = static_cast<double>(gy) * static_cast<double>(x[i]);
+  }
+};
+
+// ---- RoPE ---------------------------------------------------------------------------------------------------
+
+struct RopeTableF {
+  float* cos_t;
+  float* sin_t;
+  int64_t half, rot;
+  double base;
+  __device__ void operator()(int64_t idx) const {
+    const int64_t t = idx / half, i = idx % half;
+    const double inv_freq = pow(base, -2.0 * static_cast<double>(i) / static_cast<double>(rot));
+    const double a = static_cast<double>(t) * inv_freq;
+    cos_t[idx] = static_cast<float>(cos(a));
+    sin_t[idx] = static_cast<float>(sin(a));
+  }
+};
+struct RopeApplyF {
+  float* x;
+  const float* cos_t;
+  const float* sin_t;
+  int64_t Tn, H, hd, half;
+  bool inverse;
+  __device__ void operator()(int64_t idx) const {
+    const int64_t i = idx % half, row = idx / half;  // row = (b * Tn + t) * H + h
+    const int64_t t = (row / H) % Tn;
+    const float c = cos_t[t * half + i];
+    const float s = inverse ? -sin_t[t * half + i] : sin_t[t * half + i];
+    float* v = x + row * hd;
+    const float x1 = v[i], x2 = v[i + half];
+    v[i] = x1 * c + x2 * s;
+    v[i + half] = -x1 * s + x2 * c;
+  }
+};
+
+// ---- activations --------------------------------------------------------------------------------------------
+
+template <bool kLeaky>
+struct ActFwdF {
+  const float* h;
+  float* out;
+  __device__ void operator()(int64_t i) const {
+    const float v = h[i];
+    const float r = v > 0.f ? v : (kLeaky ? 0.5f * v : 0.f);
+    out[i] = r * r;
+  }
+};
+template <bool kLeaky>
+struct ActBwdF {
+  const float* dout;
+  const float* h;
+  float* dh;
+  __device__ void operator()(int64_t i) const {
+    const float v = h[i];
+    float d;
+    if (kLeaky) {
+      d = v > 0.f ? 2.f * v : 0.5f * v;
+    } else {
+      d = 2.f * (v > 0.f ? v : 0.f);
+    }
+    dh[i] += d * dout[i];
+  }
+};
+
+// ---- skips and resid_mix ------------------------------------------------------------------------------------
+
+__device__ __forceinline__ float sigmoidf_(float g) { return 1.f / (1.f + expf(-g)); }
+
+struct SkipAddFwdF {
+  float* x;
+  const float* skip;
+  const float* w;
+  int64_t D;
+  __device__ void operator()(int64_t i) const { x[i] += w[i % D] * skip[i]; }
+};
+struct SkipAddBwdF {
+  static constexpr int kOut = 1;
+  const float* dy;
+  const float* skip;
+  const float* w;
+  float* dskip;
+  int64_t D;
+  __device__ void operator()(int64_t n, int64_t c, double* v) const {
+    const int64_t i = n * D + c;
+    const float g = dy[i];
+    if (dskip) dskip[i] += w[c] * g;
+    v[0] = static_cast<double>(g) * static_cast<double>(skip[i]);
+  }
+};
+struct GatedSkipFwdF {
+  const float* x;
+  const float* skip;
+  const float* w;
+  const float* g;
+  float* y;
+  int64_t D;
+  __device__ void operator()(int64_t i) const {
+    const int64_t d = i % D;
+    const float s = sigmoidf_(g[d]);
+    y[i] = s * x[i] + (1.f - s) * w[d] * skip[i];
+  }
+};
+struct GatedSkipBwdF {  // out 0: dw, out 1: dg
+  static constexpr int kOut = 2;
+  const float* dy;
+  const float* x;
+  const float* skip;
+  const float* w;
+  const float* g;
+  float* dx;
+  float* dskip;
+  int64_t D;
+  __device__ void operator()(int64_t n, int64_t c, double* v) const {
+    const int64_t i = n * D + c;
+    const float s = sigmoidf_(g[c]);
+    const float gy = dy[i];
+    if (dx) dx[i] += s * gy;
+    if (dskip) dskip[i] += (1.f - s) * w[c] * gy;
+    const double sd = s, gyd = gy, k = skip[i];
+    v[0] = (1.0 - sd) * k * gyd;
+    v[1] = sd * (1.0 - sd) * (static_cast<double>(x[i]) - static_cast<double>(w[c]) * k) * gyd;
+  }
+};
+struct ResidMixFwdF {
+  const float* x;
+  const float* x0;
+  const float* m;
+  float* y;
+  int64_t D;
+  __device__ void operator()(int64_t i) const {
+    const int64_t d = i % D;
+    y[i] = m[d] * x[i] + m[D + d] * x0[i];
+  }
+};
+struct ResidMixBwdF {  // out 0: dm[0, :], out 1: dm[1, :]
+  static constexpr int kOut = 2;
+  const float* dy;
+  const float* x;
+  const float* x0;
+  const float* m;
+  float* dx;
+  float* dx0;
+  int64_t D;
+  __device__ void operator()(int64_t n, int64_t c, double* v) const {
+    const int64_t i = n * D + c;
+    const float gy = dy[i];
+    if (dx) dx[i] += m[c] * gy;
+    if (dx0) dx0[i] += m[D + c] * gy;
+    v[0] = static_cast<double>(x[i]) * gy;
+    v[1] = static_cast<double>(x0[i]) * gy;
+  }
+};
+
+// ---- softcap cross-entropy ----------------------------------------------------------------------------------
+
+// Merges the (max, sum of exp(v - max)) pair (m2, s2) into (m, s).
+__device__ __forceinline__ void ms_merge(float& m, float& s, float m2, float s2) {
+  if (m2 == -INFINITY) return;
+  if (m == -INFINITY) {
+    m = m2;
+    s = s2;
+    return;
+  }
+  const float mx = fmaxf(m, m2);
+  s = s * expf(m - mx) + s2 * expf(m2 - mx);
+  m = mx;
+}
+
+template <int kT>
+__global__ void __launch_bounds__(kT) softcap_ce_kernel(const float* z, const int32_t* targets, int64_t N, int64_t V,
+                                                        float cap, double* losses, int32_t* bad_row, float* dz,
+                                                        float gs) {
+  constexpr int kW = kT / 32;
+  __shared__ float sh_m[kW], sh_s[kW], sh_fin[2];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const bool capped = cap > 0.f;
+  for (int64_t row = blockIdx.x; row < N; row += gridDim.x) {
+    const int32_t y = targets[row];
+    if (y < 0 || y >= V) {  // uniform across the block
+      if (threadIdx.x == 0) {
+        atomicMin(bad_row, static_cast<int32_t>(row));
+        losses[row] = __longlong_as_double(0x7ff8000000000000LL);  // NaN
+      }
+      continue;
+    }
+    const float* zr = z + row * V;
+    // Pass 1: online max and sum of exp of the capped logits.
+    float m = -INFINITY, s = 0.f;
+    for (int64_t j = threadIdx.x; j < V; j += kT) {
+      float v = zr[j];
+      if (capped) v = cap * tanhf(v / cap);
+      if (v > m) {
+        s = s * expf(m - v) + 1.f;
+        m = v;
+      } else {
+        s += expf(v - m);
+      }
+    }
+    float zy = zr[y];  // read by every thread before the barrier below: dz may alias z
+    if (capped) zy = cap * tanhf(zy / cap);
+    for (int o = 16; o > 0; o >>= 1) {
+      const float m2 = __shfl_xor_sync(0xffffffffu, m, o);
+      const float s2 = __shfl_xor_sync(0xffffffffu, s, o);
+      ms_merge(m, s, m2, s2);
+    }
+    if (lane == 0) {
+      sh_m[warp] = m;
+      sh_s[warp] = s;
+    }
+    __syncthreads();
+    if (warp == 0) {
+      m = lane < kW ? sh_m[lane] : -INFINITY;
+      s = lane < kW ? sh_s[lane] : 0.f;
+      for (int o = 16; o > 0; o >>= 1) {
+        const float m2 = __shfl_xor_sync(0xffffffffu, m, o);
+        const float s2 = __shfl_xor_sync(0xffffffffu, s, o);
+        ms_merge(m, s, m2, s2);
+      }
+      if (lane == 0) {
+        sh_fin[0] = m;
+        sh_fin[1] = s;
+      }
+    }
+    __syncthreads();
+    const float lse = sh_fin[0] + logf(sh_fin[1]);
+    if (threadIdx.x == 0) losses[row] = static_cast<double>(lse) - static_cast<double>(zy);
+    // Pass 2: dz = gs * (softmax - onehot) * dcap/dz.
+    if (dz) {
+      float* dr = dz + row * V;
+      for (int64_t j = threadIdx.x; j < V; j += kT) {
+        const float v = zr[j];
+        float t = 0.f, zc = v;
+        if (capped) {
+          t = tanhf(v / cap);
+          zc = cap * t;
+        }
+        float g = expf(zc - lse) - (j == y ? 1.f : 0.f);
+        if (capped) g *= 1.f - t * t;
+        dr[j] = gs * g;
+      }
+    }
+    __syncthreads();  // sh_* are reused by the next row
+  }
+}
+
+}  // namespace
+
+// ---- launchers ----------------------------------------------------------------------------------------------
+
+void launch_add(float* y, const float* x, size_t n, cudaStream_t s) {
+  const int64_t nn = static_cast<int64_t>(n);
+  if (aligned16(y) && aligned16(x)) {
+    const int64_t n4 = nn / 4;
+    launch_map(Add4F{reinterpret_cast<float4*>(y), reinterpret_cast<const float4*>(x)}, n4, s, "add");
+    launch_map(AddF{y + 4 * n4, x + 4 * n4}, nn - 4 * n4, s, "add");
+  } else {
+    launch_map(AddF{y, x}, nn, s, "add");
+  }
+}
+
+void launch_scale(float* y, float a, size_t n, cudaStream_t s) {
+  const int64_t nn = static_cast<int64_t>(n);
+  if (aligned16(y)) {
+    const int64_t n4 = nn / 4;
+    launch_map(Scale4F{reinterpret_cast<float4*>(y), a}, n4, s, "scale");
+    launch_map(ScaleF{y + 4 * n4, a}, nn - 4 * n4, s, "scale");
+  } else {
+    launch_map(ScaleF{y, a}, nn, s, "scale");
+  }
+}
+
+void launch_embedding_forward(const float* table, const int32_t* tokens, int64_t N, int64_t D, float* out,
+                              cudaStream_t s) {
+  if (D <= 0) return;
+  launch_map(EmbedFwdF{table, tokens, out, D}, N * D, s, "embedding_forward");
+}
+
+void launch_embedding_backward_atomic(const float* dout, const int32_t* tokens, int64_t N, int64_t D,
+                                      float* dtable, cudaStream_t s) {
+  if (D <= 0) return;
+  launch_map(EmbedBwdAtomicF{dout, tokens, dtable, D}, N * D, s, "embedding_backward (atomic)");
+}
+
+void launch_embedding_backward_sorted(const float* dout, const int32_t* tokens, int64_t N, int64_t D,
+                                      float* dtable, Workspace& ws, cudaStream_t s) {
+  if (N <= 0 || D <= 0) return;
+  if (N > INT32_MAX) throw std::invalid_argument("embedding_backward: N too large for the sort");
+  const int n = static_cast<int>(N);
+  size_t temp_bytes = 0;
+  PTOOL_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, tokens, static_cast<int32_t*>(nullptr),
+                                                   static_cast<const int32_t*>(nullptr),
+                                                   static_cast<int32_t*>(nullptr), n, 0, 32, s));
+  Carver measure;
+  measure.take<int32_t>(N);
+  measure.take<int32_t>(N);
+  measure.take<int32_t>(N);
+  measure.take<char>(temp_bytes);
+  Carver c{static_cast<char*>(ws.get(measure.off)), 0};
+  int32_t* keys = c.take<int32_t>(N);
+  int32_t* pos_in = c.take<int32_t>(N);
+  int32_t* pos = c.take<int32_t>(N);
+  void* temp = c.take<char>(temp_bytes);
+  launch_map(IotaF{pos_in}, N, s, "embedding_backward (iota)");
+  PTOOL_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, tokens, keys, pos_in, pos, n, 0, 32, s));
+  const int threads = D >= 256 ? 256 : D >= 128 ? 128 : D >= 64 ? 64 : 32;
+  embed_bwd_segments<<<static_cast<unsigned>(std::min<int64_t>(N, int64_t{1} << 20)), threads, 0, s>>>(
+      dout, keys, pos, N, D, dtable);
+  PTOOL_CUDA_LAUNCHED("embedding_backward (segments)", s);
+}
+
+void launch_rmsnorm_forward(const float* x, int64_t N, int64_t D, float eps, float* out, float* rstd,
+                            cudaStream_t s) {
+  if (N <= 0) return;
+  rmsnorm_fwd_kernel<<<row_warps_grid(N), 256, 0, s>>>(x, N, D, eps, out, rstd);
+  PTOOL_CUDA_LAUNCHED("rmsnorm_forward", s);
+}
+
+void launch_rmsnorm_backward(const float* dout, const float* x, const float* rstd, int64_t N, int64_t D,
+                             float* dx_acc, cudaStream_t s) {
+  if (N <= 0 || dx_acc == nullptr) return;
+  rmsnorm_bwd_kernel<<<row_warps_grid(N), 256, 0, s>>>(dout, x, rstd, N, D, dx_acc);
+  PTOOL_CUDA_LAUNCHED("rmsnorm_backward", s);
+}
+
+void launch_channel_scale_forward(const float* x, const float* sc, int64_t N, int64_t D, float* y, cudaStream_t s) {
+  if (D <= 0) return;
+  launch_map(ChannelScaleFwdF{x, sc, y, D}, N * D, s, "channel_scale_forward");
+}
+
+void launch_channel_scale_backward(const float* dy, const float* x, const float* sc, int64_t N, int64_t D,
+                                   float* dx_acc, float* ds_acc, Workspace& ws, cudaStream_t s) {
+  if (!dx_acc && !ds_acc) return;
+  launch_colreduce(ChannelScaleBwdF{dy, x, sc, dx_acc, D}, N, D, 1, ds_acc, nullptr, ws, s,
+                   "channel_scale_backward");
+}
+
+void launch_head_scale_forward(const float* x, const float* g, int64_t N, int64_t H, int64_t hd, float* y,
+                               cudaStream_t s) {
+  if (H <= 0 || hd <= 0) return;
+  launch_map(HeadScaleFwdF{x, g, y, H, hd}, N * H * hd, s, "head_scale_forward");
+}
+
+void launch_head_scale_backward(const float* dy, const float* x, const float* g, int64_t N, int64_t H, int64_t hd,
+                                float* dx_acc, float* dg_acc, Workspace& ws, cudaStream_t s) {
+  if (!dx_acc && !dg_acc) return;
+  if (H <= 0 || hd <= 0) return;
+  launch_colreduce(HeadScaleBwdF{dy, x, g, dx_acc, H * hd, hd}, N, H * hd, hd, dg_acc, nullptr, ws, s,
+                   "head_scale_backward");
+}
+
+void launch_rope_table(int64_t Tn, int64_t rot, double base, float* cos_t, float* sin_t, cudaStream_t s) {
+  const int64_t half = rot / 2;
+  if (half <= 0 || Tn <= 0) return;
+  launch_map(RopeTableF{cos_t, sin_t, half, rot, base}, Tn * half, s, "rope_table");
+}
+
+void launch_rope_apply(float* x, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, const float* cos_t,
+                       const float* sin_t, bool inverse, cudaStream_t s) {
+  const int64_t half = rot / 2;
+  if (half <= 0) return;
+  launch_map(RopeApplyF{x, cos_t, sin_t, Tn, H, hd, half, inverse}, B * Tn * H * half, s,
+             inverse ? "rope_backward" : "rope_forward");
+}
+
+void launch_activation_forward(bool leaky, const float* h, int64_t n, float* out, cudaStream_t s) {
+  if (leaky)
+    launch_map(ActFwdF<true>{h, out}, n, s, "activation_forward");
+  else
+    launch_map(ActFwdF<false>{h, out}, n, s, "activation_forward");
+}
+
+void launch_activation_backward(bool leaky, const float* dout, const float* h, int64_t n, float* dh_acc,
+                                cudaStream_t s) {
+  if (dh_acc == nullptr) return;
+  if (leaky)
+    launch_map(ActBwdF<true>{dout, h, dh_acc}, n, s, "activation_backward");
+  else
+    launch_map(ActBwdF<false>{dout, h, dh_acc}, n, s, "activation_backward");
+}
+
+void launch_skip_add_forward(float* x, const float* skip, const float* w, int64_t N, int64_t D, cudaStream_t s) {
+  if (D <= 0) return;
+  launch_map(SkipAddFwdF{x, skip, w, D}, N * D, s, "skip_add_forward");
+}
+
+void launch_skip_add_backward(const float* dy, const float* skip, const float* w, int64_t N, int64_t D,
+                              float* dskip_acc, float* dw_acc, Workspace& ws, cudaStream_t s) {
+  if (!dskip_acc && !dw_acc) return;
+  launch_colreduce(SkipAddBwdF{dy, skip, w, dskip_acc, D}, N, D, 1, dw_acc, nullptr, ws, s, "skip_add_backward");
+}
+
+void launch_gated_skip_forward(const float* x, const float* skip, const float* w, const float* g, int64_t N,
+                               int64_t D, float* y, cudaStream_t s) {
+  if (D <= 0) return;
+  launch_map(GatedSkipFwdF{x, skip, w, g, y, D}, N * D, s, "gated_skip_forward");
+}
+
+void launch_gated_skip_backward(const float* dy, const float* x, const float* skip, const float* w, const float* g,
+                                int64_t N, int64_t D, float* dx_acc, float* dskip_acc, float* dw_acc, float* dg_acc,
+                                Workspace& ws, cudaStream_t s) {
+  if (!dx_acc && !dskip_acc && !dw_acc && !dg_acc) return;
+  launch_colreduce(GatedSkipBwdF{dy, x, skip, w, g, dx_acc, dskip_acc, D}, N, D, 1, dw_acc, dg_acc, ws, s,
+                   "gated_skip_backward");
+}
+
+void launch_resid_mix_forward(const float* x, const float* x0, const float* m, int64_t N, int64_t D, float* y,
+                              cudaStream_t s) {
+  if (D <= 0) return;
+  launch_map(ResidMixFwdF{x, x0, m, y, D}, N * D, s, "resid_mix_forward");
+}
+
+void launch_resid_mix_backward(const float* dy, const float* x, const float* x0, const float* m, int64_t N,
+                               int64_t D, float* dx_acc, float* dx0_acc, float* dm_acc, Workspace& ws,
+                               cudaStream_t s) {
+  if (!dx_acc && !dx0_acc && !dm_acc) return;
+  launch_colreduce(ResidMixBwdF{dy, x, x0, m, dx_acc, dx0_acc, D}, N, D, 1, dm_acc, dm_acc ? dm_acc + D : nullptr,
+                   ws, s, "resid_mix_backward");
+}
+
+void launch_softcap_cross_entropy(const float* z, const int32_t* targets, int64_t N, int64_t V, float cap,
+                                  double* losses_dev, int32_t* bad_row, float* dz, float grad_scale,
+                                  cudaStream_t s) {
+  if (N <= 0) return;
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(N, int64_t{1} << 20));
+  softcap_ce_kernel<256><<<grid, 256, 0, s>>>(z, targets, N, V, cap, losses_dev, bad_row, dz, grad_scale);
+  PTOOL_CUDA_LAUNCHED("softcap_cross_entropy", s);
+}
+
+}  // namespace ptool::cuda

@@ -1,0 +1,726 @@
+// Parity of the CUDA backend (kernels/) with the CPU reference backend (DESIGN.md principle 2): every op's
+// forward and backward on random shapes, GEMMs exactly on small integers, the whole tiny model's loss and
+// gradients, and bit-identical repeat runs. Every test is tagged [gpu] and skips (with a warning) when no CUDA
+// device is present. Each comparison prints the share of its tolerance that the worst element used.
+//
+// Tolerances (|gpu - cpu| <= atol + rtol |cpu| per element unless stated) and why:
+// - copies, embedding forward, deterministic embedding backward, zero/add/scale: exact (same fp32 operations in
+//   the same order).
+// - GEMMs on small integers: exact in fp32 and TF32 (products and sums are exactly representable).
+// - element-wise ops with one multiply-add: 1e-6 relative (the CPU and nvcc may fuse a*b+c differently).
+// - column reductions (ds, dw, dg, dm): 1e-5 of the sum of |terms| (the CPU sums N floats in sequence, the GPU
+//   in double: the bound is the CPU's own rounding error).
+// - RMSNorm: 2e-6 relative (rstd from a double sum of squares on both sides; fused multiply-adds).
+// - RoPE: 1e-6 absolute for |x| <= 1 (cos/sin tables may differ by one float ulp).
+// - attention: 2e-5 absolute on out and lse, 1e-4 absolute + 1e-4 relative on gradients (fp32 with a different
+//   summation order and exp2 instead of exp).
+// - softcap cross-entropy: 3e-5 absolute per token loss (fp32 online softmax against the CPU's double), dz
+//   within 5e-6 * grad_scale.
+// - the tiny model: loss 2e-5 relative and gradients 1e-3 of each tensor's largest |gradient| with fp32 GEMMs;
+//   2e-3 and 5e-2 with TF32 GEMMs (10-bit mantissa inputs).
+// These bounds are the first version's, set before any run on a GPU: the printed shares say how much room each
+// check has once it runs on one.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "formats/error.h"
+#include "kernels/cuda_backend.h"
+#include "src/model/config.h"
+#include "src/model/layout.h"
+#include "src/model/model.h"
+#include "src/ops/backend.h"
+
+using namespace ptool;
+
+namespace {
+
+using Vec = std::vector<float>;
+
+#define SKIP_WITHOUT_GPU()                      \
+  do {                                          \
+    if (!ptool::cuda_device_available()) {      \
+      WARN("skipped: no CUDA device");          \
+      return;                                   \
+    }                                           \
+  } while (0)
+
+std::unique_ptr<Backend<float>> gpu_backend(CudaGemmPrecision g = CudaGemmPrecision::fp32, bool det = true) {
+  CudaBackendOptions o;
+  o.gemm = g;
+  o.deterministic = det;
+  return make_cuda_backend(o);
+}
+
+// Device copy of a host vector, on the CUDA backend.
+class Dev {
+ public:
+  Dev(Backend<float>& b, const Vec& h) : b_(&b), buf_(b, h.size()), n_(h.size()) {
+    if (n_) b.upload(buf_.get(), h.data(), n_);
+  }
+  float* p() const { return buf_.get(); }
+  Vec get() const {
+    Vec h(n_);
+    if (n_) b_->download(h.data(), buf_.get(), n_);
+    return h;
+  }
+
+ private:
+  Backend<float>* b_;
+  DeviceBuffer<float> buf_;
+  size_t n_;
+};
+
+class DevIdx {
+ public:
+  DevIdx(Backend<float>& b, const std::vector<int32_t>& h) : b_(&b), p_(b.alloc_index(h.size())) {
+    if (!h.empty()) b.upload_index(p_, h.data(), h.size());
+  }
+  ~DevIdx() {
+    if (p_) b_->release_index(p_);
+  }
+  DevIdx(const DevIdx&) = delete;
+  DevIdx& operator=(const DevIdx&) = delete;
+  int32_t* p() const { return p_; }
+
+ private:
+  Backend<float>* b_;
+  int32_t* p_;
+};
+
+Vec rand_vec(std::mt19937_64& rng, size_t n, float lo = -1.f, float hi = 1.f) {
+  std::uniform_real_distribution<float> u(lo, hi);
+  Vec v(n);
+  for (auto& x : v) x = u(rng);
+  return v;
+}
+
+Vec rand_ints(std::mt19937_64& rng, size_t n, int lo, int hi) {
+  std::uniform_int_distribution<int> u(lo, hi);
+  Vec v(n);
+  for (auto& x : v) x = static_cast<float>(u(rng));
+  return v;
+}
+
+int64_t pick(std::mt19937_64& rng, std::initializer_list<int64_t> xs) {
+  std::vector<int64_t> v(xs);
+  return v[std::uniform_int_distribution<size_t>(0, v.size() - 1)(rng)];
+}
+
+int64_t rand_int(std::mt19937_64& rng, int64_t lo, int64_t hi) {
+  return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+}
+
+// |got - want| <= atol_i + rtol |want| element-wise, with atol_i = atol * scale[i] when scale is given.
+void check_close(const std::string& what, const Vec& got, const Vec& want, double atol, double rtol,
+                 const std::vector<double>* scale = nullptr) {
+  REQUIRE(got.size() == want.size());
+  double worst = 0.0;
+  size_t wi = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double g = got[i], w = want[i];
+    const double tol = atol * (scale ? (*scale)[i] : 1.0) + rtol * std::abs(w) + 1e-30;
+    double share = std::abs(g - w) / tol;
+    if (std::isnan(g) != std::isnan(w)) share = INFINITY;
+    if (std::isnan(g) && std::isnan(w)) share = 0.0;
+    if (!(share <= worst)) {
+      worst = share;
+      wi = i;
+    }
+  }
+  std::printf("  %-58s %7.2f%% of tolerance (atol %.0e%s, rtol %.0e, n %zu)\n", what.c_str(), 100.0 * worst, atol,
+              scale ? " x scale" : "", rtol, got.size());
+  INFO(what << ": worst element " << wi << " gpu " << (got.empty() ? 0.f : got[wi]) << " cpu "
+            << (want.empty() ? 0.f : want[wi]) << " (" << 100.0 * worst << "% of tolerance)");
+  CHECK(worst <= 1.0);
+}
+
+void check_exact(const std::string& what, const Vec& got, const Vec& want) {
+  REQUIRE(got.size() == want.size());
+  size_t bad = 0, first = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::memcmp(&got[i], &want[i], sizeof(float)) != 0) {
+      if (bad == 0) first = i;
+      ++bad;
+    }
+  }
+  std::printf("  %-58s exact: %zu of %zu elements differ\n", what.c_str(), bad, got.size());
+  INFO(what << ": first difference at " << first << " gpu " << (bad ? got[first] : 0.f) << " cpu "
+            << (bad ? want[first] : 0.f));
+  CHECK(bad == 0);
+}
+
+// Sum over rows of |a[n, c] * b[n, c]| per column c (plus |prefill|): the scale of a column reduction's error.
+std::vector<double> col_abs_sum(const Vec& a, const Vec& b, int64_t N, int64_t D, const Vec& prefill) {
+  std::vector<double> s(static_cast<size_t>(D));
+  for (int64_t d = 0; d < D; ++d) s[d] = std::abs(prefill[d]);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t d = 0; d < D; ++d) s[d] += std::abs(static_cast<double>(a[n * D + d]) * b[n * D + d]);
+  for (auto& x : s) x = std::max(x, 1e-6);
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("cuda: device and backend basics", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  std::printf("device: %s\n", cuda_device_name(0).c_str());
+  auto g = make_cuda_backend(0);
+  CHECK(std::string(g->name()) == "cuda");
+  CHECK_THROWS_AS(make_cuda_backend(1 << 20), Error);
+}
+
+TEST_CASE("cuda: upload/download, zero, copy, add, scale", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto g = gpu_backend();
+  std::mt19937_64 rng(1);
+  for (size_t n : {size_t{1}, size_t{3}, size_t{4}, size_t{1000}, size_t{4099}, size_t{1} << 20}) {
+    INFO("n = " << n);
+    const Vec a = rand_vec(rng, n), b = rand_vec(rng, n);
+    Dev da(*g, a), db(*g, b);
+    check_exact("round trip n=" + std::to_string(n), da.get(), a);
+    // add and scale, on aligned and (offset by one float) unaligned pointers
+    Vec want = a;
+    for (size_t i = 0; i < n; ++i) want[i] += b[i];
+    g->add(da.p(), db.p(), n);
+    check_exact("add n=" + std::to_string(n), da.get(), want);
+    if (n > 1) {
+      for (size_t i = 1; i < n; ++i) want[i] += b[i - 1];
+      g->add(da.p() + 1, db.p(), n - 1);
+      check_exact("add (unaligned) n=" + std::to_string(n), da.get(), want);
+    }
+    for (auto& x : want) x *= 0.37f;
+    g->scale(da.p(), 0.37f, n);
+    check_exact("scale n=" + std::to_string(n), da.get(), want);
+    g->copy(db.p(), da.p(), n);
+    check_exact("copy n=" + std::to_string(n), db.get(), want);
+    g->zero(da.p(), n);
+    check_exact("zero n=" + std::to_string(n), da.get(), Vec(n, 0.f));
+  }
+}
+
+TEST_CASE("cuda: embedding forward and backward", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  auto g = gpu_backend();
+  auto ga = gpu_backend(CudaGemmPrecision::fp32, /*deterministic=*/false);
+  std::mt19937_64 rng(2);
+  for (int it = 0; it < 6; ++it) {
+    const int64_t V = pick(rng, {1, 7, 64, 1024}), D = pick(rng, {1, 5, 64, 512}), N = rand_int(rng, 1, 3000);
+    std::vector<int32_t> tok(static_cast<size_t>(N));
+    // Skewed ids so that some rows repeat many times.
+    for (auto& t : tok) t = static_cast<int32_t>(std::min<int64_t>(V - 1, rand_int(rng, 0, V - 1) % (1 + V / 4)));
+    const std::string shape = " V=" + std::to_string(V) + " D=" + std::to_string(D) + " N=" + std::to_string(N);
+    const Vec table = rand_vec(rng, V * D), dout = rand_vec(rng, N * D), pre = rand_vec(rng, V * D);
+    Vec out(N * D), dt = pre;
+    cpu->embedding_forward(table.data(), tok.data(), N, D, out.data());
+    cpu->embedding_backward(dout.data(), tok.data(), N, D, dt.data());
+    DevIdx dtok(*g, tok);
+    Dev dtable(*g, table), ddout(*g, dout), dout_g(*g, Vec(N * D)), ddt(*g, pre);
+    g->embedding_forward(dtable.p(), dtok.p(), N, D, dout_g.p());
+    g->embedding_backward(ddout.p(), dtok.p(), N, D, ddt.p());
+    check_exact("embedding_forward" + shape, dout_g.get(), out);
+    check_exact("embedding_backward (sorted)" + shape, ddt.get(), dt);
+    // atomic mode: order-dependent rounding, so a tolerance
+    DevIdx atok(*ga, tok);
+    Dev adout(*ga, dout), adt(*ga, pre);
+    ga->embedding_backward(adout.p(), atok.p(), N, D, adt.p());
+    check_close("embedding_backward (atomic)" + shape, adt.get(), dt, 1e-5 * std::sqrt(static_cast<double>(N)), 1e-6);
+  }
+}
+
+TEST_CASE("cuda: rmsnorm forward and backward", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  auto g = gpu_backend();
+  std::mt19937_64 rng(3);
+  for (int it = 0; it < 6; ++it) {
+    const int64_t N = rand_int(rng, 1, 2000), D = pick(rng, {1, 16, 33, 64, 512, 1000});
+    const float eps = std::numeric_limits<float>::epsilon();
+    const std::string shape = " N=" + std::to_string(N) + " D=" + std::to_string(D);
+    const Vec x = rand_vec(rng, N * D, -3.f, 3.f), dout = rand_vec(rng, N * D), pre = rand_vec(rng, N * D);
+    Vec out(N * D), rstd(N), dx = pre;
+    cpu->rmsnorm_forward(x.data(), N, D, eps, out.data(), rstd.data());
+    cpu->rmsnorm_backward(dout.data(), x.data(), rstd.data(), N, D, dx.data());
+    Dev gx(*g, x), gout(*g, Vec(N * D)), grstd(*g, Vec(N)), gdout(*g, dout), gdx(*g, pre);
+    g->rmsnorm_forward(gx.p(), N, D, eps, gout.p(), grstd.p());
+    g->rmsnorm_backward(gdout.p(), gx.p(), grstd.p(), N, D, gdx.p());
+    check_close("rmsnorm_forward out" + shape, gout.get(), out, 1e-7, 2e-6);
+    check_close("rmsnorm_forward rstd" + shape, grstd.get(), rstd, 0.0, 2e-6);
+    check_close("rmsnorm_backward dx (accumulated)" + shape, gdx.get(), dx, 1e-6, 2e-6);
+    g->rmsnorm_forward(gx.p(), N, D, eps, gx.p(), grstd.p());  // in place
+    check_close("rmsnorm_forward in place" + shape, gx.get(), out, 1e-7, 2e-6);
+  }
+}
+
+TEST_CASE("cuda: linear is exact on small integers (fp32 and TF32 GEMMs)", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  std::mt19937_64 rng(4);
+  for (auto prec : {CudaGemmPrecision::fp32, CudaGemmPrecision::tf32}) {
+    auto g = gpu_backend(prec);
+    const std::string mode = prec == CudaGemmPrecision::fp32 ? " [fp32]" : " [tf32]";
+    for (int it = 0; it < 8; ++it) {
+      const int64_t N = rand_int(rng, 1, 300), K = rand_int(rng, 1, 300), M = rand_int(rng, 1, 300);
+      const std::string shape = " N=" + std::to_string(N) + " K=" + std::to_string(K) + " M=" + std::to_string(M);
+      const Vec x = rand_ints(rng, N * K, -8, 8), W = rand_ints(rng, M * K, -8, 8), dy = rand_ints(rng, N * M, -8, 8);
+      const Vec dx0 = rand_ints(rng, N * K, -100, 100), dW0 = rand_ints(rng, M * K, -100, 100);
+      Vec y(N * M), dx = dx0, dW = dW0;
+      cpu->linear_forward(x.data(), W.data(), N, K, M, y.data());
+      cpu->linear_backward(dy.data(), x.data(), W.data(), N, K, M, dx.data(), dW.data());
+      Dev gx(*g, x), gW(*g, W), gdy(*g, dy), gy(*g, Vec(N * M, 123.f)), gdx(*g, dx0), gdW(*g, dW0);
+      g->linear_forward(gx.p(), gW.p(), N, K, M, gy.p());
+      g->linear_backward(gdy.p(), gx.p(), gW.p(), N, K, M, gdx.p(), gdW.p());
+      check_exact("linear_forward" + mode + shape, gy.get(), y);
+      check_exact("linear_backward dx (accumulated)" + mode + shape, gdx.get(), dx);
+      check_exact("linear_backward dW (accumulated)" + mode + shape, gdW.get(), dW);
+      // null gradient pointers skip that gradient
+      Dev gdx2(*g, dx0), gdW2(*g, dW0);
+      g->linear_backward(gdy.p(), gx.p(), gW.p(), N, K, M, nullptr, gdW2.p());
+      g->linear_backward(gdy.p(), gx.p(), gW.p(), N, K, M, gdx2.p(), nullptr);
+      check_exact("linear_backward dx only" + mode + shape, gdx2.get(), dx);
+      check_exact("linear_backward dW only" + mode + shape, gdW2.get(), dW);
+    }
+  }
+}
+
+TEST_CASE("cuda: linear on random floats", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  std::mt19937_64 rng(5);
+  for (auto prec : {CudaGemmPrecision::fp32, CudaGemmPrecision::tf32}) {
+    auto g = gpu_backend(prec);
+    const bool tf32 = prec == CudaGemmPrecision::tf32;
+    const std::string mode = tf32 ? " [tf32]" : " [fp32]";
+    for (int it = 0; it < 4; ++it) {
+      const int64_t N = pick(rng, {1, 77, 512, 1024}), K = pick(rng, {64, 100, 512}), M = pick(rng, {1, 64, 256, 1000});
+      const std::string shape = " N=" + std::to_string(N) + " K=" + std::to_string(K) + " M=" + std::to_string(M);
+      // W offset by one float inside its buffer: an unaligned operand, as parameter slices can be
+      const Vec x = rand_vec(rng, N * K), Wbuf = rand_vec(rng, M * K + 1), dy = rand_vec(rng, N * M);
+      const Vec W(Wbuf.begin() + 1, Wbuf.end());
+      Vec y(N * M), dx(N * K, 0.f), dW(M * K, 0.f);
+      cpu->linear_forward(x.data(), W.data(), N, K, M, y.data());
+      cpu->linear_backward(dy.data(), x.data(), W.data(), N, K, M, dx.data(), dW.data());
+      Dev gx(*g, x), gW(*g, Wbuf), gdy(*g, dy), gy(*g, Vec(N * M)), gdx(*g, Vec(N * K)), gdW(*g, Vec(M * K + 1));
+      g->linear_forward(gx.p(), gW.p() + 1, N, K, M, gy.p());
+      g->linear_backward(gdy.p(), gx.p(), gW.p() + 1, N, K, M, gdx.p(), gdW.p() + 1);
+      Vec gdw = gdW.get();
+      gdw.erase(gdw.begin());
+      // error of a length-L dot product of U(-1,1) values: fp32 ~ 1e-7 sqrt(L), TF32 ~ 5e-4 sqrt(L) / 3
+      const double r = tf32 ? 2e-3 : 1e-5;
+      check_close("linear_forward" + mode + shape, gy.get(), y, r * std::sqrt(static_cast<double>(K)), 0.0);
+      check_close("linear_backward dx" + mode + shape, gdx.get(), dx, r * std::sqrt(static_cast<double>(M)), 0.0);
+      check_close("linear_backward dW" + mode + shape, gdw, dW, r * std::sqrt(static_cast<double>(N)), 0.0);
+    }
+  }
+}
+
+TEST_CASE("cuda: channel scale and head scale", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  auto g = gpu_backend();
+  std::mt19937_64 rng(6);
+  for (int it = 0; it < 5; ++it) {
+    const int64_t N = rand_int(rng, 1, 3000), D = pick(rng, {1, 7, 64, 512});
+    const std::string shape = " N=" + std::to_string(N) + " D=" + std::to_string(D);
+    const Vec x = rand_vec(rng, N * D), s = rand_vec(rng, D, 0.5f, 1.5f), dy = rand_vec(rng, N * D);
+    const Vec dx0 = rand_vec(rng, N * D), ds0 = rand_vec(rng, D);
+    Vec y(N * D), dx = dx0, ds = ds0;
+    cpu->channel_scale_forward(x.data(), s.data(), N, D, y.data());
+    cpu->channel_scale_backward(dy.data(), x.data(), s.data(), N, D, dx.data(), ds.data());
+    Dev gx(*g, x), gs(*g, s), gdy(*g, dy), gy(*g, Vec(N * D)), gdx(*g, dx0), gds(*g, ds0);
+    g->channel_scale_forward(gx.p(), gs.p(), N, D, gy.p());
+    g->channel_scale_backward(gdy.p(), gx.p(), gs.p(), N, D, gdx.p(), gds.p());
+    check_exact("channel_scale_forward" + shape, gy.get(), y);
+    check_close("channel_scale_backward dx" + shape, gdx.get(), dx, 1e-7, 1e-6);
+    const auto sc = col_abs_sum(dy, x, N, D, ds0);
+    check_close("channel_scale_backward ds" + shape, gds.get(), ds, 1e-5, 0.0, &sc);
+    Dev gds2(*g, ds0);
+    g->channel_scale_backward(gdy.p(), gx.p(), gs.p(), N, D, nullptr, gds2.p());
+    check_close("channel_scale_backward ds only" + shape, gds2.get(), ds, 1e-5, 0.0, &sc);
+  }
+  for (int it = 0; it < 5; ++it) {
+    const int64_t N = rand_int(rng, 1, 2000), H = pick(rng, {1, 3, 8}), hd = pick(rng, {2, 16, 64, 128});
+    const std::string shape = " N=" + std::to_string(N) + " H=" + std::to_string(H) + " hd=" + std::to_string(hd);
+    const Vec x = rand_vec(rng, N * H * hd), gg = rand_vec(rng, H, 0.5f, 2.f), dy = rand_vec(rng, N * H * hd);
+    const Vec dx0 = rand_vec(rng, N * H * hd), dg0 = rand_vec(rng, H);
+    Vec y(N * H * hd), dx = dx0, dg = dg0;
+    cpu->head_scale_forward(x.data(), gg.data(), N, H, hd, y.data());
+    cpu->head_scale_backward(dy.data(), x.data(), gg.data(), N, H, hd, dx.data(), dg.data());
+    Dev gx(*g, x), ggg(*g, gg), gdy(*g, dy), gy(*g, Vec(N * H * hd)), gdx(*g, dx0), gdg(*g, dg0);
+    g->head_scale_forward(gx.p(), ggg.p(), N, H, hd, gy.p());
+    g->head_scale_backward(gdy.p(), gx.p(), ggg.p(), N, H, hd, gdx.p(), gdg.p());
+    check_exact("head_scale_forward" + shape, gy.get(), y);
+    check_close("head_scale_backward dx" + shape, gdx.get(), dx, 1e-7, 1e-6);
+    std::vector<double> sc(static_cast<size_t>(H));
+    for (int64_t h = 0; h < H; ++h) {
+      sc[h] = std::abs(dg0[h]);
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t i = 0; i < hd; ++i) sc[h] += std::abs(dy[(n * H + h) * hd + i] * x[(n * H + h) * hd + i]);
+    }
+    check_close("head_scale_backward dg" + shape, gdg.get(), dg, 1e-5, 0.0, &sc);
+    g->head_scale_forward(gx.p(), ggg.p(), N, H, hd, gx.p());  // in place
+    check_exact("head_scale_forward in place" + shape, gx.get(), y);
+  }
+}
+
+TEST_CASE("cuda: rope forward and backward (partial rotary dims)", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  auto g = gpu_backend();
+  std::mt19937_64 rng(7);
+  for (int it = 0; it < 8; ++it) {
+    const int64_t B = rand_int(rng, 1, 3), Tn = rand_int(rng, 1, 300), H = pick(rng, {1, 2, 8});
+    const int64_t hd = pick(rng, {4, 16, 64, 128});
+    const int64_t rot = std::min<int64_t>(hd, pick(rng, {0, 2, 8, 16, 64, 128}));
+    const double base = it % 2 ? 10000.0 : 500000.0;
+    const std::string shape = " B=" + std::to_string(B) + " T=" + std::to_string(Tn) + " H=" + std::to_string(H) +
+                              " hd=" + std::to_string(hd) + " rot=" + std::to_string(rot);
+    const Vec x = rand_vec(rng, B * Tn * H * hd);
+    Vec f = x, b = x;
+    cpu->rope_forward(f.data(), B, Tn, H, hd, rot, base);
+    cpu->rope_backward(b.data(), B, Tn, H, hd, rot, base);
+    Dev gf(*g, x), gb(*g, x);
+    g->rope_forward(gf.p(), B, Tn, H, hd, rot, base);
+    g->rope_backward(gb.p(), B, Tn, H, hd, rot, base);
+    check_close("rope_forward" + shape, gf.get(), f, 1e-6, 0.0);
+    check_close("rope_backward" + shape, gb.get(), b, 1e-6, 0.0);
+    g->rope_backward(gf.p(), B, Tn, H, hd, rot, base);  // the inverse rotation
+    check_close("rope backward(forward(x)) == x" + shape, gf.get(), x, 2e-6, 0.0);
+  }
+  Dev gx(*g, Vec(64));
+  CHECK_THROWS_AS(g->rope_forward(gx.p(), 1, 1, 1, 16, 3, 10000.0), std::invalid_argument);
+  CHECK_THROWS_AS(g->rope_forward(gx.p(), 1, 1, 1, 16, 18, 10000.0), std::invalid_argument);
+}
+
+namespace {
+
+struct AttnShape {
+  int64_t B, Tn, H, Hkv, hd;
+};
+
+void attention_case(Backend<float>& cpu, Backend<float>& g, std::mt19937_64& rng, const AttnShape& s, float qscale,
+                    bool with_dq, bool with_dkv) {
+  const int64_t B = s.B, Tn = s.Tn, H = s.H, Hkv = s.Hkv, hd = s.hd;
+  const std::string shape = " B=" + std::to_string(B) + " T=" + std::to_string(Tn) + " H=" + std::to_string(H) +
+                            " Hkv=" + std::to_string(Hkv) + " hd=" + std::to_string(hd) +
+                            (qscale != 1.f ? " q x" + std::to_string(static_cast<int>(qscale)) : std::string()) +
+                            (with_dq && with_dkv ? "" : with_dq ? " (dq only)" : " (dk, dv only)");
+  const size_t nq = static_cast<size_t>(B * Tn * H * hd), nkv = static_cast<size_t>(B * Tn * Hkv * hd);
+  const Vec q = rand_vec(rng, nq, -qscale, qscale), k = rand_vec(rng, nkv), v = rand_vec(rng, nkv);
+  const Vec dout = rand_vec(rng, nq), dq0 = rand_vec(rng, nq), dk0 = rand_vec(rng, nkv), dv0 = rand_vec(rng, nkv);
+  Vec out(nq), lse(static_cast<size_t>(B * H * Tn)), dq = dq0, dk = dk0, dv = dv0;
+  cpu.attention_forward(q.data(), k.data(), v.data(), B, Tn, H, Hkv, hd, out.data(), lse.data());
+  cpu.attention_backward(dout.data(), q.data(), k.data(), v.data(), out.data(), lse.data(), B, Tn, H, Hkv, hd,
+                         with_dq ? dq.data() : nullptr, with_dkv ? dk.data() : nullptr,
+                         with_dkv ? dv.data() : nullptr);
+  Dev gq(g, q), gk(g, k), gv(g, v), gdout(g, dout), gout(g, Vec(nq)), glse(g, Vec(B * H * Tn));
+  Dev gdq(g, dq0), gdk(g, dk0), gdv(g, dv0);
+  g.attention_forward(gq.p(), gk.p(), gv.p(), B, Tn, H, Hkv, hd, gout.p(), glse.p());
+  check_close("attention_forward out" + shape, gout.get(), out, 2e-5, 0.0);
+  check_close("attention_forward lse" + shape, glse.get(), lse, 2e-5, 2e-6);
+  // The backward reads the GPU's own out and lse, as the model does.
+  g.attention_backward(gdout.p(), gq.p(), gk.p(), gv.p(), gout.p(), glse.p(), B, Tn, H, Hkv, hd,
+                       with_dq ? gdq.p() : nullptr, with_dkv ? gdk.p() : nullptr, with_dkv ? gdv.p() : nullptr);
+  check_close("attention_backward dq (accumulated)" + shape, gdq.get(), dq, 1e-4, 1e-4);
+  check_close("attention_backward dk (accumulated)" + shape, gdk.get(), dk, 1e-4, 1e-4);
+  check_close("attention_backward dv (accumulated)" + shape, gdv.get(), dv, 1e-4, 1e-4);
+}
+
+}  // namespace
+
+TEST_CASE("cuda: causal GQA attention forward and backward", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  auto g = gpu_backend();
+  std::mt19937_64 rng(8);
+  const AttnShape shapes[] = {
+      {1, 1, 1, 1, 16},   {2, 65, 4, 2, 16},  {1, 130, 2, 1, 32},  {2, 64, 4, 4, 64},  {1, 200, 8, 2, 64},
+      {1, 129, 2, 1, 128}, {1, 70, 3, 1, 96}, {2, 100, 2, 2, 48},  {1, 77, 4, 1, 6},   {1, 300, 8, 4, 64},
+  };
+  for (const auto& s : shapes) attention_case(*cpu, *g, rng, s, 1.f, true, true);
+  // Peaked softmax (large scores), and partial gradient requests.
+  attention_case(*cpu, *g, rng, {1, 150, 4, 2, 64}, 8.f, true, true);
+  attention_case(*cpu, *g, rng, {2, 90, 4, 2, 32}, 1.f, true, false);
+  attention_case(*cpu, *g, rng, {2, 90, 4, 2, 32}, 1.f, false, true);
+  // Random shapes.
+  for (int it = 0; it < 4; ++it) {
+    const int64_t Hkv = pick(rng, {1, 2, 4}), H = Hkv * pick(rng, {1, 2, 4});
+    attention_case(*cpu, *g, rng,
+                   {rand_int(rng, 1, 3), rand_int(rng, 1, 260), H, Hkv, pick(rng, {8, 16, 32, 64, 128})}, 1.f, true,
+                   true);
+  }
+}
+
+TEST_CASE("cuda: attention refuses shapes it does not support", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto g = gpu_backend();
+  Dev a(*g, Vec(4 * 136)), l(*g, Vec(8));
+  CHECK_THROWS_AS(g->attention_forward(a.p(), a.p(), a.p(), 1, 2, 2, 2, 136, a.p(), l.p()), std::invalid_argument);
+  CHECK_THROWS_AS(g->attention_forward(a.p(), a.p(), a.p(), 1, 2, 3, 2, 16, a.p(), l.p()), std::invalid_argument);
+}
+
+TEST_CASE("cuda: activations", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  auto g = gpu_backend();
+  std::mt19937_64 rng(9);
+  for (auto act : {cpu::Activation::relu2, cpu::Activation::leaky_relu2}) {
+    const std::string name = act == cpu::Activation::relu2 ? "relu2" : "leaky_relu2";
+    const int64_t n = rand_int(rng, 1, 100000);
+    const Vec h = rand_vec(rng, n, -3.f, 3.f), dout = rand_vec(rng, n), dh0 = rand_vec(rng, n);
+    Vec out(n), dh = dh0;
+    cpu->activation_forward(act, h.data(), n, out.data());
+    cpu->activation_backward(act, dout.data(), h.data(), n, dh.data());
+    Dev gh(*g, h), gout(*g, Vec(n)), gdout(*g, dout), gdh(*g, dh0);
+    g->activation_forward(act, gh.p(), n, gout.p());
+    g->activation_backward(act, gdout.p(), gh.p(), n, gdh.p());
+    check_exact(name + " forward", gout.get(), out);
+    check_close(name + " backward (accumulated)", gdh.get(), dh, 1e-7, 1e-6);
+  }
+}
+
+TEST_CASE("cuda: skip_add, gated_skip, resid_mix", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  auto g = gpu_backend();
+  std::mt19937_64 rng(10);
+  for (int it = 0; it < 4; ++it) {
+    const int64_t N = rand_int(rng, 1, 3000), D = pick(rng, {1, 9, 64, 512});
+    const std::string shape = " N=" + std::to_string(N) + " D=" + std::to_string(D);
+    const Vec x = rand_vec(rng, N * D), x0 = rand_vec(rng, N * D), skip = rand_vec(rng, N * D),
+              dy = rand_vec(rng, N * D);
+    const Vec w = rand_vec(rng, D, 0.f, 2.f), gate = rand_vec(rng, D, -3.f, 3.f), m = rand_vec(rng, 2 * D, 0.f, 2.f);
+    const Vec da0 = rand_vec(rng, N * D), db0 = rand_vec(rng, N * D), dw0 = rand_vec(rng, D), dg0 = rand_vec(rng, D),
+              dm0 = rand_vec(rng, 2 * D);
+    Dev gx(*g, x), gx0(*g, x0), gskip(*g, skip), gdy(*g, dy), gw(*g, w), ggate(*g, gate), gm(*g, m);
+
+    {  // skip_add
+      Vec y = x, ds = da0, dw = dw0;
+      cpu->skip_add_forward(y.data(), skip.data(), w.data(), N, D);
+      cpu->skip_add_backward(dy.data(), skip.data(), w.data(), N, D, ds.data(), dw.data());
+      Dev gy(*g, x), gds(*g, da0), gdw(*g, dw0);
+      g->skip_add_forward(gy.p(), gskip.p(), gw.p(), N, D);
+      g->skip_add_backward(gdy.p(), gskip.p(), gw.p(), N, D, gds.p(), gdw.p());
+      check_close("skip_add_forward" + shape, gy.get(), y, 1e-7, 1e-6);
+      check_close("skip_add_backward dskip" + shape, gds.get(), ds, 1e-7, 1e-6);
+      const auto sc = col_abs_sum(dy, skip, N, D, dw0);
+      check_close("skip_add_backward dw" + shape, gdw.get(), dw, 1e-5, 0.0, &sc);
+    }
+    {  // gated_skip
+      Vec y(N * D), dx = da0, ds = db0, dw = dw0, dg = dg0;
+      cpu->gated_skip_forward(x.data(), skip.data(), w.data(), gate.data(), N, D, y.data());
+      cpu->gated_skip_backward(dy.data(), x.data(), skip.data(), w.data(), gate.data(), N, D, dx.data(), ds.data(),
+                               dw.data(), dg.data());
+      Dev gy(*g, Vec(N * D)), gdx(*g, da0), gds(*g, db0), gdw(*g, dw0), gdg(*g, dg0);
+      g->gated_skip_forward(gx.p(), gskip.p(), gw.p(), ggate.p(), N, D, gy.p());
+      g->gated_skip_backward(gdy.p(), gx.p(), gskip.p(), gw.p(), ggate.p(), N, D, gdx.p(), gds.p(), gdw.p(), gdg.p());
+      check_close("gated_skip_forward" + shape, gy.get(), y, 1e-7, 2e-6);
+      check_close("gated_skip_backward dx" + shape, gdx.get(), dx, 1e-7, 2e-6);
+      check_close("gated_skip_backward dskip" + shape, gds.get(), ds, 1e-7, 2e-6);
+      // |terms| <= |skip dy| for dw and <= (|x| + |w skip|) |dy| / 4 for dg: scale by both sums
+      auto sc = col_abs_sum(dy, skip, N, D, dw0);
+      const auto sx = col_abs_sum(dy, x, N, D, dg0);
+      for (int64_t d = 0; d < D; ++d)
+        sc[d] = std::max(1.0, static_cast<double>(w[d])) * (sc[d] + sx[d]) + std::abs(dw0[d]);
+      check_close("gated_skip_backward dw" + shape, gdw.get(), dw, 1e-5, 0.0, &sc);
+      check_close("gated_skip_backward dg" + shape, gdg.get(), dg, 1e-5, 0.0, &sc);
+    }
+    {  // resid_mix
+      Vec y(N * D), dx = da0, dx0 = db0, dm = dm0;
+      cpu->resid_mix_forward(x.data(), x0.data(), m.data(), N, D, y.data());
+      cpu->resid_mix_backward(dy.data(), x.data(), x0.data(), m.data(), N, D, dx.data(), dx0.data(), dm.data());
+      Dev gy(*g, Vec(N * D)), gdx(*g, da0), gdx0(*g, db0), gdm(*g, dm0);
+      g->resid_mix_forward(gx.p(), gx0.p(), gm.p(), N, D, gy.p());
+      g->resid_mix_backward(gdy.p(), gx.p(), gx0.p(), gm.p(), N, D, gdx.p(), gdx0.p(), gdm.p());
+      check_close("resid_mix_forward" + shape, gy.get(), y, 1e-7, 1e-6);
+      check_close("resid_mix_backward dx" + shape, gdx.get(), dx, 1e-7, 1e-6);
+      check_close("resid_mix_backward dx0" + shape, gdx0.get(), dx0, 1e-7, 1e-6);
+      auto sc = col_abs_sum(dy, x, N, D, Vec(dm0.begin(), dm0.begin() + D));
+      const auto s1 = col_abs_sum(dy, x0, N, D, Vec(dm0.begin() + D, dm0.end()));
+      sc.insert(sc.end(), s1.begin(), s1.end());
+      check_close("resid_mix_backward dm" + shape, gdm.get(), dm, 1e-5, 0.0, &sc);
+      // y aliasing x: in place
+      Dev gy2(*g, x);
+      g->resid_mix_forward(gy2.p(), gx0.p(), gm.p(), N, D, gy2.p());
+      check_close("resid_mix_forward in place" + shape, gy2.get(), y, 1e-7, 1e-6);
+    }
+  }
+}
+
+TEST_CASE("cuda: softcap cross-entropy", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  auto g = gpu_backend();
+  std::mt19937_64 rng(11);
+  struct Case {
+    int64_t N, V;
+    float cap, gs, zrange;
+  };
+  const Case cases[] = {{1, 1, 30.f, 1.f, 5.f},      {37, 5, 0.f, 1.f, 5.f},      {300, 1024, 30.f, 1.f / 300, 20.f},
+                        {64, 1000, 2.f, 0.5f, 10.f}, {129, 3000, 0.f, 1.f, 40.f}, {2048, 1024, 15.f, 1.f / 2048, 60.f}};
+  for (const auto& c : cases) {
+    const std::string shape = " N=" + std::to_string(c.N) + " V=" + std::to_string(c.V) +
+                              " cap=" + std::to_string(static_cast<int>(c.cap));
+    const Vec z = rand_vec(rng, c.N * c.V, -c.zrange, c.zrange);
+    std::vector<int32_t> y(static_cast<size_t>(c.N));
+    for (auto& t : y) t = static_cast<int32_t>(rand_int(rng, 0, c.V - 1));
+    std::vector<double> lc(c.N), lg(c.N);
+    Vec dz(c.N * c.V);
+    const double sum_c = cpu->softcap_cross_entropy(z.data(), y.data(), c.N, c.V, c.cap, lc.data(), dz.data(), c.gs);
+    Dev gz(*g, z), gdz(*g, Vec(c.N * c.V));
+    DevIdx gy(*g, y);
+    const double sum_g = g->softcap_cross_entropy(gz.p(), gy.p(), c.N, c.V, c.cap, lg.data(), gdz.p(), c.gs);
+    check_close("softcap_cross_entropy losses" + shape, Vec(lg.begin(), lg.end()), Vec(lc.begin(), lc.end()), 3e-5,
+                0.0);
+    check_close("softcap_cross_entropy sum" + shape, {static_cast<float>(sum_g)}, {static_cast<float>(sum_c)},
+                3e-5 * c.N, 1e-6);
+    check_close("softcap_cross_entropy dz" + shape, gdz.get(), dz, 5e-6 * c.gs, 0.0);
+    // dz aliasing z, and no per-token losses requested
+    const double sum_a = g->softcap_cross_entropy(gz.p(), gy.p(), c.N, c.V, c.cap, nullptr, gz.p(), c.gs);
+    CHECK(sum_a == sum_g);
+    check_close("softcap_cross_entropy dz aliasing z" + shape, gz.get(), dz, 5e-6 * c.gs, 0.0);
+  }
+  // A target outside the vocabulary throws, like the CPU reference.
+  Dev gz(*g, Vec(3 * 10));
+  DevIdx bad(*g, {1, 10, 2});
+  CHECK_THROWS_AS(g->softcap_cross_entropy(gz.p(), bad.p(), 3, 10, 30.f, nullptr, nullptr, 1.f), std::out_of_range);
+  DevIdx neg(*g, {-1, 0, 2});
+  CHECK_THROWS_AS(g->softcap_cross_entropy(gz.p(), neg.p(), 3, 10, 30.f, nullptr, nullptr, 1.f), std::out_of_range);
+  // ... and the backend stays usable afterwards.
+  DevIdx ok(*g, {1, 9, 2});
+  CHECK(std::isfinite(g->softcap_cross_entropy(gz.p(), ok.p(), 3, 10, 30.f, nullptr, nullptr, 1.f)));
+}
+
+namespace {
+
+std::vector<float> noisy_params(const model::ModelConfig& cfg, const model::ParamLayout& L, uint64_t seed) {
+  std::vector<float> p(static_cast<size_t>(L.total));
+  model::init_params(cfg, L, seed, p.data());
+  // Perturb every tensor (zero-initialised projections too) so that every path carries gradient.
+  std::mt19937_64 rng(seed + 1);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (const auto& s : L.specs) {
+    const bool scalar = s.group == model::OptGroup::scalar;
+    for (int64_t i = 0; i < s.numel; ++i) p[s.offset + i] += (scalar ? 0.1f : 0.03f) * nd(rng);
+  }
+  return p;
+}
+
+struct RunResult {
+  double loss = 0.0;
+  std::vector<double> losses;
+  Vec grads;
+};
+
+RunResult run_model(Backend<float>& be, const model::ModelConfig& cfg, const std::vector<float>& params,
+                    const std::vector<int32_t>& x, const std::vector<int32_t>& y, int64_t B, int64_t Tn) {
+  model::Model<float> m(cfg, be);
+  m.load_params(params.data());
+  m.zero_grads();
+  RunResult r;
+  r.losses.resize(static_cast<size_t>(B * Tn));
+  m.forward(x.data(), y.data(), B, Tn, r.losses.data());
+  r.loss = m.forward_backward(x.data(), y.data(), B, Tn, 1.f / static_cast<float>(B * Tn));
+  r.grads.resize(static_cast<size_t>(m.param_count()));
+  be.download(r.grads.data(), m.grads(), r.grads.size());
+  return r;
+}
+
+model::ModelConfig variant_config() {  // features the presets above do not reach
+  model::ModelConfig c = model::preset("tiny");
+  c.vocab_size = 300;
+  c.d_model = 96;
+  c.n_heads = 3;  // head_dim 32
+  c.n_kv_heads = 1;
+  c.rope_dims = 8;
+  c.activation = cpu::Activation::leaky_relu2;
+  c.skips = model::SkipKind::gated;
+  c.ln_scale = true;
+  c.logit_softcap = 15.0;
+  c.tie_embeddings = false;
+  c.physical_blocks = 3;
+  c.schedule = {0, 1, 2, 1, 2};
+  c.per_virtual_scalars = true;
+  c.train_seq_len = 64;  // evaluated at T = 77 > 64: NTK-rescaled RoPE base
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("cuda: the tiny model's loss and gradients match the CPU backend", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  struct ModelCase {
+    std::string name;
+    model::ModelConfig cfg;
+    int64_t B, Tn;
+  };
+  const ModelCase cases[] = {{"tiny", model::preset("tiny"), 2, 128},
+                             {"tiny T=77", model::preset("tiny"), 3, 77},
+                             {"tiny_recurrent", model::preset("tiny_recurrent"), 2, 128},
+                             {"variant (leaky, partial rope, gated, ln_scale, untied)", variant_config(), 2, 77}};
+  for (const auto& mc : cases) {
+    const auto L = model::make_layout(mc.cfg);
+    const auto params = noisy_params(mc.cfg, L, 17);
+    std::mt19937_64 rng(23);
+    std::vector<int32_t> x(static_cast<size_t>(mc.B * mc.Tn)), y(x.size());
+    for (auto& t : x) t = static_cast<int32_t>(rand_int(rng, 0, mc.cfg.vocab_size - 1));
+    for (auto& t : y) t = static_cast<int32_t>(rand_int(rng, 0, mc.cfg.vocab_size - 1));
+    const RunResult want = run_model(*cpu, mc.cfg, params, x, y, mc.B, mc.Tn);
+    for (auto prec : {CudaGemmPrecision::fp32, CudaGemmPrecision::tf32}) {
+      const bool tf32 = prec == CudaGemmPrecision::tf32;
+      const std::string tag = mc.name + (tf32 ? " [tf32]" : " [fp32]");
+      auto g = gpu_backend(prec);
+      const RunResult got = run_model(*g, mc.cfg, params, x, y, mc.B, mc.Tn);
+      std::printf("%s: loss cpu %.9g gpu %.9g\n", tag.c_str(), want.loss, got.loss);
+      const double lrel = tf32 ? 2e-3 : 2e-5;
+      check_close(tag + " loss", {static_cast<float>(got.loss)}, {static_cast<float>(want.loss)}, 0.0, lrel);
+      check_close(tag + " per-token losses", Vec(got.losses.begin(), got.losses.end()),
+                  Vec(want.losses.begin(), want.losses.end()), tf32 ? 2e-2 : 2e-4, lrel);
+      const double grel = tf32 ? 5e-2 : 1e-3;
+      for (const auto& s : L.specs) {
+        const Vec gg(got.grads.begin() + s.offset, got.grads.begin() + s.offset + s.numel);
+        const Vec gc(want.grads.begin() + s.offset, want.grads.begin() + s.offset + s.numel);
+        double mx = 0.0;
+        for (float v : gc) mx = std::max(mx, static_cast<double>(std::abs(v)));
+        check_close(tag + " grad " + s.name, gg, gc, grel * mx + 1e-9, 0.0);
+      }
+    }
+  }
+}
+
+TEST_CASE("cuda: deterministic mode gives bit-identical repeat runs", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  for (const char* preset : {"tiny", "tiny_recurrent"}) {
+    const auto cfg = model::preset(preset);
+    const auto L = model::make_layout(cfg);
+    const auto params = noisy_params(cfg, L, 5);
+    std::mt19937_64 rng(29);
+    const int64_t B = 4, Tn = 128;
+    std::vector<int32_t> x(static_cast<size_t>(B * Tn)), y(x.size());
+    for (auto& t : x) t = static_cast<int32_t>(rand_int(rng, 0, 63));  // few distinct ids: repeated embedding rows
+    for (auto& t : y) t = static_cast<int32_t>(rand_int(rng, 0, cfg.vocab_size - 1));
+    for (auto prec : {CudaGemmPrecision::tf32, CudaGemmPrecision::fp32}) {
+      auto g1 = gpu_backend(prec);
+      auto g2 = gpu_backend(prec);
+      const RunResult a = run_model(*g1, cfg, params, x, y, B, Tn);
+      const RunResult b = run_model(*g1, cfg, params, x, y, B, Tn);
+      const RunResult c = run_model(*g2, cfg, params, x, y, B, Tn);
+      const std::string tag = std::string(preset) + (prec == CudaGemmPrecision::tf32 ? " [tf32]" : " [fp32]");
+      CHECK(a.loss == b.loss);
+      CHECK(a.loss == c.loss);
+      check_exact(tag + " repeat run, same backend: grads", b.grads, a.grads);
+      check_exact(tag + " repeat run, new backend: grads", c.grads, a.grads);
+    }
+  }
+}
