@@ -14,6 +14,7 @@
 // raw group stream byte-shuffled with stride 2, as BSHF does to a whole torch.save blob). The order-0
 // entropy does not depend on the layout. ptool's codec codes each tensor on its own (self-describing
 // streams, shape included), so its total is a fair per-tensor sum.
+#include <unistd.h>
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -31,7 +32,6 @@
 #include <optional>
 #include <string>
 #include <thread>
-#include <unistd.h>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -57,9 +57,7 @@ struct Tensor {
   std::vector<int8_t> codes;
 };
 
-double wall_now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
+double wall_now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 double thread_cpu_now() {
   timespec t{};
   clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
@@ -80,7 +78,8 @@ std::string group_of(const std::string& name) {
     size_t j = s.find('.', i);
     if (j == std::string::npos) j = s.size();
     const std::string part = s.substr(i, j - i);
-    const bool numeric = !part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
+    const bool numeric =
+        !part.empty() && std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; });
     const bool container = part == "blocks" || part == "layers" || part == "h";
     if (!numeric && !container) out += (out.empty() ? "" : ".") + part;
     i = j + 1;
@@ -126,11 +125,13 @@ std::vector<Tensor> load_raw(const std::string& json_path) {
       throw Error(json_path + ": bad shape for " + t.name);
     const size_t n = static_cast<size_t>(t.rows * t.cols);
     if (n > data.size() - off) throw Error(bin.string() + " is too short for " + t.name);
-    t.codes.assign(reinterpret_cast<const int8_t*>(data.data() + off), reinterpret_cast<const int8_t*>(data.data() + off + n));
+    t.codes.assign(reinterpret_cast<const int8_t*>(data.data() + off),
+                   reinterpret_cast<const int8_t*>(data.data() + off + n));
     off += n;
     out.push_back(std::move(t));
   }
-  if (off != data.size()) throw Error(bin.string() + " has " + std::to_string(data.size() - off) + " bytes beyond the listed tensors");
+  if (off != data.size())
+    throw Error(bin.string() + " has " + std::to_string(data.size() - off) + " bytes beyond the listed tensors");
   return out;
 }
 
@@ -145,7 +146,8 @@ std::vector<Tensor> load_artifact(const std::string& path) {
     t.rows = r.shape.size() == 2 ? r.shape[0] : 1;
     t.cols = r.shape.back();
     if (static_cast<uint64_t>(t.rows * t.cols) != r.data.size()) throw Error(path + ": size mismatch in " + r.name);
-    t.codes.assign(reinterpret_cast<const int8_t*>(r.data.data()), reinterpret_cast<const int8_t*>(r.data.data() + r.data.size()));
+    t.codes.assign(reinterpret_cast<const int8_t*>(r.data.data()),
+                   reinterpret_cast<const int8_t*>(r.data.data() + r.data.size()));
     out.push_back(std::move(t));
   }
   if (out.empty()) throw Error(path + ": no int8 tensors");
@@ -209,10 +211,14 @@ const std::vector<std::string> kCodecs = {"zlib-9", "zstd-22", "brotli-11", "xz-
 
 std::optional<size_t> compressed_size(const std::string& codec, const std::vector<uint8_t>& raw) {
   ptool::CodecOptions o;
-  if (codec == "zlib-9") o.codec = ptool::Codec::zlib, o.level = 9;
-  else if (codec == "zstd-22") o.codec = ptool::Codec::zstd, o.level = 22;
-  else if (codec == "brotli-11") o.codec = ptool::Codec::brotli, o.level = 11, o.window_log = 24;
-  else return xz_size(raw);
+  if (codec == "zlib-9")
+    o.codec = ptool::Codec::zlib, o.level = 9;
+  else if (codec == "zstd-22")
+    o.codec = ptool::Codec::zstd, o.level = 22;
+  else if (codec == "brotli-11")
+    o.codec = ptool::Codec::brotli, o.level = 11, o.window_log = 24;
+  else
+    return xz_size(raw);
   return ptool::compress(raw, o).size();
 }
 
@@ -286,7 +292,8 @@ int main(int argc, char** argv) {
   app.add_option("--artifact", artifact, "ptool artifact: its int8 tensors are benchmarked");
   app.add_option("--write-raw", write_stem, "also write the tensors as STEM.json + STEM.bin");
   app.add_option("--layouts", layouts, "layouts for the byte codecs: raw, transposed, shuffle2")->capture_default_str();
-  app.add_option("--threads", threads, "worker threads (byte codecs; the parallel decode timing)")->capture_default_str();
+  app.add_option("--threads", threads, "worker threads (byte codecs; the parallel decode timing)")
+      ->capture_default_str();
   app.add_option("--mode", mode, "ptool codec mode: -1 auto, 0 single context, 1 mixing")->capture_default_str();
   app.add_option("--repeats", repeats, "decode timing repeats (best is reported)")->capture_default_str();
   app.add_flag("--no-baselines", no_baselines, "skip zlib/zstd/brotli/xz");
@@ -463,20 +470,22 @@ int main(int argc, char** argv) {
       for (const auto& c : codecs) std::printf(" %10s", c.c_str());
       std::printf(" %10s %8s %8s\n", "ptool", "/order0", "/brotli");
       for (const auto& g : rows) {
-        std::printf("%-10s %4d %10llu %10.0f", g.name.c_str(), g.tensors, static_cast<unsigned long long>(g.codes), g.h0);
+        std::printf("%-10s %4d %10llu %10.0f", g.name.c_str(), g.tensors, static_cast<unsigned long long>(g.codes),
+                    g.h0);
         for (const auto& c : codecs) std::printf(" %10s", fmt_size(g.sizes.at(layout).at(c)).c_str());
-        const auto r = codecs.empty() ? std::nullopt
-                                      : ratio(g.ptool, g.sizes.at(layout).count("brotli-11")
-                                                           ? g.sizes.at(layout).at("brotli-11")
-                                                           : std::nullopt);
+        const auto r = codecs.empty()
+                           ? std::nullopt
+                           : ratio(g.ptool, g.sizes.at(layout).count("brotli-11") ? g.sizes.at(layout).at("brotli-11")
+                                                                                  : std::nullopt);
         std::printf(" %10llu %8.4f %8s\n", static_cast<unsigned long long>(g.ptool), g.h0 > 0 ? g.ptool / g.h0 : 0.0,
                     r ? std::to_string(*r).substr(0, 6).c_str() : "-");
       }
       std::printf("\n");
     }
-    std::printf("ptool codec: encode %.2f s CPU (%d of %d tensors chose the mixing mode); decode %.3f s CPU "
-                "single-threaded (%.1f MB/s), %.3f s wall with %d threads\n",
-                enc_cpu, mode1, total.tensors, dec_cpu, mb / dec_cpu, dec_wall_n, threads);
+    std::printf(
+        "ptool codec: encode %.2f s CPU (%d of %d tensors chose the mixing mode); decode %.3f s CPU "
+        "single-threaded (%.1f MB/s), %.3f s wall with %d threads\n",
+        enc_cpu, mode1, total.tensors, dec_cpu, mb / dec_cpu, dec_wall_n, threads);
     std::printf("byte codecs: %.1f s wall with %d threads; load/generate %.2f s\n", baselines_s, threads, load_s);
     return 0;
   } catch (const std::exception& e) {

@@ -20,7 +20,6 @@
 #include <algorithm>
 #include <array>
 #include <bit>
-#include <cmath>
 #include <cstring>
 #include <string>
 
@@ -35,38 +34,56 @@ namespace {
 constexpr uint8_t kMagic[4] = {'P', 'E', 'C', 0x01};
 constexpr int64_t kMaxDim = int64_t{1} << 40;
 constexpr int kMaxShift = 4;
-constexpr int kUnary = 24;         // unary steps before the escape
-constexpr int kSlotEscape = 1 + kUnary;   // 8 slots for the gamma length
-constexpr int kSlotLow = 64;       // 64 slots: min(high,3)*16 + prefix node
+constexpr int kUnary = 24;               // unary steps before the escape
+constexpr int kSlotEscape = 1 + kUnary;  // 8 slots for the gamma length
+constexpr int kSlotLow = 64;             // 64 slots: min(high,3)*16 + prefix node
 constexpr int kSlots = 128;
 constexpr uint32_t kCounterLimit = 1023;
 constexpr int kMixRate = 2;
+constexpr int kMaxWeight = 1 << 24;  // mixer weights are 16.16 fixed point; the clamp keeps them bounded
 
 [[noreturn]] void corrupt(const std::string& what) { throw Error("entropy-coded codes: " + what); }
 
 // ---------------------------------------------------------------------------------------------------
-// Logistic helpers: stretch(p) = ln(p/(1-p)) and squash = its inverse, 12-bit probabilities and a
-// stretch domain scaled by 256 and clamped to [-2047, 2047].
+// Integer-only tables, so that encoder and decoder agree bit for bit on every platform (no libm).
+// stretch(p) = ln(p/(1-p)) and squash = its inverse, with 12-bit probabilities and a stretch domain
+// scaled by 256 and clamped to [-2047, 2047] (squash interpolated from 33 points, as in lpaq1).
+int squash(int d) {
+  static constexpr int t[33] = {1,    2,    3,    6,    10,   16,   27,   45,   73,   120,  194,
+                                310,  488,  747,  1101, 1546, 2047, 2549, 2994, 3348, 3607, 3785,
+                                3901, 3975, 4024, 4050, 4068, 4079, 4085, 4089, 4092, 4093, 4094};
+  if (d > 2047) return 4095;
+  if (d < -2047) return 1;
+  const int w = d & 127;
+  const int i = (d >> 7) + 16;
+  return (t[i] * (128 - w) + t[i + 1] * w + 64) >> 7;
+}
+
 struct Tables {
   std::array<int16_t, 4096> stretch;
-  std::array<int16_t, 4096> squash;  // index d + 2048
-  std::array<int32_t, 1024> rec;     // 65536 / (n + 1.5): adaptive counter rates
+  std::array<int32_t, 1024> rec;  // 65536 / (n + 1.5): the rates of the adaptive counters
   Tables() {
-    for (int p = 0; p < 4096; ++p) {
-      const double x = (p + 0.5) / 4096.0;
-      stretch[p] = static_cast<int16_t>(std::clamp(std::lround(std::log(x / (1 - x)) * 256.0), -2047l, 2047l));
+    int pi = 0;
+    for (int x = -2047; x <= 2047; ++x) {  // invert squash()
+      const int v = squash(x);
+      for (int j = pi; j <= v; ++j) stretch[j] = static_cast<int16_t>(x);
+      pi = v + 1;
     }
-    for (int d = -2048; d < 2048; ++d) {
-      const double p = 4096.0 / (1.0 + std::exp(-d / 256.0));
-      squash[d + 2048] = static_cast<int16_t>(std::clamp(std::lround(p), 1l, 4095l));
-    }
-    for (int n = 0; n < 1024; ++n) rec[n] = static_cast<int32_t>(65536.0 / (n + 1.5));
+    for (int j = pi; j < 4096; ++j) stretch[j] = 2047;
+    for (int n = 0; n < 1024; ++n) rec[n] = (2 * 65536) / (2 * n + 3);
   }
 };
 const Tables& tables() {
   static const Tables t;
   return t;
 }
+
+// round(65536 * 2^(j/8)) for j = -24..24.
+constexpr int64_t kPow2Eighths[49] = {8192,   8933,   9742,   10624,  11585,  12634,  13777,  15024,  16384,  17867,
+                                      19484,  21247,  23170,  25268,  27554,  30048,  32768,  35734,  38968,  42495,
+                                      46341,  50535,  55109,  60097,  65536,  71468,  77936,  84990,  92682,  101070,
+                                      110218, 120194, 131072, 142935, 155872, 169979, 185364, 202141, 220436, 240387,
+                                      262144, 285870, 311744, 339959, 370728, 404281, 440872, 480774, 524288};
 
 // ---------------------------------------------------------------------------------------------------
 // Carry-less binary arithmetic coder (after Matt Mahoney's lpaq1); p = P(bit == 1) in 1/4096.
@@ -75,7 +92,10 @@ class ArithEncoder {
   explicit ArithEncoder(std::vector<uint8_t>& out) : out_(out) {}
   int code(int bit, uint32_t p) {
     const uint32_t xmid = x1_ + static_cast<uint32_t>((static_cast<uint64_t>(x2_ - x1_) * p) >> 12);
-    if (bit) x2_ = xmid; else x1_ = xmid + 1;
+    if (bit)
+      x2_ = xmid;
+    else
+      x1_ = xmid + 1;
     while (((x1_ ^ x2_) & 0xff000000u) == 0) {
       out_.push_back(static_cast<uint8_t>(x2_ >> 24));
       x1_ <<= 8;
@@ -104,7 +124,8 @@ class ArithDecoder {
   int code(int /*bit*/, uint32_t p) {
     const uint32_t xmid = x1_ + static_cast<uint32_t>((static_cast<uint64_t>(x2_ - x1_) * p) >> 12);
     const int bit = x_ <= xmid;
-    if (bit) x2_ = xmid; else x1_ = xmid + 1;
+    x1_ = bit ? x1_ : xmid + 1;  // branch-free: the bit is unpredictable
+    x2_ = bit ? xmid : x2_;
     while (((x1_ ^ x2_) & 0xff000000u) == 0) {
       x1_ <<= 8;
       x2_ = (x2_ << 8) | 255;
@@ -131,7 +152,7 @@ class ArithDecoder {
 // The model.
 //
 // Per-tensor state: a running mean of 16|q| per column over the rows above (rate 1/(r+9.5), floored
-// at 1/1001) and per row over the codes to the left (rate 1/(c+2.5), floored at 1/61.5), and the
+// at 1/1000.5) and per row over the codes to the left (rate 1/(c+2.5), floored at 1/61.5), and the
 // magnitudes of the current and previous rows. Contexts are log-scale buckets of these values
 // relative to the tensor's mean16, so the tables mean the same thing for int5, int6 and int8 codes.
 //   model 0 (both modes): column bucket (4 per octave, +-3 octaves) x row bucket (1 per octave, +-2)
@@ -143,15 +164,38 @@ constexpr int kMaxX16 = 129 * 16;  // bucket tables cover 16*|q| up to 16*128
 
 struct Buckets {
   std::array<uint8_t, kMaxX16> tab{};
+  // Linear interpolation between bucket centres: the lower bucket (the upper one is lower + 1) and
+  // the upper's weight in 1/16; x = 0 has lower = 0 and weight 0.
+  std::array<uint8_t, kMaxX16> lower{};
+  std::array<uint8_t, kMaxX16> weight{};
   int count = 0;
-  // per_octave buckets per factor of two over ratios 2^-octaves .. 2^octaves; bucket 0 = exact zero.
+  // per_octave (1, 2 or 4) buckets per factor of two over ratios x/mean16 in 2^-octaves .. 2^octaves
+  // (octaves <= 3); bucket 0 = exact zero. Boundaries at mean16 * 2^(k/per_octave - octaves).
   void init(int mean16, int per_octave, int octaves) {
-    count = 2 + 2 * octaves * per_octave;
-    tab[0] = 0;
+    const int n = 2 * octaves * per_octave;
+    const int step = 8 / per_octave;
+    count = 2 + n;
+    auto at = [&](int j) { return static_cast<int64_t>(mean16) * kPow2Eighths[j + 24]; };  // x*65536 units
+    auto boundary = [&](int k) { return at(k * step - 8 * octaves); };                     // k = 1..n
+    // Interpolation runs over buckets 1..n; the centre of bucket b is mean16 * 2^((b - 1/2)/per_octave - octaves).
+    auto centre = [&](int b) { return at((2 * b - 1) * step / 2 - 8 * octaves); };
+    tab[0] = lower[0] = weight[0] = 0;
+    int b = 1, i = 1;  // both only grow with x
     for (int x = 1; x < kMaxX16; ++x) {
-      const double l = std::clamp(std::log2(static_cast<double>(x) / mean16), -1.0 * octaves, 1.0 * octaves);
-      const int b = 1 + static_cast<int>(std::floor((l + octaves) * per_octave));
-      tab[x] = static_cast<uint8_t>(std::clamp(b, 1, count - 1));
+      const int64_t X = static_cast<int64_t>(x) << 16;
+      while (b <= n && X >= boundary(b)) ++b;
+      tab[x] = static_cast<uint8_t>(b);
+      while (i + 1 <= n && X >= centre(i + 1)) ++i;
+      int64_t w;
+      if (i == n) {
+        lower[x] = static_cast<uint8_t>(n - 1);
+        w = 16;
+      } else {
+        lower[x] = static_cast<uint8_t>(i);
+        const int64_t lo = centre(i), hi = centre(i + 1);
+        w = X <= lo ? 0 : (16 * (X - lo) + (hi - lo) / 2) / (hi - lo);
+      }
+      weight[x] = static_cast<uint8_t>(std::clamp<int64_t>(w, 0, 16));
     }
   }
   int operator()(int x16) const { return tab[std::min(x16, kMaxX16 - 1)]; }
@@ -202,7 +246,15 @@ class Model {
       const int64_t base = r * cols_;
       for (int64_t c = 0; c < cols_; ++c) {
         const int colv = col_[c] >> 8, rowv = row >> 8;
-        ctx_[0] = (b_col_(colv) * b_row_.count + b_row_(rowv)) * kSlots;
+        if constexpr (kModels == 1) {
+          // Interpolate between the two column buckets around colv (both are updated).
+          const int x = std::min(colv, kMaxX16 - 1);
+          ctx_[0] = (b_col_.lower[x] * b_row_.count + b_row_(rowv)) * kSlots;
+          ctx_upper_ = x == 0 ? ctx_[0] : ctx_[0] + b_row_.count * kSlots;
+          w_upper_ = b_col_.weight[x];
+        } else {
+          ctx_[0] = (b_col_(colv) * b_row_.count + b_row_(rowv)) * kSlots;
+        }
         if constexpr (kModels > 1) {
           const int l1 = cur_[c + 1], l2 = cur_[c];
           const int u = prev_[c + 2], ul = prev_[c + 1], ur = prev_[c + 3];
@@ -235,9 +287,12 @@ class Model {
   int bit(IO& io, int slot, int y) {
     const Tables& T = tables();
     if constexpr (kModels == 1) {
-      uint32_t& e = t_[0][ctx_[0] + slot];
-      y = io.code(y, static_cast<uint32_t>(std::clamp(counter_p12(e), 1, 4095)));
-      e = counter_update(e, y, T);
+      uint32_t& lo = t_[0][ctx_[0] + slot];
+      uint32_t& hi = t_[0][ctx_upper_ + slot];
+      const int p = ((16 - w_upper_) * counter_p12(lo) + w_upper_ * counter_p12(hi)) >> 4;
+      y = io.code(y, static_cast<uint32_t>(std::clamp(p, 1, 4095)));
+      lo = counter_update(lo, y, T);
+      if (&hi != &lo) hi = counter_update(hi, y, T);
       return y;
     } else {
       uint32_t* e[kModels];
@@ -252,10 +307,11 @@ class Model {
       x[kModels] = 256;
       dot += static_cast<int64_t>(w[kModels]) * 256;
       const int d = static_cast<int>(std::clamp<int64_t>(dot >> 16, -2047, 2047));
-      const int p = T.squash[d + 2048];
+      const int p = squash(d);
       y = io.code(y, static_cast<uint32_t>(p));
       const int err = ((y << 12) - p) * kMixRate;
-      for (int i = 0; i < kInputs; ++i) w[i] += (x[i] * err + 0x2000) >> 14;
+      for (int i = 0; i < kInputs; ++i)
+        w[i] = std::clamp(w[i] + ((x[i] * err + 0x2000) >> 14), -kMaxWeight, kMaxWeight);
       for (int i = 0; i < kModels; ++i) *e[i] = counter_update(*e[i], y, T);
       return y;
     }
@@ -301,6 +357,7 @@ class Model {
   std::vector<uint32_t> t_[kModels];
   std::vector<int> mix_;
   int ctx_[4] = {};
+  int ctx_upper_ = 0, w_upper_ = 0;  // mode 0: the upper column bucket and its weight (0..16)
   std::vector<uint8_t> prev_, cur_;  // |q| of the previous and current row, 2 padding cells left, 2 right
   std::vector<int32_t> col_;         // running mean of 16|q| per column, 8 fraction bits
 };

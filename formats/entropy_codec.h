@@ -37,9 +37,9 @@ std::vector<int8_t> decode_codes(std::span<const uint8_t> stream, int64_t expect
 struct CodesStreamInfo {
   int64_t rows = 0;
   int64_t cols = 0;
-  size_t header_bytes = 0;   // bytes before the arithmetic-coded payload
+  size_t header_bytes = 0;  // bytes before the arithmetic-coded payload
   size_t payload_bytes = 0;
-  int mode = 0;              // model mode (see EntropyCodecOptions)
+  int mode = 0;  // model mode (see EntropyCodecOptions)
 };
 
 // Parses and validates the header only (no decoding); throws Error on a malformed header.

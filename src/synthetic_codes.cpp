@@ -64,7 +64,7 @@ float round_to_fp16(float v) {
   const double a = std::fabs(static_cast<double>(v));
   if (a >= 65504.0) return std::copysign(65504.0f, v);
   int e;
-  std::frexp(a, &e);                         // a = m * 2^e, m in [0.5, 1)
+  std::frexp(a, &e);                           // a = m * 2^e, m in [0.5, 1)
   const int exp_unit = std::max(e - 11, -24);  // 11 significant bits; subnormal step 2^-24
   const double q = std::nearbyint(std::ldexp(a, -exp_unit));
   return static_cast<float>(std::copysign(std::ldexp(q, exp_unit), static_cast<double>(v)));
@@ -194,8 +194,8 @@ QuantizedCodes sdclip_quantize(const std::vector<float>& w, int64_t rows, int64_
 }
 
 QuantizedCodes synthetic_codes(const SyntheticTensorSpec& spec, const SyntheticWeightOptions& opt, uint64_t seed) {
-  QuantizedCodes q =
-      sdclip_quantize(synthetic_weights(spec.rows, spec.cols, opt, seed), spec.rows, spec.cols, spec.bits, spec.clip_sigmas);
+  QuantizedCodes q = sdclip_quantize(synthetic_weights(spec.rows, spec.cols, opt, seed), spec.rows, spec.cols,
+                                     spec.bits, spec.clip_sigmas);
   q.name = spec.name;
   q.group = spec.group;
   return q;

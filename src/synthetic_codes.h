@@ -18,21 +18,21 @@
 namespace ptool {
 
 struct SyntheticTensorSpec {
-  std::string name;      // e.g. "blocks.3.attn.c_q.weight"
-  std::string group;     // e.g. "attn.c_q" (REFERENCE.md §6.1 per-group names)
+  std::string name;   // e.g. "blocks.3.attn.c_q.weight"
+  std::string group;  // e.g. "attn.c_q" (REFERENCE.md §6.1 per-group names)
   int64_t rows = 0;
   int64_t cols = 0;
-  int bits = 6;          // R = 2^(bits-1) - 1
+  int bits = 6;                // R = 2^(bits-1) - 1
   double clip_sigmas = 12.85;  // SDClip k
 };
 
 struct SyntheticWeightOptions {
-  double row_log_sigma = 0.5;    // per-row std ~ exp(N(0, row_log_sigma^2))
-  double col_log_sigma = 0.25;   // per-column scale ~ exp(N(0, col_log_sigma^2)); 0 = none
-  int low_rank = 16;             // rank of the correlated component; 0 = none
-  double low_rank_share = 0.15;  // share of the variance in the low-rank component
+  double row_log_sigma = 0.5;       // per-row std ~ exp(N(0, row_log_sigma^2))
+  double col_log_sigma = 0.25;      // per-column scale ~ exp(N(0, col_log_sigma^2)); 0 = none
+  int low_rank = 16;                // rank of the correlated component; 0 = none
+  double low_rank_share = 0.15;     // share of the variance in the low-rank component
   double gaussian_row_share = 0.5;  // rows with Gaussian noise; the others Student-t
-  int min_dof = 4;               // Student-t rows draw dof uniformly from [min_dof, max_dof]
+  int min_dof = 4;                  // Student-t rows draw dof uniformly from [min_dof, max_dof]
   int max_dof = 10;
 };
 
