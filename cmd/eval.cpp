@@ -6,6 +6,7 @@
 #include "formats/shard.h"
 #include "src/eval/evaluate.h"
 #include "src/model/load.h"
+#include "src/ops/device.h"
 #include "src/tokenizer.h"
 
 namespace ptool::cmd {
@@ -20,8 +21,6 @@ struct EvalArgs {
 };
 
 void run_eval(const EvalArgs& a) {
-  if (a.device == "cuda") throw Error("--device cuda is not built yet (issue #5); use --device cpu");
-  if (a.device != "cpu") throw Error("--device must be cpu or cuda");
   auto lm = model::load_model(a.model);
   Tokenizer tok = Tokenizer::load(a.tokenizer);
   if (!lm.tokenizer_sha256.empty() && lm.tokenizer_sha256 != tok.sha256() && !a.ignore_tokenizer_mismatch)
@@ -37,7 +36,7 @@ void run_eval(const EvalArgs& a) {
   if (a.max_tokens > 0 && static_cast<int64_t>(val.size()) > a.max_tokens + 1) val.resize(a.max_tokens + 1);
   const int64_t L = a.seq_len > 0 ? a.seq_len : lm.config.train_seq_len;
 
-  auto backend = make_cpu_backend<float>();
+  auto backend = make_backend(a.device);
   model::Model<float> m(lm.config, *backend);
   m.load_params(lm.weights.data());
   ProgressBar bar(a.ttt ? "ttt" : "eval");

@@ -37,8 +37,6 @@ model::ModelConfig resolve_config(const TrainArgs& a) {
 }
 
 void run_train(TrainArgs& a) {
-  if (a.device == "cuda") throw Error("--device cuda is not built yet (issue #5); use --device cpu");
-  if (a.device != "cpu") throw Error("--device must be cpu or cuda");
   const model::ModelConfig cfg = resolve_config(a);
   train::TrainInputs in;
   in.train_files = expand_glob(a.train_glob);
@@ -47,6 +45,7 @@ void run_train(TrainArgs& a) {
   in.out_path = a.out;
   in.resume_path = a.resume;
   in.command_line = a.argv;
+  a.opt.device = a.device;
 
   ProgressBar bar("train");
   train::TrainCallbacks cb;

@@ -3,6 +3,8 @@
 // overflow-safe arithmetic, before anything depending on it is allocated.
 #include "formats/artifact.h"
 
+#include "formats/atomic_file.h"
+
 #include <brotli/decode.h>
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -806,47 +808,6 @@ class FileBytes {
 
 [[noreturn]] void bad_input(const std::string& what) { throw Error("cannot write artifact: " + what); }
 
-void write_all_atomically(const std::string& path, std::span<const uint8_t> bytes) {
-  static std::atomic<unsigned> counter{0};
-  std::string tmp;
-  int fd = -1;
-  for (int attempt = 0; attempt < 100 && fd < 0; ++attempt) {
-    tmp = path + "." + std::to_string(::getpid()) + "." + std::to_string(counter++) + ".tmp";
-    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-    if (fd < 0 && errno != EEXIST) break;
-  }
-  if (fd < 0) throw Error(path + ": cannot write artifact: cannot create temp file " + tmp + ": " + std::strerror(errno));
-  auto fail = [&](const std::string& step) {
-    const int e = errno;
-    if (fd >= 0) ::close(fd);
-    ::unlink(tmp.c_str());
-    throw Error(path + ": cannot write artifact: " + step + ": " + std::strerror(e));
-  };
-  size_t done = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + done, std::min<size_t>(bytes.size() - done, 1u << 30));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      if (n == 0) errno = EIO;
-      fail("write to " + tmp + " failed after " + std::to_string(done) + " bytes");
-    }
-    done += static_cast<size_t>(n);
-  }
-  if (::fsync(fd) != 0) fail("fsync of " + tmp);
-  const int rc = ::close(fd);
-  fd = -1;
-  if (rc != 0) fail("close of " + tmp);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) fail("rename of " + tmp);
-  // Make the rename itself durable; failing to do so does not undo the write.
-  const size_t slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-}
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1066,7 +1027,7 @@ uint64_t write_artifact(const std::string& path, const Artifact& a, const WriteO
   } catch (const std::bad_alloc&) {
     throw Error(path + ": cannot write artifact: out of memory");
   }
-  write_all_atomically(path, bytes);
+  write_file_atomic(path, bytes, "artifact");
   return bytes.size();
 }
 

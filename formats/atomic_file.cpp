@@ -1,57 +1,51 @@
 #include "formats/atomic_file.h"
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "formats/error.h"
 
 namespace ptool {
 
-namespace {
-
-std::string dir_of(const std::string& path) {
-  const auto slash = path.find_last_of('/');
-  if (slash == std::string::npos) return ".";
-  return slash == 0 ? "/" : path.substr(0, slash);
-}
-
-}  // namespace
-
-void write_file_atomic(const std::string& path, std::span<const uint8_t> bytes) {
-  std::string tmp = path + ".tmp.XXXXXX";
-  int fd = mkstemp(tmp.data());
-  if (fd < 0) throw Error(path + ": cannot create a temporary file beside it: " + std::strerror(errno));
-  auto fail = [&](const char* what) {
+void write_file_atomic(const std::string& path, std::span<const uint8_t> bytes, const std::string& what) {
+  static std::atomic<unsigned> counter{0};
+  std::string tmp;
+  int fd = -1;
+  for (int attempt = 0; attempt < 100 && fd < 0; ++attempt) {
+    tmp = path + "." + std::to_string(::getpid()) + "." + std::to_string(counter++) + ".tmp";
+    fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd < 0 && errno != EEXIST) break;
+  }
+  if (fd < 0) throw Error(path + ": cannot write " + what + ": cannot create temp file " + tmp + ": " + std::strerror(errno));
+  auto fail = [&](const std::string& step) {
     const int e = errno;
-    ::close(fd);
+    if (fd >= 0) ::close(fd);
     ::unlink(tmp.c_str());
-    throw Error(path + ": " + what + ": " + std::strerror(e));
+    throw Error(path + ": cannot write " + what + ": " + step + ": " + std::strerror(e));
   };
   size_t done = 0;
   while (done < bytes.size()) {
-    ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      fail("write failed");
+    const ssize_t n = ::write(fd, bytes.data() + done, std::min<size_t>(bytes.size() - done, 1u << 30));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      if (n == 0) errno = EIO;
+      fail("write to " + tmp + " failed after " + std::to_string(done) + " bytes");
     }
     done += static_cast<size_t>(n);
   }
-  if (::fchmod(fd, 0644) != 0) fail("chmod failed");
-  if (::fsync(fd) != 0) fail("fsync failed");
-  if (::close(fd) != 0) {
-    const int e = errno;
-    ::unlink(tmp.c_str());
-    throw Error(path + ": close failed: " + std::strerror(e));
-  }
-  if (::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int e = errno;
-    ::unlink(tmp.c_str());
-    throw Error(path + ": rename failed: " + std::strerror(e));
-  }
-  int dfd = ::open(dir_of(path).c_str(), O_RDONLY | O_DIRECTORY);
+  if (::fsync(fd) != 0) fail("fsync of " + tmp);
+  const int rc = ::close(fd);
+  fd = -1;
+  if (rc != 0) fail("close of " + tmp);
+  if (::rename(tmp.c_str(), path.c_str()) != 0) fail("rename of " + tmp);
+  // Make the rename itself durable; failing to do so does not undo the write.
+  const size_t slash = path.find_last_of('/');
+  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
     ::fsync(dfd);
     ::close(dfd);

@@ -1,5 +1,7 @@
 #include "formats/shard.h"
 
+#include "formats/atomic_file.h"
+
 #include <fcntl.h>
 #include <glob.h>
 #include <sys/mman.h>
@@ -86,19 +88,6 @@ void open_validated(const std::string& path, ShardFile& out) {
   out.count = count;
 }
 
-void write_all(int fd, const void* src, size_t n, const std::string& what) {
-  const auto* p = static_cast<const char*>(src);
-  while (n > 0) {
-    ssize_t w = ::write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      throw Error(what + ": write failed: " + sys_error());
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-}
-
 bool has_glob_chars(const std::string& s) { return s.find_first_of("*?[") != std::string::npos; }
 
 }  // namespace
@@ -181,27 +170,10 @@ void write_shard(const std::string& path, std::span<const uint16_t> tokens) {
   header[1] = kShardVersion;
   header[2] = static_cast<int32_t>(tokens.size());
 
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  Fd fd;
-  fd.fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd.fd < 0) throw Error(path + ": cannot create temporary file " + tmp + ": " + sys_error());
-  try {
-    write_all(fd.fd, header, sizeof(header), path);
-    write_all(fd.fd, tokens.data(), tokens.size() * sizeof(uint16_t), path);
-    if (::fsync(fd.fd) != 0) throw Error(path + ": fsync failed: " + sys_error());
-    const int fdv = std::exchange(fd.fd, -1);
-    if (::close(fdv) != 0) throw Error(path + ": close failed: " + sys_error());
-    if (::rename(tmp.c_str(), path.c_str()) != 0) throw Error(path + ": cannot rename temporary file: " + sys_error());
-  } catch (...) {
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  // Make the rename durable; failure here does not undo a complete file, so it is not an error.
-  const auto slash = path.find_last_of('/');
-  const std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-  Fd dfd;
-  dfd.fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd.fd >= 0) ::fsync(dfd.fd);
+  std::vector<uint8_t> bytes(sizeof(header) + tokens.size() * sizeof(uint16_t));
+  std::memcpy(bytes.data(), header, sizeof(header));
+  if (!tokens.empty()) std::memcpy(bytes.data() + sizeof(header), tokens.data(), tokens.size() * sizeof(uint16_t));
+  write_file_atomic(path, bytes, "shard");
 }
 
 std::vector<std::string> expand_glob(const std::string& pattern) {

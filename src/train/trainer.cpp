@@ -8,6 +8,7 @@
 #include "formats/shard.h"
 #include "src/eval/evaluate.h"
 #include "src/model/model.h"
+#include "src/ops/device.h"
 #include "src/quant/rtn.h"
 #include "src/tokenizer.h"
 #include "src/train/adam.h"
@@ -26,7 +27,7 @@ using nlohmann::json;
   X(tied_embed_lr) X(embed_lr) X(head_lr) X(muon_momentum) X(muon_momentum_start) X(muon_momentum_warmup)      \
   X(ns_steps) X(muon_row_normalize) X(muon_wd) X(adam_wd) X(beta1) X(beta2) X(adam_eps) X(warmdown_iters)      \
   X(warmdown_frac) X(min_lr) X(grad_clip) X(ema_decay) X(swa_every) X(swa_start) X(qat_bits) X(qat_start)      \
-  X(val_every) X(val_tokens) X(val_batch_seqs) X(log_every) X(checkpoint_every) X(deterministic_time)
+  X(val_every) X(val_tokens) X(val_batch_seqs) X(log_every) X(checkpoint_every) X(deterministic_time) X(device)
 
 json TrainOptions::to_json() const {
   json j;
@@ -109,7 +110,7 @@ TrainResult train(const model::ModelConfig& config, const TrainOptions& opt, con
   const ByteLuts luts = build_byte_luts(tok, static_cast<uint32_t>(config.vocab_size));
 
   // Model and optimizer state.
-  auto backend = make_cpu_backend<float>();
+  auto backend = make_backend(opt.device);
   model::Model<float> m(config, *backend);
   ParamStore params = make_store(m.layout());
   ParamStore grads = params.zeros_like();

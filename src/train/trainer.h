@@ -43,6 +43,7 @@ struct TrainOptions {
   int64_t log_every = 10;
   int64_t checkpoint_every = 0;      // 0: only at the end
   bool deterministic_time = false;   // log timings but never let them change the schedule (tests)
+  std::string device = "cpu";        // cpu | cuda
 
   nlohmann::json to_json() const;
   static TrainOptions from_json(const nlohmann::json& j);
