@@ -516,7 +516,7 @@ void Parser::check_sections(const ArtifactLayout& L) const {
       fail(sec + ": unknown codec " + std::to_string(static_cast<int>(s.codec)) + " (expected 0 none, 1 zlib, 2 zstd, 3 brotli)");
     if (!is_pow2(s.alignment) || s.alignment > kMaxAlignment)
       fail(sec + ": alignment " + std::to_string(s.alignment) + " is not a power of two in 1..4096");
-    uint64_t expected;
+    uint64_t expected = 0;
     if (!align_up(prev_end, kArtifactSectionAlign, &expected) || s.file_offset != expected)
       fail(sec + ": section offset " + std::to_string(s.file_offset) + ", expected " + std::to_string(expected) +
            " (sections follow the header in table order, 64-byte aligned)");
