@@ -424,6 +424,18 @@ int main(int argc, char** argv) {
       return static_cast<double>(a) / static_cast<double>(*b);
     };
     const double mb = static_cast<double>(total.codes) / 1e6;
+    // ptool against brotli-11 on each layout and on the best layout for brotli.
+    std::map<std::string, double> vs_brotli;
+    std::optional<size_t> best_brotli;
+    std::string best_layout;
+    for (const auto& layout : layouts) {
+      if (!total.sizes[layout].count("brotli-11")) continue;
+      const auto b = total.sizes[layout]["brotli-11"];
+      if (!b) continue;
+      vs_brotli[layout] = static_cast<double>(total.ptool) / static_cast<double>(*b);
+      if (!best_brotli || *b < *best_brotli) best_brotli = b, best_layout = layout;
+    }
+    const double codes_d = std::max<double>(1.0, static_cast<double>(total.codes));
 
     if (json) {
       nlohmann::json out;
@@ -455,6 +467,15 @@ int main(int argc, char** argv) {
                       {"threads", threads},
                       {"decode_MB_per_s_1thread", mb / dec_cpu},
                       {"tensors_mode1", mode1}};
+      nlohmann::json summary;
+      summary["ptool_bits_per_code"] = 8.0 * static_cast<double>(total.ptool) / codes_d;
+      summary["order0_bits_per_code"] = 8.0 * total.h0 / codes_d;
+      for (const auto& [layout, r] : vs_brotli) summary["ptool_vs_brotli11"][layout] = r;
+      if (best_brotli) {
+        summary["brotli11_best_layout"] = best_layout;
+        summary["ptool_vs_brotli11_best_layout"] = static_cast<double>(total.ptool) / static_cast<double>(*best_brotli);
+      }
+      out["summary"] = summary;
       out["load_s"] = load_s;
       out["baselines_wall_s"] = baselines_s;
       std::cout << out.dump(2) << "\n";
@@ -477,11 +498,20 @@ int main(int argc, char** argv) {
                            ? std::nullopt
                            : ratio(g.ptool, g.sizes.at(layout).count("brotli-11") ? g.sizes.at(layout).at("brotli-11")
                                                                                   : std::nullopt);
+        char rs[32] = "-";
+        if (r) std::snprintf(rs, sizeof rs, "%.4f", *r);
         std::printf(" %10llu %8.4f %8s\n", static_cast<unsigned long long>(g.ptool), g.h0 > 0 ? g.ptool / g.h0 : 0.0,
-                    r ? std::to_string(*r).substr(0, 6).c_str() : "-");
+                    rs);
       }
       std::printf("\n");
     }
+    std::printf("ptool codec: %.4f bits/code (order-0 sum %.4f)", 8.0 * static_cast<double>(total.ptool) / codes_d,
+                8.0 * total.h0 / codes_d);
+    for (const auto& [layout, r] : vs_brotli) std::printf("; %.4fx brotli-11 on %s", r, layout.c_str());
+    if (best_brotli)
+      std::printf("; %.4fx brotli-11 on its best layout (%s)",
+                  static_cast<double>(total.ptool) / static_cast<double>(*best_brotli), best_layout.c_str());
+    std::printf("\n");
     std::printf(
         "ptool codec: encode %.2f s CPU (%d of %d tensors chose the mixing mode); decode %.3f s CPU "
         "single-threaded (%.1f MB/s), %.3f s wall with %d threads\n",
