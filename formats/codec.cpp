@@ -44,11 +44,23 @@ std::vector<uint8_t> zlib_compress(std::span<const uint8_t> raw, int level) {
 }
 
 std::vector<uint8_t> zstd_compress(std::span<const uint8_t> raw, int level, int window_log) {
+  const ZSTD_bounds wb = ZSTD_cParam_getBounds(ZSTD_c_windowLog);
+  if (window_log != 0 && (window_log < wb.lowerBound || window_log > wb.upperBound))
+    throw Error("zstd window " + std::to_string(window_log) + " is outside " + std::to_string(wb.lowerBound) + ".." +
+                std::to_string(wb.upperBound));
   ZSTD_CCtx* ctx = ZSTD_createCCtx();
-  ZSTD_CCtx_setParameter(ctx, ZSTD_c_compressionLevel, level);
+  if (!ctx) throw Error("zstd: out of memory");
+  auto set = [&](ZSTD_cParameter p, int v) {
+    const size_t rc = ZSTD_CCtx_setParameter(ctx, p, v);
+    if (ZSTD_isError(rc)) {
+      ZSTD_freeCCtx(ctx);
+      throw Error(std::string("zstd parameter rejected: ") + ZSTD_getErrorName(rc));
+    }
+  };
+  set(ZSTD_c_compressionLevel, level);
   if (window_log > 0) {
-    ZSTD_CCtx_setParameter(ctx, ZSTD_c_enableLongDistanceMatching, 1);
-    ZSTD_CCtx_setParameter(ctx, ZSTD_c_windowLog, window_log);
+    set(ZSTD_c_enableLongDistanceMatching, 1);
+    set(ZSTD_c_windowLog, window_log);
   }
   std::vector<uint8_t> out(ZSTD_compressBound(raw.size()));
   size_t n = ZSTD_compress2(ctx, out.data(), out.size(), raw.data(), raw.size());

@@ -84,7 +84,7 @@ ModelConfig config_from_json(const json& j) {
   static const std::set<std::string> known = {
       "vocab_size", "d_model", "n_heads", "n_kv_heads", "mlp_mult", "mlp_hidden", "activation", "rope_base",
       "rope_dims", "qk_norm", "q_gain_init", "logit_softcap", "tie_embeddings", "embed_init_std", "resid_mix",
-      "ln_scale", "skips", "physical_blocks", "schedule", "recurrence", "per_virtual_scalars", "train_seq_len"};
+      "ln_scale", "norm_scale", "skips", "physical_blocks", "schedule", "recurrence", "per_virtual_scalars", "train_seq_len"};
   for (auto& [k, v] : j.items())
     if (!known.count(k)) throw Error("model config: unknown key '" + k + "'");
   ModelConfig c;
@@ -105,6 +105,7 @@ ModelConfig config_from_json(const json& j) {
     c.embed_init_std = j.value("embed_init_std", c.embed_init_std);
     c.resid_mix = j.value("resid_mix", c.resid_mix);
     c.ln_scale = j.value("ln_scale", c.ln_scale);
+    c.norm_scale = j.value("norm_scale", c.norm_scale);
     if (j.contains("skips")) c.skips = parse_skip(j["skips"].get<std::string>());
     c.physical_blocks = j.value("physical_blocks", c.physical_blocks);
     c.per_virtual_scalars = j.value("per_virtual_scalars", c.per_virtual_scalars);
@@ -142,6 +143,7 @@ json config_to_json(const ModelConfig& c) {
               {"embed_init_std", c.embed_init_std},
               {"resid_mix", c.resid_mix},
               {"ln_scale", c.ln_scale},
+              {"norm_scale", c.norm_scale},
               {"skips", skip_name(c.skips)},
               {"physical_blocks", c.physical_blocks},
               {"schedule", c.schedule},

@@ -30,6 +30,7 @@ struct ModelConfig {
   double embed_init_std = 0.005;
   bool resid_mix = true;
   bool ln_scale = false;            // multiply pre-norm outputs of virtual layer i by 1/sqrt(i+1)
+  bool norm_scale = false;          // learned per-channel scale after each pre-norm RMSNorm (init 1)
   SkipKind skips = SkipKind::plain;
   int64_t physical_blocks = 9;
   // Virtual layer i runs physical block schedule[i]. Empty = [0, 1, ..., physical_blocks-1].

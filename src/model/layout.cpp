@@ -53,6 +53,10 @@ ParamLayout make_layout(const ModelConfig& c) {
     add(p + "attn_scale", {D}, Init::ones, OptGroup::scalar);
     add(p + "mlp_scale", {D}, Init::ones, OptGroup::scalar);
     if (c.resid_mix) add(p + "resid_mix", {2, D}, Init::resid_mix, OptGroup::scalar);
+    if (c.norm_scale) {
+      add(p + "attn_norm_scale", {D}, Init::ones, OptGroup::scalar);
+      add(p + "mlp_norm_scale", {D}, Init::ones, OptGroup::scalar);
+    }
     add(p + "attn.q_gain", {c.n_heads}, Init::q_gain, OptGroup::scalar);
   }
   if (c.skip_count() > 0) {

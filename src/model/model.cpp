@@ -37,7 +37,9 @@ Model<T>::Model(const ModelConfig& config, Backend<T>& backend)
   for (int64_t s = 0; s < cfg_.scalar_sets(); ++s) {
     const std::string p = (cfg_.per_virtual_scalars ? "layers." : "blocks.") + std::to_string(s) + ".";
     scal_.push_back({layout_.at(p + "attn_scale").offset, layout_.at(p + "mlp_scale").offset,
-                     cfg_.resid_mix ? layout_.at(p + "resid_mix").offset : -1, layout_.at(p + "attn.q_gain").offset});
+                     cfg_.resid_mix ? layout_.at(p + "resid_mix").offset : -1, layout_.at(p + "attn.q_gain").offset,
+                     cfg_.norm_scale ? layout_.at(p + "attn_norm_scale").offset : -1,
+                     cfg_.norm_scale ? layout_.at(p + "mlp_norm_scale").offset : -1});
   }
 }
 
@@ -78,6 +80,7 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
   acts_.resize(cfg_.virtual_layers());
   for (auto& a : acts_) {
     a.x_pre = buf(N * D); a.x_in = buf(N * D); a.x_mix = buf(N * D); a.h1 = buf(N * D); a.rstd1 = buf(N);
+    if (cfg_.norm_scale) { a.n1 = buf(N * D); a.n2 = buf(N * D); }
     a.q_raw = buf(N * D); a.rstd_q = buf(N * H); a.k_raw = buf(N * KV); a.rstd_k = buf(N * Hkv);
     a.q_rot = buf(N * D); a.q = buf(N * D); a.k = buf(N * KV); a.v = buf(N * KV); a.att = buf(N * D);
     a.lse = buf(N * H); a.o = buf(N * D); a.x1 = buf(N * D); a.h2 = buf(N * D); a.rstd2 = buf(N);
@@ -107,6 +110,30 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
   arena_train_ = train;
 }
 
+// h = [scale ⊙] ln_factor · rmsnorm(x); `n` keeps the unscaled normed values when a learned scale exists.
+template <class T>
+void Model<T>::pre_norm_forward(int64_t v, const T* x, int64_t N, T* n, T* h, T* rstd, int64_t scale) {
+  const int64_t D = cfg_.d_model;
+  T* normed = cfg_.norm_scale ? n : h;
+  be_.rmsnorm_forward(x, N, D, rms_eps<T>(), normed, rstd);
+  if (cfg_.ln_scale) be_.scale(normed, ln_factor(v), N * D);
+  if (cfg_.norm_scale) be_.channel_scale_forward(normed, fwd_ + scale, N, D, h);
+}
+
+// Reads the gradient w.r.t. h from g_h_ and accumulates the gradient w.r.t. x into dx.
+template <class T>
+void Model<T>::pre_norm_backward(int64_t v, const T* x, int64_t N, const T* n, const T* rstd, int64_t scale, T* dx) {
+  const int64_t D = cfg_.d_model;
+  T* g = g_h_.get();
+  if (cfg_.norm_scale) {
+    be_.zero(g_tmp_.get(), N * D);
+    be_.channel_scale_backward(g_h_.get(), n, fwd_ + scale, N, D, g_tmp_.get(), grads_.get() + scale);
+    g = g_tmp_.get();
+  }
+  if (cfg_.ln_scale) be_.scale(g, ln_factor(v), N * D);
+  be_.rmsnorm_backward(g, x, rstd, N, D, dx);
+}
+
 template <class T>
 void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* x) {
   const int64_t N = B * Tn, D = cfg_.d_model, KV = cfg_.kv_dim(), Hd = cfg_.hidden(), H = cfg_.n_heads,
@@ -130,8 +157,7 @@ void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* x
   else
     be_.copy(a.x_mix.get(), a.x_in.get(), N * D);
   // Attention branch.
-  be_.rmsnorm_forward(a.x_mix.get(), N, D, rms_eps<T>(), a.h1.get(), a.rstd1.get());
-  if (cfg_.ln_scale) be_.scale(a.h1.get(), ln_factor(v), N * D);
+  pre_norm_forward(v, a.x_mix.get(), N, a.n1.get(), a.h1.get(), a.rstd1.get(), s.attn_norm_scale);
   be_.linear_forward(a.h1.get(), P + w.c_q, N, D, D, a.q_raw.get());
   be_.linear_forward(a.h1.get(), P + w.c_k, N, D, KV, a.k_raw.get());
   be_.linear_forward(a.h1.get(), P + w.c_v, N, D, KV, a.v.get());
@@ -152,8 +178,7 @@ void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* x
   be_.copy(a.x1.get(), a.x_mix.get(), N * D);
   be_.add(a.x1.get(), g_tmp_.get(), N * D);
   // MLP branch.
-  be_.rmsnorm_forward(a.x1.get(), N, D, rms_eps<T>(), a.h2.get(), a.rstd2.get());
-  if (cfg_.ln_scale) be_.scale(a.h2.get(), ln_factor(v), N * D);
+  pre_norm_forward(v, a.x1.get(), N, a.n2.get(), a.h2.get(), a.rstd2.get(), s.mlp_norm_scale);
   be_.linear_forward(a.h2.get(), P + w.fc, N, D, Hd, a.u.get());
   be_.activation_forward(cfg_.activation, a.u.get(), N * Hd, a.a.get());
   be_.linear_forward(a.a.get(), P + w.mproj, N, Hd, D, a.m.get());
@@ -183,8 +208,7 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
   be_.activation_backward(cfg_.activation, g_a_.get(), a.u.get(), N * Hd, g_u_.get());
   be_.zero(g_h_.get(), N * D);
   be_.linear_backward(g_u_.get(), a.h2.get(), P + w.fc, N, D, Hd, g_h_.get(), G + w.fc);
-  if (cfg_.ln_scale) be_.scale(g_h_.get(), ln_factor(v), N * D);
-  be_.rmsnorm_backward(g_h_.get(), a.x1.get(), a.rstd2.get(), N, D, dx);  // dx: now d/dx1
+  pre_norm_backward(v, a.x1.get(), N, a.n2.get(), a.rstd2.get(), s.mlp_norm_scale, dx);  // dx: now d/dx1
   // Attention branch: x1 = x_mix + attn_scale * proj(attention(...)).
   be_.zero(g_o_.get(), N * D);
   be_.channel_scale_backward(dx, a.o.get(), P + s.attn_scale, N, D, g_o_.get(), G + s.attn_scale);
@@ -214,8 +238,7 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
   be_.linear_backward(gq_raw, a.h1.get(), P + w.c_q, N, D, D, g_h_.get(), G + w.c_q);
   be_.linear_backward(gk_raw, a.h1.get(), P + w.c_k, N, D, KV, g_h_.get(), G + w.c_k);
   be_.linear_backward(g_v_.get(), a.h1.get(), P + w.c_v, N, D, KV, g_h_.get(), G + w.c_v);
-  if (cfg_.ln_scale) be_.scale(g_h_.get(), ln_factor(v), N * D);
-  be_.rmsnorm_backward(g_h_.get(), a.x_mix.get(), a.rstd1.get(), N, D, dx);  // dx: now d/dx_mix
+  pre_norm_backward(v, a.x_mix.get(), N, a.n1.get(), a.rstd1.get(), s.attn_norm_scale, dx);  // dx: now d/dx_mix
   if (cfg_.resid_mix) {
     be_.zero(g_tmp_.get(), N * D);
     be_.resid_mix_backward(dx, a.x_in.get(), x0, P + s.resid_mix, N, D, g_tmp_.get(), dx0, G + s.resid_mix);

@@ -54,10 +54,10 @@ class Model {
     int64_t c_q, c_k, c_v, proj, fc, mproj;
   };
   struct Scalars {
-    int64_t attn_scale, mlp_scale, resid_mix, q_gain;
+    int64_t attn_scale, mlp_scale, resid_mix, q_gain, attn_norm_scale, mlp_norm_scale;
   };
   struct LayerActs {  // what backward needs from one virtual layer
-    DeviceBuffer<T> x_pre, x_in, x_mix, h1, rstd1, q_raw, rstd_q, k_raw, rstd_k, q_rot, q, k, v, att, lse, o, x1, h2,
+    DeviceBuffer<T> x_pre, x_in, x_mix, n1, n2, h1, rstd1, q_raw, rstd_q, k_raw, rstd_k, q_rot, q, k, v, att, lse, o, x1, h2,
         rstd2, u, a, m, x_out;
   };
 
@@ -66,6 +66,8 @@ class Model {
   void layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* x);
   void layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* dx, T* dx0);
   T ln_factor(int64_t v) const;
+  void pre_norm_forward(int64_t v, const T* x, int64_t N, T* n, T* h, T* rstd, int64_t scale);
+  void pre_norm_backward(int64_t v, const T* x, int64_t N, const T* n, const T* rstd, int64_t scale, T* dx);
 
   ModelConfig cfg_;
   Backend<T>& be_;

@@ -125,6 +125,8 @@ TEST_CASE("codec levels and windows outside their range are refused", "[codec]")
   CHECK_THROWS_AS(ptool::compress(raw, {Codec::brotli, 12, 0}), Error);
   CHECK_THROWS_AS(ptool::compress(raw, {Codec::brotli, 5, 9}), Error);
   CHECK_THROWS_AS(ptool::compress(raw, {Codec::brotli, 5, 25}), Error);
+  CHECK_THROWS_WITH(ptool::compress(raw, {Codec::zstd, 3, 5}), Catch::Contains("zstd window 5 is outside"));
+  CHECK_THROWS_WITH(ptool::compress(raw, {Codec::zstd, 3, 40}), Catch::Contains("zstd window 40 is outside"));
   try {
     ptool::compress(raw, {Codec::zstd, 30, 0});
   } catch (const Error& e) {

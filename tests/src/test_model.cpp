@@ -149,10 +149,11 @@ TEST_CASE("model gradient matches finite differences: block 1 looped 3 times (sh
   check_model_gradient(c);
 }
 
-TEST_CASE("model gradient matches finite differences: untied head, ln_scale, partial RoPE, no QK-norm", "[model][gradcheck]") {
+TEST_CASE("model gradient matches finite differences: untied head, ln_scale, learned norm scales, partial RoPE, no QK-norm", "[model][gradcheck]") {
   auto c = small_config();
   c.tie_embeddings = false;
   c.ln_scale = true;
+  c.norm_scale = true;
   c.qk_norm = false;
   c.rope_dims = 2;
   c.resid_mix = false;
