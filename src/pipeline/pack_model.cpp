@@ -63,9 +63,11 @@ PackResult pack_model(const Artifact& q, const PackOptions& opt) {
   WriteOptions wo;
   PackResult res;
   for (auto& [name, recs] : groups) {
-    SectionOptions best;
+    const auto options = candidates(name, opt);
+    SectionOptions best = options.front();
     uint64_t best_bytes = UINT64_MAX;
-    for (auto& so : candidates(name, opt)) {
+    // A single candidate needs no trial compression (zstd-22 and brotli-11 take seconds per megabyte).
+    for (auto& so : options.size() > 1 ? options : std::vector<SectionOptions>{}) {
       const uint64_t b = section_stored_bytes(recs, so);
       if (b < best_bytes) {
         best_bytes = b;
