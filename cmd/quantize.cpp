@@ -15,6 +15,7 @@ struct QuantizeArgs {
   std::string in, out, rules_file, preset = "baseline", calib_glob;
   bool dry_run = false, json = false;
   pipeline::CalibrationOptions calib;
+  pipeline::FitOptions fit;
 };
 
 void run_quantize(QuantizeArgs& a) {
@@ -24,9 +25,10 @@ void run_quantize(QuantizeArgs& a) {
   auto lm = model::load_model(a.in);
   if (lm.stage != Stage::checkpoint) throw Error(a.in + " is already " + std::string(stage_name(lm.stage)));
   auto log = [](const std::string& s) { std::fprintf(stderr, "%s\n", s.c_str()); };
-  auto res = pipeline::quantize_model(lm, rules, a.calib, log);
+  auto res = pipeline::quantize_model(lm, rules, a.calib, a.fit, log);
   if (a.json) {
     nlohmann::json j = {{"tensors", quant::report_json(res.reports)}, {"est_bytes", res.est_bytes}};
+    if (!res.fit.is_null()) j["fit"] = res.fit;
     if (!a.dry_run) j["out"] = a.out;
     if (!a.dry_run) j["bytes"] = write_artifact(a.out, res.artifact);
     std::printf("%s\n", j.dump().c_str());
@@ -53,6 +55,10 @@ void add_quantize(CLI::App& app) {
   c->add_option("--rules", a->rules_file, "rules file (JSON, see src/quant/rules.h) instead of --preset");
   c->add_flag("--dry-run", a->dry_run, "print the per-tensor table (scheme, bits, MSE, estimated bytes), write nothing");
   c->add_flag("--json", a->json, "print the table as JSON");
+  c->add_option("--fit", a->fit.bytes,
+                "choose SDClip k per tensor group (embed/attn/mlp/other) so the estimated model bytes land under "
+                "BYTES with the least Hessian-weighted error (0: off; subtract code bytes yourself)")
+      ->capture_default_str();
   c->add_option("--calib", a->calib_glob, "training shards for GPTQ Hessians (glob)");
   c->add_option("--calib-batches", a->calib.batches, "calibration batches")->capture_default_str();
   c->add_option("--calib-seq-len", a->calib.seq_len, "calibration sequence length (0: the model's)")

@@ -1,8 +1,11 @@
 #include "src/pipeline/quantize_model.h"
 
+#include <map>
+
 #include "formats/error.h"
 #include "formats/shard.h"
 #include "src/model/calibrate.h"
+#include "src/quant/budget.h"
 #include "src/quant/quantizer.h"
 
 namespace ptool::pipeline {
@@ -42,6 +45,61 @@ model::HessianMap calibrate(const model::LoadedModel& lm, const CalibrationOptio
   return model::collect_hessians(m, tokens, L, c.batch_seqs, c.batches);
 }
 
+bool fits_by_k(const quant::Rule& r) {
+  return r.action == quant::Action::quantize && (r.spec.clip == quant::Clip::sdclip || r.spec.clip == quant::Clip::hsdclip);
+}
+
+// Chooses k per tensor group; returns the k of each fitted tensor by name.
+std::map<std::string, double> fit_k(const model::LoadedModel& lm, const model::ParamLayout& L, const quant::RuleSet& rules,
+                                    const model::HessianMap& hessians, const FitOptions& fit, nlohmann::json& report,
+                                    const Log& log) {
+  std::vector<quant::BudgetTensor> tensors;
+  double fixed_bytes = 0;  // tensors the fit does not touch
+  for (auto& s : L.specs) {
+    std::span<const float> w(lm.weights.data() + s.offset, s.numel);
+    const quant::Rule& r = quant::match_rule(rules, s.name, s.numel);
+    if (!fits_by_k(r) || s.shape.size() != 2) {
+      std::span<const double> H;
+      if (auto it = hessians.find(s.name); it != hessians.end()) H = it->second.H;
+      fixed_bytes += quant::estimate_bytes(quant::quantize_by_rules(rules, s.name, s.shape, w, H));
+      continue;
+    }
+    quant::BudgetTensor t;
+    t.name = s.name;
+    t.group = std::string(quant::class_name(quant::classify_param(s.name)));
+    t.shape = s.shape;
+    t.values = w;
+    t.bits = r.spec.bits;
+    if (auto it = hessians.find(s.name); it != hessians.end()) {
+      double tr = 0;
+      for (int64_t i = 0; i < it->second.cols; ++i) tr += it->second.H[i * it->second.cols + i];
+      t.sensitivity = tr / static_cast<double>(it->second.cols);
+    }
+    tensors.push_back(t);
+  }
+  std::vector<quant::BudgetCandidate> cands;
+  for (double k : quant::geometric_grid(fit.k_min, fit.k_max, fit.k_steps)) cands.push_back({0, k});
+  const double budget = fit.bytes - fixed_bytes;
+  if (budget <= 0)
+    throw Error("--fit " + std::to_string(static_cast<int64_t>(fit.bytes)) + ": the tensors outside the fit already need " +
+                std::to_string(static_cast<int64_t>(fixed_bytes)) + " bytes");
+  auto res = quant::fit_to_budget(tensors, cands, budget, quant::entropy_size_estimator, log);
+  if (!res.feasible)
+    throw Error("--fit " + std::to_string(static_cast<int64_t>(fit.bytes)) + " bytes is out of reach: even k = " +
+                std::to_string(fit.k_max) + " needs " + std::to_string(static_cast<int64_t>(res.bytes + fixed_bytes)) +
+                " estimated bytes");
+  std::map<std::string, double> group_k;
+  report = {{"budget", fit.bytes}, {"fixed_bytes", fixed_bytes}, {"est_bytes", res.bytes + fixed_bytes}, {"groups", nlohmann::json::array()}};
+  for (auto& g : res.groups) {
+    group_k[g.group] = g.candidate.k;
+    report["groups"].push_back({{"group", g.group}, {"k", g.candidate.k}, {"est_bytes", g.bytes}, {"loss", g.loss}});
+    if (log) log("fit: group " + g.group + " k " + std::to_string(g.candidate.k) + " est " + std::to_string(static_cast<int64_t>(g.bytes)) + " bytes");
+  }
+  std::map<std::string, double> by_name;
+  for (auto& t : tensors) by_name[t.name] = group_k.at(t.group);
+  return by_name;
+}
+
 }  // namespace
 
 bool needs_hessians(const model::LoadedModel& m, const quant::RuleSet& rules) {
@@ -51,11 +109,13 @@ bool needs_hessians(const model::LoadedModel& m, const quant::RuleSet& rules) {
 }
 
 QuantizeResult quantize_model(const model::LoadedModel& lm, const quant::RuleSet& rules,
-                              const CalibrationOptions& calib, const Log& log) {
+                              const CalibrationOptions& calib, const FitOptions& fit, const Log& log) {
   const model::ParamLayout L = model::make_layout(lm.config);
   model::HessianMap hessians;
   if (needs_hessians(lm, rules)) hessians = calibrate(lm, calib, log);
   QuantizeResult res;
+  std::map<std::string, double> fitted_k;
+  if (fit.bytes > 0) fitted_k = fit_k(lm, L, rules, hessians, fit, res.fit, log);
   res.artifact.stage = Stage::quantized;
   res.artifact.metadata = lm.metadata;
   res.artifact.metadata.erase("state");
@@ -65,7 +125,14 @@ QuantizeResult quantize_model(const model::LoadedModel& lm, const quant::RuleSet
     std::span<const float> w(lm.weights.data() + s.offset, s.numel);
     std::span<const double> H;
     if (auto it = hessians.find(s.name); it != hessians.end()) H = it->second.H;
-    auto qt = quant::quantize_by_rules(rules, s.name, s.shape, w, H, log);
+    quant::QuantizedTensor qt;
+    if (auto k = fitted_k.find(s.name); k != fitted_k.end()) {
+      quant::QuantSpec spec = quant::match_rule(rules, s.name, s.numel).spec;
+      spec.k = k->second;
+      qt = quant::quantize_tensor(s.name, s.shape, w, spec, H, log);
+    } else {
+      qt = quant::quantize_by_rules(rules, s.name, s.shape, w, H, log);
+    }
     res.reports.push_back(quant::make_report(qt, w));
     res.est_bytes += res.reports.back().est_bytes;
     info[s.name] = qt.info;
@@ -74,6 +141,7 @@ QuantizeResult quantize_model(const model::LoadedModel& lm, const quant::RuleSet
     res.artifact.tensors.push_back(std::move(r));
   }
   res.artifact.metadata["quantization"] = {{"rules", rules.origin}, {"tensors", info}};
+  if (!res.fit.is_null()) res.artifact.metadata["quantization"]["fit"] = res.fit;
   return res;
 }
 

@@ -24,10 +24,20 @@ struct CalibrationOptions {
   uint64_t seed = 42;
 };
 
+// Fit to budget: the SDClip k of each tensor group (embed / attn / mlp / other) is chosen so that the
+// estimated stored bytes of the whole model land under `bytes` with the least sensitivity-weighted error
+// (sensitivity = trace(H)/cols when Hessians exist, else 1). Only tensors whose rule clips by SDClip take part.
+struct FitOptions {
+  double bytes = 0;                 // 0: off
+  double k_min = 4, k_max = 40;     // the k grid (geometric)
+  int k_steps = 16;
+};
+
 struct QuantizeResult {
   Artifact artifact;                          // stage quantized
   std::vector<quant::TensorReport> reports;   // per tensor, in layout order
   double est_bytes = 0;                       // sum of estimated compressed bytes
+  nlohmann::json fit;                         // the chosen k per group when fitting
 };
 
 using Log = std::function<void(const std::string&)>;
@@ -36,6 +46,6 @@ using Log = std::function<void(const std::string&)>;
 bool needs_hessians(const model::LoadedModel& m, const quant::RuleSet& rules);
 
 QuantizeResult quantize_model(const model::LoadedModel& m, const quant::RuleSet& rules, const CalibrationOptions& calib,
-                              const Log& log = {});
+                              const FitOptions& fit = {}, const Log& log = {});
 
 }  // namespace ptool::pipeline

@@ -50,6 +50,17 @@ grep -q "codes.embed" "$T/out" || fail "over-budget pack printed no table"
 [ ! -e "$T/over.ptz" ] || fail "over-budget pack left a file"
 ls "$T" | grep -q '\.tmp' && fail "a temporary file was left behind"
 
+# --fit: SDClip k per group lands the estimate under a budget 10% below the default k's estimate.
+cat >"$T/sdclip.json" <<'JSON'
+[{"class": "control", "scheme": "f32"}, {"min_numel": 1024, "scheme": "sdclip", "bits": 6}, {"scheme": "f16"}]
+JSON
+num() { python3 -c "import json,sys; print(int(json.load(sys.stdin)['$1']))"; }
+est=$("$PTOOL" quantize "$T/m.ptc" --rules "$T/sdclip.json" --dry-run --json | num est_bytes)
+budget=$((est * 9 / 10))
+fitted=$("$PTOOL" quantize "$T/m.ptc" --rules "$T/sdclip.json" --fit "$budget" --out "$T/fit.ptq" --json 2>/dev/null | num est_bytes)
+[ "$fitted" -le "$budget" ] || fail "--fit $budget: estimate $fitted is over the budget"
+[ "$fitted" -ge $((budget * 9 / 10)) ] || fail "--fit $budget: estimate $fitted is far below the budget"
+
 # --device cuda either runs (a GPU machine) or says in one line why it cannot.
 if ! "$PTOOL" eval "$T/m.ptz" --val "$T/shards/c_val_*.bin" --tokenizer "$TOK" --max-tokens 256 --device cuda \
     >/dev/null 2>"$T/err"; then
