@@ -42,6 +42,7 @@
 #endif
 
 #include "formats/artifact.h"
+#include "src/quant/quantized_tensor.h"
 #include "formats/codec.h"
 #include "formats/entropy_codec.h"
 #include "formats/error.h"
@@ -135,22 +136,23 @@ std::vector<Tensor> load_raw(const std::string& json_path) {
   return out;
 }
 
+// The int8 codes of every coded tensor of a quantized or packed artifact (their scales are left out).
 std::vector<Tensor> load_artifact(const std::string& path) {
   const ptool::Artifact a = ptool::read_artifact(path);
   std::vector<Tensor> out;
   for (const auto& r : a.tensors) {
-    if (r.dtype != ptool::DType::i8 || r.shape.empty() || r.shape.size() > 2) continue;
+    if (r.scheme.empty() || r.shape.empty() || r.shape.size() > 2) continue;
+    ptool::quant::QuantizedTensor q = ptool::quant::from_record(r);
+    if (!q.coded()) continue;
     Tensor t;
     t.name = r.name;
     t.group = group_of(r.name);
     t.rows = r.shape.size() == 2 ? r.shape[0] : 1;
     t.cols = r.shape.back();
-    if (static_cast<uint64_t>(t.rows * t.cols) != r.data.size()) throw Error(path + ": size mismatch in " + r.name);
-    t.codes.assign(reinterpret_cast<const int8_t*>(r.data.data()),
-                   reinterpret_cast<const int8_t*>(r.data.data() + r.data.size()));
+    t.codes = std::move(q.codes);
     out.push_back(std::move(t));
   }
-  if (out.empty()) throw Error(path + ": no int8 tensors");
+  if (out.empty()) throw Error(path + ": no quantized tensors");
   return out;
 }
 
