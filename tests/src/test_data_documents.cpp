@@ -9,6 +9,7 @@
 
 #include "formats/error.h"
 #include "src/data/documents.h"
+#include "test_temp_dir.h"
 
 namespace fs = std::filesystem;
 using ptool::Error;
@@ -17,21 +18,8 @@ using ptool::data::InputFormat;
 
 namespace {
 
-struct DocsTempDir {
-  fs::path path;
-  DocsTempDir() {
-    path = fs::temp_directory_path() / ("ptool_test_docs_" + std::to_string(::getpid()));
-    fs::create_directories(path);
-  }
-  ~DocsTempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string write(const std::string& name, const std::string& content) const {
-    const auto p = (path / name).string();
-    std::ofstream(p, std::ios::binary) << content;
-    return p;
-  }
+struct DocsTempDir : ptool_test::TempDir {
+  DocsTempDir() : TempDir("docs") {}
 };
 
 std::vector<std::string> read_all(DocumentReader& r) {

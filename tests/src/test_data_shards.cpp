@@ -14,6 +14,7 @@
 #include "src/data/make_shards.h"
 #include "src/data/shard_stats.h"
 #include "src/tokenizer.h"
+#include "test_temp_dir.h"
 
 namespace fs = std::filesystem;
 using ptool::Error;
@@ -22,22 +23,8 @@ namespace data = ptool::data;
 
 namespace {
 
-struct ShardsTempDir {
-  fs::path path;
-  ShardsTempDir() {
-    path = fs::temp_directory_path() / ("ptool_test_mkshards_" + std::to_string(::getpid()) + "_" +
-                                         std::to_string(std::random_device{}()));
-    fs::create_directories(path);
-  }
-  ~ShardsTempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-  std::string write(const std::string& name, const std::string& content) const {
-    std::ofstream(file(name), std::ios::binary) << content;
-    return file(name);
-  }
+struct ShardsTempDir : ptool_test::TempDir {
+  ShardsTempDir() : TempDir("mkshards") {}
   std::set<std::string> listing(const std::string& sub) const {
     std::set<std::string> s;
     for (const auto& e : fs::directory_iterator(path / sub)) s.insert(e.path().filename().string());

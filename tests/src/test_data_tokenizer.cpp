@@ -12,6 +12,7 @@
 #include "formats/error.h"
 #include "src/data/train_tokenizer.h"
 #include "src/tokenizer.h"
+#include "test_temp_dir.h"
 
 namespace fs = std::filesystem;
 using ptool::Error;
@@ -19,22 +20,8 @@ namespace data = ptool::data;
 
 namespace {
 
-struct TrainTempDir {
-  fs::path path;
-  TrainTempDir() {
-    path = fs::temp_directory_path() / ("ptool_test_train_tok_" + std::to_string(::getpid()) + "_" +
-                                         std::to_string(std::random_device{}()));
-    fs::create_directories(path);
-  }
-  ~TrainTempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-  std::string write(const std::string& name, const std::string& content) const {
-    std::ofstream(file(name), std::ios::binary) << content;
-    return file(name);
-  }
+struct TrainTempDir : ptool_test::TempDir {
+  TrainTempDir() : TempDir("train_tok") {}
 };
 
 std::string corpus(size_t docs, bool spaces, uint32_t seed) {
