@@ -17,7 +17,4 @@ void add_data(CLI::App& app);
 // The command line ptool was started with (recorded as provenance in artifacts).
 std::vector<std::string>& invocation();
 
-// For subcommands whose implementation has not landed: says so and exits non-zero.
-void add_not_built(CLI::App& app, const char* name, const char* description, const char* issue);
-
 }  // namespace ptool::cmd
