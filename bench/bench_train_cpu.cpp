@@ -11,6 +11,7 @@
 #include "src/train/adam.h"
 #include "src/train/muon.h"
 #include "src/train/param_store.h"
+#include "src/train/trainer.h"
 
 using namespace ptool;
 
@@ -31,12 +32,7 @@ int main(int argc, char** argv) {
   const int64_t B = batch_tokens / T;
   auto be = make_cpu_backend<float>();
   model::Model<float> m(cfg, *be);
-  train::ParamStore params(1);
-  for (auto& s : m.layout().specs)
-    params.add(s.name, s.shape, s.group == model::OptGroup::matrix ? train::Group::muon
-                                : s.group == model::OptGroup::embed ? train::Group::adam_embed
-                                : s.group == model::OptGroup::head  ? train::Group::adam_head
-                                                                    : train::Group::adam_scalar);
+  train::ParamStore params = train::make_param_store(m.layout());
   model::init_params(cfg, m.layout(), 1, params.data());
   m.load_params(params.data());
   auto grads = params.zeros_like();

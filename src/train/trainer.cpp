@@ -57,7 +57,9 @@ Group store_group(model::OptGroup g) {
   return Group::frozen;
 }
 
-ParamStore make_store(const model::ParamLayout& L) {
+}  // namespace
+
+ParamStore make_param_store(const model::ParamLayout& L) {
   ParamStore s(1);
   for (auto& spec : L.specs) {
     const Slice& sl = s.add(spec.name, spec.shape, store_group(spec.group));
@@ -65,6 +67,8 @@ ParamStore make_store(const model::ParamLayout& L) {
   }
   return s;
 }
+
+namespace {
 
 void validate_options(const TrainOptions& o, int64_t seq_len) {
   if (o.steps < 0) throw Error("--steps must be >= 0");
@@ -112,7 +116,7 @@ TrainResult train(const model::ModelConfig& config, const TrainOptions& opt, con
   // Model and optimizer state.
   auto backend = make_backend(opt.device);
   model::Model<float> m(config, *backend);
-  ParamStore params = make_store(m.layout());
+  ParamStore params = make_param_store(m.layout());
   ParamStore grads = params.zeros_like();
   Muon muon(params);
   Adam adam(params);

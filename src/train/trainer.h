@@ -10,6 +10,8 @@
 #include <nlohmann/json.hpp>
 
 #include "src/model/config.h"
+#include "src/model/layout.h"
+#include "src/train/param_store.h"
 
 namespace ptool::train {
 
@@ -83,6 +85,9 @@ struct TrainCallbacks {
   std::function<void(const ValLog&)> on_val;
   std::function<void(const std::string&)> on_note;
 };
+
+// The optimizer's view of a model's parameters: one slice per tensor, in layout order, with its group.
+ParamStore make_param_store(const model::ParamLayout& layout);
 
 TrainResult train(const model::ModelConfig& config, const TrainOptions& opt, const TrainInputs& in,
                   const TrainCallbacks& cb = {});

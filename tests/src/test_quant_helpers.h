@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "src/quant/spec.h"
+
 namespace quant_test {
 
 struct Rng {
@@ -27,6 +29,14 @@ inline std::vector<float> normal_matrix(Rng& rng, int64_t n, double sigma) {
   std::vector<float> v(static_cast<size_t>(n));
   for (float& x : v) x = static_cast<float>(sigma * rng.normal());
   return v;
+}
+
+// A round-to-nearest spec with the given bits and clip rule, other fields at their defaults.
+inline ptool::quant::QuantSpec spec_of(int bits, ptool::quant::Clip clip) {
+  ptool::quant::QuantSpec s;
+  s.bits = bits;
+  s.clip = clip;
+  return s;
 }
 
 }  // namespace quant_test

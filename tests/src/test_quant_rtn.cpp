@@ -14,14 +14,9 @@
 
 using namespace ptool::quant;
 using quant_test::Rng;
+using quant_test::spec_of;
 
 namespace {
-QuantSpec spec_of(int bits, Clip clip) {
-  QuantSpec s;
-  s.bits = bits;
-  s.clip = clip;
-  return s;
-}
 std::vector<int8_t> codes_of(std::initializer_list<int> v) { return {v.begin(), v.end()}; }
 }  // namespace
 

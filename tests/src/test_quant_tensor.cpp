@@ -15,15 +15,8 @@
 
 using namespace ptool::quant;
 using quant_test::Rng;
+using quant_test::spec_of;
 
-namespace {
-QuantSpec spec_of(int bits, Clip clip) {
-  QuantSpec s;
-  s.bits = bits;
-  s.clip = clip;
-  return s;
-}
-}  // namespace
 
 TEST_CASE("scheme names parse back", "[quant]") {
   QuantSpec s = spec_of(6, Clip::search);
