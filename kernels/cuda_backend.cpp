@@ -154,6 +154,7 @@ class CudaBackend final : public Backend<float> {
 
   const char* name() const override { return "cuda"; }
   void synchronize() { PTOOL_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
+  cudaStream_t stream() const { return stream_; }
 
   // ---- memory ----
   float* alloc(size_t n) override {
@@ -477,6 +478,12 @@ std::string cuda_device_name(int device) {
 
 void cuda_synchronize(Backend<float>& backend) {
   if (auto* b = dynamic_cast<CudaBackend*>(&backend)) b->synchronize();
+}
+
+void* cuda_stream_of(Backend<float>& backend) {
+  auto* b = dynamic_cast<CudaBackend*>(&backend);
+  if (!b) throw Error(std::string("not a CUDA backend: ") + backend.name());
+  return b->stream();
 }
 
 }  // namespace ptool

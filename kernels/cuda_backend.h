@@ -49,5 +49,8 @@ std::string cuda_device_name(int device = 0);
 // Waits for all work queued on a CUDA backend's stream and reports any asynchronous error (throws ptool::Error).
 // A no-op for other backends. Benchmarks use it to time ops.
 void cuda_synchronize(Backend<float>& backend);
+// The cudaStream_t (as void*, to keep CUDA headers out) that a CUDA backend queues its work on, so that other
+// device code (the optimizer, calibration) can run in the same stream order. Throws for other backends.
+void* cuda_stream_of(Backend<float>& backend);
 
 }  // namespace ptool
