@@ -58,7 +58,10 @@ void add_pack(CLI::App& app) {
   auto* c = app.add_subcommand("pack", "compress a quantized model into the submission artifact under a byte budget");
   c->add_option("in", a->in, "quantized artifact (from ptool quantize)")->required();
   c->add_option("--out", a->out, "packed artifact to write")->required();
-  c->add_option("--codec", a->opt.codec, "zlib, zstd, brotli or auto (smallest per section)")->capture_default_str();
+  c->add_option("--codec", a->opt.codec,
+                "zlib, zstd, brotli, arith (ptool's entropy coder for int8 codes; float sections get brotli) or "
+                "auto (smallest per section)")
+      ->capture_default_str();
   c->add_option("--level", a->opt.level, "codec level (-1: maximum: zlib 9, zstd 22, brotli 11 with a 24-bit window)")
       ->capture_default_str();
   c->add_option("--budget", a->opt.budget, "byte budget for file + code")->capture_default_str();

@@ -3,6 +3,7 @@
 // overflow-safe arithmetic, before anything depending on it is allocated.
 #include "formats/artifact.h"
 
+#include "formats/arith_section.h"
 #include "formats/atomic_file.h"
 
 #include <brotli/decode.h>
@@ -253,120 +254,6 @@ std::vector<uint8_t> unshuffle(std::span<const uint8_t> s, size_t k) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Decoded length, measured by streaming through a fixed scratch buffer (nothing sized by the file is
-// allocated). Returns the decoded length, or limit + 1 as soon as it exceeds `limit`. Throws Error(reason).
-
-uint64_t zlib_decoded_length(std::span<const uint8_t> in, uint64_t limit) {
-  z_stream zs{};
-  if (inflateInit(&zs) != Z_OK) throw Error("zlib: cannot initialise the decoder");
-  uint8_t buf[1 << 15];
-  uint64_t total = 0;
-  size_t fed = 0;
-  int rc = Z_OK;
-  std::string err;
-  while (true) {
-    if (zs.avail_in == 0 && fed < in.size()) {
-      const size_t chunk = std::min<size_t>(in.size() - fed, 1u << 30);
-      zs.next_in = const_cast<Bytef*>(in.data() + fed);
-      zs.avail_in = static_cast<uInt>(chunk);
-      fed += chunk;
-    }
-    zs.next_out = buf;
-    zs.avail_out = sizeof buf;
-    rc = inflate(&zs, Z_NO_FLUSH);
-    total += sizeof buf - zs.avail_out;
-    if (total > limit) break;
-    if (rc == Z_STREAM_END) {
-      if (zs.avail_in != 0 || fed < in.size()) err = "zlib stream ends before the stored bytes do";
-      break;
-    }
-    if (rc == Z_BUF_ERROR && zs.avail_in == 0 && fed == in.size()) {
-      err = "zlib data is truncated";
-      break;
-    }
-    if (rc != Z_OK && rc != Z_BUF_ERROR) {
-      err = std::string("zlib data is corrupt: ") + (zs.msg ? zs.msg : "error " + std::to_string(rc));
-      break;
-    }
-  }
-  inflateEnd(&zs);
-  if (total > limit) return limit + 1;
-  if (!err.empty()) throw Error(err);
-  return total;
-}
-
-uint64_t zstd_decoded_length(std::span<const uint8_t> in, uint64_t limit) {
-  ZSTD_DCtx* d = ZSTD_createDCtx();
-  if (!d) throw Error("zstd: cannot create a decoder");
-  ZSTD_DCtx_setParameter(d, ZSTD_d_windowLogMax, kArtifactMaxZstdWindowLog);
-  uint8_t buf[1 << 15];
-  ZSTD_inBuffer ib{in.data(), in.size(), 0};
-  uint64_t total = 0;
-  std::string err;
-  while (true) {
-    ZSTD_outBuffer ob{buf, sizeof buf, 0};
-    const size_t ret = ZSTD_decompressStream(d, &ob, &ib);
-    if (ZSTD_isError(ret)) {
-      err = std::string("zstd data is corrupt: ") + ZSTD_getErrorName(ret);
-      break;
-    }
-    total += ob.pos;
-    if (total > limit) break;
-    if (ib.pos == ib.size && ob.pos < ob.size) {
-      if (ret != 0) err = "zstd data is truncated";
-      break;
-    }
-  }
-  ZSTD_freeDCtx(d);
-  if (total > limit) return limit + 1;
-  if (!err.empty()) throw Error(err);
-  return total;
-}
-
-uint64_t brotli_decoded_length(std::span<const uint8_t> in, uint64_t limit) {
-  BrotliDecoderState* s = BrotliDecoderCreateInstance(nullptr, nullptr, nullptr);
-  if (!s) throw Error("brotli: cannot create a decoder");
-  uint8_t buf[1 << 15];
-  size_t avail_in = in.size();
-  const uint8_t* next_in = in.data();
-  uint64_t total = 0;
-  std::string err;
-  while (true) {
-    size_t avail_out = sizeof buf;
-    uint8_t* next_out = buf;
-    const BrotliDecoderResult r = BrotliDecoderDecompressStream(s, &avail_in, &next_in, &avail_out, &next_out, nullptr);
-    total += sizeof buf - avail_out;
-    if (total > limit) break;
-    if (r == BROTLI_DECODER_RESULT_SUCCESS) {
-      if (avail_in != 0) err = "brotli stream ends before the stored bytes do";
-      break;
-    }
-    if (r == BROTLI_DECODER_RESULT_NEEDS_MORE_INPUT) {
-      err = "brotli data is truncated";
-      break;
-    }
-    if (r == BROTLI_DECODER_RESULT_ERROR) {
-      err = std::string("brotli data is corrupt: ") + BrotliDecoderErrorString(BrotliDecoderGetErrorCode(s));
-      break;
-    }
-  }
-  BrotliDecoderDestroyInstance(s);
-  if (total > limit) return limit + 1;
-  if (!err.empty()) throw Error(err);
-  return total;
-}
-
-uint64_t decoded_length(Codec c, std::span<const uint8_t> in, uint64_t limit) {
-  switch (c) {
-    case Codec::none: return in.size();
-    case Codec::zlib: return zlib_decoded_length(in, limit);
-    case Codec::zstd: return zstd_decoded_length(in, limit);
-    case Codec::brotli: return brotli_decoded_length(in, limit);
-  }
-  throw Error("unknown codec");
-}
-
-// ---------------------------------------------------------------------------------------------------------------
 // Reader
 
 class Parser {
@@ -512,8 +399,14 @@ void Parser::check_sections(const ArtifactLayout& L) const {
     const std::string sec = "section " + show(s.name) + " (#" + std::to_string(i) + ")";
     if (std::string d = name_defect(s.name, false); !d.empty()) fail("section #" + std::to_string(i) + ": " + d + " " + show(s.name));
     if (!names.insert(s.name).second) fail("duplicate section name " + show(s.name) + " (section #" + std::to_string(i) + ")");
-    if (static_cast<uint8_t>(s.codec) > static_cast<uint8_t>(Codec::brotli))
-      fail(sec + ": unknown codec " + std::to_string(static_cast<int>(s.codec)) + " (expected 0 none, 1 zlib, 2 zstd, 3 brotli)");
+    if (static_cast<uint8_t>(s.codec) > static_cast<uint8_t>(Codec::arith))
+      fail(sec + ": unknown codec " + std::to_string(static_cast<int>(s.codec)) +
+           " (expected 0 none, 1 zlib, 2 zstd, 3 brotli, 4 arith)");
+    if (s.codec == Codec::arith && L.version_minor < 1)
+      fail(sec + ": unknown codec 4 (arith) in a version 1.0 file (arith needs version 1.1)");
+    if (s.codec == Codec::arith && s.shuffle_stride >= 2)
+      fail(sec + ": codec arith with a byte shuffle of stride " + std::to_string(s.shuffle_stride) +
+           " (arith sections are not shuffled)");
     if (!is_pow2(s.alignment) || s.alignment > kMaxAlignment)
       fail(sec + ": alignment " + std::to_string(s.alignment) + " is not a power of two in 1..4096");
     uint64_t expected = 0;
@@ -702,7 +595,19 @@ Artifact Parser::load(ArtifactLayout& L) {
                               range(s.file_offset, s.file_offset + s.stored_bytes) + ")";
     std::vector<uint8_t> owned;
     std::span<const uint8_t> raw = stored;
-    if (s.codec != Codec::none && s.raw_bytes > 0) {
+    if (s.codec == Codec::arith && s.raw_bytes > 0) {
+      std::vector<MatrixRegion> regions;
+      for (size_t i : members[si]) {
+        const TensorInfo& t = L.tensors[i];
+        if (auto m = matrix_region(t.dtype, t.shape, t.offset, t.length)) regions.push_back(*m);
+      }
+      try {
+        owned = decode_arith_section(stored, s.raw_bytes, regions);
+      } catch (const Error& e) {
+        fail("cannot decode " + where + ": " + e.what());
+      }
+      raw = owned;
+    } else if (s.codec != Codec::none && s.raw_bytes > 0) {
       uint64_t n;
       try {
         n = decoded_length(s.codec, stored, s.raw_bytes);
@@ -907,8 +812,10 @@ std::vector<uint8_t> serialize_artifact(const Artifact& a, const WriteOptions& o
       } else {
         s.codec = opt.default_codec;
       }
-      if (static_cast<uint8_t>(s.codec.codec) > static_cast<uint8_t>(Codec::brotli))
+      if (static_cast<uint8_t>(s.codec.codec) > static_cast<uint8_t>(Codec::arith))
         bad_input("section " + show(s.name) + ": unknown codec " + std::to_string(static_cast<int>(s.codec.codec)));
+      if (s.codec.codec == Codec::arith && s.shuffle >= 2)
+        bad_input("section " + show(s.name) + ": codec arith does not take a byte shuffle");
       if (s.codec.codec == Codec::zstd && s.codec.window_log > kArtifactMaxZstdWindowLog)
         bad_input("section " + show(s.name) + ": zstd window_log " + std::to_string(s.codec.window_log) +
                   " exceeds the artifact limit of " + std::to_string(kArtifactMaxZstdWindowLog));
@@ -934,7 +841,14 @@ std::vector<uint8_t> serialize_artifact(const Artifact& a, const WriteOptions& o
     std::vector<uint8_t> raw(end, 0);
     for (size_t i : s.members) std::copy(a.tensors[i].data.begin(), a.tensors[i].data.end(), raw.begin() + tensor_off[i]);
     if (s.shuffle >= 2) raw = shuffle(raw, s.shuffle);
-    if (s.codec.codec == Codec::none) {
+    if (s.codec.codec == Codec::arith) {
+      std::vector<MatrixRegion> regions;
+      for (size_t i : s.members) {
+        const TensorRecord& t = a.tensors[i];
+        if (auto m = matrix_region(t.dtype, t.shape, tensor_off[i], t.data.size())) regions.push_back(*m);
+      }
+      s.stored = encode_arith_section(raw, regions);
+    } else if (s.codec.codec == Codec::none) {
       s.stored = std::move(raw);
     } else {
       try {
@@ -961,7 +875,9 @@ std::vector<uint8_t> serialize_artifact(const Artifact& a, const WriteOptions& o
   out.reserve(file_bytes);
   out.insert(out.end(), kArtifactMagic, kArtifactMagic + 8);
   put_u16(out, kArtifactMajor);
-  put_u16(out, kArtifactMinor);
+  // 1.0 unless a section uses what 1.1 added (codec arith), so every other file stays readable by 1.0 readers.
+  const bool uses_1_1 = std::any_of(secs.begin(), secs.end(), [](const Sec& x) { return x.codec.codec == Codec::arith; });
+  put_u16(out, uses_1_1 ? 1 : 0);
   put_u8(out, stage);
   put_u8(out, 0);
   put_u16(out, 0);

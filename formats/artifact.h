@@ -15,11 +15,10 @@ namespace ptool {
 
 inline constexpr char kArtifactMagic[8] = {'P', 'T', 'O', 'O', 'L', 'A', 'R', 'T'};
 inline constexpr uint16_t kArtifactMajor = 1;
-inline constexpr uint16_t kArtifactMinor = 0;
 inline constexpr uint64_t kArtifactPreambleBytes = 64;
 inline constexpr uint64_t kArtifactSectionAlign = 64;   // file alignment of every section
 inline constexpr uint32_t kArtifactMaxRank = 8;
-inline constexpr int kArtifactMaxZstdWindowLog = 27;
+inline constexpr int kArtifactMaxZstdWindowLog = kMaxZstdWindowLog;
 
 enum class Stage : uint8_t { checkpoint = 1, quantized = 2, packed = 3 };
 std::string_view stage_name(Stage s);

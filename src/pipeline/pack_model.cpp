@@ -27,16 +27,21 @@ uint64_t section_stored_bytes(const std::vector<const TensorRecord*>& recs, cons
 }
 
 std::vector<SectionOptions> candidates(const std::string& name, const PackOptions& opt) {
+  // arith codes int8 matrices; a float section has none, so it gets Brotli (what arith would use for it).
+  const bool codes = name != "float";
   std::vector<Codec> codecs;
   if (opt.codec == "auto")
-    codecs = {Codec::zlib, Codec::zstd, Codec::brotli};
+    codecs = codes ? std::vector<Codec>{Codec::zlib, Codec::zstd, Codec::brotli, Codec::arith}
+                   : std::vector<Codec>{Codec::zlib, Codec::zstd, Codec::brotli};
+  else if (const Codec c = parse_codec(opt.codec); c == Codec::none)
+    throw Error("pack needs a compressing codec (zlib, zstd, brotli, arith or auto), not none");
   else
-    codecs = {parse_codec(opt.codec)};
+    codecs = {c == Codec::arith && !codes ? Codec::brotli : c};
   std::vector<SectionOptions> out;
   for (Codec c : codecs)
     for (uint8_t shuffle : {uint8_t(0), uint8_t(2), uint8_t(4)}) {
       // Byte shuffle groups the bytes of multi-byte floats; int8 codes are single bytes.
-      if (shuffle != 0 && name != "float") continue;
+      if (shuffle != 0 && codes) continue;
       SectionOptions so;
       so.name = name;
       so.codec.codec = c;

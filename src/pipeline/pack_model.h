@@ -1,6 +1,7 @@
 // `ptool pack`: a quantized artifact in, the submission out. Tensors are grouped into sections by kind
 // (embedding, attention, MLP codes; float passthrough), each section gets the codec (and byte shuffle)
-// that stores it smallest, and the result must fit the byte budget with the declared code bytes.
+// that stores it smallest (arith, ptool's entropy coder for int8 matrices, is a candidate for code sections),
+// and the result must fit the byte budget with the declared code bytes.
 #pragma once
 #include <cstdint>
 #include <string>
@@ -11,7 +12,7 @@
 namespace ptool::pipeline {
 
 struct PackOptions {
-  std::string codec = "auto";      // zlib | zstd | brotli | auto (smallest per section)
+  std::string codec = "auto";      // zlib | zstd | brotli | arith | auto (smallest per section)
   int level = -1;                  // -1: the codec's maximum
   uint64_t budget = 16000000;
   uint64_t code_bytes = 0;         // bytes of code that count against the budget

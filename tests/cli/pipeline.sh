@@ -38,6 +38,10 @@ ev() { "$PTOOL" eval "$1" --val "$T/shards/c_val_*.bin" --tokenizer "$TOK" --max
 q=$(ev "$T/m.ptq")
 p=$(ev "$T/m.ptz")
 [ "$q" = "$p" ] || fail "packed eval differs from quantized eval: '$p' vs '$q'"
+"$PTOOL" pack "$T/m.ptq" --out "$T/a.ptz" --codec arith --json >"$T/arith.json"
+grep -q '"codec":"arith"' "$T/arith.json" || fail "--codec arith stored no section with arith: $(cat "$T/arith.json")"
+a=$(ev "$T/a.ptz")
+[ "$a" = "$q" ] || fail "arith-packed eval differs from quantized eval: '$a' vs '$q'"
 s=$("$PTOOL" eval "$T/m.ptz" --val "$T/shards/c_val_*.bin" --tokenizer "$TOK" --max-tokens 1024 --stride 8 --json)
 echo "$s" | grep -q '"mode":"sliding"' || fail "sliding eval: $s"
 

@@ -254,6 +254,12 @@ TEST_CASE("regenerate golden_v1.ptc and the fuzz seed corpus", "[.regenerate]") 
     o.sections.push_back({"q", {c, -1, 0}, 2, 4});
     write_artifact(corpus + "/small_" + std::string(codec_name(c)) + ".ptz", small, o);
   }
+  Artifact coded = small;
+  std::vector<uint8_t> codes_and_scales{1, 255, 0, 3, 2, 0, 0, 253, 0, 1, 1, 0, 0, 60, 0, 56};
+  coded.tensors.push_back({"m", {3, 4}, DType::i8, "int6_per_row", 1, "codes", codes_and_scales});
+  WriteOptions arith;
+  arith.sections.push_back({"codes", {Codec::arith, -1, 0}, 0, 1});
+  write_artifact(corpus + "/small_arith.ptz", coded, arith);
   RawFile future = base_file();
   future.minor = 3;
   future.tensors[0].extra = {1, 2};
