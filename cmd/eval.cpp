@@ -80,7 +80,7 @@ void add_eval(CLI::App& app) {
       ->capture_default_str();
   c->add_option("--batch-seqs", a->batch_seqs, "windows per forward pass")->capture_default_str();
   c->add_option("--max-tokens", a->max_tokens, "evaluate only the first N targets (0: all)")->capture_default_str();
-  c->add_option("--device", a->device, "cpu or cuda")->capture_default_str();
+  c->add_option("--device", a->device, kDeviceHelp)->capture_default_str();
   c->add_flag("--json", a->json, "print one JSON object: val_loss, val_bpb, tokens, bytes, seconds");
   c->add_flag("--ignore-tokenizer-mismatch", a->ignore_tokenizer_mismatch,
               "evaluate even if the tokenizer differs from the one recorded in the artifact");

@@ -4,6 +4,7 @@
 #include "formats/artifact.h"
 #include "formats/error.h"
 #include "formats/shard.h"
+#include "src/ops/device.h"
 #include "src/pipeline/quantize_model.h"
 #include "src/quant/report.h"
 
@@ -70,6 +71,8 @@ void add_quantize(CLI::App& app) {
   c->add_option("--calib-temperature", a->calib.temperature, "sampling temperature of --calib-generate")
       ->capture_default_str();
   c->add_option("--calib-seed", a->calib.seed, "sampling seed of --calib-generate")->capture_default_str();
+  c->add_option("--device", a->calib.device, std::string("calibration backend: ") + kDeviceHelp)
+      ->capture_default_str();
   c->callback([a] { run_quantize(*a); });
 }
 

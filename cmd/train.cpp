@@ -7,6 +7,7 @@
 #include "formats/shard.h"
 #include "src/model/config.h"
 #include "src/model/layout.h"
+#include "src/ops/device.h"
 #include "src/train/trainer.h"
 
 namespace ptool::cmd {
@@ -104,7 +105,7 @@ void add_train(CLI::App& app) {
   c->add_option("--tokenizer", a->tokenizer, "SentencePiece .model the shards were made with")->required();
   c->add_option("--out", a->out, "output checkpoint")->capture_default_str();
   c->add_option("--resume", a->resume, "continue training from this checkpoint (bit-exact)");
-  c->add_option("--device", a->device, "cpu or cuda")->capture_default_str();
+  c->add_option("--device", a->device, kDeviceHelp)->capture_default_str();
   c->add_flag("--json", a->json, "print one JSON summary instead of log lines");
   auto& o = a->opt;
   c->add_option("--steps", o.steps, "training steps")->capture_default_str();

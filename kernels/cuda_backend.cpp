@@ -6,6 +6,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <array>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -15,6 +16,7 @@
 #include <stdexcept>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 #include "formats/error.h"
@@ -54,11 +56,13 @@ void* Workspace::get(size_t bytes) {
   if (p_) {
     PTOOL_CUDA_CHECK(cudaStreamSynchronize(stream_));  // queued kernels may still use the old block
     PTOOL_CUDA_CHECK(cudaFree(p_));
+    if (counter_) counter_->sub(bytes_);
     p_ = nullptr;
     bytes_ = 0;
   }
   const size_t want = std::max<size_t>(bytes, 1 << 20);
   PTOOL_CUDA_CHECK(cudaMalloc(&p_, want));
+  if (counter_) counter_->add(want);
   bytes_ = want;
   return p_;
 }
@@ -130,8 +134,10 @@ class CudaBackend final : public Backend<float> {
     PTOOL_CUDA_CHECK(cudaSetDevice(o.device));
     PTOOL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     ws_.set_stream(stream_);
+    ws_.set_counter(&mem_);
     PTOOL_CUBLAS_CHECK(cublasLtCreate(&lt_));
     PTOOL_CUDA_CHECK(cudaMalloc(&lt_ws_, kLtWorkspace));
+    mem_.add(kLtWorkspace);
     PTOOL_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&bad_row_dev_), sizeof(int32_t)));
     PTOOL_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&bad_row_host_), sizeof(int32_t)));
   }
@@ -155,26 +161,13 @@ class CudaBackend final : public Backend<float> {
   const char* name() const override { return "cuda"; }
   void synchronize() { PTOOL_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
   cudaStream_t stream() const { return stream_; }
+  const cuda::MemCounter& memory() const { return mem_; }
 
   // ---- memory ----
-  float* alloc(size_t n) override {
-    if (n == 0) return nullptr;
-    void* p = nullptr;
-    PTOOL_CUDA_CHECK(cudaMalloc(&p, n * sizeof(float)));
-    return static_cast<float*>(p);
-  }
-  void release(float* p) override {
-    if (p) PTOOL_CUDA_CHECK(cudaFree(p));
-  }
-  int32_t* alloc_index(size_t n) override {
-    if (n == 0) return nullptr;
-    void* p = nullptr;
-    PTOOL_CUDA_CHECK(cudaMalloc(&p, n * sizeof(int32_t)));
-    return static_cast<int32_t*>(p);
-  }
-  void release_index(int32_t* p) override {
-    if (p) PTOOL_CUDA_CHECK(cudaFree(p));
-  }
+  float* alloc(size_t n) override { return static_cast<float*>(device_alloc(n * sizeof(float))); }
+  void release(float* p) override { device_free(p); }
+  int32_t* alloc_index(size_t n) override { return static_cast<int32_t*>(device_alloc(n * sizeof(int32_t))); }
+  void release_index(int32_t* p) override { device_free(p); }
   // From pageable host memory cudaMemcpyAsync returns once the data is staged, so `host` may be reused at once.
   void upload(float* dst, const float* host, size_t n) override {
     if (n) PTOOL_CUDA_CHECK(cudaMemcpyAsync(dst, host, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
@@ -224,15 +217,17 @@ class CudaBackend final : public Backend<float> {
       zero(y, static_cast<size_t>(N * M));
       return;
     }
-    gemm(true, false, M, N, K, W, K, x, K, y, M, 0.f);
+    const auto op = operands({W, x}, {M * K, N * K});
+    gemm(true, false, M, N, K, op[0], K, op[1], K, y, M, 0.f);
   }
   // dx[N, K] += dy[N, M] W[M, K]:  dx^T (K x N) = W^T (col-major K x M, op N) * dy^T (col-major M x N, op N).
   // dW[M, K] += dy^T x:            dW^T (K x M) = x^T (col-major K x N, op N) * dy (col-major M x N, op T).
   void linear_backward(const float* dy, const float* x, const float* W, int64_t N, int64_t K, int64_t M, float* dx,
                        float* dW) override {
-    if (N <= 0 || K <= 0 || M <= 0) return;
-    if (dx) gemm(false, false, K, N, M, W, K, dy, M, dx, K, 1.f);
-    if (dW) gemm(false, true, K, M, N, x, K, dy, M, dW, K, 1.f);
+    if (N <= 0 || K <= 0 || M <= 0 || (!dx && !dW)) return;
+    const auto op = operands({dy, dx ? W : nullptr, dW ? x : nullptr}, {N * M, M * K, N * K});
+    if (dx) gemm(false, false, K, N, M, op[1], K, op[0], M, dx, K, 1.f);
+    if (dW) gemm(false, true, K, M, N, op[2], K, op[0], M, dW, K, 1.f);
   }
 
   void channel_scale_forward(const float* x, const float* s, int64_t N, int64_t D, float* y) override {
@@ -335,12 +330,48 @@ class CudaBackend final : public Backend<float> {
  private:
   static constexpr size_t kLtWorkspace = size_t{32} << 20;  // cuBLAS's recommendation for Hopper
 
-  // D = alpha op(A) op(B) + beta C with C == D (column-major, m x n result, k the inner dimension).
-  //
-  // BF16 PATH: with bf16 activations and weights, A and B become CUDA_R_16BF layouts, the compute type stays
-  // CUBLAS_COMPUTE_32F, C/D stay fp32 for the accumulated gradients (or bf16 for activations), and the key gets
-  // the data types. Epilogues (bias, GELU-like activations) attach to the same descriptor.
-  void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* A, int64_t lda, const float* B,
+  void* device_alloc(size_t bytes) {
+    if (bytes == 0) return nullptr;
+    void* p = nullptr;
+    PTOOL_CUDA_CHECK(cudaMalloc(&p, bytes));
+    sizes_[p] = bytes;
+    mem_.add(bytes);
+    return p;
+  }
+  void device_free(void* p) {
+    if (!p) return;
+    PTOOL_CUDA_CHECK(cudaFree(p));
+    const auto it = sizes_.find(p);
+    if (it == sizes_.end()) return;
+    mem_.sub(it->second);
+    sizes_.erase(it);
+  }
+
+  // The GEMM operands in the precision's input type: the fp32 pointers themselves, or (bf16) copies rounded to
+  // bf16, carved together from the workspace (which no other op uses until these GEMMs are queued). Null
+  // operands stay null.
+  template <size_t K>
+  std::array<const void*, K> operands(const float* const (&p)[K], const int64_t (&n)[K]) {
+    std::array<const void*, K> out;
+    std::copy(std::begin(p), std::end(p), out.begin());
+    if (opt_.gemm != CudaGemmPrecision::bf16) return out;
+    cuda::Carver c;
+    for (size_t i = 0; i < K; ++i)
+      if (p[i]) c.take<uint16_t>(static_cast<size_t>(n[i]));
+    c.base = static_cast<char*>(ws_.get(c.off));
+    c.off = 0;
+    for (size_t i = 0; i < K; ++i) {
+      if (!p[i]) continue;
+      uint16_t* b = c.take<uint16_t>(static_cast<size_t>(n[i]));
+      cuda::launch_to_bf16(p[i], static_cast<size_t>(n[i]), b, stream_);
+      out[i] = b;
+    }
+    return out;
+  }
+
+  // D = alpha op(A) op(B) + beta C with C == D (column-major, m x n result, k the inner dimension). A and B are
+  // fp32, or bf16 in bf16 mode (one precision per backend, so the plan key needs no data type); C/D are fp32.
+  void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void* A, int64_t lda, const void* B,
             int64_t ldb, float* C, int64_t ldc, float beta) {
     const GemmKey key{ta, tb, m, n, k, lda, ldb, ldc, alignment_of(A), alignment_of(B), alignment_of(C)};
     auto it = plans_.find(key);
@@ -356,14 +387,15 @@ class CudaBackend final : public Backend<float> {
     try {
       const cublasComputeType_t compute =
           opt_.gemm == CudaGemmPrecision::tf32 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+      const cudaDataType_t in = opt_.gemm == CudaGemmPrecision::bf16 ? CUDA_R_16BF : CUDA_R_32F;
       PTOOL_CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, compute, CUDA_R_32F));
       const cublasOperation_t opa = key.ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = key.tb ? CUBLAS_OP_T : CUBLAS_OP_N;
       PTOOL_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)));
       PTOOL_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)));
       // Stored shapes (before op): A is m x k (or k x m when transposed), B is k x n (or n x k).
-      PTOOL_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_32F, key.ta ? key.k : key.m, key.ta ? key.m : key.k,
+      PTOOL_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, in, key.ta ? key.k : key.m, key.ta ? key.m : key.k,
                                                     key.lda));
-      PTOOL_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_32F, key.tb ? key.n : key.k, key.tb ? key.k : key.n,
+      PTOOL_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, in, key.tb ? key.n : key.k, key.tb ? key.k : key.n,
                                                     key.ldb));
       PTOOL_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, key.m, key.n, key.ldc));
       cublasLtMatmulPreference_t pref = nullptr;
@@ -438,6 +470,8 @@ class CudaBackend final : public Backend<float> {
   cublasLtHandle_t lt_ = nullptr;
   void* lt_ws_ = nullptr;
   Workspace ws_;
+  cuda::MemCounter mem_;
+  std::unordered_map<void*, size_t> sizes_;  // of the buffers from device_alloc
   std::map<GemmKey, GemmPlan> plans_;
   std::map<std::tuple<int64_t, int64_t, uint64_t>, RopeTable> rope_;
   double* losses_host_ = nullptr;  // pinned
@@ -484,6 +518,40 @@ void* cuda_stream_of(Backend<float>& backend) {
   auto* b = dynamic_cast<CudaBackend*>(&backend);
   if (!b) throw Error(std::string("not a CUDA backend: ") + backend.name());
   return b->stream();
+}
+
+bool is_cuda_backend(const Backend<float>& backend) { return dynamic_cast<const CudaBackend*>(&backend) != nullptr; }
+
+CudaMemory cuda_memory(const Backend<float>& backend) {
+  auto* b = dynamic_cast<const CudaBackend*>(&backend);
+  if (!b) throw Error(std::string("not a CUDA backend: ") + backend.name());
+  return {b->memory().live, b->memory().peak};
+}
+
+size_t cuda_device_used_bytes(int device) {
+  int current = 0;
+  PTOOL_CUDA_CHECK(cudaGetDevice(&current));
+  PTOOL_CUDA_CHECK(cudaSetDevice(device));
+  size_t free = 0, total = 0;
+  const cudaError_t err = cudaMemGetInfo(&free, &total);
+  cudaSetDevice(current);
+  PTOOL_CUDA_CHECK(err);
+  return total - free;
+}
+
+const char* gemm_precision_name(CudaGemmPrecision p) {
+  switch (p) {
+    case CudaGemmPrecision::fp32: return "fp32";
+    case CudaGemmPrecision::tf32: return "tf32";
+    case CudaGemmPrecision::bf16: return "bf16";
+  }
+  return "?";
+}
+
+CudaGemmPrecision parse_gemm_precision(const std::string& s) {
+  for (auto p : {CudaGemmPrecision::fp32, CudaGemmPrecision::tf32, CudaGemmPrecision::bf16})
+    if (s == gemm_precision_name(p)) return p;
+  throw Error("GEMM precision must be fp32, tf32 or bf16, got '" + s + "'");
 }
 
 }  // namespace ptool

@@ -10,9 +10,11 @@
 // returns per-token losses to the host) are the only calls that wait for the device.
 //
 // Numerics
-// - GEMMs (linear_*): cuBLASLt, fp32 in/out, compute fp32 or TF32 (CudaGemmPrecision; TF32 by default, as
-//   PyTorch does with allow_tf32). TF32 rounds GEMM inputs to 10 mantissa bits; products of small integers stay
-//   exact in both modes.
+// - GEMMs (linear_*): cuBLASLt with fp32 output, CudaGemmPrecision picks the inputs: fp32, TF32 (the default,
+//   as PyTorch does with allow_tf32; inputs rounded to 10 mantissa bits on the tensor cores) or bf16 (the fp32
+//   operands are rounded to bf16, 7 mantissa bits, by a conversion kernel into the workspace; the tensor cores
+//   then run at bf16 rate and accumulate in fp32 into fp32 C/D, so activations and gradients stay fp32).
+//   Products of small integers are exact in all three modes (integers up to 256 are exact in bf16).
 // - Everything else is fp32 arithmetic with fp32 or double accumulators (see kernels/cuda_ops.cu and
 //   kernels/cuda_attention.cu for the per-op notes).
 // - Deterministic: with CudaBackendOptions::deterministic (the default) every op gives bit-identical results
@@ -29,8 +31,12 @@ namespace ptool {
 enum class CudaGemmPrecision {
   fp32,  // CUBLAS_COMPUTE_32F: full fp32 multiply-add (FFMA), slow on tensor-core GPUs
   tf32,  // CUBLAS_COMPUTE_32F_FAST_TF32: inputs rounded to TF32 on the tensor cores, fp32 accumulation
-  // bf16 (bf16 inputs, fp32 accumulation) comes with bf16 activations: see "BF16 PATH" in cuda_backend.cpp.
+  bf16,  // A/B converted to CUDA_R_16BF (round to nearest even), CUBLAS_COMPUTE_32F, fp32 C/D
 };
+
+// "fp32", "tf32", "bf16"; parse throws ptool::Error naming the accepted spellings.
+const char* gemm_precision_name(CudaGemmPrecision p);
+CudaGemmPrecision parse_gemm_precision(const std::string& s);
 
 struct CudaBackendOptions {
   int device = 0;
@@ -52,5 +58,16 @@ void cuda_synchronize(Backend<float>& backend);
 // The cudaStream_t (as void*, to keep CUDA headers out) that a CUDA backend queues its work on, so that other
 // device code (the optimizer, calibration) can run in the same stream order. Throws for other backends.
 void* cuda_stream_of(Backend<float>& backend);
+bool is_cuda_backend(const Backend<float>& backend);
+
+// Device memory a CUDA backend holds: its buffers (alloc/alloc_index) and workspaces, now and at the peak
+// (the counterpart of torch.cuda.max_memory_allocated). Throws for other backends.
+struct CudaMemory {
+  size_t live_bytes = 0;
+  size_t peak_bytes = 0;
+};
+CudaMemory cuda_memory(const Backend<float>& backend);
+// Used memory of the whole device (cudaMemGetInfo: total - free), the CUDA context and other processes included.
+size_t cuda_device_used_bytes(int device = 0);
 
 }  // namespace ptool

@@ -23,6 +23,16 @@ void check_launch(const char* kernel, cudaStream_t stream, const char* file, int
   } while (0)
 #define PTOOL_CUDA_LAUNCHED(name, stream) ::ptool::cuda::check_launch(name, stream, __FILE__, __LINE__)
 
+// Bytes of device memory a backend holds, now and at the peak.
+struct MemCounter {
+  size_t live = 0, peak = 0;
+  void add(size_t b) {
+    live += b;
+    if (live > peak) peak = live;
+  }
+  void sub(size_t b) { live -= b; }
+};
+
 // Device scratch that grows to the largest request and is then reused (no allocation in the step loop once
 // the shapes are known). Ops run in stream order, so one op's use of the block cannot overlap the next op's.
 // Growing synchronizes the stream before freeing the old block.
@@ -33,11 +43,13 @@ class Workspace {
   Workspace& operator=(const Workspace&) = delete;
   ~Workspace();
   void set_stream(cudaStream_t s) { stream_ = s; }
+  void set_counter(MemCounter* c) { counter_ = c; }
   void* get(size_t bytes);
   size_t capacity() const { return bytes_; }
 
  private:
   cudaStream_t stream_ = nullptr;
+  MemCounter* counter_ = nullptr;
   void* p_ = nullptr;
   size_t bytes_ = 0;
 };
@@ -58,6 +70,8 @@ struct Carver {
 // ---- cuda_ops.cu --------------------------------------------------------------------------------------------
 void launch_add(float* y, const float* x, size_t n, cudaStream_t s);
 void launch_scale(float* y, float a, size_t n, cudaStream_t s);
+// y[i] = bf16 bits of x[i], rounded to nearest even (the GEMM operands of CudaGemmPrecision::bf16).
+void launch_to_bf16(const float* x, size_t n, uint16_t* y, cudaStream_t s);
 
 void launch_embedding_forward(const float* table, const int32_t* tokens, int64_t N, int64_t D, float* out,
                               cudaStream_t s);

@@ -2,6 +2,8 @@
 // Contracts: src/ops/cpu_ops.h. fp32 storage; the notes per family say where accumulation is wider.
 //
 // Design per family
+// - fp32 -> bf16 conversion (GEMM operands in bf16 mode): grid-stride, 16-byte loads and 8-byte stores when
+//   aligned; memory-bound (6 bytes per element).
 // - Element-wise ops (add, scale, activations, channel/head scale forward, skip/gated skip/resid_mix forward,
 //   embedding forward, RoPE): one grid-stride kernel over the flat index, coalesced; add/scale use 16-byte
 //   accesses when the pointers allow. Memory-bound; no shared memory.
@@ -19,6 +21,8 @@
 //   online (max, sum of exp) in fp32 per thread, combined across the block; pass 2 writes dz. Per-row loss
 //   lse - zc[y] in double. dz may alias z (each element is read then written by the same thread, and the target
 //   logit is read before the block barrier that precedes any write).
+#include <cuda_bf16.h>
+
 #include <cub/device/device_radix_sort.cuh>
 
 #include <algorithm>
@@ -75,6 +79,22 @@ struct Add4F {
     const float4 b = x[i];
     a.x += b.x; a.y += b.y; a.z += b.z; a.w += b.w;
     y[i] = a;
+  }
+};
+struct ToBf16F {
+  const float* x;
+  __nv_bfloat16* y;
+  __device__ void operator()(int64_t i) const { y[i] = __float2bfloat16_rn(x[i]); }
+};
+struct alignas(8) Bf16x4 {
+  __nv_bfloat162 lo, hi;
+};
+struct ToBf16x4F {
+  const float4* x;
+  Bf16x4* y;
+  __device__ void operator()(int64_t i) const {
+    const float4 v = x[i];
+    y[i] = Bf16x4{__floats2bfloat162_rn(v.x, v.y), __floats2bfloat162_rn(v.z, v.w)};
   }
 };
 struct ScaleF {
@@ -598,6 +618,18 @@ void launch_scale(float* y, float a, size_t n, cudaStream_t s) {
     launch_map(ScaleF{y + 4 * n4, a}, nn - 4 * n4, s, "scale");
   } else {
     launch_map(ScaleF{y, a}, nn, s, "scale");
+  }
+}
+
+void launch_to_bf16(const float* x, size_t n, uint16_t* y, cudaStream_t s) {
+  const int64_t nn = static_cast<int64_t>(n);
+  auto* yb = reinterpret_cast<__nv_bfloat16*>(y);
+  if (aligned16(x) && (reinterpret_cast<uintptr_t>(y) & 7u) == 0) {
+    const int64_t n4 = nn / 4;
+    launch_map(ToBf16x4F{reinterpret_cast<const float4*>(x), reinterpret_cast<Bf16x4*>(y)}, n4, s, "to_bf16");
+    launch_map(ToBf16F{x + 4 * n4, yb + 4 * n4}, nn - 4 * n4, s, "to_bf16");
+  } else {
+    launch_map(ToBf16F{x, yb}, nn, s, "to_bf16");
   }
 }
 

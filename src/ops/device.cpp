@@ -9,15 +9,17 @@ namespace ptool {
 
 std::unique_ptr<Backend<float>> make_backend(const std::string& device) {
   if (device == "cpu") return make_cpu_backend<float>();
-  if (device == "cuda") {
+  if (device == "cuda" || device.starts_with("cuda:")) {
 #ifdef PTOOL_HAVE_CUDA
-    if (!cuda_device_available()) throw Error("--device cuda: no CUDA device was found on this machine");
-    return make_cuda_backend(0);
+    CudaBackendOptions o;
+    if (device != "cuda") o.gemm = parse_gemm_precision(device.substr(5));
+    if (!cuda_device_available()) throw Error("--device " + device + ": no CUDA device was found on this machine");
+    return make_cuda_backend(o);
 #else
-    throw Error("--device cuda: this ptool was built without CUDA (nvcc was not found at configure time)");
+    throw Error("--device " + device + ": this ptool was built without CUDA (nvcc was not found at configure time)");
 #endif
   }
-  throw Error("--device must be cpu or cuda, got '" + device + "'");
+  throw Error("--device must be " + std::string(kDeviceHelp) + ", got '" + device + "'");
 }
 
 }  // namespace ptool

@@ -1,5 +1,11 @@
-// Chooses the backend the model runs on: "cpu" (the reference) or "cuda" (kernels/, when built and a
-// device is present). Errors say which of the two is missing.
+// Chooses the backend the model runs on from a --device string:
+//   cpu          the reference (fp32)
+//   cuda         kernels/ with TF32 GEMMs (the default precision)
+//   cuda:tf32    the same, spelled out
+//   cuda:bf16    bf16 GEMM inputs, fp32 accumulation and fp32 activations
+//   cuda:fp32    full fp32 GEMMs (slow; for checking)
+// The precision rides on the device string so that every command with --device takes it without a new flag.
+// Errors say what is missing (a CUDA build, a device) or which spellings exist.
 #pragma once
 #include <memory>
 #include <string>
@@ -9,5 +15,8 @@
 namespace ptool {
 
 std::unique_ptr<Backend<float>> make_backend(const std::string& device);
+
+// One line for --help texts: the spellings make_backend accepts.
+inline constexpr const char* kDeviceHelp = "cpu, or cuda[:tf32|bf16|fp32] (GEMM precision; plain cuda = tf32)";
 
 }  // namespace ptool

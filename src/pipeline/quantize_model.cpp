@@ -5,6 +5,7 @@
 #include "formats/error.h"
 #include "formats/shard.h"
 #include "src/model/calibrate.h"
+#include "src/ops/device.h"
 #include "src/quant/budget.h"
 #include "src/quant/quantizer.h"
 
@@ -17,7 +18,7 @@ bool rule_needs_hessian(const quant::Rule& r) {
 }
 
 model::HessianMap calibrate(const model::LoadedModel& lm, const CalibrationOptions& c, const Log& log) {
-  auto be = make_cpu_backend<float>();
+  auto be = make_backend(c.device);
   model::Model<float> m(lm.config, *be);
   m.load_params(lm.weights.data());
   const int64_t L = c.seq_len > 0 ? c.seq_len : lm.config.train_seq_len;

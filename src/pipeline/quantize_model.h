@@ -22,6 +22,7 @@ struct CalibrationOptions {
   int64_t generate_seqs = 0;       // > 0: sample this many sequences from the model instead of shards
   double temperature = 0.8;
   uint64_t seed = 42;
+  std::string device = "cpu";      // backend of the calibration forward passes (src/ops/device.h)
 };
 
 // Fit to budget: the SDClip k of each tensor group (embed / attn / mlp / other) is chosen so that the

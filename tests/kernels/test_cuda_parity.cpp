@@ -6,7 +6,11 @@
 // Tolerances (|gpu - cpu| <= atol + rtol |cpu| per element unless stated) and why:
 // - copies, embedding forward, deterministic embedding backward, zero/add/scale: exact (same fp32 operations in
 //   the same order).
-// - GEMMs on small integers: exact in fp32 and TF32 (products and sums are exactly representable).
+// - GEMMs on small integers: exact in fp32, TF32 and bf16 (products and sums are exactly representable; bf16
+//   holds every integer up to 256, and with N, K, M <= 200 every partial sum of such products stays below 2^24).
+// - GEMMs on U(-1, 1) floats: 1e-5 sqrt(L) absolute in fp32, 2e-3 sqrt(L) in TF32, 8e-3 sqrt(L) in bf16 (L the
+//   inner length; bf16 rounds each input by up to 2^-8 relative, so one product is off by ~8e-4 rms and a sum of
+//   L of them by ~8e-4 sqrt(L): the bound is ~10 sigma).
 // - element-wise ops with one multiply-add: 1e-6 relative (the CPU and nvcc may fuse a*b+c differently).
 // - column reductions (ds, dw, dg, dm): 1e-5 of the sum of |terms| (the CPU sums N floats in sequence, the GPU
 //   in double: the bound is the CPU's own rounding error).
@@ -17,7 +21,8 @@
 // - softcap cross-entropy: 3e-5 absolute per token loss (fp32 online softmax against the CPU's double), dz
 //   within 5e-6 * grad_scale.
 // - the tiny model: loss 2e-5 relative and gradients 1e-3 of each tensor's largest |gradient| with fp32 GEMMs;
-//   2e-3 and 5e-2 with TF32 GEMMs (10-bit mantissa inputs).
+//   2e-3 and 5e-2 with TF32 GEMMs (10-bit mantissa inputs); 1e-2 and 0.2 with bf16 GEMMs (7-bit mantissa inputs,
+//   8x TF32's rounding; activations stay fp32, so the error does not compound through bf16 storage).
 // These bounds are the first version's, set before any run on a GPU: the printed shares say how much room each
 // check has once it runs on one.
 #include <catch2/catch.hpp>
@@ -53,6 +58,11 @@ using Vec = std::vector<float>;
       return;                                   \
     }                                           \
   } while (0)
+
+const CudaGemmPrecision kAllPrecisions[] = {CudaGemmPrecision::fp32, CudaGemmPrecision::tf32,
+                                            CudaGemmPrecision::bf16};
+
+std::string tag_of(CudaGemmPrecision p) { return std::string(" [") + gemm_precision_name(p) + "]"; }
 
 std::unique_ptr<Backend<float>> gpu_backend(CudaGemmPrecision g = CudaGemmPrecision::fp32, bool det = true) {
   CudaBackendOptions o;
@@ -262,33 +272,45 @@ TEST_CASE("cuda: rmsnorm forward and backward", "[gpu]") {
   }
 }
 
-TEST_CASE("cuda: linear is exact on small integers (fp32 and TF32 GEMMs)", "[gpu]") {
+TEST_CASE("cuda: linear is exact on small integers (fp32, TF32 and bf16 GEMMs)", "[gpu]") {
   SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend<float>();
   std::mt19937_64 rng(4);
-  for (auto prec : {CudaGemmPrecision::fp32, CudaGemmPrecision::tf32}) {
+  struct Range {
+    int lim, iters;
+    int64_t max_dim;
+  };
+  for (auto prec : kAllPrecisions) {
     auto g = gpu_backend(prec);
-    const std::string mode = prec == CudaGemmPrecision::fp32 ? " [fp32]" : " [tf32]";
-    for (int it = 0; it < 8; ++it) {
-      const int64_t N = rand_int(rng, 1, 300), K = rand_int(rng, 1, 300), M = rand_int(rng, 1, 300);
-      const std::string shape = " N=" + std::to_string(N) + " K=" + std::to_string(K) + " M=" + std::to_string(M);
-      const Vec x = rand_ints(rng, N * K, -8, 8), W = rand_ints(rng, M * K, -8, 8), dy = rand_ints(rng, N * M, -8, 8);
-      const Vec dx0 = rand_ints(rng, N * K, -100, 100), dW0 = rand_ints(rng, M * K, -100, 100);
-      Vec y(N * M), dx = dx0, dW = dW0;
-      cpu->linear_forward(x.data(), W.data(), N, K, M, y.data());
-      cpu->linear_backward(dy.data(), x.data(), W.data(), N, K, M, dx.data(), dW.data());
-      Dev gx(*g, x), gW(*g, W), gdy(*g, dy), gy(*g, Vec(N * M, 123.f)), gdx(*g, dx0), gdW(*g, dW0);
-      g->linear_forward(gx.p(), gW.p(), N, K, M, gy.p());
-      g->linear_backward(gdy.p(), gx.p(), gW.p(), N, K, M, gdx.p(), gdW.p());
-      check_exact("linear_forward" + mode + shape, gy.get(), y);
-      check_exact("linear_backward dx (accumulated)" + mode + shape, gdx.get(), dx);
-      check_exact("linear_backward dW (accumulated)" + mode + shape, gdW.get(), dW);
-      // null gradient pointers skip that gradient
-      Dev gdx2(*g, dx0), gdW2(*g, dW0);
-      g->linear_backward(gdy.p(), gx.p(), gW.p(), N, K, M, nullptr, gdW2.p());
-      g->linear_backward(gdy.p(), gx.p(), gW.p(), N, K, M, gdx2.p(), nullptr);
-      check_exact("linear_backward dx only" + mode + shape, gdx2.get(), dx);
-      check_exact("linear_backward dW only" + mode + shape, gdW2.get(), dW);
+    const std::string mode = tag_of(prec);
+    // |values| <= 8 for every mode; bf16 also at its limit, |values| <= 256 (dims <= 200 keep sums below 2^24)
+    std::vector<Range> ranges{{8, 8, 300}};
+    if (prec == CudaGemmPrecision::bf16) ranges.push_back({256, 4, 200});
+    for (const Range& r : ranges) {
+      for (int it = 0; it < r.iters; ++it) {
+        const int64_t N = rand_int(rng, 1, r.max_dim), K = rand_int(rng, 1, r.max_dim),
+                      M = rand_int(rng, 1, r.max_dim);
+        const std::string shape = " |v|<=" + std::to_string(r.lim) + " N=" + std::to_string(N) +
+                                  " K=" + std::to_string(K) + " M=" + std::to_string(M);
+        const Vec x = rand_ints(rng, N * K, -r.lim, r.lim), W = rand_ints(rng, M * K, -r.lim, r.lim),
+                  dy = rand_ints(rng, N * M, -r.lim, r.lim);
+        const Vec dx0 = rand_ints(rng, N * K, -100, 100), dW0 = rand_ints(rng, M * K, -100, 100);
+        Vec y(N * M), dx = dx0, dW = dW0;
+        cpu->linear_forward(x.data(), W.data(), N, K, M, y.data());
+        cpu->linear_backward(dy.data(), x.data(), W.data(), N, K, M, dx.data(), dW.data());
+        Dev gx(*g, x), gW(*g, W), gdy(*g, dy), gy(*g, Vec(N * M, 123.f)), gdx(*g, dx0), gdW(*g, dW0);
+        g->linear_forward(gx.p(), gW.p(), N, K, M, gy.p());
+        g->linear_backward(gdy.p(), gx.p(), gW.p(), N, K, M, gdx.p(), gdW.p());
+        check_exact("linear_forward" + mode + shape, gy.get(), y);
+        check_exact("linear_backward dx (accumulated)" + mode + shape, gdx.get(), dx);
+        check_exact("linear_backward dW (accumulated)" + mode + shape, gdW.get(), dW);
+        // null gradient pointers skip that gradient
+        Dev gdx2(*g, dx0), gdW2(*g, dW0);
+        g->linear_backward(gdy.p(), gx.p(), gW.p(), N, K, M, nullptr, gdW2.p());
+        g->linear_backward(gdy.p(), gx.p(), gW.p(), N, K, M, gdx2.p(), nullptr);
+        check_exact("linear_backward dx only" + mode + shape, gdx2.get(), dx);
+        check_exact("linear_backward dW only" + mode + shape, gdW2.get(), dW);
+      }
     }
   }
 }
@@ -297,10 +319,9 @@ TEST_CASE("cuda: linear on random floats", "[gpu]") {
   SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend<float>();
   std::mt19937_64 rng(5);
-  for (auto prec : {CudaGemmPrecision::fp32, CudaGemmPrecision::tf32}) {
+  for (auto prec : kAllPrecisions) {
     auto g = gpu_backend(prec);
-    const bool tf32 = prec == CudaGemmPrecision::tf32;
-    const std::string mode = tf32 ? " [tf32]" : " [fp32]";
+    const std::string mode = tag_of(prec);
     for (int it = 0; it < 4; ++it) {
       const int64_t N = pick(rng, {1, 77, 512, 1024}), K = pick(rng, {64, 100, 512}), M = pick(rng, {1, 64, 256, 1000});
       const std::string shape = " N=" + std::to_string(N) + " K=" + std::to_string(K) + " M=" + std::to_string(M);
@@ -315,8 +336,9 @@ TEST_CASE("cuda: linear on random floats", "[gpu]") {
       g->linear_backward(gdy.p(), gx.p(), gW.p() + 1, N, K, M, gdx.p(), gdW.p() + 1);
       Vec gdw = gdW.get();
       gdw.erase(gdw.begin());
-      // error of a length-L dot product of U(-1,1) values: fp32 ~ 1e-7 sqrt(L), TF32 ~ 5e-4 sqrt(L) / 3
-      const double r = tf32 ? 2e-3 : 1e-5;
+      // error of a length-L dot product of U(-1,1) values: fp32 ~ 1e-7 sqrt(L), TF32 ~ 5e-4 sqrt(L) / 3,
+      // bf16 ~ 8e-4 sqrt(L)
+      const double r = prec == CudaGemmPrecision::bf16 ? 8e-3 : prec == CudaGemmPrecision::tf32 ? 2e-3 : 1e-5;
       check_close("linear_forward" + mode + shape, gy.get(), y, r * std::sqrt(static_cast<double>(K)), 0.0);
       check_close("linear_backward dx" + mode + shape, gdx.get(), dx, r * std::sqrt(static_cast<double>(M)), 0.0);
       check_close("linear_backward dW" + mode + shape, gdw, dW, r * std::sqrt(static_cast<double>(N)), 0.0);
@@ -677,17 +699,19 @@ TEST_CASE("cuda: the tiny model's loss and gradients match the CPU backend", "[g
     for (auto& t : x) t = static_cast<int32_t>(rand_int(rng, 0, mc.cfg.vocab_size - 1));
     for (auto& t : y) t = static_cast<int32_t>(rand_int(rng, 0, mc.cfg.vocab_size - 1));
     const RunResult want = run_model(*cpu, mc.cfg, params, x, y, mc.B, mc.Tn);
-    for (auto prec : {CudaGemmPrecision::fp32, CudaGemmPrecision::tf32}) {
-      const bool tf32 = prec == CudaGemmPrecision::tf32;
-      const std::string tag = mc.name + (tf32 ? " [tf32]" : " [fp32]");
+    for (auto prec : kAllPrecisions) {
+      const std::string tag = mc.name + tag_of(prec);
       auto g = gpu_backend(prec);
       const RunResult got = run_model(*g, mc.cfg, params, x, y, mc.B, mc.Tn);
       std::printf("%s: loss cpu %.9g gpu %.9g\n", tag.c_str(), want.loss, got.loss);
-      const double lrel = tf32 ? 2e-3 : 2e-5;
+      // {loss relative, per-token loss absolute, gradient share of the tensor's max}, in enum order fp32, tf32, bf16
+      const double tol[3][3] = {{2e-5, 2e-4, 1e-3}, {2e-3, 2e-2, 5e-2}, {1e-2, 1e-1, 2e-1}};
+      const double* t = tol[static_cast<int>(prec)];
+      const double lrel = t[0];
       check_close(tag + " loss", {static_cast<float>(got.loss)}, {static_cast<float>(want.loss)}, 0.0, lrel);
       check_close(tag + " per-token losses", Vec(got.losses.begin(), got.losses.end()),
-                  Vec(want.losses.begin(), want.losses.end()), tf32 ? 2e-2 : 2e-4, lrel);
-      const double grel = tf32 ? 5e-2 : 1e-3;
+                  Vec(want.losses.begin(), want.losses.end()), t[1], lrel);
+      const double grel = t[2];
       for (const auto& s : L.specs) {
         const Vec gg(got.grads.begin() + s.offset, got.grads.begin() + s.offset + s.numel);
         const Vec gc(want.grads.begin() + s.offset, want.grads.begin() + s.offset + s.numel);
@@ -710,13 +734,13 @@ TEST_CASE("cuda: deterministic mode gives bit-identical repeat runs", "[gpu]") {
     std::vector<int32_t> x(static_cast<size_t>(B * Tn)), y(x.size());
     for (auto& t : x) t = static_cast<int32_t>(rand_int(rng, 0, 63));  // few distinct ids: repeated embedding rows
     for (auto& t : y) t = static_cast<int32_t>(rand_int(rng, 0, cfg.vocab_size - 1));
-    for (auto prec : {CudaGemmPrecision::tf32, CudaGemmPrecision::fp32}) {
+    for (auto prec : kAllPrecisions) {
       auto g1 = gpu_backend(prec);
       auto g2 = gpu_backend(prec);
       const RunResult a = run_model(*g1, cfg, params, x, y, B, Tn);
       const RunResult b = run_model(*g1, cfg, params, x, y, B, Tn);
       const RunResult c = run_model(*g2, cfg, params, x, y, B, Tn);
-      const std::string tag = std::string(preset) + (prec == CudaGemmPrecision::tf32 ? " [tf32]" : " [fp32]");
+      const std::string tag = std::string(preset) + tag_of(prec);
       CHECK(a.loss == b.loss);
       CHECK(a.loss == c.loss);
       check_exact(tag + " repeat run, same backend: grads", b.grads, a.grads);
