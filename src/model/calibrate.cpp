@@ -5,8 +5,29 @@
 #include <random>
 
 #include "formats/error.h"
+#ifdef PTOOL_HAVE_CUDA
+#include <optional>
+
+#include "kernels/cuda_backend.h"
+#include "kernels/cuda_hessian.h"
+#endif
 
 namespace ptool::model {
+
+namespace {
+
+// H += X^T X in double on the host (every backend but CUDA).
+void add_on_host(Hessian& h, Backend<float>& be, const float* X, int64_t rows, int64_t cols, std::vector<float>& host) {
+  host.resize(rows * cols);
+  be.download(host.data(), X, rows * cols);
+  if (h.H.empty()) h.H.assign(cols * cols, 0.0);
+  Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> Xm(host.data(), rows, cols);
+  Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> Hm(h.H.data(), cols, cols);
+  const Eigen::MatrixXd Xd = Xm.cast<double>();
+  Hm.noalias() += Xd.transpose() * Xd;
+}
+
+}  // namespace
 
 HessianMap collect_hessians(Model<float>& m, std::span<const uint16_t> tokens, int64_t seq_len, int64_t batch_seqs,
                             int64_t batches) {
@@ -18,6 +39,11 @@ HessianMap collect_hessians(Model<float>& m, std::span<const uint16_t> tokens, i
   const int64_t N = batch_seqs * seq_len;
   std::vector<int32_t> x(N), y(N);
   std::vector<float> host;
+#ifdef PTOOL_HAVE_CUDA
+  // On a CUDA backend the sums stay on the device (in the forward passes' stream order) until the end.
+  std::optional<CudaHessians> gpu;
+  if (is_cuda_backend(m.backend())) gpu.emplace(m.backend());
+#endif
   for (int64_t b = 0; b < batches; ++b) {
     for (int64_t i = 0; i < N; ++i) {
       x[i] = tokens[b * N + i];
@@ -26,23 +52,24 @@ HessianMap collect_hessians(Model<float>& m, std::span<const uint16_t> tokens, i
     m.forward(x.data(), y.data(), batch_seqs, seq_len);
     std::map<std::string, bool> seen_this_batch;
     m.visit_linear_inputs([&](const std::string& w, const float* X, int64_t rows, int64_t cols) {
-      host.resize(rows * cols);
-      m.backend().download(host.data(), X, rows * cols);
       Hessian& h = hs[w];
-      if (h.cols == 0) {
-        h.cols = cols;
-        h.H.assign(cols * cols, 0.0);
-      }
-      Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> Xm(host.data(), rows, cols);
-      Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> Hm(h.H.data(), cols, cols);
-      const Eigen::MatrixXd Xd = Xm.cast<double>();
-      Hm.noalias() += Xd.transpose() * Xd;
+      h.cols = cols;
+#ifdef PTOOL_HAVE_CUDA
+      if (gpu)
+        gpu->add(w, X, rows, cols);
+      else
+#endif
+        add_on_host(h, m.backend(), X, rows, cols, host);
       if (!seen_this_batch[w]) {
         h.batches += 1;  // a looped block's visits in one batch count as one batch
         seen_this_batch[w] = true;
       }
     });
   }
+#ifdef PTOOL_HAVE_CUDA
+  if (gpu)
+    for (auto& [name, H] : gpu->download()) hs.at(name).H = std::move(H);
+#endif
   for (auto& [name, h] : hs)
     for (auto& v : h.H) v /= static_cast<double>(h.batches);
   return hs;

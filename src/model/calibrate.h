@@ -19,7 +19,8 @@ struct Hessian {
 };
 using HessianMap = std::map<std::string, Hessian>;
 
-// Runs `batches` forward passes of [batch_seqs, seq_len] over consecutive tokens and returns H per weight.
+// Runs `batches` forward passes of [batch_seqs, seq_len] over consecutive tokens and returns H per weight. On a
+// CUDA backend H accumulates on the device (kernels/cuda_hessian.h) and is downloaded once; elsewhere on the host.
 HessianMap collect_hessians(Model<float>& m, std::span<const uint16_t> tokens, int64_t seq_len, int64_t batch_seqs,
                             int64_t batches);
 
