@@ -14,10 +14,10 @@ for preset in baseline int6 gptq_lite gptq; do
   "$PTOOL" quantize "$MODEL" --preset "$preset" --calib "$TRAIN" --calib-batches 2 --calib-batch-seqs 2 \
     --out "$q" --json > "$OUT/$preset.quantize.json"
   packs=""
-  for codec in zlib zstd brotli; do
+  for codec in zlib zstd brotli arith; do
     p=$("$PTOOL" pack "$q" --out "$OUT/$preset.$codec.ptz" --codec "$codec" --json)
     packs="$packs\"$codec\":$(echo "$p" | python3 -c 'import json,sys; print(json.load(sys.stdin)["file_bytes"])'),"
   done
-  ev=$("$PTOOL" eval "$OUT/$preset.brotli.ptz" --val "$VAL" --tokenizer "$TOK" --max-tokens "$MAX" --json)
+  ev=$("$PTOOL" eval "$OUT/$preset.arith.ptz" --val "$VAL" --tokenizer "$TOK" --max-tokens "$MAX" --json)
   echo "{\"preset\":\"$preset\",\"packed_bytes\":{${packs%,}},\"eval\":$ev}"
 done

@@ -57,8 +57,12 @@ void add_quantize(CLI::App& app) {
   c->add_flag("--dry-run", a->dry_run, "print the per-tensor table (scheme, bits, MSE, estimated bytes), write nothing");
   c->add_flag("--json", a->json, "print the table as JSON");
   c->add_option("--fit", a->fit.bytes,
-                "choose SDClip k per tensor group (embed/attn/mlp/other) so the estimated model bytes land under "
-                "BYTES with the least Hessian-weighted error (0: off; subtract code bytes yourself)")
+                "choose SDClip k per tensor group (embed/attn/mlp/other) so that the packed model plus the code "
+                "bytes lands just under BYTES with the least Hessian-weighted error (0: off)")
+      ->capture_default_str();
+  c->add_option("--code-bytes", a->fit.code_bytes, "bytes of code that count against the --fit budget")
+      ->capture_default_str();
+  c->add_option("--fit-codec", a->fit.codec, "pack codec the fit measures with (pack --codec auto never exceeds it)")
       ->capture_default_str();
   c->add_option("--calib", a->calib_glob, "training shards for GPTQ Hessians (glob)");
   c->add_option("--calib-batches", a->calib.batches, "calibration batches")->capture_default_str();
@@ -71,8 +75,6 @@ void add_quantize(CLI::App& app) {
   c->add_option("--calib-temperature", a->calib.temperature, "sampling temperature of --calib-generate")
       ->capture_default_str();
   c->add_option("--calib-seed", a->calib.seed, "sampling seed of --calib-generate")->capture_default_str();
-  c->add_option("--device", a->calib.device, std::string("calibration backend: ") + kDeviceHelp)
-      ->capture_default_str();
   c->callback([a] { run_quantize(*a); });
 }
 

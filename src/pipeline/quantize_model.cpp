@@ -1,10 +1,12 @@
 #include "src/pipeline/quantize_model.h"
 
 #include <map>
+#include <optional>
 
 #include "formats/error.h"
 #include "formats/shard.h"
 #include "src/model/calibrate.h"
+#include "src/pipeline/pack_model.h"
 #include "src/ops/device.h"
 #include "src/quant/budget.h"
 #include "src/quant/quantizer.h"
@@ -51,9 +53,10 @@ bool fits_by_k(const quant::Rule& r) {
 }
 
 // Chooses k per tensor group; returns the k of each fitted tensor by name.
+// `target` is in estimated bytes (order-0 entropy) for the whole model.
 std::map<std::string, double> fit_k(const model::LoadedModel& lm, const model::ParamLayout& L, const quant::RuleSet& rules,
-                                    const model::HessianMap& hessians, const FitOptions& fit, nlohmann::json& report,
-                                    const Log& log) {
+                                    const model::HessianMap& hessians, const FitOptions& fit, double target,
+                                    nlohmann::json& report, const Log& log) {
   std::vector<quant::BudgetTensor> tensors;
   double fixed_bytes = 0;  // tensors the fit does not touch
   for (auto& s : L.specs) {
@@ -80,17 +83,20 @@ std::map<std::string, double> fit_k(const model::LoadedModel& lm, const model::P
   }
   std::vector<quant::BudgetCandidate> cands;
   for (double k : quant::geometric_grid(fit.k_min, fit.k_max, fit.k_steps)) cands.push_back({0, k});
-  const double budget = fit.bytes - fixed_bytes;
+  const double budget = target - fixed_bytes;
+  const std::string what = "--fit " + std::to_string(static_cast<int64_t>(fit.bytes));
   if (budget <= 0)
-    throw Error("--fit " + std::to_string(static_cast<int64_t>(fit.bytes)) + ": the tensors outside the fit already need " +
-                std::to_string(static_cast<int64_t>(fixed_bytes)) + " bytes");
+    throw Error(what + ": the tensors outside the fit already need about " +
+                std::to_string(static_cast<int64_t>(fixed_bytes)) + " of the " + std::to_string(static_cast<int64_t>(target)) +
+                " bytes available to the weights");
   auto res = quant::fit_to_budget(tensors, cands, budget, quant::entropy_size_estimator, log);
   if (!res.feasible)
-    throw Error("--fit " + std::to_string(static_cast<int64_t>(fit.bytes)) + " bytes is out of reach: even k = " +
-                std::to_string(fit.k_max) + " needs " + std::to_string(static_cast<int64_t>(res.bytes + fixed_bytes)) +
-                " estimated bytes");
+    throw Error(what + " bytes is out of reach: even k = " + std::to_string(fit.k_max) + " needs " +
+                std::to_string(static_cast<int64_t>(res.bytes + fixed_bytes)) + " estimated bytes of the " +
+                std::to_string(static_cast<int64_t>(target)) + " available");
   std::map<std::string, double> group_k;
-  report = {{"budget", fit.bytes}, {"fixed_bytes", fixed_bytes}, {"est_bytes", res.bytes + fixed_bytes}, {"groups", nlohmann::json::array()}};
+  report = {{"target_est_bytes", target}, {"fixed_bytes", fixed_bytes}, {"est_bytes", res.bytes + fixed_bytes},
+            {"groups", nlohmann::json::array()}};
   for (auto& g : res.groups) {
     group_k[g.group] = g.candidate.k;
     report["groups"].push_back({{"group", g.group}, {"k", g.candidate.k}, {"est_bytes", g.bytes}, {"loss", g.loss}});
@@ -109,14 +115,12 @@ bool needs_hessians(const model::LoadedModel& m, const quant::RuleSet& rules) {
   return false;
 }
 
-QuantizeResult quantize_model(const model::LoadedModel& lm, const quant::RuleSet& rules,
-                              const CalibrationOptions& calib, const FitOptions& fit, const Log& log) {
-  const model::ParamLayout L = model::make_layout(lm.config);
-  model::HessianMap hessians;
-  if (needs_hessians(lm, rules)) hessians = calibrate(lm, calib, log);
+namespace {
+
+QuantizeResult quantize_all(const model::LoadedModel& lm, const model::ParamLayout& L, const quant::RuleSet& rules,
+                            const model::HessianMap& hessians, const std::map<std::string, double>& fitted_k,
+                            const Log& log) {
   QuantizeResult res;
-  std::map<std::string, double> fitted_k;
-  if (fit.bytes > 0) fitted_k = fit_k(lm, L, rules, hessians, fit, res.fit, log);
   res.artifact.stage = Stage::quantized;
   res.artifact.metadata = lm.metadata;
   res.artifact.metadata.erase("state");
@@ -142,8 +146,58 @@ QuantizeResult quantize_model(const model::LoadedModel& lm, const quant::RuleSet
     res.artifact.tensors.push_back(std::move(r));
   }
   res.artifact.metadata["quantization"] = {{"rules", rules.origin}, {"tensors", info}};
-  if (!res.fit.is_null()) res.artifact.metadata["quantization"]["fit"] = res.fit;
   return res;
+}
+
+// Fit attempts (see FitOptions): each fits k to an estimate target, quantizes, packs and measures.
+QuantizeResult fit_and_quantize(const model::LoadedModel& lm, const model::ParamLayout& L, const quant::RuleSet& rules,
+                                const model::HessianMap& hessians, const FitOptions& fit, const Log& log) {
+  const uint64_t budget = static_cast<uint64_t>(fit.bytes);
+  const double goal = fit.bytes * (1 - fit.tolerance / 2);  // aim inside the tolerance band, not at its edge
+  PackOptions po;
+  po.codec = fit.codec;
+  po.budget = budget;
+  po.code_bytes = fit.code_bytes;
+  double target = fit.bytes - static_cast<double>(fit.code_bytes);
+  std::optional<QuantizeResult> best;
+  uint64_t best_total = 0;
+  nlohmann::json attempts = nlohmann::json::array();
+  for (int attempt = 1; attempt <= fit.max_attempts; ++attempt) {
+    nlohmann::json report;
+    const auto k = fit_k(lm, L, rules, hessians, fit, target, report, log);
+    QuantizeResult r = quantize_all(lm, L, rules, hessians, k, log);
+    const uint64_t total = pack_model(r.artifact, po).total_bytes;
+    report["packed_total_bytes"] = total;
+    attempts.push_back(report);
+    if (log)
+      log("fit: attempt " + std::to_string(attempt) + ": estimate target " + std::to_string(static_cast<int64_t>(target)) +
+          " -> packed (" + fit.codec + ") + code = " + std::to_string(total) + " of " + std::to_string(budget) + " bytes");
+    if (total <= budget && (!best || total > best_total)) {
+      best = std::move(r);
+      best_total = total;
+    }
+    if (best && static_cast<double>(best_total) >= fit.bytes * (1 - fit.tolerance)) break;
+    target *= goal / static_cast<double>(total);
+  }
+  if (!best)
+    throw Error("--fit " + std::to_string(budget) + ": no attempt landed under the budget (last: " +
+                attempts.back()["packed_total_bytes"].dump() + " bytes packed with " + fit.codec + " + code); " +
+                "raise --fit or loosen the rules");
+  best->fit = {{"budget", budget},         {"code_bytes", fit.code_bytes}, {"codec", fit.codec},
+               {"packed_total_bytes", best_total}, {"attempts", attempts}};
+  best->artifact.metadata["quantization"]["fit"] = best->fit;
+  return std::move(*best);
+}
+
+}  // namespace
+
+QuantizeResult quantize_model(const model::LoadedModel& lm, const quant::RuleSet& rules,
+                              const CalibrationOptions& calib, const FitOptions& fit, const Log& log) {
+  const model::ParamLayout L = model::make_layout(lm.config);
+  model::HessianMap hessians;
+  if (needs_hessians(lm, rules)) hessians = calibrate(lm, calib, log);
+  if (fit.bytes > 0) return fit_and_quantize(lm, L, rules, hessians, fit, log);
+  return quantize_all(lm, L, rules, hessians, {}, log);
 }
 
 }  // namespace ptool::pipeline

@@ -25,11 +25,19 @@ struct CalibrationOptions {
   std::string device = "cpu";      // backend of the calibration forward passes (src/ops/device.h)
 };
 
-// Fit to budget: the SDClip k of each tensor group (embed / attn / mlp / other) is chosen so that the
-// estimated stored bytes of the whole model land under `bytes` with the least sensitivity-weighted error
-// (sensitivity = trace(H)/cols when Hessians exist, else 1). Only tensors whose rule clips by SDClip take part.
+// Fit to budget: the SDClip k of each tensor group (embed / attn / mlp / other) is chosen so that the packed
+// model plus `code_bytes` lands just under `bytes` with the least sensitivity-weighted error (sensitivity =
+// trace(H)/cols when Hessians exist, else 1). Only tensors whose rule clips by SDClip take part.
+// The allocation works on order-0 entropy estimates; each attempt then quantizes the whole model (GPTQ
+// included), packs it with `codec` and rescales the estimate target by budget / packed bytes, keeping the
+// largest result that fits. `ptool pack --codec auto` never stores more than `codec` alone, so the packed
+// artifact fits too.
 struct FitOptions {
   double bytes = 0;                 // 0: off
+  uint64_t code_bytes = 0;          // bytes of code that count against the budget
+  std::string codec = "arith";      // the pack codec the fit measures with
+  double tolerance = 0.01;          // done once the packed total is within this fraction under the budget
+  int max_attempts = 6;
   double k_min = 4, k_max = 40;     // the k grid (geometric)
   int k_steps = 16;
 };

@@ -54,16 +54,21 @@ grep -q "codes.embed" "$T/out" || fail "over-budget pack printed no table"
 [ ! -e "$T/over.ptz" ] || fail "over-budget pack left a file"
 ls "$T" | grep -q '\.tmp' && fail "a temporary file was left behind"
 
-# --fit: SDClip k per group lands the estimate under a budget 10% below the default k's estimate.
+# --fit: SDClip k per group so that the packed model plus the code bytes lands just under the budget, here 10%
+# below the packed size at the rules' own k; pack --codec auto then fits as well.
 cat >"$T/sdclip.json" <<'JSON'
 [{"class": "control", "scheme": "f32"}, {"min_numel": 1024, "scheme": "sdclip", "bits": 6}, {"scheme": "f16"}]
 JSON
 num() { python3 -c "import json,sys; print(int(json.load(sys.stdin)['$1']))"; }
-est=$("$PTOOL" quantize "$T/m.ptc" --rules "$T/sdclip.json" --dry-run --json | num est_bytes)
-budget=$((est * 9 / 10))
-fitted=$("$PTOOL" quantize "$T/m.ptc" --rules "$T/sdclip.json" --fit "$budget" --out "$T/fit.ptq" --json 2>/dev/null | num est_bytes)
-[ "$fitted" -le "$budget" ] || fail "--fit $budget: estimate $fitted is over the budget"
-[ "$fitted" -ge $((budget * 9 / 10)) ] || fail "--fit $budget: estimate $fitted is far below the budget"
+"$PTOOL" quantize "$T/m.ptc" --rules "$T/sdclip.json" --out "$T/sd.ptq" >/dev/null
+full=$("$PTOOL" pack "$T/sd.ptq" --out "$T/sd.ptz" --codec arith --json | num total_bytes)
+budget=$((full * 9 / 10))
+"$PTOOL" quantize "$T/m.ptc" --rules "$T/sdclip.json" --fit "$budget" --code-bytes 1000 --out "$T/fit.ptq" 2>"$T/fit.log" >/dev/null ||
+  fail "--fit $budget: $(cat "$T/fit.log")"
+packed=$("$PTOOL" pack "$T/fit.ptq" --out "$T/fit.ptz" --codec auto --code-bytes 1000 --budget "$budget" --json | num total_bytes)
+[ "$packed" -le "$budget" ] || fail "--fit $budget: packed total $packed is over the budget"
+[ "$packed" -ge $((budget * 95 / 100)) ] || fail "--fit $budget: packed total $packed is far below the budget"
+grep -q "fit: attempt 1" "$T/fit.log" || fail "--fit logged no attempt: $(cat "$T/fit.log")"
 
 # --device cuda either runs (a GPU machine) or says in one line why it cannot.
 if ! "$PTOOL" eval "$T/m.ptz" --val "$T/shards/c_val_*.bin" --tokenizer "$TOK" --max-tokens 256 --device cuda \
