@@ -3,7 +3,7 @@
 // vocab 1024), then the whole model's forward_backward for the tiny and baseline presets (tokens/s).
 // Prints a table, or one JSON object with --json. Exits 1 when the build has no CUDA or there is no device.
 //
-//   bench_cuda_ops [--json] [--reps 20] [--gemm tf32|fp32] [--batch 8] [--seq 1024] [--device 0]
+//   bench_cuda_ops [--json] [--reps 20] [--gemm tf32|bf16|fp32] [--batch 8] [--seq 1024] [--device 0]
 //
 // Times are host wall clock around `reps` calls followed by one stream synchronization (launch overheads
 // included, as in a training step), after warm-up calls; the model's forward_backward waits for its loss anyway.
@@ -150,7 +150,7 @@ int main(int argc, char** argv) {
   app.add_option("--seq", seq, "Sequence length (T); ops see N = B * T tokens")
       ->default_val(1024)
       ->check(CLI::PositiveNumber);
-  app.add_option("--gemm", gemm, "GEMM compute precision")->default_val("tf32")->check(CLI::IsMember({"tf32", "fp32"}));
+  app.add_option("--gemm", gemm, "GEMM precision")->default_val("tf32")->check(CLI::IsMember({"tf32", "bf16", "fp32"}));
   app.add_option("--device", device, "CUDA device index")->default_val(0);
   CLI11_PARSE(app, argc, argv);
 
@@ -165,7 +165,7 @@ int main(int argc, char** argv) {
   try {
     ptool::CudaBackendOptions opt;
     opt.device = device;
-    opt.gemm = gemm == "fp32" ? ptool::CudaGemmPrecision::fp32 : ptool::CudaGemmPrecision::tf32;
+    opt.gemm = ptool::parse_gemm_precision(gemm);
     auto be = ptool::make_cuda_backend(opt);
     const std::string dev = ptool::cuda_device_name(device);
     auto results = bench_ops(*be, batch, seq, reps);

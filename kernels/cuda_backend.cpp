@@ -162,6 +162,7 @@ class CudaBackend final : public Backend<float> {
   void synchronize() { PTOOL_CUDA_CHECK(cudaStreamSynchronize(stream_)); }
   cudaStream_t stream() const { return stream_; }
   const cuda::MemCounter& memory() const { return mem_; }
+  void reset_peak_memory() { mem_.peak = mem_.live; }
 
   // ---- memory ----
   float* alloc(size_t n) override { return static_cast<float*>(device_alloc(n * sizeof(float))); }
@@ -526,6 +527,12 @@ CudaMemory cuda_memory(const Backend<float>& backend) {
   auto* b = dynamic_cast<const CudaBackend*>(&backend);
   if (!b) throw Error(std::string("not a CUDA backend: ") + backend.name());
   return {b->memory().live, b->memory().peak};
+}
+
+void cuda_reset_peak_memory(Backend<float>& backend) {
+  auto* b = dynamic_cast<CudaBackend*>(&backend);
+  if (!b) throw Error(std::string("not a CUDA backend: ") + backend.name());
+  b->reset_peak_memory();
 }
 
 size_t cuda_device_used_bytes(int device) {

@@ -67,6 +67,8 @@ struct CudaMemory {
   size_t peak_bytes = 0;
 };
 CudaMemory cuda_memory(const Backend<float>& backend);
+// Restarts the peak at the live bytes (as torch.cuda.reset_peak_memory_stats), to measure one phase.
+void cuda_reset_peak_memory(Backend<float>& backend);
 // Used memory of the whole device (cudaMemGetInfo: total - free), the CUDA context and other processes included.
 size_t cuda_device_used_bytes(int device = 0);
 
