@@ -1,6 +1,7 @@
 #include "formats/arith_section.h"
 
 #include <algorithm>
+#include <functional>
 #include <future>
 #include <string>
 #include <thread>
@@ -24,6 +25,17 @@ uint64_t get_u64(const uint8_t* p) {
   uint64_t v = 0;
   for (int i = 7; i >= 0; --i) v = (v << 8) | p[i];
   return v;
+}
+
+// Runs f(0..n-1) on up to hardware_concurrency threads; an exception thrown by f is rethrown here.
+void parallel_for(size_t n, const std::function<void(size_t)>& f) {
+  const size_t workers = std::max<size_t>(1, std::min<size_t>(n, std::thread::hardware_concurrency()));
+  std::vector<std::future<void>> jobs;
+  for (size_t w = 0; w < workers; ++w)
+    jobs.push_back(std::async(std::launch::async, [&, w] {
+      for (size_t i = w; i < n; i += workers) f(i);
+    }));
+  for (auto& j : jobs) j.get();
 }
 
 // Every raw byte outside the matrices, in raw order.
@@ -68,19 +80,12 @@ std::optional<MatrixRegion> matrix_region(DType dtype, std::span<const int64_t> 
 
 std::vector<uint8_t> encode_arith_section(std::span<const uint8_t> raw, std::span<const MatrixRegion> regions) {
   check_regions(regions, raw.size(), "arith encoder");
-  // Encode the matrices in parallel (each stream depends only on its own codes).
+  // Each stream depends only on its own codes, so the matrices are encoded in parallel.
   std::vector<std::vector<uint8_t>> streams(regions.size());
-  const size_t workers = std::max<size_t>(1, std::min<size_t>(regions.size(), std::thread::hardware_concurrency()));
-  std::vector<std::future<void>> jobs;
-  for (size_t w = 0; w < workers; ++w)
-    jobs.push_back(std::async(std::launch::async, [&, w] {
-      for (size_t i = w; i < regions.size(); i += workers) {
-        const MatrixRegion& m = regions[i];
-        const auto* codes = reinterpret_cast<const int8_t*>(raw.data() + m.offset);
-        streams[i] = encode_codes({codes, m.bytes()}, m.rows, m.cols);
-      }
-    }));
-  for (auto& j : jobs) j.get();
+  parallel_for(regions.size(), [&](size_t i) {
+    const MatrixRegion& m = regions[i];
+    streams[i] = encode_codes({reinterpret_cast<const int8_t*>(raw.data() + m.offset), m.bytes()}, m.rows, m.cols);
+  });
 
   const std::vector<uint8_t> rest = rest_bytes(raw, regions);
   CodecOptions brotli;
@@ -157,23 +162,26 @@ std::vector<uint8_t> decode_arith_section(std::span<const uint8_t> stored, uint6
       rc == Codec::none || rest_expected == 0 ? std::vector<uint8_t>(rest_span.begin(), rest_span.end())
                                               : decompress(rc, rest_span, rest_expected);
   uint64_t raw_pos = 0, rest_pos = 0;
-  auto copy_rest = [&](uint64_t until) {
-    std::copy_n(rest.begin() + static_cast<ptrdiff_t>(rest_pos), until - raw_pos, raw.begin() + static_cast<ptrdiff_t>(raw_pos));
-    rest_pos += until - raw_pos;
-  };
-  for (size_t i = 0; i < regions.size(); ++i) {
-    const MatrixRegion& m = regions[i];
-    copy_rest(m.offset);
-    std::vector<int8_t> codes;
-    try {
-      codes = decode_codes(streams[i], m.rows, m.cols);
-    } catch (const Error& e) {
-      throw Error("arith section: matrix stream #" + std::to_string(i) + ": " + e.what());
-    }
-    std::copy(codes.begin(), codes.end(), reinterpret_cast<int8_t*>(raw.data() + m.offset));
+  for (const MatrixRegion& m : regions) {
+    std::copy_n(rest.begin() + static_cast<ptrdiff_t>(rest_pos), m.offset - raw_pos, raw.begin() + static_cast<ptrdiff_t>(raw_pos));
+    rest_pos += m.offset - raw_pos;
     raw_pos = m.offset + m.bytes();
   }
-  copy_rest(raw_bytes);
+  std::copy_n(rest.begin() + static_cast<ptrdiff_t>(rest_pos), raw_bytes - raw_pos, raw.begin() + static_cast<ptrdiff_t>(raw_pos));
+
+  // Decode the matrices in parallel; the first failing matrix (in table order) names the error.
+  std::vector<std::string> errors(regions.size());
+  parallel_for(regions.size(), [&](size_t i) {
+    const MatrixRegion& m = regions[i];
+    try {
+      const std::vector<int8_t> codes = decode_codes(streams[i], m.rows, m.cols);
+      std::copy(codes.begin(), codes.end(), reinterpret_cast<int8_t*>(raw.data() + m.offset));
+    } catch (const Error& e) {
+      errors[i] = e.what();
+    }
+  });
+  for (size_t i = 0; i < errors.size(); ++i)
+    if (!errors[i].empty()) throw Error("arith section: matrix stream #" + std::to_string(i) + ": " + errors[i]);
   return raw;
 }
 
