@@ -6,28 +6,38 @@
 
 namespace ptool::train {
 
-void adam_update(float* w, const float* g, float* m, float* v, size_t n, int64_t t, double lr, double weight_decay,
-                 const AdamConfig& cfg) {
+AdamStepConsts adam_step_consts(int64_t t, double lr, double weight_decay, const AdamConfig& cfg) {
   if (t < 1) throw Error("adam: step number must be >= 1");
   const double bc1 = 1.0 - std::pow(cfg.beta1, static_cast<double>(t));
   const double bc2 = 1.0 - std::pow(cfg.beta2, static_cast<double>(t));
-  const float step_size = static_cast<float>(lr / bc1);
-  const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
-  const float b1 = static_cast<float>(cfg.beta1), b2 = static_cast<float>(cfg.beta2);
-  const float omb1 = static_cast<float>(1.0 - cfg.beta1), omb2 = static_cast<float>(1.0 - cfg.beta2);
-  const float eps = static_cast<float>(cfg.eps);
-  const bool decoupled = cfg.decoupled_weight_decay && weight_decay != 0.0;
-  const bool coupled = !cfg.decoupled_weight_decay && weight_decay != 0.0;
-  const float decay = static_cast<float>(1.0 - lr * weight_decay);
-  const float wd = static_cast<float>(weight_decay);
+  AdamStepConsts c;
+  c.step_size = static_cast<float>(lr / bc1);
+  c.bc2_sqrt = static_cast<float>(std::sqrt(bc2));
+  c.b1 = static_cast<float>(cfg.beta1);
+  c.b2 = static_cast<float>(cfg.beta2);
+  c.omb1 = static_cast<float>(1.0 - cfg.beta1);
+  c.omb2 = static_cast<float>(1.0 - cfg.beta2);
+  c.eps = static_cast<float>(cfg.eps);
+  c.decoupled = cfg.decoupled_weight_decay && weight_decay != 0.0;
+  c.coupled = !cfg.decoupled_weight_decay && weight_decay != 0.0;
+  c.decay = static_cast<float>(1.0 - lr * weight_decay);
+  c.wd = static_cast<float>(weight_decay);
+  return c;
+}
+
+void adam_update(float* w, const float* g, float* m, float* v, size_t n, int64_t t, double lr, double weight_decay,
+                 const AdamConfig& cfg) {
+  const AdamStepConsts c = adam_step_consts(t, lr, weight_decay, cfg);
+  // Explicit fused multiply-adds (what GCC's contraction made of the plain expressions): the device step in
+  // kernels/cuda_optim.cu uses the same ones and matches bit for bit whatever the host compiler contracts.
   for (size_t i = 0; i < n; ++i) {
     float gi = g[i];
-    if (coupled) gi += wd * w[i];
-    if (decoupled) w[i] *= decay;
-    m[i] = b1 * m[i] + omb1 * gi;
-    v[i] = b2 * v[i] + omb2 * gi * gi;
-    const float denom = std::sqrt(v[i]) / bc2_sqrt + eps;
-    w[i] -= step_size * (m[i] / denom);
+    if (c.coupled) gi = std::fma(c.wd, w[i], gi);
+    if (c.decoupled) w[i] *= c.decay;
+    m[i] = std::fma(c.b1, m[i], c.omb1 * gi);
+    v[i] = std::fma(c.b2, v[i], c.omb2 * gi * gi);
+    const float denom = std::sqrt(v[i]) / c.bc2_sqrt + c.eps;
+    w[i] = std::fma(-c.step_size, m[i] / denom, w[i]);
   }
 }
 

@@ -32,6 +32,14 @@ struct AdamConfig {
   const AdamGroup& group(Group g) const { return groups[static_cast<size_t>(g)]; }
 };
 
+// The float constants of one step of one group, as adam_update computes them (shared with the device step so
+// that both use the same bits).
+struct AdamStepConsts {
+  float step_size, bc2_sqrt, b1, b2, omb1, omb2, eps, decay, wd;
+  bool decoupled, coupled;
+};
+AdamStepConsts adam_step_consts(int64_t t, double lr, double weight_decay, const AdamConfig& cfg);
+
 // One Adam step on n contiguous elements; `t` is the 1-based step number of this update.
 void adam_update(float* w, const float* g, float* m, float* v, size_t n, int64_t t, double lr, double weight_decay,
                  const AdamConfig& cfg);

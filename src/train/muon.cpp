@@ -127,12 +127,10 @@ void muon_update(float* W, const float* G, float* buf, int64_t batch, int64_t ro
     float* w = W + m * n;
     const float* g = G + m * n;
     float* bu = buf + m * n;
-    for (size_t i = 0; i < n; ++i) {
-      const float t = bu[i] * mu;  // buf.mul_(μ).add_(g)
-      bu[i] = t + g[i];
-    }
+    // Multiply-adds are explicit fmas (what GCC's contraction made of them): the device step matches bit for bit.
+    for (size_t i = 0; i < n; ++i) bu[i] = std::fma(bu[i], mu, g[i]);  // buf.mul_(μ).add_(g)
     if (cfg.nesterov) {
-      for (size_t i = 0; i < n; ++i) U[i] = g[i] + mu * bu[i];  // g.add(buf, alpha=μ)
+      for (size_t i = 0; i < n; ++i) U[i] = std::fma(mu, bu[i], g[i]);  // g.add(buf, alpha=μ)
     } else {
       std::memcpy(U, bu, n * sizeof(float));
     }
@@ -151,7 +149,7 @@ void muon_update(float* W, const float* G, float* buf, int64_t batch, int64_t ro
       for (size_t i = 0; i < n; ++i) U[i] = round_to_bf16(U[i]);
     if (cfg.weight_decay != 0.0)
       for (size_t i = 0; i < n; ++i) w[i] *= decay;
-    for (size_t i = 0; i < n; ++i) w[i] -= lr * U[i];
+    for (size_t i = 0; i < n; ++i) w[i] = std::fma(-lr, U[i], w[i]);
   }
 }
 

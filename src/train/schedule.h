@@ -64,6 +64,7 @@ class Swa {
   // The reference's test, run after the step counter was incremented:
   //   lr_mul < start_lr_mul && step % every == 0  → accumulate w. Returns true when w was taken.
   bool maybe_accumulate(int64_t step, double lr_mul, std::span<const float> w);
+  bool due(int64_t step, double lr_mul) const;  // that test alone (for a sum kept elsewhere, e.g. on a GPU)
   void accumulate(std::span<const float> w);  // unconditional: sum += w (first one: sum = w), count += 1
   int64_t count() const { return count_; }
   // out = sum / count. Throws ptool::Error when nothing was accumulated.

@@ -9,11 +9,11 @@
 #include "src/eval/evaluate.h"
 #include "src/model/model.h"
 #include "src/ops/device.h"
-#include "src/quant/rtn.h"
 #include "src/tokenizer.h"
 #include "src/train/adam.h"
 #include "src/train/checkpoint.h"
 #include "src/train/muon.h"
+#include "src/train/optimizer_step.h"
 #include "src/train/param_store.h"
 #include "src/train/schedule.h"
 #include "src/train/token_stream.h"
@@ -25,7 +25,7 @@ using nlohmann::json;
 #define PTOOL_OPTION_FIELDS(X)                                                                                  \
   X(steps) X(max_seconds) X(batch_tokens) X(seq_len) X(grad_accum) X(seed) X(matrix_lr) X(scalar_lr)           \
   X(tied_embed_lr) X(embed_lr) X(head_lr) X(muon_momentum) X(muon_momentum_start) X(muon_momentum_warmup)      \
-  X(ns_steps) X(muon_row_normalize) X(muon_wd) X(adam_wd) X(beta1) X(beta2) X(adam_eps) X(warmdown_iters)      \
+  X(ns_steps) X(muon_row_normalize) X(muon_bf16) X(muon_wd) X(adam_wd) X(beta1) X(beta2) X(adam_eps) X(warmdown_iters)      \
   X(warmdown_frac) X(min_lr) X(grad_clip) X(ema_decay) X(swa_every) X(swa_start) X(qat_bits) X(qat_start)      \
   X(val_every) X(val_tokens) X(val_batch_seqs) X(log_every) X(checkpoint_every) X(deterministic_time) X(device)
 
@@ -69,6 +69,19 @@ ParamStore make_param_store(const model::ParamLayout& L) {
 }
 
 namespace {
+
+CheckpointInfo info_of(const model::ModelConfig& config, const TrainOptions& opt, const TrainInputs& in,
+                       const Tokenizer& tok) {
+  CheckpointInfo info;
+  info.config = config;
+  info.options = opt;
+  info.tokenizer_sha256 = tok.sha256();
+  info.tokenizer_path = in.tokenizer_path;
+  info.train_files = in.train_files;
+  info.val_files = in.val_files;
+  info.command_line = in.command_line;
+  return info;
+}
 
 void validate_options(const TrainOptions& o, int64_t seq_len) {
   if (o.steps < 0) throw Error("--steps must be >= 0");
@@ -116,33 +129,23 @@ TrainResult train(const model::ModelConfig& config, const TrainOptions& opt, con
   // Model and optimizer state.
   auto backend = make_backend(opt.device);
   model::Model<float> m(config, *backend);
-  ParamStore params = make_param_store(m.layout());
-  ParamStore grads = params.zeros_like();
-  Muon muon(params);
-  Adam adam(params);
+  OptimizerState os(make_param_store(m.layout()), opt.ema_decay > 0, opt.swa_every, opt.swa_start);
+  ParamStore& params = os.params;
   TrainState st;
-  std::vector<float> ema, qat_weights;
-  DeviceBuffer<float> qat_dev;
-  if (opt.ema_decay > 0) ema.resize(params.size());
-  Swa swa(params.size(), std::max<int64_t>(opt.swa_every, 1), opt.swa_start);
   if (!in.resume_path.empty()) {
-    st = load_checkpoint(in.resume_path, config, params, muon, adam, ema, swa);
+    st = load_checkpoint(in.resume_path, config, params, os.muon, os.adam, os.ema, os.swa);
     stream.restore(st.stream);
     note("resumed from " + in.resume_path + " at step " + std::to_string(st.step));
   } else {
     model::init_params(config, m.layout(), opt.seed, params.data());
-    if (!ema.empty()) std::copy(params.data(), params.data() + params.size(), ema.begin());
+    if (!os.ema.empty()) std::copy(params.data(), params.data() + params.size(), os.ema.begin());
   }
-  m.load_params(params.data());
-
-  CheckpointInfo info;
-  info.config = config;
-  info.options = opt;
-  info.tokenizer_sha256 = tok.sha256();
-  info.tokenizer_path = in.tokenizer_path;
-  info.train_files = in.train_files;
-  info.val_files = in.val_files;
-  info.command_line = in.command_line;
+  // Uploads the weights; on a CUDA backend the whole optimizer state then lives on the device.
+  const auto opt_step = make_optimizer_step(m, os);
+  const CheckpointInfo info = info_of(config, opt, in, tok);
+  auto save = [&](const float* final_weights) {  // the host state must be current (sync_to_host)
+    save_checkpoint(in.out_path, info, st, params, os.muon, os.adam, os.ema, os.swa, final_weights);
+  };
 
   TrainResult res;
   auto validate = [&](int64_t step) {
@@ -180,15 +183,7 @@ TrainResult train(const model::ModelConfig& config, const TrainOptions& opt, con
         note("qat:enabled step:" + std::to_string(step) + " bits:" + std::to_string(opt.qat_bits));
         st.qat_announced = true;
       }
-      qat_weights.assign(params.data(), params.data() + params.size());
-      for (size_t i : muon.muon_slices()) {
-        const Slice& s = params.slices()[i];
-        quant::fake_quantize_rows(params.data() + s.offset, s.rows() * s.batch(), s.cols(), opt.qat_bits,
-                                  qat_weights.data() + s.offset);
-      }
-      if (qat_dev.size() != qat_weights.size()) qat_dev = DeviceBuffer<float>(*backend, qat_weights.size());
-      backend->upload(qat_dev.get(), qat_weights.data(), qat_weights.size());
-      m.set_forward_weights(qat_dev.get());
+      m.set_forward_weights(opt_step->fake_quantized_weights(opt.qat_bits));
     }
     m.zero_grads();
     double loss_sum = 0;
@@ -205,27 +200,25 @@ TrainResult train(const model::ModelConfig& config, const TrainOptions& opt, con
                   (last_good.empty() ? std::string("no checkpoint was written yet")
                                      : "the last good checkpoint is " + last_good));
     }
-    backend->download(grads.data(), m.grads(), grads.size());
-    if (opt.grad_clip > 0) clip_grad_norm(grads.flat(), opt.grad_clip);
-
-    MuonConfig mc;
+    StepSettings ss;
+    MuonConfig& mc = ss.muon;
     mc.lr = opt.matrix_lr * lr_mul;
     mc.momentum = muon_momentum_at(step, opt.muon_momentum_start, opt.muon_momentum, opt.muon_momentum_warmup);
     mc.weight_decay = opt.muon_wd;
     mc.row_normalize = opt.muon_row_normalize;
     mc.ns = NsConfig::quintic(opt.ns_steps);
-    muon.step(params, grads, mc);
-    AdamConfig ac;
+    mc.bf16 = opt.muon_bf16;
+    AdamConfig& ac = ss.adam;
     ac.beta1 = opt.beta1;
     ac.beta2 = opt.beta2;
     ac.eps = opt.adam_eps;
     ac.group(Group::adam_embed) = {true, (config.tie_embeddings ? opt.tied_embed_lr : opt.embed_lr) * lr_mul, opt.adam_wd};
     ac.group(Group::adam_head) = {true, opt.head_lr * lr_mul, opt.adam_wd};
     ac.group(Group::adam_scalar) = {true, opt.scalar_lr * lr_mul, opt.adam_wd};
-    adam.step(params, grads, ac);
-    m.load_params(params.data());
-    if (!ema.empty()) ema_update(ema, params.flat(), opt.ema_decay);
-    if (opt.swa_every > 0) swa.maybe_accumulate(step + 1, lr_mul, params.flat());
+    ss.grad_clip = opt.grad_clip;
+    ss.ema_decay = opt.ema_decay;
+    ss.swa_take = opt.swa_every > 0 && os.swa.due(step + 1, lr_mul);
+    opt_step->step(ss);
 
     const double step_ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
     elapsed_ms += step_ms;
@@ -243,7 +236,8 @@ TrainResult train(const model::ModelConfig& config, const TrainOptions& opt, con
     }
     if (opt.val_every > 0 && st.step % opt.val_every == 0 && !last) validate(st.step);
     if (opt.checkpoint_every > 0 && st.step % opt.checkpoint_every == 0 && !last && !in.out_path.empty()) {
-      save_checkpoint(in.out_path, info, st, params, muon, adam, ema, swa, nullptr);
+      opt_step->sync_to_host();
+      save(nullptr);
       last_good = in.out_path;
     }
     if (last) break;
@@ -251,20 +245,19 @@ TrainResult train(const model::ModelConfig& config, const TrainOptions& opt, con
   res.train_seconds = elapsed_ms / 1000.0;
 
   // Final weights: the EMA or SWA average when enabled (the raw weights stay in the checkpoint for resume).
+  opt_step->sync_to_host();
   std::vector<float> final_weights;
-  if (!ema.empty()) {
-    final_weights = ema;
+  if (!os.ema.empty()) {
+    final_weights = os.ema;
     note("using EMA weights (decay " + std::to_string(opt.ema_decay) + ")");
-  } else if (swa.count() > 0) {
+  } else if (os.swa.count() > 0) {
     final_weights.resize(params.size());
-    swa.average(final_weights);
-    note("using the SWA average of " + std::to_string(swa.count()) + " checkpoints");
+    os.swa.average(final_weights);
+    note("using the SWA average of " + std::to_string(os.swa.count()) + " checkpoints");
   }
   if (!final_weights.empty()) m.load_params(final_weights.data());
   validate(st.step);
-  if (!in.out_path.empty())
-    save_checkpoint(in.out_path, info, st, params, muon, adam, ema, swa,
-                    final_weights.empty() ? nullptr : final_weights.data());
+  if (!in.out_path.empty()) save(final_weights.empty() ? nullptr : final_weights.data());
   return res;
 }
 

@@ -28,6 +28,7 @@ struct TrainOptions {
   int64_t muon_momentum_warmup = 500;
   int ns_steps = 5;
   bool muon_row_normalize = false;
+  bool muon_bf16 = false;            // Newton-Schulz in bf16 like the reference (fast on a GPU); false: fp32
   double muon_wd = 0, adam_wd = 0;
   double beta1 = 0.9, beta2 = 0.95, adam_eps = 1e-8;
   int64_t warmdown_iters = 1200;     // baseline warmdown (steps, or the wall-clock estimate under a cap)
