@@ -5,9 +5,11 @@
 //   bench_train --preset tiny --device cpu --batch-tokens 1024 --grad-accum 2 --steps 2 --eval-tokens 4096
 //
 // A step is what `ptool train` does per step: zero gradients, grad_accum forward+backward passes over random
-// tokens, then Muon + Adam. The optimizer is the host one (gradients down, weights up), as in the trainer today;
-// forward_backward_ms is reported on its own so the device's share is visible. Step times are wall-clock with
-// the device synchronized at the end of every step; ms_per_step is the median of the timed steps.
+// tokens, then Muon + Adam. --optimizer host is the trainer's host optimizer (gradients down, weights up; single-
+// threaded, seconds per step at baseline size); --optimizer none leaves it out, so that a GPU run measures the
+// device's work alone (the twin's optimizer runs on the GPU). forward_backward_ms is always reported on its own.
+// Step times are wall-clock with the device synchronized at the end of every step; ms_per_step is the median of
+// the timed steps.
 //
 // FLOPs (identical to torch_twin.py's train_flops_per_token / eval_flops_per_token):
 //   train FLOPs/token = 6 * N_exec + 6 * L_virtual * d * T
@@ -49,7 +51,7 @@ using clock_type = std::chrono::steady_clock;
 namespace {
 
 struct Args {
-  std::string preset = "baseline", device = "cuda";
+  std::string preset = "baseline", device = "cuda", optimizer = "host";
   int64_t batch_tokens = 524288, grad_accum = 8, seq_len = 0, steps = 10, warmup = 2;
   int64_t eval_tokens = 1048576, eval_stride = 64, eval_batch = 32;
   double peak_tflops = 989.0;
@@ -138,11 +140,13 @@ void bench_training(const Args& a, const model::ModelConfig& cfg, model::Model<f
       loss_sum += m.forward_backward(xs[i].data(), ys[i].data(), rows, T, 1.0f / static_cast<float>(a.batch_tokens));
     sync(be);
     const auto t1 = clock_type::now();
-    be.download(grads.data(), m.grads(), grads.size());
-    muon.step(params, grads, train::MuonConfig{});
-    adam.step(params, grads, train::AdamConfig{});
-    m.load_params(params.data());
-    sync(be);
+    if (a.optimizer == "host") {
+      be.download(grads.data(), m.grads(), grads.size());
+      muon.step(params, grads, train::MuonConfig{});
+      adam.step(params, grads, train::AdamConfig{});
+      m.load_params(params.data());
+      sync(be);
+    }
     loss = loss_sum / static_cast<double>(a.batch_tokens);
     if (s == 0) first_loss = loss;
     if (s == a.warmup - 1) res["warmup_s"] = seconds_since(w0);
@@ -158,7 +162,7 @@ void bench_training(const Args& a, const model::ModelConfig& cfg, model::Model<f
   const double fpt = train_flops_per_token(cfg, T);
   res.update({{"batch_tokens", a.batch_tokens}, {"grad_accum", a.grad_accum}, {"micro_batch", rows},
               {"steps", a.steps}, {"warmup", a.warmup}, {"ms_per_step", ms}, {"step_ms_all", step_ms},
-              {"forward_backward_ms", median(fb_ms)}, {"optimizer_ms", ms - median(fb_ms)}, {"optimizer", "host"},
+              {"forward_backward_ms", median(fb_ms)}, {"optimizer_ms", ms - median(fb_ms)}, {"optimizer", a.optimizer},
               {"tokens_per_s", tok_s}, {"forward_backward_tokens_per_s", a.batch_tokens / (median(fb_ms) / 1e3)},
               {"mfu", fpt * tok_s / (a.peak_tflops * 1e12)}, {"achieved_tflops", fpt * tok_s / 1e12},
               {"train_flops_per_token", fpt}, {"first_loss", first_loss}, {"final_loss", loss},
@@ -207,6 +211,9 @@ int main(int argc, char** argv) {
   app.add_option("--eval-tokens", a.eval_tokens, "targets scored by the sliding-window eval")->capture_default_str();
   app.add_option("--eval-stride", a.eval_stride, "sliding-window stride")->capture_default_str();
   app.add_option("--eval-batch", a.eval_batch, "windows per forward")->capture_default_str();
+  app.add_option("--optimizer", a.optimizer, "host: Muon + Adam on the host, as ptool train; none: fwd+bwd only")
+      ->check(CLI::IsMember({"host", "none"}))
+      ->capture_default_str();
   app.add_option("--peak-tflops", a.peak_tflops, "dense peak for MFU (H100 SXM bf16: 989)")->capture_default_str();
   app.add_flag("--no-train", a.no_train, "skip the training benchmark");
   app.add_flag("--no-eval", a.no_eval, "skip the eval benchmark");

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Everything one GPU session measures, in ONE device call (bench/TWIN.md "GPU session"): correctness first, then
+# ptool against its PyTorch twin. Built beforehand on the development machine by scripts/build_for_device.sh.
+#
+#   bash bench/gpu_session.sh [BUILD_DIR]        BUILD_DIR defaults to build-device; results go to $OUT
+#
+# Each step has its own time limit (timeout) inside one overall budget (BUDGET_S, default 530 s, so the call ends
+# well inside the tool's 10 minutes); a failing or timed-out step is recorded and the next one runs. Steps run in
+# order of importance, so a slow GPU loses only the last ones. Files written to $OUT (7):
+#   summary.txt           environment, one line per step (exit code, seconds), key figures and ptool/twin ratios
+#   log.txt               every step's command line and stderr
+#   test_kernels.txt      all [gpu] tests (parity, Hessians, optimizer), with each check's share of its tolerance
+#   bench_train.jsonl     bench_train, one JSON object per preset x GEMM precision
+#   torch_twin.jsonl      bench/torch_twin.py, one JSON object per preset
+#   bench_cuda_ops.jsonl  bench_cuda_ops per GEMM precision
+#   ptool_train.txt       a short `ptool train --device cuda --preset baseline` run and a GPU-calibrated quantize
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+BUILD=${1:-build-device}
+: "${OUT:?set OUT to the folder for the results}"
+BUDGET=${BUDGET_S:-530}
+start=$(date +%s)
+SUMMARY=$OUT/summary.txt
+LOG=$OUT/log.txt
+: >"$SUMMARY"
+: >"$LOG"
+
+# Common benchmark sizes: the twin's batch (524,288 tokens; grad-accum 8, 16 for the 22-layer recurrent model to
+# stay inside 80 GB with fp32 activations), a 262,144-target sliding-window eval at stride 64, 32 windows a batch.
+RECURRENT=${RECURRENT:-hybrid_recurrent}
+EVAL=(--eval-tokens 262144 --eval-stride 64 --eval-batch 32)
+accum_of() { if [ "$1" = baseline ]; then echo 8; else echo 16; fi; }
+
+# step NAME LIMIT_S STDOUT_FILE CMD...: runs CMD under the smaller of LIMIT_S and the budget left.
+step() {
+  local name=$1 limit=$2 out=$3
+  shift 3
+  local left=$((start + BUDGET - $(date +%s)))
+  if [ "$left" -lt 15 ]; then
+    printf '%-34s skipped: budget spent\n' "$name" >>"$SUMMARY"
+    return
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "=== $name (limit ${limit}s): $*" >>"$LOG"
+  local t0 rc
+  t0=$(date +%s.%N)
+  timeout -k 10 "$limit" "$@" >>"$out" 2>>"$LOG"
+  rc=$?
+  printf '%-34s rc=%-3s %6.1fs%s\n' "$name" "$rc" "$(awk "BEGIN {print $(date +%s.%N) - $t0}")" \
+    "$([ $rc = 124 ] && echo '  TIMEOUT')" >>"$SUMMARY"
+}
+
+# ---- environment: the device, and whether the carried binaries find every library --------------------------
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+  "$(python3 -c 'import nvidia.cublas, os; print(os.path.dirname(nvidia.cublas.__file__) + "/lib")' 2>/dev/null)"; do
+  if [ -n "$d" ] && [ -e "$d/libcublasLt.so.13" ]; then
+    export LD_LIBRARY_PATH=$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    break
+  fi
+done
+{
+  echo "gpu_session $(date -u +%FT%TZ), build $BUILD, budget ${BUDGET}s"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1
+  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), $(nproc) cores"
+  echo "torch: $(python3 -c 'import torch; print(torch.__version__, torch.version.cuda)' 2>&1 | tail -1)"
+  echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
+  for b in ptool test_kernels bench_train bench_cuda_ops; do
+    missing=$(ldd "$BUILD/$b" 2>&1 | grep 'not found' | tr -s ' \t' ' ')
+    echo "ldd $b: ${missing:-all libraries found}"
+  done
+  echo
+} >>"$SUMMARY"
+
+bt() {  # bench_train for PRESET PRECISION
+  step "bench_train $1 $2" "$3" "$OUT/bench_train.jsonl" "$BUILD/bench_train" --preset "$1" --device "cuda:$2" \
+    --batch-tokens 524288 --grad-accum "$(accum_of "$1")" --steps 5 --warmup 2 --optimizer none "${EVAL[@]}" --json
+}
+twin() {  # torch_twin for PRESET
+  step "torch_twin $1" "$2" "$OUT/torch_twin.jsonl" env PYTHONUNBUFFERED=1 python3 bench/torch_twin.py \
+    --preset "$1" --batch-tokens 524288 --grad-accum "$(accum_of "$1")" --steps 20 --eval-sliding "${EVAL[@]}" --json
+}
+
+# ---- 1. correctness: every [gpu] test ---------------------------------------------------------------------------
+step "test_kernels [gpu]" 120 "$OUT/test_kernels.txt" sh -c '"$1" "[gpu]" --durations yes 2>&1' _ "$BUILD/test_kernels"
+
+# ---- 2. ptool vs twin, fastest precisions first --------------------------------------------------------------
+bt baseline bf16 60
+bt baseline tf32 60
+twin baseline 150
+bt "$RECURRENT" bf16 90
+bt "$RECURRENT" tf32 90
+twin "$RECURRENT" 150
+
+# ---- 3. kernels alone, the trainer end to end, GPU calibration -----------------------------------------------
+step "bench_cuda_ops bf16" 40 "$OUT/bench_cuda_ops.jsonl" "$BUILD/bench_cuda_ops" --gemm bf16 --reps 10 --json
+step "bench_cuda_ops tf32" 40 "$OUT/bench_cuda_ops.jsonl" "$BUILD/bench_cuda_ops" --gemm tf32 --reps 10 --json
+T=$(mktemp -d)
+# A corpus of this repository's own text (no data travels): one document per paragraph.
+find . -path ./build\* -prune -o \( -name '*.md' -o -name '*.cpp' -o -name '*.h' -o -name '*.py' \) -type f -print0 |
+  xargs -0 cat >"$T/corpus.txt"
+step "ptool data shards" 30 "$OUT/ptool_train.txt" "$BUILD/ptool" data shards "$T/corpus.txt" \
+  --tokenizer testdata/tiny_sp.model --out-dir "$T/shards" --prefix c --val-docs 300 --quiet
+step "ptool train baseline cuda" 90 "$OUT/ptool_train.txt" "$BUILD/ptool" train --device cuda --preset baseline \
+  --train "$T/shards/c_train_*.bin" --val "$T/shards/c_val_*.bin" --tokenizer testdata/tiny_sp.model \
+  --batch-tokens 131072 --grad-accum 2 --steps 6 --val-tokens 32768 --log-every 1 --out "$T/m.ptc"
+step "ptool quantize gptq --device cuda" 60 "$OUT/ptool_train.txt" "$BUILD/ptool" quantize "$T/m.ptc" --preset gptq \
+  --calib "$T/shards/c_train_*.bin" --calib-batches 2 --calib-batch-seqs 4 --device cuda --dry-run
+
+# ---- 4. the fp32 reference precision, if time is left --------------------------------------------------------
+bt baseline fp32 90
+bt "$RECURRENT" fp32 120
+rm -rf "$T"
+
+# ---- figures: per run, and ptool / twin ratios (targets: training >= 1.2x, sliding eval >= 1.5x) ---------------
+python3 - "$OUT" >>"$SUMMARY" 2>&1 <<'EOF'
+import json, sys, os
+out = sys.argv[1]
+def rows(name):
+    p = os.path.join(out, name)
+    if not os.path.exists(p):
+        return []
+    res = []
+    for line in open(p):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                res.append(json.loads(line))
+            except ValueError:
+                pass
+    return res
+def f(v, fmt="%.0f"):
+    return fmt % v if isinstance(v, (int, float)) else "-"
+twin = {r.get("config"): r for r in rows("torch_twin.jsonl")}  # "config" is the preset's name
+print("\nrun                               train tok/s  ms/step   MFU   fwd+bwd tok/s  eval tok/s  eval MFU  peak GB")
+for r in rows("torch_twin.jsonl"):
+    print("twin %-28s %11s %8s %5s %14s %11s %9s %8s" % (
+        r.get("config"), f(r.get("tokens_per_s")), f(r.get("ms_per_step"), "%.1f"), f(r.get("mfu"), "%.3f"), "-",
+        f(r.get("eval_tokens_per_s")), f(r.get("eval_mfu"), "%.3f"), f(r.get("peak_mem_gb"), "%.1f")))
+for r in rows("bench_train.jsonl"):
+    peak = max([v for v in (r.get("train_peak_mem_gb"), r.get("eval_peak_mem_gb")) if isinstance(v, (int, float))] or [0])
+    print("ptool %-27s %11s %8s %5s %14s %11s %9s %8s" % (
+        "%s %s" % (r["preset"], r["device"]), f(r.get("tokens_per_s")), f(r.get("ms_per_step"), "%.1f"),
+        f(r.get("mfu"), "%.3f"), f(r.get("forward_backward_tokens_per_s")), f(r.get("eval_tokens_per_s")),
+        f(r.get("eval_mfu"), "%.3f"), f(peak, "%.1f")))
+    t = twin.get(r["preset"])
+    if t and t.get("tokens_per_s") and t.get("eval_tokens_per_s"):
+        print("      ptool/twin: train %.2fx (target 1.2x; ptool optimizer: %s), eval %.2fx (target 1.5x)" % (
+            r["tokens_per_s"] / t["tokens_per_s"], r.get("optimizer"), r["eval_tokens_per_s"] / t["eval_tokens_per_s"]))
+EOF
+echo "total $(($(date +%s) - start))s" >>"$SUMMARY"
+cat "$SUMMARY"
