@@ -60,13 +60,41 @@ class DeviceArray {
 
 }  // namespace
 
+namespace cuda {
+
+std::vector<MuonGroup> plan_muon_groups(const std::vector<CudaMuonMatrix>& matrices) {
+  std::vector<MuonGroup> groups;
+  for (const CudaMuonMatrix& mat : matrices) {
+    if (mat.rows <= 0 || mat.cols <= 0 || mat.batch <= 0) continue;
+    auto it = std::find_if(groups.begin(), groups.end(), [&](const MuonGroup& g) {
+      return g.rows == mat.rows && g.cols == mat.cols && g.scale == mat.scale;
+    });
+    if (it == groups.end()) {
+      groups.push_back(MuonGroup{mat.rows, mat.cols, mat.scale, {}});
+      it = groups.end() - 1;
+    }
+    for (int64_t b = 0; b < mat.batch; ++b)
+      it->offs.push_back(static_cast<int64_t>(mat.offset) + b * mat.rows * mat.cols);
+  }
+  return groups;
+}
+
+std::vector<AdamChunk> plan_adam_chunks(const std::vector<CudaAdamSegment>& segments) {
+  std::vector<AdamChunk> t;
+  for (const CudaAdamSegment& seg : segments) {
+    if (seg.group < 0 || seg.group >= kCudaAdamGroups) throw Error("CudaAdam: group index out of range");
+    for (size_t o = 0; o < seg.numel; o += kAdamChunk)
+      t.push_back({seg.offset + o, static_cast<int32_t>(std::min<size_t>(kAdamChunk, seg.numel - o)), seg.group});
+  }
+  return t;
+}
+
+}  // namespace cuda
+
 // ---- Muon ---------------------------------------------------------------------------------------------------
 
 struct CudaMuon::Impl {
-  struct Group {
-    int64_t rows, cols;
-    float scale;
-    std::vector<int64_t> offs;
+  struct Group : cuda::MuonGroup {
     DeviceArray<int64_t> offs_dev;
   };
   cudaStream_t stream;
@@ -97,7 +125,7 @@ struct CudaMuon::Impl {
     const size_t n = static_cast<size_t>(g.rows) * g.cols, es = s.bf16 ? 2 : 4;
     const size_t xn = static_cast<size_t>(nb) * r * c, an = static_cast<size_t>(nb) * r * r;
     const int chunks = cuda::sumsq_chunks(n);
-    cuda::Carver cv;
+    cuda::Carver cv;  // one pass measures (base == nullptr), the second carves the workspace
     auto carve = [&] {
       struct {
         float* U;
@@ -140,19 +168,10 @@ CudaMuon::CudaMuon(Backend<float>& backend, const std::vector<CudaMuonMatrix>& m
   impl_->ws.set_stream(impl_->stream);
   PTOOL_CUBLAS_CHECK(cublasCreate(&impl_->blas));
   PTOOL_CUBLAS_CHECK(cublasSetStream(impl_->blas, impl_->stream));
-  for (const CudaMuonMatrix& mat : matrices) {
-    if (mat.rows <= 0 || mat.cols <= 0 || mat.batch <= 0) continue;
-    auto it = std::find_if(impl_->groups.begin(), impl_->groups.end(), [&](const Impl::Group& g) {
-      return g.rows == mat.rows && g.cols == mat.cols && g.scale == mat.scale;
-    });
-    if (it == impl_->groups.end()) {
-      impl_->groups.push_back({mat.rows, mat.cols, mat.scale, {}, {}});
-      it = impl_->groups.end() - 1;
-    }
-    for (int64_t b = 0; b < mat.batch; ++b)
-      it->offs.push_back(static_cast<int64_t>(mat.offset) + b * mat.rows * mat.cols);
+  for (cuda::MuonGroup& g : cuda::plan_muon_groups(matrices)) {
+    DeviceArray<int64_t> offs(g.offs, impl_->stream);
+    impl_->groups.push_back({std::move(g), std::move(offs)});
   }
-  for (auto& g : impl_->groups) g.offs_dev = DeviceArray<int64_t>(g.offs, impl_->stream);
 }
 
 CudaMuon::~CudaMuon() = default;
@@ -172,13 +191,7 @@ struct CudaAdam::Impl {
 CudaAdam::CudaAdam(Backend<float>& backend, const std::vector<CudaAdamSegment>& segments)
     : impl_(std::make_unique<Impl>()) {
   impl_->stream = stream_of(backend);
-  std::vector<cuda::AdamChunk> t;
-  for (const CudaAdamSegment& seg : segments) {
-    if (seg.group < 0 || seg.group >= kCudaAdamGroups) throw Error("CudaAdam: group index out of range");
-    for (size_t o = 0; o < seg.numel; o += cuda::kAdamChunk)
-      t.push_back({seg.offset + o, static_cast<int32_t>(std::min<size_t>(cuda::kAdamChunk, seg.numel - o)),
-                   seg.group});
-  }
+  const std::vector<cuda::AdamChunk> t = cuda::plan_adam_chunks(segments);
   impl_->nchunks = static_cast<int64_t>(t.size());
   impl_->table = DeviceArray<cuda::AdamChunk>(t, impl_->stream);
 }

@@ -6,8 +6,22 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
+
+#include "kernels/cuda_optim.h"
 
 namespace ptool::cuda {
+
+// ---- host planning (pure; tested without a GPU) --------------------------------------------------------------
+
+// Muon matrices of one shape and scale, stepped together: offs[m] is where matrix m starts (a 3-D bank
+// contributes one entry per member). Groups in first-seen order; empty matrices are dropped.
+struct MuonGroup {
+  int64_t rows, cols;
+  float scale;
+  std::vector<int64_t> offs;
+};
+std::vector<MuonGroup> plan_muon_groups(const std::vector<CudaMuonMatrix>& matrices);
 
 // Sums of squares in double, deterministic: launch_sumsq_partials writes nb x sumsq_chunks(n) partials (each
 // over a fixed chunk of one matrix of n floats; with bf16_inputs every value is rounded to bf16 first), then
@@ -45,6 +59,8 @@ struct AdamConsts {
   AdamGroupConsts groups[8];
 };
 inline constexpr int32_t kAdamChunk = 4096;
+// Each segment cut into chunks of at most kAdamChunk floats, in order. Throws ptool::Error on a bad group.
+std::vector<AdamChunk> plan_adam_chunks(const std::vector<CudaAdamSegment>& segments);
 void launch_adam(const AdamChunk* table, int64_t nchunks, const AdamConsts& c, float* w, const float* g, float* m,
                  float* v, cudaStream_t s);
 

@@ -15,7 +15,8 @@
 //   iterations); against the fp32 oracle the bf16 update is only printed.
 // - training on the CUDA backend (TF32 model GEMMs by default) against the CPU: per-step loss within 2e-2 + 1e-2
 //   relative over 20 steps of the micro model; resume on the GPU is bit-exact like on the CPU.
-// These bounds were set before any run on a GPU: the printed shares say how much room each check has.
+// These bounds were set before any run on a GPU: the printed shares say how much room each check has. The last
+// two tests check the host-side planning and run without a GPU.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -30,7 +31,9 @@
 #include <vector>
 
 #include "kernels/cuda_backend.h"
+#include "formats/error.h"
 #include "kernels/cuda_optim.h"
+#include "kernels/cuda_optim_internal.h"
 #include "src/model/load.h"
 #include "src/model/model.h"
 #include "src/quant/rtn.h"
@@ -399,4 +402,25 @@ TEST_CASE("cuda optim: QAT, SWA and resume on --device cuda (bit-exact resume)",
   for (int i = 0; i < 4; ++i) CHECK(c.losses[i] == a.losses[4 + i]);
   CHECK(model::load_model(straight.out_path).weights == model::load_model(resumed.out_path).weights);
   CHECK(c.val_loss == a.val_loss);
+}
+
+// Host planning of the device step: runs without a GPU.
+TEST_CASE("cuda optim: Muon matrices group by shape and scale, banks by member", "[optim]") {
+  const std::vector<CudaMuonMatrix> mats = {
+      {0, 1, 4, 6, 1.f}, {100, 1, 8, 6, 1.155f}, {200, 1, 4, 6, 1.f}, {300, 3, 4, 6, 1.f}, {500, 1, 0, 6, 1.f}};
+  const auto g = cuda::plan_muon_groups(mats);
+  REQUIRE(g.size() == 2);
+  CHECK((g[0].rows == 4 && g[0].cols == 6 && g[0].scale == 1.f));
+  CHECK(g[0].offs == std::vector<int64_t>{0, 200, 300, 324, 348});
+  CHECK((g[1].rows == 8 && g[1].scale == 1.155f));
+  CHECK(g[1].offs == std::vector<int64_t>{100});
+}
+
+TEST_CASE("cuda optim: Adam segments are cut into chunks in order", "[optim]") {
+  const auto t = cuda::plan_adam_chunks({{10, 5000, 1}, {6000, 0, 2}, {7000, 4096, 3}});
+  REQUIRE(t.size() == 3);
+  CHECK((t[0].offset == 10 && t[0].len == cuda::kAdamChunk && t[0].group == 1));
+  CHECK((t[1].offset == 10 + static_cast<size_t>(cuda::kAdamChunk) && t[1].len == 5000 - cuda::kAdamChunk));
+  CHECK((t[2].offset == 7000 && t[2].len == 4096 && t[2].group == 3));
+  CHECK_THROWS_AS(cuda::plan_adam_chunks({{0, 1, kCudaAdamGroups}}), Error);
 }
