@@ -5,9 +5,11 @@
 //   bench_train --preset tiny --device cpu --batch-tokens 1024 --grad-accum 2 --steps 2 --eval-tokens 4096
 //
 // A step is what `ptool train` does per step: zero gradients, grad_accum forward+backward passes over random
-// tokens, then Muon + Adam. --optimizer host is the trainer's host optimizer (gradients down, weights up; single-
-// threaded, seconds per step at baseline size); --optimizer none leaves it out, so that a GPU run measures the
-// device's work alone (the twin's optimizer runs on the GPU). forward_backward_ms is always reported on its own.
+// tokens, then Muon + Adam through the trainer's OptimizerStep (src/train/optimizer_step.h) with ptool train's
+// default learning rates. --optimizer auto picks it as the trainer does (on the GPU for a CUDA backend, where the
+// twin's optimizer runs too); host forces the host one (gradients down, weights up; single-threaded, seconds
+// per step at baseline size); none leaves it out. --muon-bf16 runs Newton-Schulz in bf16 like the twin.
+// forward_backward_ms is always reported on its own.
 // Step times are wall-clock with the device synchronized at the end of every step; ms_per_step is the median of
 // the timed steps.
 //
@@ -37,9 +39,7 @@
 #include "src/model/layout.h"
 #include "src/model/model.h"
 #include "src/ops/device.h"
-#include "src/train/adam.h"
-#include "src/train/muon.h"
-#include "src/train/param_store.h"
+#include "src/train/optimizer_step.h"
 #include "src/train/trainer.h"
 #ifdef PTOOL_HAVE_CUDA
 #include "kernels/cuda_backend.h"
@@ -51,11 +51,11 @@ using clock_type = std::chrono::steady_clock;
 namespace {
 
 struct Args {
-  std::string preset = "baseline", device = "cuda", optimizer = "host";
+  std::string preset = "baseline", device = "cuda", optimizer = "auto";
   int64_t batch_tokens = 524288, grad_accum = 8, seq_len = 0, steps = 10, warmup = 2;
   int64_t eval_tokens = 1048576, eval_stride = 64, eval_batch = 32;
   double peak_tflops = 989.0;
-  bool no_train = false, no_eval = false, json = false;
+  bool muon_bf16 = false, no_train = false, no_eval = false, json = false;
 };
 
 double executed_matmul_params(const model::ModelConfig& c) {
@@ -105,6 +105,16 @@ nlohmann::json device_name(Backend<float>& be) {
   return be.name();
 }
 
+// Where the optimizer ran: "device", "host" or "none".
+std::string optimizer_name(const Args& a, Backend<float>& be) {
+  if (a.optimizer == "none" || a.optimizer == "host") return a.optimizer;
+#ifdef PTOOL_HAVE_CUDA
+  if (is_cuda_backend(be)) return "device";
+#endif
+  (void)be;
+  return "host";
+}
+
 std::vector<int32_t> random_tokens(std::mt19937& rng, size_t n, int64_t V) {
   std::vector<int32_t> t(n);
   for (auto& v : t) v = static_cast<int32_t>(rng() % static_cast<uint32_t>(V));
@@ -116,12 +126,19 @@ void bench_training(const Args& a, const model::ModelConfig& cfg, model::Model<f
   if (a.batch_tokens % (a.grad_accum * T) != 0)
     throw std::runtime_error("--batch-tokens must be a multiple of --grad-accum x seq_len");
   const int64_t rows = a.batch_tokens / a.grad_accum / T;
-  train::ParamStore params = train::make_param_store(m.layout());
-  model::init_params(cfg, m.layout(), 1, params.data());
-  m.load_params(params.data());
-  auto grads = params.zeros_like();
-  train::Muon muon(params);
-  train::Adam adam(params);
+  train::OptimizerState os(train::make_param_store(m.layout()), false, 0, 0.0);
+  model::init_params(cfg, m.layout(), 1, os.params.data());
+  std::unique_ptr<train::OptimizerStep> opt;  // uploads the weights
+  if (a.optimizer == "host") {
+    opt = train::make_host_optimizer_step(m, os);
+  } else {
+    opt = train::make_optimizer_step(m, os);
+  }
+  train::StepSettings ss;  // ptool train's defaults, lr multiplier 1
+  ss.muon.bf16 = a.muon_bf16;
+  ss.adam.group(train::Group::adam_embed) = {true, cfg.tie_embeddings ? 0.05 : 0.6, 0.0};
+  ss.adam.group(train::Group::adam_head) = {true, 0.008, 0.0};
+  ss.adam.group(train::Group::adam_scalar) = {true, 0.04, 0.0};
   std::mt19937 rng(3);
   std::vector<std::vector<int32_t>> xs, ys;  // one random micro-batch per accumulation slot
   for (int64_t i = 0; i < a.grad_accum; ++i) {
@@ -140,11 +157,8 @@ void bench_training(const Args& a, const model::ModelConfig& cfg, model::Model<f
       loss_sum += m.forward_backward(xs[i].data(), ys[i].data(), rows, T, 1.0f / static_cast<float>(a.batch_tokens));
     sync(be);
     const auto t1 = clock_type::now();
-    if (a.optimizer == "host") {
-      be.download(grads.data(), m.grads(), grads.size());
-      muon.step(params, grads, train::MuonConfig{});
-      adam.step(params, grads, train::AdamConfig{});
-      m.load_params(params.data());
+    if (a.optimizer != "none") {
+      opt->step(ss);
       sync(be);
     }
     loss = loss_sum / static_cast<double>(a.batch_tokens);
@@ -162,7 +176,8 @@ void bench_training(const Args& a, const model::ModelConfig& cfg, model::Model<f
   const double fpt = train_flops_per_token(cfg, T);
   res.update({{"batch_tokens", a.batch_tokens}, {"grad_accum", a.grad_accum}, {"micro_batch", rows},
               {"steps", a.steps}, {"warmup", a.warmup}, {"ms_per_step", ms}, {"step_ms_all", step_ms},
-              {"forward_backward_ms", median(fb_ms)}, {"optimizer_ms", ms - median(fb_ms)}, {"optimizer", a.optimizer},
+              {"forward_backward_ms", median(fb_ms)}, {"optimizer_ms", ms - median(fb_ms)}, {"optimizer", optimizer_name(a, be)},
+              {"muon_bf16", a.muon_bf16},
               {"tokens_per_s", tok_s}, {"forward_backward_tokens_per_s", a.batch_tokens / (median(fb_ms) / 1e3)},
               {"mfu", fpt * tok_s / (a.peak_tflops * 1e12)}, {"achieved_tflops", fpt * tok_s / 1e12},
               {"train_flops_per_token", fpt}, {"first_loss", first_loss}, {"final_loss", loss},
@@ -211,9 +226,11 @@ int main(int argc, char** argv) {
   app.add_option("--eval-tokens", a.eval_tokens, "targets scored by the sliding-window eval")->capture_default_str();
   app.add_option("--eval-stride", a.eval_stride, "sliding-window stride")->capture_default_str();
   app.add_option("--eval-batch", a.eval_batch, "windows per forward")->capture_default_str();
-  app.add_option("--optimizer", a.optimizer, "host: Muon + Adam on the host, as ptool train; none: fwd+bwd only")
-      ->check(CLI::IsMember({"host", "none"}))
+  app.add_option("--optimizer", a.optimizer,
+                 "auto: Muon + Adam where ptool train runs them (the GPU for cuda); host; none: fwd+bwd only")
+      ->check(CLI::IsMember({"auto", "host", "none"}))
       ->capture_default_str();
+  app.add_flag("--muon-bf16", a.muon_bf16, "Newton-Schulz in bf16, as the twin and the reference do");
   app.add_option("--peak-tflops", a.peak_tflops, "dense peak for MFU (H100 SXM bf16: 989)")->capture_default_str();
   app.add_flag("--no-train", a.no_train, "skip the training benchmark");
   app.add_flag("--no-eval", a.no_eval, "skip the eval benchmark");

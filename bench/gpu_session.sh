@@ -25,7 +25,7 @@ LOG=$OUT/log.txt
 : >"$SUMMARY"
 : >"$LOG"
 
-# Common benchmark sizes: the twin's batch (524,288 tokens; grad-accum 8, 16 for the 22-layer recurrent model to
+# Common benchmark sizes and work: Muon + Adam on the GPU with bf16 Newton-Schulz as in the twin; the twin's batch (524,288 tokens; grad-accum 8, 16 for the 22-layer recurrent model to
 # stay inside 80 GB with fp32 activations), a 262,144-target sliding-window eval at stride 64, 32 windows a batch.
 RECURRENT=${RECURRENT:-hybrid_recurrent}
 EVAL=(--eval-tokens 262144 --eval-stride 64 --eval-batch 32)
@@ -73,7 +73,7 @@ done
 
 bt() {  # bench_train for PRESET PRECISION
   step "bench_train $1 $2" "$3" "$OUT/bench_train.jsonl" "$BUILD/bench_train" --preset "$1" --device "cuda:$2" \
-    --batch-tokens 524288 --grad-accum "$(accum_of "$1")" --steps 5 --warmup 2 --optimizer none "${EVAL[@]}" --json
+    --batch-tokens 524288 --grad-accum "$(accum_of "$1")" --steps 5 --warmup 2 --muon-bf16 "${EVAL[@]}" --json
 }
 twin() {  # torch_twin for PRESET
   step "torch_twin $1" "$2" "$OUT/torch_twin.jsonl" env PYTHONUNBUFFERED=1 python3 bench/torch_twin.py \
@@ -146,6 +146,7 @@ for r in rows("bench_train.jsonl"):
     if t and t.get("tokens_per_s") and t.get("eval_tokens_per_s"):
         print("      ptool/twin: train %.2fx (target 1.2x; ptool optimizer: %s), eval %.2fx (target 1.5x)" % (
             r["tokens_per_s"] / t["tokens_per_s"], r.get("optimizer"), r["eval_tokens_per_s"] / t["eval_tokens_per_s"]))
+        print("      fwd+bwd alone: %.2fx the twin's whole step" % (r["forward_backward_tokens_per_s"] / t["tokens_per_s"]))
 EOF
 echo "total $(($(date +%s) - start))s" >>"$SUMMARY"
 cat "$SUMMARY"
