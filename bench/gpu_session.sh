@@ -37,7 +37,7 @@ step() {
   shift 3
   local left=$((start + BUDGET - $(date +%s)))
   if [ "$left" -lt 15 ]; then
-    printf '%-34s skipped: budget spent\n' "$name" >>"$SUMMARY"
+    printf '%-48s skipped: budget spent\n' "$name" >>"$SUMMARY"
     return
   fi
   [ "$limit" -gt "$left" ] && limit=$left
@@ -46,8 +46,9 @@ step() {
   t0=$(date +%s.%N)
   timeout -k 10 "$limit" "$@" >>"$out" 2>>"$LOG"
   rc=$?
-  printf '%-34s rc=%-3s %6.1fs%s\n' "$name" "$rc" "$(awk "BEGIN {print $(date +%s.%N) - $t0}")" \
+  printf '%-48s rc=%-3s %6.1fs%s\n' "$name" "$rc" "$(awk "BEGIN {print $(date +%s.%N) - $t0}")" \
     "$([ $rc = 124 ] && echo '  TIMEOUT')" >>"$SUMMARY"
+  return $rc
 }
 
 # ---- environment: the device, and whether the carried binaries find every library --------------------------
@@ -71,9 +72,15 @@ done
   echo
 } >>"$SUMMARY"
 
-bt() {  # bench_train for PRESET PRECISION
-  step "bench_train $1 $2" "$3" "$OUT/bench_train.jsonl" "$BUILD/bench_train" --preset "$1" --device "cuda:$2" \
-    --batch-tokens 524288 --grad-accum "$(accum_of "$1")" --steps 5 --warmup 2 --muon-bf16 "${EVAL[@]}" --json
+bt() {  # bench_train for PRESET PRECISION LIMIT; if it fails (not by timeout), once more without the optimizer
+  local common=(--preset "$1" --device "cuda:$2" --batch-tokens 524288 --grad-accum "$(accum_of "$1")" "${EVAL[@]}")
+  step "bench_train $1 $2" "$3" "$OUT/bench_train.jsonl" "$BUILD/bench_train" "${common[@]}" --steps 5 --warmup 2 \
+    --muon-bf16 --json
+  local rc=$?
+  if [ $rc != 0 ] && [ $rc != 124 ]; then
+    step "bench_train $1 $2 --optimizer none" "$3" "$OUT/bench_train.jsonl" "$BUILD/bench_train" "${common[@]}" \
+      --steps 3 --warmup 1 --optimizer none --json
+  fi
 }
 twin() {  # torch_twin for PRESET
   step "torch_twin $1" "$2" "$OUT/torch_twin.jsonl" env PYTHONUNBUFFERED=1 python3 bench/torch_twin.py \
