@@ -75,6 +75,8 @@ void add_quantize(CLI::App& app) {
   c->add_option("--calib-temperature", a->calib.temperature, "sampling temperature of --calib-generate")
       ->capture_default_str();
   c->add_option("--calib-seed", a->calib.seed, "sampling seed of --calib-generate")->capture_default_str();
+  c->add_option("--device", a->calib.device, std::string("calibration backend: ") + kDeviceHelp)
+      ->capture_default_str();
   c->callback([a] { run_quantize(*a); });
 }
 
