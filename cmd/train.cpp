@@ -124,6 +124,8 @@ void add_train(CLI::App& app) {
   c->add_option("--muon-momentum-warmup", o.muon_momentum_warmup, "steps of momentum warm-up")->capture_default_str();
   c->add_option("--ns-steps", o.ns_steps, "Newton-Schulz iterations")->capture_default_str();
   c->add_flag("--muon-row-normalize", o.muon_row_normalize, "MuonEq-R: normalise update rows before NS");
+  c->add_flag("--muon-bf16", o.muon_bf16,
+              "Newton-Schulz in bf16 with fp32 accumulation, as the reference runs it (fp32 when off)");
   c->add_option("--muon-wd", o.muon_wd, "Muon decoupled weight decay")->capture_default_str();
   c->add_option("--adam-wd", o.adam_wd, "AdamW decoupled weight decay")->capture_default_str();
   c->add_option("--warmdown-iters", o.warmdown_iters, "linear warmdown length in steps")->capture_default_str();

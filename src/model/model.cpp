@@ -72,7 +72,10 @@ T Model<T>::ln_factor(int64_t v) const {
 
 template <class T>
 void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
-  if (B == arenaB_ && Tn == arenaT_ && (arena_train_ || !train)) return;
+  arenaB_ = B;  // the shape of this pass (visit_linear_inputs reads it)
+  arenaT_ = Tn;
+  // Buffers depend only on the token count: a shorter pass (eval's tail windows) reuses the larger arena.
+  if (static_cast<size_t>(B * Tn) <= arena_cap_ && (arena_train_ || !train)) return;
   const size_t N = static_cast<size_t>(B * Tn), D = cfg_.d_model, KV = cfg_.kv_dim(), Hd = cfg_.hidden(),
                H = cfg_.n_heads, Hkv = cfg_.n_kv_heads, V = cfg_.vocab_size;
   auto buf = [&](size_t n) { return DeviceBuffer<T>(be_, n); };
@@ -105,8 +108,7 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
     idx_cap_ = N;
   }
   loss_scratch_.assign(N, 0.0);
-  arenaB_ = B;
-  arenaT_ = Tn;
+  arena_cap_ = N;
   arena_train_ = train;
 }
 

@@ -79,7 +79,8 @@ class Model {
   int64_t tok_emb_ = 0, lm_head_ = -1, skip_w_ = -1, skip_g_ = -1;
 
   // Arena, sized for (B, Tn).
-  int64_t arenaB_ = 0, arenaT_ = 0;
+  int64_t arenaB_ = 0, arenaT_ = 0;  // shape of the last pass
+  size_t arena_cap_ = 0;             // tokens the arena holds
   bool arena_train_ = false;
   std::vector<LayerActs> acts_;
   DeviceBuffer<T> emb_, x0_, rstd0_, xs_, final_, rstdf_, logits_, dlogits_;
