@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "formats/error.h"
+#include "kernels/cuda_flash_mma.h"
 #include "kernels/cuda_internal.h"
 
 namespace ptool {
@@ -253,12 +254,19 @@ class CudaBackend final : public Backend<float> {
   }
   void attention_forward(const float* q, const float* k, const float* v, int64_t B, int64_t Tn, int64_t H,
                          int64_t Hkv, int64_t hd, float* out, float* lse) override {
-    cuda::launch_attention_forward(q, k, v, B, Tn, H, Hkv, hd, out, lse, stream_);
+    // bf16 GEMM precision: the tensor-core flash kernels (bf16 operands like the GEMMs); else the fp32 ones.
+    if (opt_.gemm == CudaGemmPrecision::bf16 && cuda::flash_mma_supports(hd))
+      cuda::launch_flash_mma_forward(q, k, v, B, Tn, H, Hkv, hd, out, lse, stream_);
+    else
+      cuda::launch_attention_forward(q, k, v, B, Tn, H, Hkv, hd, out, lse, stream_);
   }
   void attention_backward(const float* dout, const float* q, const float* k, const float* v, const float* out,
                           const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, float* dq,
                           float* dk, float* dv) override {
-    cuda::launch_attention_backward(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv, ws_, stream_);
+    if (opt_.gemm == CudaGemmPrecision::bf16 && cuda::flash_mma_supports(hd))
+      cuda::launch_flash_mma_backward(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv, ws_, stream_);
+    else
+      cuda::launch_attention_backward(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv, ws_, stream_);
   }
   void activation_forward(cpu::Activation a, const float* h, int64_t n, float* out) override {
     cuda::launch_activation_forward(a == cpu::Activation::leaky_relu2, h, n, out, stream_);
