@@ -1,0 +1,354 @@
+// The bf16 tensor-core flash attention (kernels/cuda_flash_mma.cu), reached through a CUDA backend with
+// CudaGemmPrecision::bf16, against the CPU reference backend (fp32). Every test is tagged [gpu] and skips (with a
+// warning) when no CUDA device is present. Each comparison prints the share of its tolerance that the worst
+// element used.
+//
+// Tolerances. The kernels round Q, K, V, dO, P and dS to bf16 (8 significant bits: relative rounding error up to
+// 2^-8, rms ~2.3e-3) and sum in fp32, so an output element that sums terms x_j is off by ~2.3e-3 * M with
+// M = sqrt(sum_j x_j^2), the root-sum-square of its terms (random rounding errors add in quadrature). A score's
+// rounding error also moves p_ij by a relative ~2.3e-3 * sqrt(2) scale |q_i o k_j| (o: element-wise), so each
+// term carries the weight w_ij = 1 + scale sqrt(2 sum_d (q_id k_jd)^2). The terms, computed here in double:
+//   out[i, d]: w p_ij v_jd          dv[j, d]: w p_ij dO_id (over i and the heads of the group)
+//   dq[i, d]:  w p_ij (|dP_ij| + |D_i|) scale k_jd          dk[j, d]: the same with q_id
+// (dS = P (dP - D) cancels: its rounding scales with |dP| + |D|, not with |dS|). Bound: 4e-2 M + 1e-6 |want|
+// (the second term for the fp32 rounding of the accumulate-into prefill). A host emulation of the kernels'
+// rounding on these shapes used at most 2.2e-2 M (55% of the bound); a wrong mask, index or fragment layout
+// gives errors of the order of M. lse: 1e-2 * qscale absolute (its error is a p-weighted mean of score errors,
+// ~5e-4 per unit of q scale; the emulation used 20%).
+// Exactness: with q = 0 every visible score is 0, every p is exactly 1, and small-integer V is exact in bf16, so
+// out must be bit-identical to float(sum of the visible v) * (1.f / n): this pins down masking, partial tiles,
+// the GQA head mapping and the P V fragment path without any tolerance.
+// These bounds were set before any run on a GPU: the printed shares say how much room each check has.
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda_backend.h"
+#include "kernels/cuda_flash_mma.h"
+#include "src/ops/backend.h"
+
+using namespace ptool;
+
+namespace {
+
+using Vec = std::vector<float>;
+using DVec = std::vector<double>;
+
+#define SKIP_WITHOUT_GPU()                 \
+  do {                                     \
+    if (!ptool::cuda_device_available()) { \
+      WARN("skipped: no CUDA device");     \
+      return;                              \
+    }                                      \
+  } while (0)
+
+std::unique_ptr<Backend<float>> bf16_backend() {
+  CudaBackendOptions o;
+  o.gemm = CudaGemmPrecision::bf16;
+  return make_cuda_backend(o);
+}
+
+// Device copy of a host vector, on the CUDA backend.
+class Dev {
+ public:
+  Dev(Backend<float>& b, const Vec& h) : b_(&b), buf_(b, h.size()), n_(h.size()) {
+    if (n_) b.upload(buf_.get(), h.data(), n_);
+  }
+  float* p() const { return buf_.get(); }
+  Vec get() const {
+    Vec h(n_);
+    if (n_) b_->download(h.data(), buf_.get(), n_);
+    return h;
+  }
+
+ private:
+  Backend<float>* b_;
+  DeviceBuffer<float> buf_;
+  size_t n_;
+};
+
+Vec rand_vec(std::mt19937_64& rng, size_t n, float lo = -1.f, float hi = 1.f) {
+  std::uniform_real_distribution<float> u(lo, hi);
+  Vec v(n);
+  for (auto& x : v) x = u(rng);
+  return v;
+}
+
+// |got - want| <= tol[i] element-wise; prints the share of the tolerance the worst element used.
+void check_tol(const std::string& what, const Vec& got, const Vec& want, const DVec& tol) {
+  REQUIRE(got.size() == want.size());
+  REQUIRE(tol.size() == want.size());
+  double worst = 0.0;
+  size_t wi = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    double share = std::abs(static_cast<double>(got[i]) - want[i]) / (tol[i] + 1e-30);
+    if (std::isnan(got[i]) || std::isnan(want[i])) share = INFINITY;
+    if (!(share <= worst)) {
+      worst = share;
+      wi = i;
+    }
+  }
+  std::printf("  %-66s %7.2f%% of tolerance (n %zu)\n", what.c_str(), 100.0 * worst, got.size());
+  INFO(what << ": worst element " << wi << " gpu " << (got.empty() ? 0.f : got[wi]) << " cpu "
+            << (want.empty() ? 0.f : want[wi]) << " tol " << (tol.empty() ? 0.0 : tol[wi]) << " ("
+            << 100.0 * worst << "% of tolerance)");
+  CHECK(worst <= 1.0);
+}
+
+void check_exact(const std::string& what, const Vec& got, const Vec& want) {
+  REQUIRE(got.size() == want.size());
+  size_t bad = 0, first = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::memcmp(&got[i], &want[i], sizeof(float)) != 0) {
+      if (bad == 0) first = i;
+      ++bad;
+    }
+  }
+  std::printf("  %-66s exact: %zu of %zu elements differ\n", what.c_str(), bad, got.size());
+  INFO(what << ": first difference at " << first << " gpu " << (bad ? got[first] : 0.f) << " want "
+            << (bad ? want[first] : 0.f));
+  CHECK(bad == 0);
+}
+
+struct AttnShape {
+  int64_t B, Tn, H, Hkv, hd;
+};
+
+std::string shape_name(const AttnShape& s) {
+  return " B=" + std::to_string(s.B) + " T=" + std::to_string(s.Tn) + " H=" + std::to_string(s.H) +
+         " Hkv=" + std::to_string(s.Hkv) + " hd=" + std::to_string(s.hd);
+}
+
+// Root-sum-square of the (weighted) terms of every output element: the error scale of the header comment.
+struct TermScale {
+  DVec out, dq, dk, dv;
+};
+
+TermScale term_scales(const Vec& q, const Vec& k, const Vec& v, const Vec& dout, const Vec& out, const Vec& lse,
+                      const AttnShape& s) {
+  const int64_t B = s.B, T = s.Tn, H = s.H, Hkv = s.Hkv, hd = s.hd, group = H / Hkv;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  TermScale m{DVec(q.size()), DVec(q.size()), DVec(k.size()), DVec(k.size())};
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < T; ++i) {
+        const int64_t kvh = h / group, qo = ((b * T + i) * H + h) * hd;
+        double D = 0.0;
+        for (int64_t d = 0; d < hd; ++d) D += static_cast<double>(dout[qo + d]) * out[qo + d];
+        for (int64_t j = 0; j <= i; ++j) {
+          const int64_t ko = ((b * T + j) * Hkv + kvh) * hd;
+          double sc = 0.0, sq = 0.0, dp = 0.0;
+          for (int64_t d = 0; d < hd; ++d) {
+            const double x = static_cast<double>(q[qo + d]) * k[ko + d];
+            sc += x;
+            sq += x * x;
+            dp += static_cast<double>(dout[qo + d]) * v[ko + d];
+          }
+          const double wp = (1.0 + scale * std::sqrt(2.0 * sq)) * std::exp(sc * scale - lse[(b * H + h) * T + i]);
+          const double dm = wp * (std::abs(dp) + std::abs(D)) * scale;
+          for (int64_t d = 0; d < hd; ++d) {
+            const double to = wp * v[ko + d], tq = dm * k[ko + d], tk = dm * q[qo + d], tv = wp * dout[qo + d];
+            m.out[qo + d] += to * to;
+            m.dq[qo + d] += tq * tq;
+            m.dk[ko + d] += tk * tk;
+            m.dv[ko + d] += tv * tv;
+          }
+        }
+      }
+  for (DVec* x : {&m.out, &m.dq, &m.dk, &m.dv})
+    for (double& e : *x) e = std::sqrt(e);
+  return m;
+}
+
+constexpr double kTermTol = 4e-2;
+
+DVec tol_of(const DVec& scale, const Vec& want) {
+  DVec t(want.size());
+  for (size_t i = 0; i < t.size(); ++i) t[i] = kTermTol * scale[i] + 1e-6 * std::abs(want[i]) + 1e-7;
+  return t;
+}
+
+void flash_case(Backend<float>& cpu, Backend<float>& g, std::mt19937_64& rng, const AttnShape& s, float qscale,
+                bool with_dq, bool with_dkv) {
+  const int64_t B = s.B, Tn = s.Tn, H = s.H, Hkv = s.Hkv, hd = s.hd;
+  const std::string shape = shape_name(s) +
+                            (qscale != 1.f ? " q x" + std::to_string(static_cast<int>(qscale)) : std::string()) +
+                            (with_dq && with_dkv ? "" : with_dq ? " (dq only)" : " (dk, dv only)");
+  const size_t nq = static_cast<size_t>(B * Tn * H * hd), nkv = static_cast<size_t>(B * Tn * Hkv * hd);
+  const Vec q = rand_vec(rng, nq, -qscale, qscale), k = rand_vec(rng, nkv), v = rand_vec(rng, nkv);
+  const Vec dout = rand_vec(rng, nq), dq0 = rand_vec(rng, nq), dk0 = rand_vec(rng, nkv), dv0 = rand_vec(rng, nkv);
+  Vec out(nq), lse(static_cast<size_t>(B * H * Tn)), dq = dq0, dk = dk0, dv = dv0;
+  cpu.attention_forward(q.data(), k.data(), v.data(), B, Tn, H, Hkv, hd, out.data(), lse.data());
+  cpu.attention_backward(dout.data(), q.data(), k.data(), v.data(), out.data(), lse.data(), B, Tn, H, Hkv, hd,
+                         with_dq ? dq.data() : nullptr, with_dkv ? dk.data() : nullptr,
+                         with_dkv ? dv.data() : nullptr);
+  const TermScale ts = term_scales(q, k, v, dout, out, lse, s);
+
+  Dev gq(g, q), gk(g, k), gv(g, v), gdout(g, dout), gout(g, Vec(nq)), glse(g, Vec(lse.size()));
+  Dev gdq(g, dq0), gdk(g, dk0), gdv(g, dv0);
+  g.attention_forward(gq.p(), gk.p(), gv.p(), B, Tn, H, Hkv, hd, gout.p(), glse.p());
+  check_tol("flash forward out" + shape, gout.get(), out, tol_of(ts.out, out));
+  check_tol("flash forward lse" + shape, glse.get(), lse, DVec(lse.size(), 1e-2 * qscale));
+  // The backward reads the GPU's own out and lse, as the model does.
+  g.attention_backward(gdout.p(), gq.p(), gk.p(), gv.p(), gout.p(), glse.p(), B, Tn, H, Hkv, hd,
+                       with_dq ? gdq.p() : nullptr, with_dkv ? gdk.p() : nullptr, with_dkv ? gdv.p() : nullptr);
+  check_tol("flash backward dq (accumulated)" + shape, gdq.get(), dq, tol_of(ts.dq, dq));
+  check_tol("flash backward dk (accumulated)" + shape, gdk.get(), dk, tol_of(ts.dk, dk));
+  check_tol("flash backward dv (accumulated)" + shape, gdv.get(), dv, tol_of(ts.dv, dv));
+}
+
+}  // namespace
+
+TEST_CASE("cuda flash: bf16 forward and backward follow the CPU reference", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  auto g = bf16_backend();
+  std::mt19937_64 rng(21);
+  // T = 1; T not a multiple of the 128-row, 64-key or 32-query tiles; GQA ratios 1, 2, 4; hd 64 and 128.
+  const AttnShape shapes[] = {
+      {1, 1, 1, 1, 64},    {1, 1, 4, 1, 128},  {1, 2, 2, 1, 64},    {1, 3, 4, 1, 64},    {2, 65, 4, 2, 64},
+      {1, 130, 2, 1, 128}, {1, 129, 2, 1, 128}, {1, 200, 8, 2, 64}, {1, 300, 8, 4, 64},  {1, 257, 4, 1, 128},
+      {2, 64, 4, 4, 64},   {1, 128, 2, 2, 128}, {2, 191, 4, 4, 128},
+  };
+  for (const auto& s : shapes) flash_case(*cpu, *g, rng, s, 1.f, true, true);
+  // Peaked softmax (large scores), and partial gradient requests.
+  flash_case(*cpu, *g, rng, {1, 150, 4, 2, 64}, 8.f, true, true);
+  flash_case(*cpu, *g, rng, {1, 150, 4, 2, 128}, 8.f, true, true);
+  flash_case(*cpu, *g, rng, {2, 90, 4, 2, 64}, 1.f, true, false);
+  flash_case(*cpu, *g, rng, {2, 90, 4, 2, 128}, 1.f, false, true);
+  // Random shapes.
+  for (int it = 0; it < 6; ++it) {
+    const int64_t Hkv = std::uniform_int_distribution<int64_t>(1, 2)(rng);
+    const int64_t ratio = int64_t{1} << std::uniform_int_distribution<int>(0, 2)(rng);
+    const int64_t B = std::uniform_int_distribution<int64_t>(1, 2)(rng);
+    const int64_t T = std::uniform_int_distribution<int64_t>(1, 400)(rng);
+    const int64_t hd = std::uniform_int_distribution<int>(0, 1)(rng) ? 128 : 64;
+    flash_case(*cpu, *g, rng, {B, T, Hkv * ratio, Hkv, hd}, 1.f, true, true);
+  }
+}
+
+TEST_CASE("cuda flash: uniform attention (q = 0, integer v) is exact", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto g = bf16_backend();
+  std::mt19937_64 rng(22);
+  const AttnShape shapes[] = {{1, 1, 2, 1, 64}, {2, 129, 4, 2, 64}, {1, 300, 8, 2, 128}, {2, 70, 4, 4, 128},
+                              {1, 1000, 4, 1, 64}};
+  std::uniform_int_distribution<int> iv(-8, 8);
+  for (const auto& s : shapes) {
+    const int64_t B = s.B, T = s.Tn, H = s.H, Hkv = s.Hkv, hd = s.hd, group = H / Hkv;
+    const size_t nq = static_cast<size_t>(B * T * H * hd), nkv = static_cast<size_t>(B * T * Hkv * hd);
+    Vec v(nkv);
+    for (auto& x : v) x = static_cast<float>(iv(rng));
+    const Vec k = rand_vec(rng, nkv);
+    Vec want(nq), want_lse(static_cast<size_t>(B * H * T));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t d = 0; d < hd; ++d) {
+          double sum = 0.0;  // integers: exact
+          for (int64_t t = 0; t < T; ++t) {
+            sum += v[((b * T + t) * Hkv + h / group) * hd + d];
+            want[((b * T + t) * H + h) * hd + d] = static_cast<float>(sum) * (1.f / static_cast<float>(t + 1));
+            want_lse[(b * H + h) * T + t] = static_cast<float>(std::log(static_cast<double>(t + 1)));
+          }
+        }
+    Dev gq(*g, Vec(nq, 0.f)), gk(*g, k), gv(*g, v), gout(*g, Vec(nq)), glse(*g, Vec(want_lse.size()));
+    g->attention_forward(gq.p(), gk.p(), gv.p(), B, T, H, Hkv, hd, gout.p(), glse.p());
+    check_exact("flash forward out, uniform attention" + shape_name(s), gout.get(), want);
+    DVec lse_tol(want_lse.size());
+    for (size_t i = 0; i < lse_tol.size(); ++i) lse_tol[i] = 1e-6 * (1.0 + want_lse[i]);  // log2f, * ln 2
+    check_tol("flash forward lse, uniform attention" + shape_name(s), glse.get(), want_lse, lse_tol);
+  }
+}
+
+TEST_CASE("cuda flash: backward reruns are bit-identical", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto g = bf16_backend();
+  std::mt19937_64 rng(23);
+  for (const AttnShape s : {AttnShape{2, 333, 8, 2, 64}, AttnShape{1, 200, 4, 1, 128}}) {
+    const int64_t B = s.B, T = s.Tn, H = s.H, Hkv = s.Hkv, hd = s.hd;
+    const size_t nq = static_cast<size_t>(B * T * H * hd), nkv = static_cast<size_t>(B * T * Hkv * hd);
+    const Vec q = rand_vec(rng, nq), k = rand_vec(rng, nkv), v = rand_vec(rng, nkv), dout = rand_vec(rng, nq);
+    const Vec dq0 = rand_vec(rng, nq), dk0 = rand_vec(rng, nkv), dv0 = rand_vec(rng, nkv);
+    Dev gq(*g, q), gk(*g, k), gv(*g, v), gdout(*g, dout), gout(*g, Vec(nq)), glse(*g, Vec(B * H * T));
+    g->attention_forward(gq.p(), gk.p(), gv.p(), B, T, H, Hkv, hd, gout.p(), glse.p());
+    Vec runs[2][3];
+    for (auto& run : runs) {
+      Dev gdq(*g, dq0), gdk(*g, dk0), gdv(*g, dv0);
+      g->attention_backward(gdout.p(), gq.p(), gk.p(), gv.p(), gout.p(), glse.p(), B, T, H, Hkv, hd, gdq.p(),
+                            gdk.p(), gdv.p());
+      run[0] = gdq.get();
+      run[1] = gdk.get();
+      run[2] = gdv.get();
+    }
+    check_exact("flash backward dq, two runs" + shape_name(s), runs[1][0], runs[0][0]);
+    check_exact("flash backward dk, two runs" + shape_name(s), runs[1][1], runs[0][1]);
+    check_exact("flash backward dv, two runs" + shape_name(s), runs[1][2], runs[0][2]);
+  }
+}
+
+TEST_CASE("cuda flash: other head dims keep the fp32 kernels; the launchers refuse them", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  auto g = bf16_backend();
+  std::mt19937_64 rng(24);
+  const AttnShape s{1, 100, 4, 2, 32};
+  const size_t nq = static_cast<size_t>(s.B * s.Tn * s.H * s.hd), nkv = static_cast<size_t>(s.B * s.Tn * s.Hkv * s.hd);
+  const Vec q = rand_vec(rng, nq), k = rand_vec(rng, nkv), v = rand_vec(rng, nkv);
+  Vec out(nq), lse(static_cast<size_t>(s.B * s.H * s.Tn));
+  cpu->attention_forward(q.data(), k.data(), v.data(), s.B, s.Tn, s.H, s.Hkv, s.hd, out.data(), lse.data());
+  Dev gq(*g, q), gk(*g, k), gv(*g, v), gout(*g, Vec(nq)), glse(*g, Vec(lse.size()));
+  g->attention_forward(gq.p(), gk.p(), gv.p(), s.B, s.Tn, s.H, s.Hkv, s.hd, gout.p(), glse.p());
+  // fp32 kernels: the 2e-5 bound of test_cuda_parity.cpp, far below bf16's error.
+  check_tol("hd 32 on cuda:bf16 (fp32 kernels) out" + shape_name(s), gout.get(), out, DVec(nq, 2e-5));
+  CHECK_THROWS_AS(cuda::launch_flash_mma_forward(gq.p(), gk.p(), gv.p(), 1, 2, 2, 2, 32, gout.p(), glse.p(), nullptr),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(cuda::launch_flash_mma_forward(gq.p(), gk.p(), gv.p(), 1, 2, 3, 2, 64, gout.p(), glse.p(), nullptr),
+                  std::invalid_argument);
+}
+
+TEST_CASE("cuda flash: timing at the baseline shape (printed, not asserted)", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  // B * T = 65,536 tokens, 8 heads, 4 kv heads, head dim 64, T 1024. Causal FLOPs as FlashAttention counts
+  // them: forward 4 B H T^2 hd / 2, backward 2.5 x that.
+  const int64_t B = 64, T = 1024, H = 8, Hkv = 4, hd = 64;
+  const size_t nq = static_cast<size_t>(B * T * H * hd), nkv = static_cast<size_t>(B * T * Hkv * hd);
+  std::mt19937_64 rng(25);
+  const Vec x = rand_vec(rng, nq);
+  const Vec xkv(x.begin(), x.begin() + static_cast<std::ptrdiff_t>(nkv));
+  const double fwd_flop = 2.0 * static_cast<double>(B * H * hd) * static_cast<double>(T * T);
+  for (CudaGemmPrecision prec : {CudaGemmPrecision::bf16, CudaGemmPrecision::fp32}) {
+    CudaBackendOptions o;
+    o.gemm = prec;
+    auto g = make_cuda_backend(o);
+    Dev gq(*g, x), gk(*g, xkv), gv(*g, xkv), gdout(*g, x), gout(*g, Vec(nq)), glse(*g, Vec(B * H * T));
+    Dev gdq(*g, Vec(nq)), gdk(*g, Vec(nkv)), gdv(*g, Vec(nkv));
+    auto fwd = [&] { g->attention_forward(gq.p(), gk.p(), gv.p(), B, T, H, Hkv, hd, gout.p(), glse.p()); };
+    auto bwd = [&] {
+      g->attention_backward(gdout.p(), gq.p(), gk.p(), gv.p(), gout.p(), glse.p(), B, T, H, Hkv, hd, gdq.p(),
+                            gdk.p(), gdv.p());
+    };
+    auto time_ms = [&](auto&& f, int reps) {
+      f();
+      cuda_synchronize(*g);
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int r = 0; r < reps; ++r) f();
+      cuda_synchronize(*g);
+      return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() / reps;
+    };
+    const int reps = prec == CudaGemmPrecision::bf16 ? 20 : 3;
+    const double tf = time_ms(fwd, reps), tb = time_ms(bwd, reps);
+    std::printf("  attention B=%lld T=%lld H=%lld Hkv=%lld hd=%lld [%s]: forward %.3f ms (%.1f TFLOP/s), backward "
+                "%.3f ms (%.1f TFLOP/s)\n",
+                static_cast<long long>(B), static_cast<long long>(T), static_cast<long long>(H),
+                static_cast<long long>(Hkv), static_cast<long long>(hd), gemm_precision_name(prec), tf,
+                fwd_flop / tf * 1e-9, tb, 2.5 * fwd_flop / tb * 1e-9);
+  }
+}
