@@ -14,9 +14,11 @@
 // coincide), never touching shared memory. Shared tiles are bf16 [rows][hd + 8]: the 16-byte pad makes every
 // ldmatrix phase (8 rows of 16 bytes) hit 32 distinct banks. No cp.async pipeline (staging converts
 // fp32 -> bf16 through registers); 2-4 resident CTAs per SM hide the load latency instead.
-//  - forward: 128 query rows x 64 keys per iteration; grid (query tile, head, batch), heaviest tiles first.
-//    128 rows halve the K/V traffic per query against 64 and keep 4 warps busy; a warp skips the mma work of
-//    a key tile that lies wholly past its 16 rows (the diagonal's second tile for the first warps).
+//  - forward: 64 query rows (4 warps x 16) x 64 keys per iteration; grid (query tile, head, batch), heaviest
+//    tiles first. ~150 registers per thread leave room for 3 CTAs (12 warps) per SM, which hide the synchronous
+//    staging; 128 rows would need 8 warps (1 CTA per SM) or 32 rows per warp (~200 registers). The K/V re-reads
+//    of the smaller tile hit L2 (one (batch, kv head) of K and V is 512 KiB at T 1024, hd 64). Query and key tiles align, so only
+//    the diagonal tile is masked.
 //  - dK, dV: one CTA per (batch, kv head, 64 keys), looping over the q heads of its GQA group and the query
 //    tiles at or after its keys (64 queries for hd 64, 32 for hd 128 to stay within 255 registers). Each warp
 //    computes S^T = K Q^T and dP^T = V dO^T for its 16 keys, P^T = exp2(S^T scale log2e - lse log2e) from the
@@ -40,9 +42,11 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
-constexpr int kFwdRows = 128;  // forward: query rows per CTA
+constexpr int kFwdRows = 64;   // forward: query rows per CTA (4 warps x 16)
 constexpr int kKeyTile = 64;   // forward and dQ: keys per iteration; dK/dV: keys per CTA
 constexpr int kDqRows = 64;    // dQ: query rows per CTA
+static_assert(kFwdRows == 16 * kWarps && kDqRows == 16 * kWarps && kKeyTile == 16 * kWarps,
+              "one 16-row mma tile per warp; query and key tiles align (only the diagonal tile is masked)");
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.69314718055994531f;
 
@@ -184,16 +188,14 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const float* __rest
 #pragma unroll
   for (int n = 0; n < DN; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
   const int wrow0 = q0 + warp * 16;  // the warp's first row; this thread's rows are wrow0 + g and wrow0 + g + 8
-  const int kt_end = (min(q0 + kFwdRows, T) + kKeyTile - 1) / kKeyTile;
 
-  for (int kt = 0; kt < kt_end; ++kt) {
+  for (int kt = 0; kt <= qb; ++kt) {  // query and key tiles align: key tiles up to the diagonal
     const int k0 = kt * kKeyTile;
     __syncthreads();  // the previous tile's Ks, Vs are consumed
     const int64_t koff = (static_cast<int64_t>(b) * T + k0) * ks + static_cast<int64_t>(kvh) * HD;
     stage<HD, kKeyTile>(Ks, k + koff, ks, min(kKeyTile, T - k0), vec);
     stage<HD, kKeyTile>(Vs, v + koff, ks, min(kKeyTile, T - k0), vec);
     __syncthreads();
-    if (k0 > wrow0 + 15) continue;  // every key of the tile is past every row of this warp
 
     float s[NT][4];
 #pragma unroll
@@ -209,7 +211,7 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const float* __rest
       }
     }
 
-    const bool masked = k0 + kKeyTile - 1 > wrow0;  // some key of the tile is past some row of the warp
+    const bool masked = kt == qb;  // the diagonal tile (which also holds any keys >= T)
 #pragma unroll
     for (int n = 0; n < NT; ++n)
 #pragma unroll
@@ -451,16 +453,14 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dq_kernel(
   for (int n = 0; n < DN; ++n) dqa[n][0] = dqa[n][1] = dqa[n][2] = dqa[n][3] = 0.f;
   const bf16_bits* Qw = Qs + (warp * 16 + x_row(lane)) * S + x_col(lane);
   const bf16_bits* dOw = dOs + (warp * 16 + x_row(lane)) * S + x_col(lane);
-  const int kt_end = (min(q0 + kDqRows, T) + kKeyTile - 1) / kKeyTile;
 
-  for (int kt = 0; kt < kt_end; ++kt) {
+  for (int kt = 0; kt <= qb; ++kt) {  // query and key tiles align: key tiles up to the diagonal
     const int k0 = kt * kKeyTile;
     __syncthreads();  // the previous tile's Ks, Vs are consumed
     const int64_t koff = (static_cast<int64_t>(b) * T + k0) * ks + static_cast<int64_t>(kvh) * HD;
     stage<HD, kKeyTile>(Ks, k + koff, ks, min(kKeyTile, T - k0), vec);
     stage<HD, kKeyTile>(Vs, v + koff, ks, min(kKeyTile, T - k0), vec);
     __syncthreads();
-    if (k0 > wrow0 + 15) continue;  // every key of the tile is past every row of this warp
 
     float s[NT][4], dp[NT][4];
 #pragma unroll
