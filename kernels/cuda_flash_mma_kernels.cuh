@@ -1,0 +1,479 @@
+// The kernels of cuda_flash_mma.cu (see its header comment for the algorithm and tiling). Included by that file
+// (nvcc) and by tests/kernels/flash_mma_emulator.h, which runs them on the host thread by thread, so that the
+// indexing, masking and fragment logic are checked without a GPU. The includer provides, in the enclosing
+// namespace: bf16_bits (uint16_t), pack_bf16, ldsm_x4, ldsm_x4_t, mma_bf16 (warp-level: PTX on the device,
+// modelled per the PTX fragment layouts in the emulator), the CUDA built-ins the kernels use (threadIdx,
+// __syncthreads, __shfl_xor_sync, __ldg, ...), and PTOOL_FLASH_SMEM(name), which declares the dynamic shared
+// memory as `uint4 name[]`.
+#pragma once
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kFwdRows = 64;   // forward: query rows per CTA (4 warps x 16)
+constexpr int kKeyTile = 64;   // forward and dQ: keys per iteration; dK/dV: keys per CTA
+constexpr int kDqRows = 64;    // dQ: query rows per CTA
+static_assert(kFwdRows == 16 * kWarps && kDqRows == 16 * kWarps && kKeyTile == 16 * kWarps,
+              "one 16-row mma tile per warp; query and key tiles align (only the diagonal tile is masked)");
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.69314718055994531f;
+
+template <int HD>
+constexpr int kStride = HD + 8;  // bf16 elements per shared row (16-byte pad: conflict-free ldmatrix)
+
+// Per-lane offsets of a 16x16 block for ldsm_x4, as (row, column) in the stored row-major matrix.
+// Pattern X: matrices (rows 0-7, cols 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15). Non-transposed it yields
+// the A fragment of a row-major A; with .trans, from a [k][n] store, the B fragments of n-tiles 0 and 1:
+// {b0(n 0-7), b1(n 0-7), b0(n 8-15), b1(n 8-15)}.
+// Pattern Y: matrices (0-7, 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15). Non-transposed, from an [n][k] store,
+// it yields the B fragments of n-tiles 0 and 1 in the same order.
+__device__ __forceinline__ int x_row(int lane) { return (lane & 7) + ((lane >> 3) & 1) * 8; }
+__device__ __forceinline__ int x_col(int lane) { return (lane >> 4) * 8; }
+__device__ __forceinline__ int y_row(int lane) { return (lane & 7) + (lane >> 4) * 8; }
+__device__ __forceinline__ int y_col(int lane) { return ((lane >> 3) & 1) * 8; }
+
+// A fragment of a 16x16 chunk of P (or dS) from the fp32 accumulators of its two 8-column n-tiles.
+__device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4], const float (&c1)[4]) {
+  a[0] = pack_bf16(c0[0], c0[1]);
+  a[1] = pack_bf16(c0[2], c0[3]);
+  a[2] = pack_bf16(c1[0], c1[1]);
+  a[3] = pack_bf16(c1[2], c1[3]);
+}
+
+// Rows [0, valid) of a global fp32 tile (row stride rs floats, HD columns) -> bf16 shared [ROWS][HD + 8],
+// rows past `valid` zero. vec: 16-byte global loads (16-byte aligned base pointers, decided by the launcher).
+template <int HD, int ROWS>
+__device__ __forceinline__ void stage(bf16_bits* sm, const float* __restrict__ g, int64_t rs, int valid, bool vec) {
+  constexpr int kV = HD / 4;
+  for (int idx = threadIdx.x; idx < ROWS * kV; idx += kThreads) {
+    const int r = idx / kV, c = (idx % kV) * 4;
+    float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (r < valid) {
+      const float* src = g + r * rs + c;
+      if (vec) {
+        x = __ldg(reinterpret_cast<const float4*>(src));
+      } else {
+        x.x = __ldg(src);
+        x.y = __ldg(src + 1);
+        x.z = __ldg(src + 2);
+        x.w = __ldg(src + 3);
+      }
+    }
+    *reinterpret_cast<uint2*>(sm + r * kStride<HD> + c) = make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
+  }
+}
+
+__device__ __forceinline__ float quad_max(float v) {
+  v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+  return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ __forceinline__ float quad_sum(float v) {
+  v += __shfl_xor_sync(0xffffffffu, v, 1);
+  return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+template <int HD>
+constexpr size_t fwd_smem_bytes() {
+  return sizeof(bf16_bits) * (kFwdRows + 2 * kKeyTile) * kStride<HD>;
+}
+template <int HD, int BQ>
+constexpr size_t dkdv_smem_bytes() {
+  return sizeof(bf16_bits) * (2 * kKeyTile + 2 * BQ) * kStride<HD> + 2 * BQ * sizeof(float);
+}
+template <int HD>
+constexpr size_t dq_smem_bytes() {
+  return sizeof(bf16_bits) * (2 * kDqRows + 2 * kKeyTile) * kStride<HD>;
+}
+
+// Query rows per iteration of the dK/dV kernel: 64, or 32 at hd 128 (dK and dV accumulators take 128
+// registers there).
+template <int HD>
+constexpr int kDkdvQ = HD == 128 ? 32 : 64;
+
+// Grid and dynamic shared memory of each kernel, shared by the launchers and the host emulator.
+struct LaunchShape {
+  unsigned gx, gy, gz, threads;
+  size_t smem;
+};
+constexpr unsigned kDotThreads = 256;
+template <int HD>
+LaunchShape fwd_shape(int B, int T, int H) {
+  return {static_cast<unsigned>((T + kFwdRows - 1) / kFwdRows), static_cast<unsigned>(H), static_cast<unsigned>(B),
+          kThreads, fwd_smem_bytes<HD>()};
+}
+template <int HD>
+LaunchShape dkdv_shape(int B, int T, int Hkv) {
+  return {static_cast<unsigned>((T + kKeyTile - 1) / kKeyTile), static_cast<unsigned>(Hkv), static_cast<unsigned>(B),
+          kThreads, dkdv_smem_bytes<HD, kDkdvQ<HD>>()};
+}
+template <int HD>
+LaunchShape dq_shape(int B, int T, int H) {
+  return {static_cast<unsigned>((T + kDqRows - 1) / kDqRows), static_cast<unsigned>(H), static_cast<unsigned>(B),
+          kThreads, dq_smem_bytes<HD>()};
+}
+inline LaunchShape dot_shape(int64_t rows) {  // one warp per row, grid-stride beyond 2^20 blocks
+  const int64_t blocks = std::min<int64_t>(std::max<int64_t>((rows + 7) / 8, 1), int64_t{1} << 20);
+  return {static_cast<unsigned>(blocks), 1, 1, kDotThreads, 0};
+}
+
+// ---- forward ------------------------------------------------------------------------------------------------
+
+template <int HD>
+__global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const float* __restrict__ q, const float* __restrict__ k,
+                                                             const float* __restrict__ v, float* __restrict__ out,
+                                                             float* __restrict__ lse, int T, int H, int Hkv, bool vec,
+                                                             float scale_log2) {
+  constexpr int S = kStride<HD>, KC = HD / 16, DN = HD / 8, NT = kKeyTile / 8;
+  PTOOL_FLASH_SMEM(smem_fwd);
+  bf16_bits* Qs = reinterpret_cast<bf16_bits*>(smem_fwd);  // [kFwdRows][S]
+  bf16_bits* Ks = Qs + kFwdRows * S;                        // [kKeyTile][S]
+  bf16_bits* Vs = Ks + kKeyTile * S;                        // [kKeyTile][S]
+
+  const int qb = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);  // heavy tiles first
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int kvh = h / (H / Hkv);
+  const int q0 = qb * kFwdRows;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int64_t qs = static_cast<int64_t>(H) * HD, ks = static_cast<int64_t>(Hkv) * HD;
+  stage<HD, kFwdRows>(Qs, q + (static_cast<int64_t>(b) * T + q0) * qs + static_cast<int64_t>(h) * HD, qs,
+                      min(kFwdRows, T - q0), vec);
+  __syncthreads();
+  uint32_t qf[KC][4];
+#pragma unroll
+  for (int kc = 0; kc < KC; ++kc) ldsm_x4(qf[kc], Qs + (warp * 16 + x_row(lane)) * S + kc * 16 + x_col(lane));
+
+  float o[DN][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+#pragma unroll
+  for (int n = 0; n < DN; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+  const int wrow0 = q0 + warp * 16;  // the warp's first row; this thread's rows are wrow0 + g and wrow0 + g + 8
+
+  for (int kt = 0; kt <= qb; ++kt) {  // query and key tiles align: key tiles up to the diagonal
+    const int k0 = kt * kKeyTile;
+    __syncthreads();  // the previous tile's Ks, Vs are consumed
+    const int64_t koff = (static_cast<int64_t>(b) * T + k0) * ks + static_cast<int64_t>(kvh) * HD;
+    stage<HD, kKeyTile>(Ks, k + koff, ks, min(kKeyTile, T - k0), vec);
+    stage<HD, kKeyTile>(Vs, v + koff, ks, min(kKeyTile, T - k0), vec);
+    __syncthreads();
+
+    float s[NT][4];
+#pragma unroll
+    for (int n = 0; n < NT; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+    for (int kc = 0; kc < KC; ++kc) {
+#pragma unroll
+      for (int np = 0; np < NT / 2; ++np) {
+        uint32_t kf[4];
+        ldsm_x4(kf, Ks + (np * 16 + y_row(lane)) * S + kc * 16 + y_col(lane));
+        mma_bf16(s[2 * np], qf[kc], kf[0], kf[1]);
+        mma_bf16(s[2 * np + 1], qf[kc], kf[2], kf[3]);
+      }
+    }
+
+    const bool masked = kt == qb;  // the diagonal tile (which also holds any keys >= T)
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = k0 + n * 8 + 2 * t + (e & 1), row = wrow0 + g + (e >> 1) * 8;
+        s[n][e] = masked && key > row ? -INFINITY : s[n][e] * scale_log2;
+      }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < NT; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
+      const float mn = fmaxf(m[r], quad_max(mx));
+      const float ms = mn == -INFINITY ? 0.f : mn;  // cannot happen (key 0 is visible to every row); no NaN if it did
+      const float alpha = exp2f(m[r] - ms);
+      m[r] = mn;
+      float sum = 0.f;
+#pragma unroll
+      for (int n = 0; n < NT; ++n) {
+        s[n][2 * r] = exp2f(s[n][2 * r] - ms);
+        s[n][2 * r + 1] = exp2f(s[n][2 * r + 1] - ms);
+        sum += s[n][2 * r] + s[n][2 * r + 1];
+      }
+      l[r] = l[r] * alpha + sum;  // this lane's partial row sum; the quad is summed once at the end
+#pragma unroll
+      for (int n = 0; n < DN; ++n) {
+        o[n][2 * r] *= alpha;
+        o[n][2 * r + 1] *= alpha;
+      }
+    }
+
+#pragma unroll
+    for (int j = 0; j < NT / 2; ++j) {
+      uint32_t pa[4];
+      acc_to_a(pa, s[2 * j], s[2 * j + 1]);
+#pragma unroll
+      for (int dp = 0; dp < DN / 2; ++dp) {
+        uint32_t vf[4];
+        ldsm_x4_t(vf, Vs + (j * 16 + x_row(lane)) * S + dp * 16 + x_col(lane));
+        mma_bf16(o[2 * dp], pa, vf[0], vf[1]);
+        mma_bf16(o[2 * dp + 1], pa, vf[2], vf[3]);
+      }
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = wrow0 + g + r * 8;
+    const float lr = quad_sum(l[r]);
+    if (row >= T) continue;
+    const float inv = 1.f / lr;
+    float* orow = out + (static_cast<int64_t>(b) * T + row) * qs + static_cast<int64_t>(h) * HD;
+#pragma unroll
+    for (int n = 0; n < DN; ++n) {
+      orow[n * 8 + 2 * t] = o[n][2 * r] * inv;
+      orow[n * 8 + 2 * t + 1] = o[n][2 * r + 1] * inv;
+    }
+    if (lse && t == 0) lse[(static_cast<int64_t>(b) * H + h) * T + row] = (m[r] + log2f(lr)) * kLn2;
+  }
+}
+
+// ---- backward -----------------------------------------------------------------------------------------------
+
+// Dv[(b * H + h) * T + t] = sum_d bf16(dO[b, t, h, d]) * O[b, t, h, d]; one warp per (b, t, h) row.
+__global__ void __launch_bounds__(kDotThreads) flash_bwd_dot_kernel(const float* __restrict__ dout,
+                                                            const float* __restrict__ out, int64_t rows, int T, int H,
+                                                            int hd, float* __restrict__ Dv) {
+  const int lane = threadIdx.x & 31;
+  const int64_t nwarps = static_cast<int64_t>(gridDim.x) * (blockDim.x >> 5);
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5); row < rows;
+       row += nwarps) {
+    const float* a = dout + row * hd;
+    const float* c = out + row * hd;
+    float s = 0.f;
+    for (int d = lane; d < hd; d += 32) s = fmaf(__bfloat162float(__float2bfloat16_rn(a[d])), c[d], s);
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) {
+      const int64_t h = row % H, bt = row / H;
+      const int64_t t = bt % T, b = bt / T;
+      Dv[(b * H + h) * T + t] = s;
+    }
+  }
+}
+
+template <int HD>
+__global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_kernel(
+    const float* __restrict__ dout, const float* __restrict__ q, const float* __restrict__ k,
+    const float* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ Dv, int T, int H, int Hkv,
+    bool vec, float scale, float scale_log2, float* dk, float* dv) {
+  constexpr int BQ = kDkdvQ<HD>;
+  constexpr int S = kStride<HD>, KC = HD / 16, DN = HD / 8, QN = BQ / 8;
+  PTOOL_FLASH_SMEM(smem_dkdv);
+  bf16_bits* Ks = reinterpret_cast<bf16_bits*>(smem_dkdv);  // [kKeyTile][S]
+  bf16_bits* Vs = Ks + kKeyTile * S;                         // [kKeyTile][S]
+  bf16_bits* Qs = Vs + kKeyTile * S;                         // [BQ][S]
+  bf16_bits* dOs = Qs + BQ * S;                              // [BQ][S]
+  float* lse_s = reinterpret_cast<float*>(dOs + BQ * S);     // [BQ] lse * log2 e of the query tile
+  float* D_s = lse_s + BQ;                                   // [BQ]
+
+  const int kb = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;  // low kb (the most query tiles) launch first
+  const int group = H / Hkv;
+  const int k0 = kb * kKeyTile;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int64_t qs = static_cast<int64_t>(H) * HD, ks = static_cast<int64_t>(Hkv) * HD;
+  const int64_t koff = (static_cast<int64_t>(b) * T + k0) * ks + static_cast<int64_t>(kvh) * HD;
+  stage<HD, kKeyTile>(Ks, k + koff, ks, min(kKeyTile, T - k0), vec);
+  stage<HD, kKeyTile>(Vs, v + koff, ks, min(kKeyTile, T - k0), vec);
+
+  float dka[DN][4], dva[DN][4];
+#pragma unroll
+  for (int n = 0; n < DN; ++n)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dka[n][e] = dva[n][e] = 0.f;
+  const int wkey0 = k0 + warp * 16;  // the warp's first key; this thread's keys are wkey0 + g and wkey0 + g + 8
+  const bf16_bits* Kw = Ks + (warp * 16 + x_row(lane)) * S + x_col(lane);
+  const bf16_bits* Vw = Vs + (warp * 16 + x_row(lane)) * S + x_col(lane);
+
+  for (int hh = 0; hh < group; ++hh) {
+    const int h = kvh * group + hh;
+    for (int q0 = k0 / BQ * BQ; q0 < T; q0 += BQ) {
+      const int qvalid = min(BQ, T - q0);
+      __syncthreads();  // the previous tile's Qs, dOs, lse_s, D_s are consumed (first time: Ks, Vs are staged)
+      const int64_t qoff = (static_cast<int64_t>(b) * T + q0) * qs + static_cast<int64_t>(h) * HD;
+      stage<HD, BQ>(Qs, q + qoff, qs, qvalid, vec);
+      stage<HD, BQ>(dOs, dout + qoff, qs, qvalid, vec);
+      if (threadIdx.x < BQ) {
+        const int i = threadIdx.x;
+        const int64_t li = (static_cast<int64_t>(b) * H + h) * T + q0 + i;
+        lse_s[i] = i < qvalid ? lse[li] * kLog2e : 0.f;
+        D_s[i] = i < qvalid ? Dv[li] : 0.f;
+      }
+      __syncthreads();
+      if (q0 + BQ - 1 < wkey0) continue;  // every query of the tile precedes every key of this warp
+
+      float st[QN][4], dpt[QN][4];  // S^T and dP^T: rows = the warp's 16 keys, columns = the BQ queries
+#pragma unroll
+      for (int n = 0; n < QN; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) st[n][e] = dpt[n][e] = 0.f;
+#pragma unroll
+      for (int kc = 0; kc < KC; ++kc) {
+        uint32_t ka[4], va[4];
+        ldsm_x4(ka, Kw + kc * 16);
+        ldsm_x4(va, Vw + kc * 16);
+#pragma unroll
+        for (int np = 0; np < QN / 2; ++np) {
+          uint32_t qf[4], of[4];
+          ldsm_x4(qf, Qs + (np * 16 + y_row(lane)) * S + kc * 16 + y_col(lane));
+          ldsm_x4(of, dOs + (np * 16 + y_row(lane)) * S + kc * 16 + y_col(lane));
+          mma_bf16(st[2 * np], ka, qf[0], qf[1]);
+          mma_bf16(st[2 * np + 1], ka, qf[2], qf[3]);
+          mma_bf16(dpt[2 * np], va, of[0], of[1]);
+          mma_bf16(dpt[2 * np + 1], va, of[2], of[3]);
+        }
+      }
+
+#pragma unroll
+      for (int n = 0; n < QN; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int col = n * 8 + 2 * t + (e & 1), key = wkey0 + g + (e >> 1) * 8;
+          const bool ok = col < qvalid && q0 + col >= key;
+          const float p = ok ? exp2f(st[n][e] * scale_log2 - lse_s[col]) : 0.f;
+          st[n][e] = p;
+          dpt[n][e] = p * (dpt[n][e] - D_s[col]) * scale;
+        }
+
+#pragma unroll
+      for (int j = 0; j < QN / 2; ++j) {
+        uint32_t pa[4], sa[4];
+        acc_to_a(pa, st[2 * j], st[2 * j + 1]);
+        acc_to_a(sa, dpt[2 * j], dpt[2 * j + 1]);
+#pragma unroll
+        for (int dp = 0; dp < DN / 2; ++dp) {
+          uint32_t of[4], qf[4];
+          ldsm_x4_t(of, dOs + (j * 16 + x_row(lane)) * S + dp * 16 + x_col(lane));
+          ldsm_x4_t(qf, Qs + (j * 16 + x_row(lane)) * S + dp * 16 + x_col(lane));
+          mma_bf16(dva[2 * dp], pa, of[0], of[1]);
+          mma_bf16(dva[2 * dp + 1], pa, of[2], of[3]);
+          mma_bf16(dka[2 * dp], sa, qf[0], qf[1]);
+          mma_bf16(dka[2 * dp + 1], sa, qf[2], qf[3]);
+        }
+      }
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int key = wkey0 + g + r * 8;
+    if (key >= T) continue;
+    const int64_t off = (static_cast<int64_t>(b) * T + key) * ks + static_cast<int64_t>(kvh) * HD + 2 * t;
+#pragma unroll
+    for (int n = 0; n < DN; ++n) {
+      if (dk) {
+        dk[off + n * 8] += dka[n][2 * r];
+        dk[off + n * 8 + 1] += dka[n][2 * r + 1];
+      }
+      if (dv) {
+        dv[off + n * 8] += dva[n][2 * r];
+        dv[off + n * 8 + 1] += dva[n][2 * r + 1];
+      }
+    }
+  }
+}
+
+template <int HD>
+__global__ void __launch_bounds__(kThreads) flash_bwd_dq_kernel(
+    const float* __restrict__ dout, const float* __restrict__ q, const float* __restrict__ k,
+    const float* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ Dv, int T, int H, int Hkv,
+    bool vec, float scale, float scale_log2, float* dq) {
+  constexpr int S = kStride<HD>, KC = HD / 16, DN = HD / 8, NT = kKeyTile / 8;
+  PTOOL_FLASH_SMEM(smem_dq);
+  bf16_bits* Qs = reinterpret_cast<bf16_bits*>(smem_dq);  // [kDqRows][S]
+  bf16_bits* dOs = Qs + kDqRows * S;                       // [kDqRows][S]
+  bf16_bits* Ks = dOs + kDqRows * S;                       // [kKeyTile][S]
+  bf16_bits* Vs = Ks + kKeyTile * S;                       // [kKeyTile][S]
+
+  const int qb = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);  // heavy tiles first
+  const int h = blockIdx.y, b = blockIdx.z;
+  const int kvh = h / (H / Hkv);
+  const int q0 = qb * kDqRows;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int64_t qs = static_cast<int64_t>(H) * HD, ks = static_cast<int64_t>(Hkv) * HD;
+  const int64_t qoff = (static_cast<int64_t>(b) * T + q0) * qs + static_cast<int64_t>(h) * HD;
+  stage<HD, kDqRows>(Qs, q + qoff, qs, min(kDqRows, T - q0), vec);
+  stage<HD, kDqRows>(dOs, dout + qoff, qs, min(kDqRows, T - q0), vec);
+
+  const int wrow0 = q0 + warp * 16;  // this thread's rows: wrow0 + g and wrow0 + g + 8
+  float lse2[2], Dr[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = wrow0 + g + r * 8;
+    const int64_t li = (static_cast<int64_t>(b) * H + h) * T + row;
+    lse2[r] = row < T ? lse[li] * kLog2e : 0.f;
+    Dr[r] = row < T ? Dv[li] : 0.f;
+  }
+  float dqa[DN][4];
+#pragma unroll
+  for (int n = 0; n < DN; ++n) dqa[n][0] = dqa[n][1] = dqa[n][2] = dqa[n][3] = 0.f;
+  const bf16_bits* Qw = Qs + (warp * 16 + x_row(lane)) * S + x_col(lane);
+  const bf16_bits* dOw = dOs + (warp * 16 + x_row(lane)) * S + x_col(lane);
+
+  for (int kt = 0; kt <= qb; ++kt) {  // query and key tiles align: key tiles up to the diagonal
+    const int k0 = kt * kKeyTile;
+    __syncthreads();  // the previous tile's Ks, Vs are consumed
+    const int64_t koff = (static_cast<int64_t>(b) * T + k0) * ks + static_cast<int64_t>(kvh) * HD;
+    stage<HD, kKeyTile>(Ks, k + koff, ks, min(kKeyTile, T - k0), vec);
+    stage<HD, kKeyTile>(Vs, v + koff, ks, min(kKeyTile, T - k0), vec);
+    __syncthreads();
+
+    float s[NT][4], dp[NT][4];
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.f;
+#pragma unroll
+    for (int kc = 0; kc < KC; ++kc) {
+      uint32_t qa[4], oa[4];
+      ldsm_x4(qa, Qw + kc * 16);
+      ldsm_x4(oa, dOw + kc * 16);
+#pragma unroll
+      for (int np = 0; np < NT / 2; ++np) {
+        uint32_t kf[4], vf[4];
+        ldsm_x4(kf, Ks + (np * 16 + y_row(lane)) * S + kc * 16 + y_col(lane));
+        ldsm_x4(vf, Vs + (np * 16 + y_row(lane)) * S + kc * 16 + y_col(lane));
+        mma_bf16(s[2 * np], qa, kf[0], kf[1]);
+        mma_bf16(s[2 * np + 1], qa, kf[2], kf[3]);
+        mma_bf16(dp[2 * np], oa, vf[0], vf[1]);
+        mma_bf16(dp[2 * np + 1], oa, vf[2], vf[3]);
+      }
+    }
+
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = k0 + n * 8 + 2 * t + (e & 1), row = wrow0 + g + (e >> 1) * 8;
+        const bool ok = key <= row && row < T;
+        const float p = ok ? exp2f(s[n][e] * scale_log2 - lse2[e >> 1]) : 0.f;
+        s[n][e] = p * (dp[n][e] - Dr[e >> 1]) * scale;  // dS
+      }
+
+#pragma unroll
+    for (int j = 0; j < NT / 2; ++j) {
+      uint32_t sa[4];
+      acc_to_a(sa, s[2 * j], s[2 * j + 1]);
+#pragma unroll
+      for (int dd = 0; dd < DN / 2; ++dd) {
+        uint32_t kf[4];
+        ldsm_x4_t(kf, Ks + (j * 16 + x_row(lane)) * S + dd * 16 + x_col(lane));
+        mma_bf16(dqa[2 * dd], sa, kf[0], kf[1]);
+        mma_bf16(dqa[2 * dd + 1], sa, kf[2], kf[3]);
+      }
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = wrow0 + g + r * 8;
+    if (row >= T) continue;
+    float* drow = dq + (static_cast<int64_t>(b) * T + row) * qs + static_cast<int64_t>(h) * HD + 2 * t;
+#pragma unroll
+    for (int n = 0; n < DN; ++n) {
+      drow[n * 8] += dqa[n][2 * r];
+      drow[n * 8 + 1] += dqa[n][2 * r + 1];
+    }
+  }
+}
