@@ -8,17 +8,17 @@
 // D = rowsum(dO * O) uses the bf16-rounded dO (the dO that dP = dO V^T sees), so that dP - D cancels
 // consistently: with one visible key O = V and dS is then zero up to fp32 summation order.
 //
-// Tiling. 4 warps (128 threads) per CTA; every warp owns 16 rows of the CTA's row tile (the M = 16 of the
-// mma), so softmax statistics stay in the registers of one quad of lanes and need only two shuffles, and P
-// goes from the S accumulators straight into the A operand of the next mma (the C and A fragment layouts
+// Tiling. 4 warps (128 threads) per CTA; every warp owns whole 16-row m-tiles of the CTA's row tile (the M = 16
+// of the mma), so softmax statistics stay in the registers of one quad of lanes and need only two shuffles, and
+// P goes from the S accumulators straight into the A operand of the next mma (the C and A fragment layouts
 // coincide), never touching shared memory. Shared tiles are bf16 [rows][hd + 8]: the 16-byte pad makes every
 // ldmatrix phase (8 rows of 16 bytes) hit 32 distinct banks. No cp.async pipeline (staging converts
-// fp32 -> bf16 through registers); 2-4 resident CTAs per SM hide the load latency instead.
-//  - forward: 64 query rows (4 warps x 16) x 64 keys per iteration; grid (query tile, head, batch), heaviest
-//    tiles first. ~150 registers per thread leave room for 3 CTAs (12 warps) per SM, which hide the synchronous
-//    staging; 128 rows would need 8 warps (1 CTA per SM) or 32 rows per warp (~200 registers). The K/V re-reads
-//    of the smaller tile hit L2 (one (batch, kv head) of K and V is 512 KiB at T 1024, hd 64). Query and key tiles align, so only
-//    the diagonal tile is masked.
+// fp32 -> bf16 through registers); 2-3 resident CTAs per SM hide the load latency instead.
+//  - forward: 64 keys per iteration; grid (query tile, head, batch), heaviest tiles first. hd 64: 128 query
+//    rows, 32 per warp (two m-tiles share every K and V fragment: half the ldmatrix and L2 traffic per FLOP of
+//    64-row tiles, which matters because K and V are re-read from L2 as fp32 by every query tile; 235 registers,
+//    2 CTAs per SM). hd 128: 64 rows, 16 per warp (two m-tiles would not fit in 255 registers; 172 registers).
+//    A warp skips key tiles wholly past its rows and masks only tiles that reach past its first row.
 //  - dK, dV: one CTA per (batch, kv head, 64 keys), looping over the q heads of its GQA group and the query
 //    tiles at or after its keys (64 queries for hd 64, 32 for hd 128 to stay within 255 registers). Each warp
 //    computes S^T = K Q^T and dP^T = V dO^T for its 16 keys, P^T = exp2(S^T scale log2e - lse log2e) from the

@@ -9,11 +9,10 @@
 
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
-constexpr int kFwdRows = 64;   // forward: query rows per CTA (4 warps x 16)
 constexpr int kKeyTile = 64;   // forward and dQ: keys per iteration; dK/dV: keys per CTA
 constexpr int kDqRows = 64;    // dQ: query rows per CTA
-static_assert(kFwdRows == 16 * kWarps && kDqRows == 16 * kWarps && kKeyTile == 16 * kWarps,
-              "one 16-row mma tile per warp; query and key tiles align (only the diagonal tile is masked)");
+static_assert(kDqRows == 16 * kWarps && kKeyTile == 16 * kWarps,
+              "one 16-row mma tile per warp; dQ's query and key tiles align (only the diagonal tile is masked)");
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.69314718055994531f;
 
@@ -71,9 +70,17 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
+// Forward: 16-row m-tiles per warp. Two at hd 64 (128 query rows per CTA: every K/V fragment feeds two mma, which
+// halves the shared-memory and L2 traffic per FLOP; ~200 registers, 2 CTAs per SM); one at hd 128, where two
+// would not fit in 255 registers (64 rows per CTA).
+template <int HD>
+constexpr int kFwdMt = HD == 64 ? 2 : 1;
+template <int HD>
+constexpr int kFwdRows = 16 * kWarps * kFwdMt<HD>;
+
 template <int HD>
 constexpr size_t fwd_smem_bytes() {
-  return sizeof(bf16_bits) * (kFwdRows + 2 * kKeyTile) * kStride<HD>;
+  return sizeof(bf16_bits) * (kFwdRows<HD> + 2 * kKeyTile) * kStride<HD>;
 }
 template <int HD, int BQ>
 constexpr size_t dkdv_smem_bytes() {
@@ -97,7 +104,7 @@ struct LaunchShape {
 constexpr unsigned kDotThreads = 256;
 template <int HD>
 LaunchShape fwd_shape(int B, int T, int H) {
-  return {static_cast<unsigned>((T + kFwdRows - 1) / kFwdRows), static_cast<unsigned>(H), static_cast<unsigned>(B),
+  return {static_cast<unsigned>((T + kFwdRows<HD> - 1) / kFwdRows<HD>), static_cast<unsigned>(H), static_cast<unsigned>(B),
           kThreads, fwd_smem_bytes<HD>()};
 }
 template <int HD>
@@ -122,112 +129,141 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const float* __rest
                                                              const float* __restrict__ v, float* __restrict__ out,
                                                              float* __restrict__ lse, int T, int H, int Hkv, bool vec,
                                                              float scale_log2) {
-  constexpr int S = kStride<HD>, KC = HD / 16, DN = HD / 8, NT = kKeyTile / 8;
+  constexpr int S = kStride<HD>, KC = HD / 16, DN = HD / 8, NT = kKeyTile / 8, MT = kFwdMt<HD>;
+  constexpr int ROWS = kFwdRows<HD>, WROWS = 16 * MT;  // query rows per CTA and per warp
   PTOOL_FLASH_SMEM(smem_fwd);
-  bf16_bits* Qs = reinterpret_cast<bf16_bits*>(smem_fwd);  // [kFwdRows][S]
-  bf16_bits* Ks = Qs + kFwdRows * S;                        // [kKeyTile][S]
+  bf16_bits* Qs = reinterpret_cast<bf16_bits*>(smem_fwd);  // [ROWS][S]
+  bf16_bits* Ks = Qs + ROWS * S;                            // [kKeyTile][S]
   bf16_bits* Vs = Ks + kKeyTile * S;                        // [kKeyTile][S]
 
   const int qb = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);  // heavy tiles first
   const int h = blockIdx.y, b = blockIdx.z;
   const int kvh = h / (H / Hkv);
-  const int q0 = qb * kFwdRows;
+  const int q0 = qb * ROWS;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int64_t qs = static_cast<int64_t>(H) * HD, ks = static_cast<int64_t>(Hkv) * HD;
-  stage<HD, kFwdRows>(Qs, q + (static_cast<int64_t>(b) * T + q0) * qs + static_cast<int64_t>(h) * HD, qs,
-                      min(kFwdRows, T - q0), vec);
+  stage<HD, ROWS>(Qs, q + (static_cast<int64_t>(b) * T + q0) * qs + static_cast<int64_t>(h) * HD, qs,
+                  min(ROWS, T - q0), vec);
   __syncthreads();
-  uint32_t qf[KC][4];
+  // The warp owns rows [wrow0, wrow0 + WROWS); m-tile mt holds rows wrow0 + 16 mt + g and + 8 of this thread.
+  const int wrow0 = q0 + warp * WROWS;
+  uint32_t qf[MT][KC][4];
 #pragma unroll
-  for (int kc = 0; kc < KC; ++kc) ldsm_x4(qf[kc], Qs + (warp * 16 + x_row(lane)) * S + kc * 16 + x_col(lane));
-
-  float o[DN][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-  for (int n = 0; n < DN; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
-  const int wrow0 = q0 + warp * 16;  // the warp's first row; this thread's rows are wrow0 + g and wrow0 + g + 8
+    for (int kc = 0; kc < KC; ++kc)
+      ldsm_x4(qf[mt][kc], Qs + (warp * WROWS + mt * 16 + x_row(lane)) * S + kc * 16 + x_col(lane));
 
-  for (int kt = 0; kt <= qb; ++kt) {  // query and key tiles align: key tiles up to the diagonal
+  float o[MT][DN][4], m[MT][2], l[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    m[mt][0] = m[mt][1] = -INFINITY;
+    l[mt][0] = l[mt][1] = 0.f;
+#pragma unroll
+    for (int n = 0; n < DN; ++n) o[mt][n][0] = o[mt][n][1] = o[mt][n][2] = o[mt][n][3] = 0.f;
+  }
+  const int kt_end = (min(q0 + ROWS, T) + kKeyTile - 1) / kKeyTile;  // key tiles up to the CTA's last row
+
+  for (int kt = 0; kt < kt_end; ++kt) {
     const int k0 = kt * kKeyTile;
     __syncthreads();  // the previous tile's Ks, Vs are consumed
     const int64_t koff = (static_cast<int64_t>(b) * T + k0) * ks + static_cast<int64_t>(kvh) * HD;
     stage<HD, kKeyTile>(Ks, k + koff, ks, min(kKeyTile, T - k0), vec);
     stage<HD, kKeyTile>(Vs, v + koff, ks, min(kKeyTile, T - k0), vec);
     __syncthreads();
+    if (k0 > wrow0 + WROWS - 1) continue;  // every key of the tile is past every row of this warp
 
-    float s[NT][4];
+    float s[MT][NT][4];
 #pragma unroll
-    for (int n = 0; n < NT; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int n = 0; n < NT; ++n) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.f;
 #pragma unroll
     for (int kc = 0; kc < KC; ++kc) {
 #pragma unroll
       for (int np = 0; np < NT / 2; ++np) {
         uint32_t kf[4];
         ldsm_x4(kf, Ks + (np * 16 + y_row(lane)) * S + kc * 16 + y_col(lane));
-        mma_bf16(s[2 * np], qf[kc], kf[0], kf[1]);
-        mma_bf16(s[2 * np + 1], qf[kc], kf[2], kf[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_bf16(s[mt][2 * np], qf[mt][kc], kf[0], kf[1]);
+          mma_bf16(s[mt][2 * np + 1], qf[mt][kc], kf[2], kf[3]);
+        }
       }
     }
 
-    const bool masked = kt == qb;  // the diagonal tile (which also holds any keys >= T)
+    // Masked when some key of the tile is past some row of the warp (near the diagonal; keys >= T are past
+    // every real row).
+    const bool masked = k0 + kKeyTile - 1 > wrow0;
 #pragma unroll
-    for (int n = 0; n < NT; ++n)
+    for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = k0 + n * 8 + 2 * t + (e & 1), row = wrow0 + g + (e >> 1) * 8;
-        s[n][e] = masked && key > row ? -INFINITY : s[n][e] * scale_log2;
-      }
+      for (int n = 0; n < NT; ++n)
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = -INFINITY;
+        for (int e = 0; e < 4; ++e) {
+          const int key = k0 + n * 8 + 2 * t + (e & 1), row = wrow0 + mt * 16 + g + (e >> 1) * 8;
+          s[mt][n][e] = masked && key > row ? -INFINITY : s[mt][n][e] * scale_log2;
+        }
 #pragma unroll
-      for (int n = 0; n < NT; ++n) mx = fmaxf(mx, fmaxf(s[n][2 * r], s[n][2 * r + 1]));
-      const float mn = fmaxf(m[r], quad_max(mx));
-      const float ms = mn == -INFINITY ? 0.f : mn;  // cannot happen (key 0 is visible to every row); no NaN if it did
-      const float alpha = exp2f(m[r] - ms);
-      m[r] = mn;
-      float sum = 0.f;
+      for (int r = 0; r < 2; ++r) {
+        float mx = -INFINITY;
 #pragma unroll
-      for (int n = 0; n < NT; ++n) {
-        s[n][2 * r] = exp2f(s[n][2 * r] - ms);
-        s[n][2 * r + 1] = exp2f(s[n][2 * r + 1] - ms);
-        sum += s[n][2 * r] + s[n][2 * r + 1];
-      }
-      l[r] = l[r] * alpha + sum;  // this lane's partial row sum; the quad is summed once at the end
+        for (int n = 0; n < NT; ++n) mx = fmaxf(mx, fmaxf(s[mt][n][2 * r], s[mt][n][2 * r + 1]));
+        const float mn = fmaxf(m[mt][r], quad_max(mx));
+        // -inf only while every key so far is masked for this row: then p = 0 and nothing accumulates (no NaN).
+        const float ms = mn == -INFINITY ? 0.f : mn;
+        const float alpha = exp2f(m[mt][r] - ms);
+        m[mt][r] = mn;
+        float sum = 0.f;
 #pragma unroll
-      for (int n = 0; n < DN; ++n) {
-        o[n][2 * r] *= alpha;
-        o[n][2 * r + 1] *= alpha;
+        for (int n = 0; n < NT; ++n) {
+          s[mt][n][2 * r] = exp2f(s[mt][n][2 * r] - ms);
+          s[mt][n][2 * r + 1] = exp2f(s[mt][n][2 * r + 1] - ms);
+          sum += s[mt][n][2 * r] + s[mt][n][2 * r + 1];
+        }
+        l[mt][r] = l[mt][r] * alpha + sum;  // this lane's partial row sum; the quad is summed once at the end
+#pragma unroll
+        for (int n = 0; n < DN; ++n) {
+          o[mt][n][2 * r] *= alpha;
+          o[mt][n][2 * r + 1] *= alpha;
+        }
       }
     }
 
 #pragma unroll
     for (int j = 0; j < NT / 2; ++j) {
-      uint32_t pa[4];
-      acc_to_a(pa, s[2 * j], s[2 * j + 1]);
+      uint32_t pa[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) acc_to_a(pa[mt], s[mt][2 * j], s[mt][2 * j + 1]);
 #pragma unroll
       for (int dp = 0; dp < DN / 2; ++dp) {
         uint32_t vf[4];
         ldsm_x4_t(vf, Vs + (j * 16 + x_row(lane)) * S + dp * 16 + x_col(lane));
-        mma_bf16(o[2 * dp], pa, vf[0], vf[1]);
-        mma_bf16(o[2 * dp + 1], pa, vf[2], vf[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_bf16(o[mt][2 * dp], pa[mt], vf[0], vf[1]);
+          mma_bf16(o[mt][2 * dp + 1], pa[mt], vf[2], vf[3]);
+        }
       }
     }
   }
 
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = wrow0 + g + r * 8;
-    const float lr = quad_sum(l[r]);
-    if (row >= T) continue;
-    const float inv = 1.f / lr;
-    float* orow = out + (static_cast<int64_t>(b) * T + row) * qs + static_cast<int64_t>(h) * HD;
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int n = 0; n < DN; ++n) {
-      orow[n * 8 + 2 * t] = o[n][2 * r] * inv;
-      orow[n * 8 + 2 * t + 1] = o[n][2 * r + 1] * inv;
+    for (int r = 0; r < 2; ++r) {
+      const int row = wrow0 + mt * 16 + g + r * 8;
+      const float lr = quad_sum(l[mt][r]);
+      if (row >= T) continue;
+      const float inv = 1.f / lr;
+      float* orow = out + (static_cast<int64_t>(b) * T + row) * qs + static_cast<int64_t>(h) * HD;
+#pragma unroll
+      for (int n = 0; n < DN; ++n) {
+        orow[n * 8 + 2 * t] = o[mt][n][2 * r] * inv;
+        orow[n * 8 + 2 * t + 1] = o[mt][n][2 * r + 1] * inv;
+      }
+      if (lse && t == 0) lse[(static_cast<int64_t>(b) * H + h) * T + row] = (m[mt][r] + log2f(lr)) * kLn2;
     }
-    if (lse && t == 0) lse[(static_cast<int64_t>(b) * H + h) * T + row] = (m[r] + log2f(lr)) * kLn2;
-  }
 }
 
 // ---- backward -----------------------------------------------------------------------------------------------
