@@ -24,8 +24,9 @@
 //    computes S^T = K Q^T and dP^T = V dO^T for its 16 keys, P^T = exp2(S^T scale log2e - lse log2e) from the
 //    saved lse, dS^T = P^T (dP^T - D) scale, then dV += P^T dO and dK += dS^T Q from registers. A kv row is
 //    owned by one warp of one CTA, so the += into dk/dv is race-free and its order fixed: deterministic.
-//  - dQ: one CTA per (batch, head, 64 queries), looping over 64-key tiles up to the diagonal: S, dP, dS as
-//    above (row-wise), dQ += dS K. S and dP are recomputed in both kernels (7 tile GEMMs instead of 5) to avoid
+//  - dQ: one CTA per (batch, head, query tile), looping over 64-key tiles up to the diagonal: S, dP, dS as
+//    above (row-wise), dQ += dS K. Query tiles as in the forward: 128 rows (two m-tiles per warp, 249
+//    registers) at hd 64, 64 rows (180 registers) at hd 128. S and dP are recomputed in both kernels (7 tile GEMMs instead of 5) to avoid
 //    floating-point atomics on dQ.
 #include <cuda_bf16.h>
 

@@ -10,9 +10,7 @@
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
 constexpr int kKeyTile = 64;   // forward and dQ: keys per iteration; dK/dV: keys per CTA
-constexpr int kDqRows = 64;    // dQ: query rows per CTA
-static_assert(kDqRows == 16 * kWarps && kKeyTile == 16 * kWarps,
-              "one 16-row mma tile per warp; dQ's query and key tiles align (only the diagonal tile is masked)");
+static_assert(kKeyTile == 16 * kWarps, "dK/dV: one 16-key m-tile per warp");
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.69314718055994531f;
 
@@ -86,9 +84,14 @@ template <int HD, int BQ>
 constexpr size_t dkdv_smem_bytes() {
   return sizeof(bf16_bits) * (2 * kKeyTile + 2 * BQ) * kStride<HD> + 2 * BQ * sizeof(float);
 }
+// dQ: 16-row m-tiles per warp, as the forward (128 rows per CTA at hd 64, 64 at hd 128).
+template <int HD>
+constexpr int kDqMt = HD == 64 ? 2 : 1;
+template <int HD>
+constexpr int kDqRows = 16 * kWarps * kDqMt<HD>;
 template <int HD>
 constexpr size_t dq_smem_bytes() {
-  return sizeof(bf16_bits) * (2 * kDqRows + 2 * kKeyTile) * kStride<HD>;
+  return sizeof(bf16_bits) * (2 * kDqRows<HD> + 2 * kKeyTile) * kStride<HD>;
 }
 
 // Query rows per iteration of the dK/dV kernel: 64, or 32 at hd 128 (dK and dV accumulators take 128
@@ -114,7 +117,7 @@ LaunchShape dkdv_shape(int B, int T, int Hkv) {
 }
 template <int HD>
 LaunchShape dq_shape(int B, int T, int H) {
-  return {static_cast<unsigned>((T + kDqRows - 1) / kDqRows), static_cast<unsigned>(H), static_cast<unsigned>(B),
+  return {static_cast<unsigned>((T + kDqRows<HD> - 1) / kDqRows<HD>), static_cast<unsigned>(H), static_cast<unsigned>(B),
           kThreads, dq_smem_bytes<HD>()};
 }
 inline LaunchShape dot_shape(int64_t rows) {  // one warp per row, grid-stride beyond 2^20 blocks
@@ -415,101 +418,123 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dq_kernel(
     const float* __restrict__ dout, const float* __restrict__ q, const float* __restrict__ k,
     const float* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ Dv, int T, int H, int Hkv,
     bool vec, float scale, float scale_log2, float* dq) {
-  constexpr int S = kStride<HD>, KC = HD / 16, DN = HD / 8, NT = kKeyTile / 8;
+  constexpr int S = kStride<HD>, KC = HD / 16, DN = HD / 8, NT = kKeyTile / 8, MT = kDqMt<HD>;
+  constexpr int ROWS = kDqRows<HD>, WROWS = 16 * MT;  // query rows per CTA and per warp
   PTOOL_FLASH_SMEM(smem_dq);
-  bf16_bits* Qs = reinterpret_cast<bf16_bits*>(smem_dq);  // [kDqRows][S]
-  bf16_bits* dOs = Qs + kDqRows * S;                       // [kDqRows][S]
-  bf16_bits* Ks = dOs + kDqRows * S;                       // [kKeyTile][S]
+  bf16_bits* Qs = reinterpret_cast<bf16_bits*>(smem_dq);  // [ROWS][S]
+  bf16_bits* dOs = Qs + ROWS * S;                          // [ROWS][S]
+  bf16_bits* Ks = dOs + ROWS * S;                          // [kKeyTile][S]
   bf16_bits* Vs = Ks + kKeyTile * S;                       // [kKeyTile][S]
 
   const int qb = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);  // heavy tiles first
   const int h = blockIdx.y, b = blockIdx.z;
   const int kvh = h / (H / Hkv);
-  const int q0 = qb * kDqRows;
+  const int q0 = qb * ROWS;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int64_t qs = static_cast<int64_t>(H) * HD, ks = static_cast<int64_t>(Hkv) * HD;
   const int64_t qoff = (static_cast<int64_t>(b) * T + q0) * qs + static_cast<int64_t>(h) * HD;
-  stage<HD, kDqRows>(Qs, q + qoff, qs, min(kDqRows, T - q0), vec);
-  stage<HD, kDqRows>(dOs, dout + qoff, qs, min(kDqRows, T - q0), vec);
+  stage<HD, ROWS>(Qs, q + qoff, qs, min(ROWS, T - q0), vec);
+  stage<HD, ROWS>(dOs, dout + qoff, qs, min(ROWS, T - q0), vec);
 
-  const int wrow0 = q0 + warp * 16;  // this thread's rows: wrow0 + g and wrow0 + g + 8
-  float lse2[2], Dr[2];
+  // The warp owns rows [wrow0, wrow0 + WROWS); m-tile mt holds rows wrow0 + 16 mt + g and + 8 of this thread.
+  const int wrow0 = q0 + warp * WROWS;
+  float lse2[MT][2], Dr[MT][2], dqa[MT][DN][4];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = wrow0 + g + r * 8;
-    const int64_t li = (static_cast<int64_t>(b) * H + h) * T + row;
-    lse2[r] = row < T ? lse[li] * kLog2e : 0.f;
-    Dr[r] = row < T ? Dv[li] : 0.f;
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = wrow0 + mt * 16 + g + r * 8;
+      const int64_t li = (static_cast<int64_t>(b) * H + h) * T + row;
+      lse2[mt][r] = row < T ? lse[li] * kLog2e : 0.f;
+      Dr[mt][r] = row < T ? Dv[li] : 0.f;
+    }
+#pragma unroll
+    for (int n = 0; n < DN; ++n) dqa[mt][n][0] = dqa[mt][n][1] = dqa[mt][n][2] = dqa[mt][n][3] = 0.f;
   }
-  float dqa[DN][4];
-#pragma unroll
-  for (int n = 0; n < DN; ++n) dqa[n][0] = dqa[n][1] = dqa[n][2] = dqa[n][3] = 0.f;
-  const bf16_bits* Qw = Qs + (warp * 16 + x_row(lane)) * S + x_col(lane);
-  const bf16_bits* dOw = dOs + (warp * 16 + x_row(lane)) * S + x_col(lane);
+  const bf16_bits* Qw = Qs + (warp * WROWS + x_row(lane)) * S + x_col(lane);
+  const bf16_bits* dOw = dOs + (warp * WROWS + x_row(lane)) * S + x_col(lane);
+  const int kt_end = (min(q0 + ROWS, T) + kKeyTile - 1) / kKeyTile;  // key tiles up to the CTA's last row
 
-  for (int kt = 0; kt <= qb; ++kt) {  // query and key tiles align: key tiles up to the diagonal
+  for (int kt = 0; kt < kt_end; ++kt) {
     const int k0 = kt * kKeyTile;
-    __syncthreads();  // the previous tile's Ks, Vs are consumed
+    __syncthreads();  // the previous tile's Ks, Vs are consumed (first time: Qs, dOs are staged)
     const int64_t koff = (static_cast<int64_t>(b) * T + k0) * ks + static_cast<int64_t>(kvh) * HD;
     stage<HD, kKeyTile>(Ks, k + koff, ks, min(kKeyTile, T - k0), vec);
     stage<HD, kKeyTile>(Vs, v + koff, ks, min(kKeyTile, T - k0), vec);
     __syncthreads();
+    if (k0 > wrow0 + WROWS - 1) continue;  // every key of the tile is past every row of this warp
 
-    float s[NT][4], dp[NT][4];
+    float s[MT][NT][4], dp[MT][NT][4];
 #pragma unroll
-    for (int n = 0; n < NT; ++n)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.f;
+      for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mt][n][e] = dp[mt][n][e] = 0.f;
 #pragma unroll
     for (int kc = 0; kc < KC; ++kc) {
-      uint32_t qa[4], oa[4];
-      ldsm_x4(qa, Qw + kc * 16);
-      ldsm_x4(oa, dOw + kc * 16);
+      uint32_t qa[MT][4], oa[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        ldsm_x4(qa[mt], Qw + mt * 16 * S + kc * 16);
+        ldsm_x4(oa[mt], dOw + mt * 16 * S + kc * 16);
+      }
 #pragma unroll
       for (int np = 0; np < NT / 2; ++np) {
         uint32_t kf[4], vf[4];
         ldsm_x4(kf, Ks + (np * 16 + y_row(lane)) * S + kc * 16 + y_col(lane));
         ldsm_x4(vf, Vs + (np * 16 + y_row(lane)) * S + kc * 16 + y_col(lane));
-        mma_bf16(s[2 * np], qa, kf[0], kf[1]);
-        mma_bf16(s[2 * np + 1], qa, kf[2], kf[3]);
-        mma_bf16(dp[2 * np], oa, vf[0], vf[1]);
-        mma_bf16(dp[2 * np + 1], oa, vf[2], vf[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_bf16(s[mt][2 * np], qa[mt], kf[0], kf[1]);
+          mma_bf16(s[mt][2 * np + 1], qa[mt], kf[2], kf[3]);
+          mma_bf16(dp[mt][2 * np], oa[mt], vf[0], vf[1]);
+          mma_bf16(dp[mt][2 * np + 1], oa[mt], vf[2], vf[3]);
+        }
       }
     }
 
 #pragma unroll
-    for (int n = 0; n < NT; ++n)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = k0 + n * 8 + 2 * t + (e & 1), row = wrow0 + g + (e >> 1) * 8;
-        const bool ok = key <= row && row < T;
-        const float p = ok ? exp2f(s[n][e] * scale_log2 - lse2[e >> 1]) : 0.f;
-        s[n][e] = p * (dp[n][e] - Dr[e >> 1]) * scale;  // dS
-      }
+      for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int key = k0 + n * 8 + 2 * t + (e & 1), row = wrow0 + mt * 16 + g + (e >> 1) * 8;
+          const bool ok = key <= row && row < T;
+          const float p = ok ? exp2f(s[mt][n][e] * scale_log2 - lse2[mt][e >> 1]) : 0.f;
+          s[mt][n][e] = p * (dp[mt][n][e] - Dr[mt][e >> 1]) * scale;  // dS
+        }
 
 #pragma unroll
     for (int j = 0; j < NT / 2; ++j) {
-      uint32_t sa[4];
-      acc_to_a(sa, s[2 * j], s[2 * j + 1]);
+      uint32_t sa[MT][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) acc_to_a(sa[mt], s[mt][2 * j], s[mt][2 * j + 1]);
 #pragma unroll
       for (int dd = 0; dd < DN / 2; ++dd) {
         uint32_t kf[4];
         ldsm_x4_t(kf, Ks + (j * 16 + x_row(lane)) * S + dd * 16 + x_col(lane));
-        mma_bf16(dqa[2 * dd], sa, kf[0], kf[1]);
-        mma_bf16(dqa[2 * dd + 1], sa, kf[2], kf[3]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          mma_bf16(dqa[mt][2 * dd], sa[mt], kf[0], kf[1]);
+          mma_bf16(dqa[mt][2 * dd + 1], sa[mt], kf[2], kf[3]);
+        }
       }
     }
   }
 
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = wrow0 + g + r * 8;
-    if (row >= T) continue;
-    float* drow = dq + (static_cast<int64_t>(b) * T + row) * qs + static_cast<int64_t>(h) * HD + 2 * t;
+  for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int n = 0; n < DN; ++n) {
-      drow[n * 8] += dqa[n][2 * r];
-      drow[n * 8 + 1] += dqa[n][2 * r + 1];
+    for (int r = 0; r < 2; ++r) {
+      const int row = wrow0 + mt * 16 + g + r * 8;
+      if (row >= T) continue;
+      float* drow = dq + (static_cast<int64_t>(b) * T + row) * qs + static_cast<int64_t>(h) * HD + 2 * t;
+#pragma unroll
+      for (int n = 0; n < DN; ++n) {
+        drow[n * 8] += dqa[mt][n][2 * r];
+        drow[n * 8 + 1] += dqa[mt][n][2 * r + 1];
+      }
     }
-  }
 }
