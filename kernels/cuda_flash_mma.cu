@@ -26,8 +26,8 @@
 //    owned by one warp of one CTA, so the += into dk/dv is race-free and its order fixed: deterministic.
 //  - dQ: one CTA per (batch, head, query tile), looping over 64-key tiles up to the diagonal: S, dP, dS as
 //    above (row-wise), dQ += dS K. Query tiles as in the forward: 128 rows (two m-tiles per warp, 249
-//    registers) at hd 64, 64 rows (180 registers) at hd 128. S and dP are recomputed in both kernels (7 tile GEMMs instead of 5) to avoid
-//    floating-point atomics on dQ.
+//    registers) at hd 64, 64 rows (180 registers) at hd 128. S and dP are recomputed in both kernels (7 tile
+//    GEMMs instead of 5) to avoid floating-point atomics on dQ.
 #include <cuda_bf16.h>
 
 #include <algorithm>

@@ -107,8 +107,8 @@ struct LaunchShape {
 constexpr unsigned kDotThreads = 256;
 template <int HD>
 LaunchShape fwd_shape(int B, int T, int H) {
-  return {static_cast<unsigned>((T + kFwdRows<HD> - 1) / kFwdRows<HD>), static_cast<unsigned>(H), static_cast<unsigned>(B),
-          kThreads, fwd_smem_bytes<HD>()};
+  return {static_cast<unsigned>((T + kFwdRows<HD> - 1) / kFwdRows<HD>), static_cast<unsigned>(H),
+          static_cast<unsigned>(B), kThreads, fwd_smem_bytes<HD>()};
 }
 template <int HD>
 LaunchShape dkdv_shape(int B, int T, int Hkv) {
@@ -117,8 +117,8 @@ LaunchShape dkdv_shape(int B, int T, int Hkv) {
 }
 template <int HD>
 LaunchShape dq_shape(int B, int T, int H) {
-  return {static_cast<unsigned>((T + kDqRows<HD> - 1) / kDqRows<HD>), static_cast<unsigned>(H), static_cast<unsigned>(B),
-          kThreads, dq_smem_bytes<HD>()};
+  return {static_cast<unsigned>((T + kDqRows<HD> - 1) / kDqRows<HD>), static_cast<unsigned>(H),
+          static_cast<unsigned>(B), kThreads, dq_smem_bytes<HD>()};
 }
 inline LaunchShape dot_shape(int64_t rows) {  // one warp per row, grid-stride beyond 2^20 blocks
   const int64_t blocks = std::min<int64_t>(std::max<int64_t>((rows + 7) / 8, 1), int64_t{1} << 20);
