@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "kernels/cuda_backend.h"
+#include "tests/kernels/gpu_test_util.h"
 #include "kernels/cuda_flash_mma.h"
 #include "src/ops/backend.h"
 #include "tests/kernels/flash_test_util.h"
@@ -28,40 +29,15 @@
 using namespace ptool;
 using namespace ptool::flash_test;
 
-namespace {
+using ptool::gpu_test::Dev;
 
-#define SKIP_WITHOUT_GPU()                 \
-  do {                                     \
-    if (!ptool::cuda_device_available()) { \
-      WARN("skipped: no CUDA device");     \
-      return;                              \
-    }                                      \
-  } while (0)
+namespace {
 
 std::unique_ptr<Backend<float>> bf16_backend() {
   CudaBackendOptions o;
   o.gemm = CudaGemmPrecision::bf16;
   return make_cuda_backend(o);
 }
-
-// Device copy of a host vector, on the CUDA backend.
-class Dev {
- public:
-  Dev(Backend<float>& b, const Vec& h) : b_(&b), buf_(b, h.size()), n_(h.size()) {
-    if (n_) b.upload(buf_.get(), h.data(), n_);
-  }
-  float* p() const { return buf_.get(); }
-  Vec get() const {
-    Vec h(n_);
-    if (n_) b_->download(h.data(), buf_.get(), n_);
-    return h;
-  }
-
- private:
-  Backend<float>* b_;
-  DeviceBuffer<float> buf_;
-  size_t n_;
-};
 
 void flash_case(Backend<float>& cpu, Backend<float>& g, std::mt19937_64& rng, const AttnShape& s, float qscale,
                 bool with_dq, bool with_dkv) {

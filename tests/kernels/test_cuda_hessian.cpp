@@ -14,6 +14,7 @@
 
 #include "formats/error.h"
 #include "kernels/cuda_backend.h"
+#include "tests/kernels/gpu_test_util.h"
 #include "kernels/cuda_hessian.h"
 #include "src/model/calibrate.h"
 #include "src/model/config.h"
@@ -22,14 +23,6 @@
 using namespace ptool;
 
 namespace {
-
-#define SKIP_WITHOUT_GPU()                 \
-  do {                                     \
-    if (!ptool::cuda_device_available()) { \
-      WARN("skipped: no CUDA device");     \
-      return;                              \
-    }                                      \
-  } while (0)
 
 // Largest |got - want| / tol over the elements, printed as a share of the tolerance.
 double worst_share(const std::string& what, const std::vector<double>& got, const std::vector<double>& want,

@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "kernels/cuda_backend.h"
+#include "tests/kernels/gpu_test_util.h"
 #include "formats/error.h"
 #include "kernels/cuda_optim.h"
 #include "kernels/cuda_optim_internal.h"
@@ -48,14 +49,6 @@ using namespace ptool::train;
 namespace {
 
 using Vec = std::vector<float>;
-
-#define SKIP_WITHOUT_GPU()                      \
-  do {                                          \
-    if (!ptool::cuda_device_available()) {      \
-      WARN("skipped: no CUDA device");          \
-      return;                                   \
-    }                                           \
-  } while (0)
 
 std::unique_ptr<Backend<float>> gpu_backend() { return make_cuda_backend(CudaBackendOptions{}); }
 

@@ -40,6 +40,7 @@
 
 #include "formats/error.h"
 #include "kernels/cuda_backend.h"
+#include "tests/kernels/gpu_test_util.h"
 #include "src/model/config.h"
 #include "src/model/layout.h"
 #include "src/model/model.h"
@@ -47,17 +48,11 @@
 
 using namespace ptool;
 
+using ptool::gpu_test::Dev;
+
 namespace {
 
 using Vec = std::vector<float>;
-
-#define SKIP_WITHOUT_GPU()                      \
-  do {                                          \
-    if (!ptool::cuda_device_available()) {      \
-      WARN("skipped: no CUDA device");          \
-      return;                                   \
-    }                                           \
-  } while (0)
 
 const CudaGemmPrecision kAllPrecisions[] = {CudaGemmPrecision::fp32, CudaGemmPrecision::tf32,
                                             CudaGemmPrecision::bf16};
@@ -70,25 +65,6 @@ std::unique_ptr<Backend<float>> gpu_backend(CudaGemmPrecision g = CudaGemmPrecis
   o.deterministic = det;
   return make_cuda_backend(o);
 }
-
-// Device copy of a host vector, on the CUDA backend.
-class Dev {
- public:
-  Dev(Backend<float>& b, const Vec& h) : b_(&b), buf_(b, h.size()), n_(h.size()) {
-    if (n_) b.upload(buf_.get(), h.data(), n_);
-  }
-  float* p() const { return buf_.get(); }
-  Vec get() const {
-    Vec h(n_);
-    if (n_) b_->download(h.data(), buf_.get(), n_);
-    return h;
-  }
-
- private:
-  Backend<float>* b_;
-  DeviceBuffer<float> buf_;
-  size_t n_;
-};
 
 class DevIdx {
  public:
