@@ -51,6 +51,10 @@ step() {
   return $rc
 }
 
+# The tests open testdata/ under the source folder they were compiled in; on this machine the repo lives elsewhere.
+src=$(cat "$BUILD/source_dir.txt" 2>/dev/null)
+if [ -n "$src" ] && [ ! -e "$src" ]; then mkdir -p "$(dirname "$src")" && ln -s "$PWD" "$src"; fi
+
 # ---- environment: the device, and whether the carried binaries find every library --------------------------
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
   "$(python3 -c 'import nvidia.cublas, os; print(os.path.dirname(nvidia.cublas.__file__) + "/lib")' 2>/dev/null)"; do

@@ -54,6 +54,8 @@ for t in "${TARGETS[@]}"; do
     fi
   done < <(env -u LD_LIBRARY_PATH ldd "$DIR/$t" | awk '$2 == "=>" {print $1, $2, $3, $4}')
 done
+# Tests read testdata/ through the source folder compiled into them; gpu_session.sh links it to the device's copy.
+pwd >"$DIR/source_dir.txt"
 size_kib=$(du -sk "$DIR" | cut -f1)
 echo "$DIR: $(ls "$DIR" | wc -l) files, $((size_kib / 1024)) MiB"
 if [ "$size_kib" -gt $((50 * 1024)) ]; then echo "$DIR is over 50 MiB" >&2; status=1; fi
