@@ -152,10 +152,9 @@ void bench_training(const Args& a, const model::ModelConfig& cfg, model::Model<f
   for (int64_t s = 0; s < a.warmup + a.steps; ++s) {
     const auto t0 = clock_type::now();
     m.zero_grads();
-    double loss_sum = 0;
-    for (int64_t i = 0; i < a.grad_accum; ++i)
-      loss_sum += m.forward_backward(xs[i].data(), ys[i].data(), rows, T, 1.0f / static_cast<float>(a.batch_tokens));
-    sync(be);
+    for (int64_t i = 0; i < a.grad_accum; ++i)  // as the trainer: the loss is read once per step
+      m.accumulate_gradients(xs[i].data(), ys[i].data(), rows, T, 1.0f / static_cast<float>(a.batch_tokens));
+    const double loss_sum = m.take_loss_sum();
     const auto t1 = clock_type::now();
     if (a.optimizer != "none") {
       opt->step(ss);

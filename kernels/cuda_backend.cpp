@@ -141,6 +141,11 @@ class CudaBackend final : public Backend<float> {
     mem_.add(kLtWorkspace);
     PTOOL_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&bad_row_dev_), sizeof(int32_t)));
     PTOOL_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&bad_row_host_), sizeof(int32_t)));
+    PTOOL_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&loss_acc_dev_), sizeof(double)));
+    PTOOL_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&loss_acc_host_), sizeof(double)));
+    PTOOL_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&acc_bad_row_dev_), sizeof(int32_t)));
+    reset_loss_accumulator();
+    for (auto& st : staging_) PTOOL_CUDA_CHECK(cudaEventCreateWithFlags(&st.done, cudaEventDisableTiming));
   }
 
   ~CudaBackend() override {
@@ -154,6 +159,13 @@ class CudaBackend final : public Backend<float> {
     if (losses_dev_) cudaFree(losses_dev_);
     if (bad_row_host_) cudaFreeHost(bad_row_host_);
     if (bad_row_dev_) cudaFree(bad_row_dev_);
+    if (loss_acc_dev_) cudaFree(loss_acc_dev_);
+    if (loss_acc_host_) cudaFreeHost(loss_acc_host_);
+    if (acc_bad_row_dev_) cudaFree(acc_bad_row_dev_);
+    for (auto& st : staging_) {
+      if (st.host) cudaFreeHost(st.host);
+      if (st.done) cudaEventDestroy(st.done);
+    }
     if (lt_ws_) cudaFree(lt_ws_);
     if (lt_) cublasLtDestroy(lt_);
     if (stream_) cudaStreamDestroy(stream_);
@@ -179,8 +191,22 @@ class CudaBackend final : public Backend<float> {
     PTOOL_CUDA_CHECK(cudaMemcpyAsync(host, src, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
     PTOOL_CUDA_CHECK(cudaStreamSynchronize(stream_));
   }
+  // Through a pinned staging slot, so the copy is queued without waiting for the stream (token batches are
+  // uploaded every micro-batch); waits only until the copy that last used the slot is done.
   void upload_index(int32_t* dst, const int32_t* host, size_t n) override {
-    if (n) PTOOL_CUDA_CHECK(cudaMemcpyAsync(dst, host, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    if (n == 0) return;
+    Staging& st = staging_[next_staging_++ % staging_.size()];
+    PTOOL_CUDA_CHECK(cudaEventSynchronize(st.done));
+    if (st.cap < n) {
+      if (st.host) PTOOL_CUDA_CHECK(cudaFreeHost(st.host));
+      st.host = nullptr;
+      st.cap = 0;
+      PTOOL_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&st.host), n * sizeof(int32_t)));
+      st.cap = n;
+    }
+    std::memcpy(st.host, host, n * sizeof(int32_t));
+    PTOOL_CUDA_CHECK(cudaMemcpyAsync(dst, st.host, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    PTOOL_CUDA_CHECK(cudaEventRecord(st.done, stream_));
   }
   void zero(float* p, size_t n) override {
     if (n) PTOOL_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(float), stream_));
@@ -306,18 +332,7 @@ class CudaBackend final : public Backend<float> {
                                   " V=" + std::to_string(V));
     }
     if (N == 0) return 0.0;
-    if (N > INT32_MAX) throw std::invalid_argument("softcap_cross_entropy: N too large");
-    if (static_cast<size_t>(N) > losses_cap_) {
-      synchronize();
-      if (losses_host_) PTOOL_CUDA_CHECK(cudaFreeHost(losses_host_));
-      if (losses_dev_) PTOOL_CUDA_CHECK(cudaFree(losses_dev_));
-      losses_host_ = nullptr;
-      losses_dev_ = nullptr;
-      losses_cap_ = 0;
-      PTOOL_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&losses_host_), N * sizeof(double)));
-      PTOOL_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&losses_dev_), N * sizeof(double)));
-      losses_cap_ = static_cast<size_t>(N);
-    }
+    ensure_losses(N);
     PTOOL_CUDA_CHECK(cudaMemsetAsync(bad_row_dev_, 0x7f, sizeof(int32_t), stream_));  // 0x7f7f7f7f > any row
     cuda::launch_softcap_cross_entropy(z, targets, N, V, cap, losses_dev_, bad_row_dev_, dz, grad_scale, stream_);
     PTOOL_CUDA_CHECK(cudaMemcpyAsync(losses_host_, losses_dev_, N * sizeof(double), cudaMemcpyDeviceToHost, stream_));
@@ -336,8 +351,53 @@ class CudaBackend final : public Backend<float> {
     return total;
   }
 
+  // Training form: the loss sum stays on the device (one block adds it in a fixed order, so reruns agree bit
+  // for bit; the order differs from the host's row order above, so the two forms may differ in the last bits).
+  void softcap_cross_entropy_accumulate(const float* z, const int32_t* targets, int64_t N, int64_t V, float cap,
+                                        float* dz, float grad_scale) override {
+    if (N < 0 || V <= 0) {
+      throw std::invalid_argument("softcap_cross_entropy: bad shape N=" + std::to_string(N) +
+                                  " V=" + std::to_string(V));
+    }
+    if (N == 0) return;
+    ensure_losses(N);
+    cuda::launch_softcap_cross_entropy(z, targets, N, V, cap, losses_dev_, acc_bad_row_dev_, dz, grad_scale, stream_);
+    cuda::launch_sum_into(losses_dev_, N, loss_acc_dev_, stream_);
+  }
+  double take_loss_sum() override {
+    PTOOL_CUDA_CHECK(cudaMemcpyAsync(loss_acc_host_, loss_acc_dev_, sizeof(double), cudaMemcpyDeviceToHost, stream_));
+    PTOOL_CUDA_CHECK(cudaMemcpyAsync(bad_row_host_, acc_bad_row_dev_, sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+    synchronize();
+    const double sum = *loss_acc_host_;
+    const int32_t bad = *bad_row_host_;
+    reset_loss_accumulator();
+    if (bad != 0x7f7f7f7f)
+      throw std::out_of_range("softcap_cross_entropy: a target at row " + std::to_string(bad) +
+                              " of a batch since the last loss read is outside the vocabulary");
+    return sum;
+  }
+
  private:
   static constexpr size_t kLtWorkspace = size_t{32} << 20;  // cuBLAS's recommendation for Hopper
+
+  // Per-token loss buffers of at least N rows (grown once; growing waits for queued work that uses them).
+  void ensure_losses(int64_t N) {
+    if (N > INT32_MAX) throw std::invalid_argument("softcap_cross_entropy: N too large");
+    if (static_cast<size_t>(N) <= losses_cap_) return;
+    synchronize();
+    if (losses_host_) PTOOL_CUDA_CHECK(cudaFreeHost(losses_host_));
+    if (losses_dev_) PTOOL_CUDA_CHECK(cudaFree(losses_dev_));
+    losses_host_ = nullptr;
+    losses_dev_ = nullptr;
+    losses_cap_ = 0;
+    PTOOL_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&losses_host_), N * sizeof(double)));
+    PTOOL_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&losses_dev_), N * sizeof(double)));
+    losses_cap_ = static_cast<size_t>(N);
+  }
+  void reset_loss_accumulator() {
+    PTOOL_CUDA_CHECK(cudaMemsetAsync(loss_acc_dev_, 0, sizeof(double), stream_));
+    PTOOL_CUDA_CHECK(cudaMemsetAsync(acc_bad_row_dev_, 0x7f, sizeof(int32_t), stream_));
+  }
 
   void* device_alloc(size_t bytes) {
     if (bytes == 0) return nullptr;
@@ -488,6 +548,17 @@ class CudaBackend final : public Backend<float> {
   size_t losses_cap_ = 0;
   int32_t* bad_row_dev_ = nullptr;
   int32_t* bad_row_host_ = nullptr;  // pinned
+  double* loss_acc_dev_ = nullptr;    // softcap_cross_entropy_accumulate's running sum
+  double* loss_acc_host_ = nullptr;   // pinned
+  int32_t* acc_bad_row_dev_ = nullptr;
+  // Pinned staging for upload_index: a copy from pageable memory would wait for the whole stream first.
+  struct Staging {
+    int32_t* host = nullptr;
+    size_t cap = 0;
+    cudaEvent_t done = nullptr;  // recorded after the copy that last read this slot
+  };
+  std::array<Staging, 4> staging_{};  // x and y of two micro-batches in flight
+  size_t next_staging_ = 0;
 };
 
 }  // namespace

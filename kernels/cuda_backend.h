@@ -6,8 +6,10 @@
 // and cuda_device_available() then says false.
 //
 // Version 1: fp32 storage for everything (the interface is Backend<float>), one CUDA stream per backend, all
-// memory from cudaMalloc. Ops are asynchronous on that stream; download() and softcap_cross_entropy() (which
-// returns per-token losses to the host) are the only calls that wait for the device.
+// memory from cudaMalloc. Ops are asynchronous on that stream; download(), softcap_cross_entropy() (which
+// returns per-token losses to the host) and take_loss_sum() are the only calls that wait for the device. The
+// trainer's step uses softcap_cross_entropy_accumulate(), so it waits once per step, for its loss; token
+// batches go up through pinned staging buffers (a copy from pageable memory would wait for the stream).
 //
 // Numerics
 // - GEMMs (linear_*): cuBLASLt with fp32 output, CudaGemmPrecision picks the inputs: fp32, TF32 (the default,

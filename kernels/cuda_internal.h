@@ -124,6 +124,9 @@ void launch_softcap_cross_entropy(const float* z, const int32_t* targets, int64_
                                   double* losses_dev, int32_t* bad_row, float* dz, float grad_scale,
                                   cudaStream_t s);
 
+// *acc += sum of x[0..n), in a fixed order (one block: strided per-thread sums, then a tree), so reruns agree.
+void launch_sum_into(const double* x, int64_t n, double* acc, cudaStream_t s);
+
 // ---- cuda_attention.cu --------------------------------------------------------------------------------------
 // Throws std::invalid_argument for bad shapes (H % Hkv != 0, ...) and for head_dim > 128, which the kernels do
 // not support. 16-byte loads are used when hd % 4 == 0 and the pointers allow, element loads otherwise.

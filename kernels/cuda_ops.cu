@@ -790,4 +790,25 @@ void launch_softcap_cross_entropy(const float* z, const int32_t* targets, int64_
   PTOOL_CUDA_LAUNCHED("softcap_cross_entropy", s);
 }
 
+namespace {
+__global__ void sum_into_kernel(const double* x, int64_t n, double* acc) {
+  __shared__ double part[1024];
+  double v = 0.0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) v += x[i];
+  part[threadIdx.x] = v;
+  __syncthreads();
+  for (unsigned w = blockDim.x / 2; w > 0; w >>= 1) {
+    if (threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) *acc += part[0];
+}
+}  // namespace
+
+void launch_sum_into(const double* x, int64_t n, double* acc, cudaStream_t s) {
+  if (n <= 0) return;
+  sum_into_kernel<<<1, 1024, 0, s>>>(x, n, acc);
+  PTOOL_CUDA_LAUNCHED("sum_into", s);
+}
+
 }  // namespace ptool::cuda

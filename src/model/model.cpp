@@ -263,7 +263,7 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
 
 template <class T>
 double Model<T>::run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, double* losses, T* dz,
-                     T grad_scale) {
+                     T grad_scale, bool defer_loss) {
   const bool train = dz != nullptr;
   ensure_arena(B, Tn, train);
   const int64_t N = B * Tn, D = cfg_.d_model, V = cfg_.vocab_size;
@@ -281,9 +281,13 @@ double Model<T>::run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, 
   be_.rmsnorm_forward(xs_.get(), N, D, rms_eps<T>(), final_.get(), rstdf_.get());
   const T* head = P + (cfg_.tie_embeddings ? tok_emb_ : lm_head_);
   be_.linear_forward(final_.get(), head, N, D, V, logits_.get());
-  double* l = losses ? losses : loss_scratch_.data();
-  const double sum = be_.softcap_cross_entropy(logits_.get(), ydev_, N, V, static_cast<T>(cfg_.logit_softcap), l, dz,
-                                               grad_scale);
+  double sum = 0;
+  if (defer_loss) {
+    be_.softcap_cross_entropy_accumulate(logits_.get(), ydev_, N, V, static_cast<T>(cfg_.logit_softcap), dz, grad_scale);
+  } else {
+    double* l = losses ? losses : loss_scratch_.data();
+    sum = be_.softcap_cross_entropy(logits_.get(), ydev_, N, V, static_cast<T>(cfg_.logit_softcap), l, dz, grad_scale);
+  }
   if (!train) return sum;
 
   T* G = grads_.get();
@@ -312,6 +316,12 @@ template <class T>
 double Model<T>::forward_backward(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, T grad_scale) {
   ensure_arena(B, Tn, true);
   return run(x, y, B, Tn, nullptr, dlogits_.get(), grad_scale);
+}
+
+template <class T>
+void Model<T>::accumulate_gradients(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, T grad_scale) {
+  ensure_arena(B, Tn, true);
+  run(x, y, B, Tn, nullptr, dlogits_.get(), grad_scale, true);
 }
 
 template <class T>

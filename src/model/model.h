@@ -37,6 +37,10 @@ class Model {
   double forward(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, double* losses = nullptr);
   // Forward, then backward of grad_scale * (sum of losses), accumulated into grads(). Returns the loss sum.
   double forward_backward(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, T grad_scale);
+  // The same gradients, but the loss sum stays in the backend (no host round trip per micro-batch); read the
+  // sum of every micro-batch since the last read with take_loss_sum().
+  void accumulate_gradients(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, T grad_scale);
+  double take_loss_sum() { return be_.take_loss_sum(); }
 
   // After forward(): calls f(weight name, X, rows, cols) with the input activations X of every linear layer
   // of every virtual layer (a looped block is visited once per loop) and of the tied/untied head, so that
@@ -62,7 +66,9 @@ class Model {
   };
 
   void ensure_arena(int64_t B, int64_t Tn, bool train);
-  double run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, double* losses, T* dz, T grad_scale);
+  // dz == nullptr: forward only. defer_loss: the loss sum goes to the backend's accumulator (returns 0).
+  double run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, double* losses, T* dz, T grad_scale,
+             bool defer_loss = false);
   void layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* x);
   void layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* dx, T* dx0);
   T ln_factor(int64_t v) const;

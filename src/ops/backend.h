@@ -65,6 +65,13 @@ class Backend {
   // Per-token losses land in host memory (double); returns their sum.
   virtual double softcap_cross_entropy(const T* z, const int32_t* targets, int64_t N, int64_t V, T cap,
                                        double* losses_host, T* dz, T grad_scale) = 0;
+  // The training form: the same dz, but the batch's loss sum is added to an accumulator in backend memory
+  // instead of travelling to the host, so a step of several micro-batches needs no host round trip.
+  // take_loss_sum() waits for the backend, returns the sum accumulated since its last call and resets it.
+  // A target outside [0, V) throws: on the CPU at once, on CUDA from the next take_loss_sum().
+  virtual void softcap_cross_entropy_accumulate(const T* z, const int32_t* targets, int64_t N, int64_t V, T cap,
+                                                T* dz, T grad_scale) = 0;
+  virtual double take_loss_sum() = 0;
 };
 
 // The CPU reference backend (fp32 for training, double for gradient checks).

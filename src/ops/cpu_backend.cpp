@@ -1,5 +1,8 @@
 #include <algorithm>
 #include <cstring>
+#include <new>
+#include <utility>
+#include <vector>
 
 #include "src/ops/backend.h"
 
@@ -7,14 +10,25 @@ namespace ptool {
 
 namespace {
 
+constexpr std::align_val_t kAlign{64};
+
+template <class U>
+U* aligned_zeroed(size_t n) {
+  void* p = ::operator new[](std::max<size_t>(n, 1) * sizeof(U), kAlign);
+  std::memset(p, 0, std::max<size_t>(n, 1) * sizeof(U));
+  return static_cast<U*>(p);
+}
+
 template <class T>
 class CpuBackend final : public Backend<T> {
  public:
   const char* name() const override { return "cpu"; }
-  T* alloc(size_t n) override { return new T[n](); }
-  void release(T* p) override { delete[] p; }
-  int32_t* alloc_index(size_t n) override { return new int32_t[n](); }
-  void release_index(int32_t* p) override { delete[] p; }
+  // 64-byte aligned: vectorised loops and Eigen's kernels take alignment-dependent paths, and results must
+  // not depend on where the allocator happened to put a buffer.
+  T* alloc(size_t n) override { return aligned_zeroed<T>(n); }
+  void release(T* p) override { ::operator delete[](p, kAlign); }
+  int32_t* alloc_index(size_t n) override { return aligned_zeroed<int32_t>(n); }
+  void release_index(int32_t* p) override { ::operator delete[](p, kAlign); }
   void upload(T* dst, const T* host, size_t n) override { std::copy(host, host + n, dst); }
   void download(T* host, const T* src, size_t n) override { std::copy(src, src + n, host); }
   void upload_index(int32_t* dst, const int32_t* host, size_t n) override { std::copy(host, host + n, dst); }
@@ -103,6 +117,16 @@ class CpuBackend final : public Backend<T> {
                                T* dz, T grad_scale) override {
     return cpu::softcap_cross_entropy(z, targets, N, V, cap, losses, dz, grad_scale);
   }
+  void softcap_cross_entropy_accumulate(const T* z, const int32_t* targets, int64_t N, int64_t V, T cap, T* dz,
+                                        T grad_scale) override {
+    losses_.resize(static_cast<size_t>(std::max<int64_t>(N, 0)));
+    loss_sum_ += cpu::softcap_cross_entropy(z, targets, N, V, cap, losses_.data(), dz, grad_scale);
+  }
+  double take_loss_sum() override { return std::exchange(loss_sum_, 0.0); }
+
+ private:
+  std::vector<double> losses_;
+  double loss_sum_ = 0;
 };
 
 }  // namespace

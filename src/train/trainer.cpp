@@ -186,13 +186,13 @@ TrainResult train(const model::ModelConfig& config, const TrainOptions& opt, con
       m.set_forward_weights(opt_step->fake_quantized_weights(opt.qat_bits));
     }
     m.zero_grads();
-    double loss_sum = 0;
+    // The loss stays on the backend until the step's one read (the NaN check and the log need it).
     for (int64_t a = 0; a < opt.grad_accum; ++a) {
       stream.next_batch(opt.batch_tokens, seq_len, opt.grad_accum, 0, 1, x.data(), y.data());
-      loss_sum += m.forward_backward(x.data(), y.data(), rows, seq_len, 1.0f / static_cast<float>(opt.batch_tokens));
+      m.accumulate_gradients(x.data(), y.data(), rows, seq_len, 1.0f / static_cast<float>(opt.batch_tokens));
     }
     m.set_forward_weights(nullptr);
-    const double loss = loss_sum / static_cast<double>(opt.batch_tokens);
+    const double loss = m.take_loss_sum() / static_cast<double>(opt.batch_tokens);
     if (!std::isfinite(loss)) {
       res.stopped_on_nan = true;
       throw Error("train loss is " + std::string(std::isnan(loss) ? "NaN" : "Inf") + " at step " +

@@ -29,6 +29,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <deque>
 #include <cstdio>
 #include <cstring>
 #include <limits>
@@ -597,6 +598,44 @@ TEST_CASE("cuda: softcap cross-entropy", "[gpu]") {
   // ... and the backend stays usable afterwards.
   DevIdx ok(*g, {1, 9, 2});
   CHECK(std::isfinite(g->softcap_cross_entropy(gz.p(), ok.p(), 3, 10, 30.f, nullptr, nullptr, 1.f)));
+}
+
+TEST_CASE("cuda: softcap cross-entropy accumulating on the device (the training form)", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto g = gpu_backend();
+  std::mt19937_64 rng(12);
+  const int64_t N = 777, V = 1024;
+  const float cap = 30.f, gs = 1.f / N;
+  double want = 0;
+  std::deque<Dev> zs;  // deque: DevIdx cannot move
+  std::deque<DevIdx> ys;
+  std::vector<Vec> dzs;
+  for (int i = 0; i < 3; ++i) {
+    const Vec z = rand_vec(rng, N * V, -20.f, 20.f);
+    std::vector<int32_t> y(static_cast<size_t>(N));
+    for (auto& t : y) t = static_cast<int32_t>(rand_int(rng, 0, V - 1));
+    zs.emplace_back(*g, z);
+    ys.emplace_back(*g, y);
+    Dev dz(*g, Vec(N * V));
+    want += g->softcap_cross_entropy(zs.back().p(), ys.back().p(), N, V, cap, nullptr, dz.p(), gs);
+    dzs.push_back(dz.get());
+  }
+  for (int i = 0; i < 3; ++i) {
+    Dev dz(*g, Vec(N * V));
+    g->softcap_cross_entropy_accumulate(zs[i].p(), ys[i].p(), N, V, cap, dz.p(), gs);
+    CHECK(dz.get() == dzs[i]);  // the same kernel writes dz
+  }
+  const double got = g->take_loss_sum();
+  CHECK(got == Approx(want).epsilon(1e-12));  // double sums of the same losses, in another order
+  CHECK(g->take_loss_sum() == 0.0);
+  // A bad target is reported by the next read, which also resets, so the backend stays usable.
+  DevIdx bad(*g, {1, 10, 2});
+  Dev gz(*g, Vec(3 * 10));
+  g->softcap_cross_entropy_accumulate(gz.p(), bad.p(), 3, 10, cap, nullptr, 1.f);
+  CHECK_THROWS_AS(g->take_loss_sum(), std::out_of_range);
+  DevIdx ok(*g, {1, 9, 2});
+  g->softcap_cross_entropy_accumulate(gz.p(), ok.p(), 3, 10, cap, nullptr, 1.f);
+  CHECK(std::isfinite(g->take_loss_sum()));
 }
 
 namespace {

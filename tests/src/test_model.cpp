@@ -160,3 +160,33 @@ TEST_CASE("model gradient matches finite differences: untied head, ln_scale, lea
   c.logit_softcap = 0;
   check_model_gradient(c);
 }
+
+TEST_CASE("accumulate_gradients gives forward_backward's gradients and loss sums, read once per step", "[model]") {
+  const ModelConfig c = small_config();
+  auto be = make_cpu_backend<double>();
+  Model<double> m(c, *be);
+  const auto p = random_params(m.layout(), 5);
+  m.load_params(p.data());
+  const int64_t B = 2, Tn = 5, N = B * Tn;
+  std::mt19937 rng(9);
+  std::vector<std::vector<int32_t>> xs(3, std::vector<int32_t>(N)), ys = xs;
+  for (auto* v : {&xs, &ys})
+    for (auto& batch : *v)
+      for (auto& t : batch) t = static_cast<int32_t>(rng() % c.vocab_size);
+
+  m.zero_grads();
+  double want = 0;
+  for (size_t i = 0; i < xs.size(); ++i) want += m.forward_backward(xs[i].data(), ys[i].data(), B, Tn, 0.25);
+  std::vector<double> g_want(m.param_count()), g_got(m.param_count());
+  be->download(g_want.data(), m.grads(), g_want.size());
+
+  m.zero_grads();
+  for (size_t i = 0; i < xs.size(); ++i) m.accumulate_gradients(xs[i].data(), ys[i].data(), B, Tn, 0.25);
+  be->download(g_got.data(), m.grads(), g_got.size());
+  CHECK(m.take_loss_sum() == want);  // the same additions in the same order
+  CHECK(g_got == g_want);
+  CHECK(m.take_loss_sum() == 0.0);   // the read resets the accumulator
+
+  ys[1][3] = static_cast<int32_t>(c.vocab_size);  // out of range: refused before anything runs
+  CHECK_THROWS_AS(m.accumulate_gradients(xs[1].data(), ys[1].data(), B, Tn, 0.25), Error);
+}
