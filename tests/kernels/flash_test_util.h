@@ -26,6 +26,8 @@
 #include <string>
 #include <vector>
 
+#include "tests/kernels/gpu_test_util.h"
+
 namespace ptool::flash_test {
 
 using Vec = std::vector<float>;
@@ -59,20 +61,7 @@ inline void check_tol(const std::string& what, const Vec& got, const Vec& want, 
   CHECK(worst <= 1.0);
 }
 
-inline void check_exact(const std::string& what, const Vec& got, const Vec& want) {
-  REQUIRE(got.size() == want.size());
-  size_t bad = 0, first = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (std::memcmp(&got[i], &want[i], sizeof(float)) != 0) {
-      if (bad == 0) first = i;
-      ++bad;
-    }
-  }
-  std::printf("  %-66s exact: %zu of %zu elements differ\n", what.c_str(), bad, got.size());
-  INFO(what << ": first difference at " << first << " gpu " << (bad ? got[first] : 0.f) << " want "
-            << (bad ? want[first] : 0.f));
-  CHECK(bad == 0);
-}
+using gpu_test::check_exact;
 
 struct AttnShape {
   int64_t B, Tn, H, Hkv, hd;

@@ -1,5 +1,9 @@
-// Shared by the [gpu] tests: the skip on machines without a CUDA device, and host vectors copied to the backend.
+// Shared by the [gpu] tests: the skip on machines without a CUDA device, host vectors copied to the backend, and
+// the bit-exact comparison.
 #pragma once
+#include <cstdio>
+#include <cstring>
+#include <string>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -36,5 +40,21 @@ class Dev {
   DeviceBuffer<float> buf_;
   size_t n_;
 };
+
+// Every element bit-identical; prints how many differ and names the first.
+inline void check_exact(const std::string& what, const std::vector<float>& got, const std::vector<float>& want) {
+  REQUIRE(got.size() == want.size());
+  size_t bad = 0, first = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    if (std::memcmp(&got[i], &want[i], sizeof(float)) != 0) {
+      if (bad == 0) first = i;
+      ++bad;
+    }
+  }
+  std::printf("  %-66s exact: %zu of %zu elements differ\n", what.c_str(), bad, got.size());
+  INFO(what << ": first difference at " << first << " got " << (bad ? got[first] : 0.f) << " want "
+            << (bad ? want[first] : 0.f));
+  CHECK(bad == 0);
+}
 
 }  // namespace ptool::gpu_test

@@ -49,6 +49,7 @@
 
 using namespace ptool;
 
+using ptool::gpu_test::check_exact;
 using ptool::gpu_test::Dev;
 
 namespace {
@@ -129,21 +130,6 @@ void check_close(const std::string& what, const Vec& got, const Vec& want, doubl
   INFO(what << ": worst element " << wi << " gpu " << (got.empty() ? 0.f : got[wi]) << " cpu "
             << (want.empty() ? 0.f : want[wi]) << " (" << 100.0 * worst << "% of tolerance)");
   CHECK(worst <= 1.0);
-}
-
-void check_exact(const std::string& what, const Vec& got, const Vec& want) {
-  REQUIRE(got.size() == want.size());
-  size_t bad = 0, first = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (std::memcmp(&got[i], &want[i], sizeof(float)) != 0) {
-      if (bad == 0) first = i;
-      ++bad;
-    }
-  }
-  std::printf("  %-58s exact: %zu of %zu elements differ\n", what.c_str(), bad, got.size());
-  INFO(what << ": first difference at " << first << " gpu " << (bad ? got[first] : 0.f) << " cpu "
-            << (bad ? want[first] : 0.f));
-  CHECK(bad == 0);
 }
 
 // Sum over rows of |a[n, c] * b[n, c]| per column c (plus |prefill|): the scale of a column reduction's error.
