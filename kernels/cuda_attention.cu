@@ -29,6 +29,7 @@
 #include <string>
 
 #include "kernels/cuda_internal.h"
+#include "kernels/cuda_launch.h"
 
 namespace ptool::cuda {
 
@@ -131,7 +132,7 @@ __global__ void __launch_bounds__(kThreads) attn_fwd_kernel(const float* __restr
                                                             float* __restrict__ lse, int T, int H, int Hkv, int hd,
                                                             bool vec, float scale_log2) {
   constexpr int P = Hd<HDP>::kPad, DPL = Hd<HDP>::kDpl;
-  extern __shared__ float4 smem4[];
+  PTOOL_DYNAMIC_SMEM(float4, smem4);
   float* Qs = reinterpret_cast<float*>(smem4);  // [kB][HDP]  read as broadcast rows
   float* Ks = Qs + kB * HDP;                     // [kB][P]    read with lane = key
   float* Vs = Ks + kB * P;                       // [kB][HDP]  read with lane = dim
@@ -273,7 +274,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(const float* __
                                                                  int hd, bool vec, float scale, float scale_log2,
                                                                  float* dk, float* dv) {
   constexpr int P = Hd<HDP>::kPad, DPL = Hd<HDP>::kDpl;
-  extern __shared__ float4 smem4[];
+  PTOOL_DYNAMIC_SMEM(float4, smem4);
   float* Ks = reinterpret_cast<float*>(smem4);  // [kB][HDP]  broadcast rows (the warp's own keys)
   float* Vs = Ks + kB * HDP;                     // [kB][HDP]
   float* Qs = Vs + kB * HDP;                     // [kB][P]    lane = query (float4) and lane = dim
@@ -411,7 +412,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(const float* __re
                                                                int hd, bool vec, float scale, float scale_log2,
                                                                float* dq) {
   constexpr int P = Hd<HDP>::kPad, DPL = Hd<HDP>::kDpl;
-  extern __shared__ float4 smem4[];
+  PTOOL_DYNAMIC_SMEM(float4, smem4);
   float* Qs = reinterpret_cast<float*>(smem4);  // [kB][HDP]  broadcast rows
   float* dOs = Qs + kB * HDP;                    // [kB][HDP]
   float* Ks = dOs + kB * HDP;                    // [kB][P]    lane = key (float4) and lane = dim
@@ -547,7 +548,7 @@ void fwd_impl(const float* q, const float* k, const float* v, int B, int T, int 
                                         static_cast<int>(smem)));
   const float scale_log2 = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd))) * kLog2e;
   const dim3 grid(static_cast<unsigned>((T + kB - 1) / kB), static_cast<unsigned>(H), static_cast<unsigned>(B));
-  attn_fwd_kernel<HDP><<<grid, kThreads, smem, s>>>(q, k, v, out, lse, T, H, Hkv, hd, vec, scale_log2);
+  PTOOL_LAUNCH(attn_fwd_kernel<HDP>, grid, kThreads, smem, s)(q, k, v, out, lse, T, H, Hkv, hd, vec, scale_log2);
   PTOOL_CUDA_LAUNCHED("attention_forward", s);
 }
 
@@ -561,16 +562,18 @@ void bwd_impl(const float* dout, const float* q, const float* k, const float* v,
     constexpr size_t smem = dkdv_smem_bytes<HDP>();
     PTOOL_CUDA_CHECK(cudaFuncSetAttribute(attn_bwd_dkdv_kernel<HDP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(smem)));
-    attn_bwd_dkdv_kernel<HDP><<<dim3(nblk, static_cast<unsigned>(Hkv), static_cast<unsigned>(B)), kThreads, smem, s>>>(
-        dout, q, k, v, lse, Dv, T, H, Hkv, hd, vec, scale, scale_log2, dk, dv);
+    const dim3 grid(nblk, static_cast<unsigned>(Hkv), static_cast<unsigned>(B));
+    PTOOL_LAUNCH(attn_bwd_dkdv_kernel<HDP>, grid, kThreads, smem, s)(dout, q, k, v, lse, Dv, T, H, Hkv, hd, vec, scale,
+                                                                     scale_log2, dk, dv);
     PTOOL_CUDA_LAUNCHED("attention_backward (dk, dv)", s);
   }
   if (dq) {
     constexpr size_t smem = dq_smem_bytes<HDP>();
     PTOOL_CUDA_CHECK(cudaFuncSetAttribute(attn_bwd_dq_kernel<HDP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(smem)));
-    attn_bwd_dq_kernel<HDP><<<dim3(nblk, static_cast<unsigned>(H), static_cast<unsigned>(B)), kThreads, smem, s>>>(
-        dout, q, k, v, lse, Dv, T, H, Hkv, hd, vec, scale, scale_log2, dq);
+    const dim3 grid(nblk, static_cast<unsigned>(H), static_cast<unsigned>(B));
+    PTOOL_LAUNCH(attn_bwd_dq_kernel<HDP>, grid, kThreads, smem, s)(dout, q, k, v, lse, Dv, T, H, Hkv, hd, vec, scale,
+                                                                   scale_log2, dq);
     PTOOL_CUDA_LAUNCHED("attention_backward (dq)", s);
   }
 }
@@ -608,7 +611,7 @@ void launch_attention_backward(const float* dout, const float* q, const float* k
   auto* Dv = static_cast<float*>(ws.get(static_cast<size_t>(B * H * Tn) * sizeof(float)));
   const int64_t rows = B * Tn * H;
   const unsigned grid = static_cast<unsigned>(std::clamp<int64_t>((rows + 7) / 8, 1, int64_t{1} << 20));
-  attn_bwd_dot_kernel<<<grid, 256, 0, s>>>(dout, out, rows, t, h, d, Dv);
+  PTOOL_LAUNCH(attn_bwd_dot_kernel, grid, 256, 0, s)(dout, out, rows, t, h, d, Dv);
   PTOOL_CUDA_LAUNCHED("attention_backward (rowsum dO*O)", s);
   if (hd <= 16)
     bwd_impl<16>(dout, q, k, v, lse, Dv, b, t, h, hk, d, vec, dq_acc, dk_acc, dv_acc, s);

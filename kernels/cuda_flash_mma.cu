@@ -36,6 +36,7 @@
 #include <string>
 
 #include "kernels/cuda_flash_mma.h"
+#include "kernels/cuda_launch.h"
 
 namespace ptool::cuda {
 
@@ -45,9 +46,18 @@ using bf16_bits = uint16_t;  // shared tiles hold raw bf16 bits
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (lo) lands in the low 16 bits
-  return *reinterpret_cast<uint32_t*>(&v);
+  uint32_t r;
+  memcpy(&r, &v, sizeof r);
+  return r;
 }
 
+#if PTOOL_CUDA_EMULATED
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const bf16_bits* p) { cuemu::ldmatrix_x4(r, p, false); }
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const bf16_bits* p) { cuemu::ldmatrix_x4(r, p, true); }
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  cuemu::mma_m16n8k16_bf16(d, a, b0, b1);
+}
+#else
 __device__ __forceinline__ uint32_t smem_addr(const bf16_bits* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
@@ -76,8 +86,9 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+#endif
 
-#define PTOOL_FLASH_SMEM(name) extern __shared__ uint4 name[]
+#define PTOOL_FLASH_SMEM(name) PTOOL_DYNAMIC_SMEM(uint4, name)
 #include "kernels/cuda_flash_mma_kernels.cuh"
 #undef PTOOL_FLASH_SMEM
 
@@ -108,8 +119,8 @@ void fwd_impl(const float* q, const float* k, const float* v, int B, int T, int 
   PTOOL_CUDA_CHECK(cudaFuncSetAttribute(flash_fwd_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(ls.smem)));
   const float scale_log2 = static_cast<float>(1.0 / std::sqrt(static_cast<double>(HD))) * kLog2e;
-  flash_fwd_kernel<HD><<<dim3(ls.gx, ls.gy, ls.gz), ls.threads, ls.smem, s>>>(q, k, v, out, lse, T, H, Hkv, vec,
-                                                                               scale_log2);
+  PTOOL_LAUNCH(flash_fwd_kernel<HD>, dim3(ls.gx, ls.gy, ls.gz), ls.threads, ls.smem, s)(
+      q, k, v, out, lse, T, H, Hkv, vec, scale_log2);
   PTOOL_CUDA_LAUNCHED("flash_mma_forward", s);
 }
 
@@ -122,7 +133,7 @@ void bwd_impl(const float* dout, const float* q, const float* k, const float* v,
     const LaunchShape ls = dkdv_shape<HD>(B, T, Hkv);
     PTOOL_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_dkdv_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(ls.smem)));
-    flash_bwd_dkdv_kernel<HD><<<dim3(ls.gx, ls.gy, ls.gz), ls.threads, ls.smem, s>>>(
+    PTOOL_LAUNCH(flash_bwd_dkdv_kernel<HD>, dim3(ls.gx, ls.gy, ls.gz), ls.threads, ls.smem, s)(
         dout, q, k, v, lse, Dv, T, H, Hkv, vec, scale, scale_log2, dk, dv);
     PTOOL_CUDA_LAUNCHED("flash_mma_backward (dk, dv)", s);
   }
@@ -130,8 +141,8 @@ void bwd_impl(const float* dout, const float* q, const float* k, const float* v,
     const LaunchShape ls = dq_shape<HD>(B, T, H);
     PTOOL_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_dq_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(ls.smem)));
-    flash_bwd_dq_kernel<HD><<<dim3(ls.gx, ls.gy, ls.gz), ls.threads, ls.smem, s>>>(dout, q, k, v, lse, Dv, T, H, Hkv,
-                                                                                    vec, scale, scale_log2, dq);
+    PTOOL_LAUNCH(flash_bwd_dq_kernel<HD>, dim3(ls.gx, ls.gy, ls.gz), ls.threads, ls.smem, s)(
+        dout, q, k, v, lse, Dv, T, H, Hkv, vec, scale, scale_log2, dq);
     PTOOL_CUDA_LAUNCHED("flash_mma_backward (dq)", s);
   }
 }
@@ -161,7 +172,7 @@ void launch_flash_mma_backward(const float* dout, const float* q, const float* k
   auto* Dv = static_cast<float*>(ws.get(static_cast<size_t>(B * H * Tn) * sizeof(float)));
   const int64_t rows = B * Tn * H;
   const LaunchShape ls = dot_shape(rows);
-  flash_bwd_dot_kernel<<<ls.gx, ls.threads, 0, s>>>(dout, out, rows, t, h, static_cast<int>(hd), Dv);
+  PTOOL_LAUNCH(flash_bwd_dot_kernel, ls.gx, ls.threads, 0, s)(dout, out, rows, t, h, static_cast<int>(hd), Dv);
   PTOOL_CUDA_LAUNCHED("flash_mma_backward (rowsum bf16(dO) * O)", s);
   if (hd == 64)
     bwd_impl<64>(dout, q, k, v, lse, Dv, b, t, h, hk, vec, dq_acc, dk_acc, dv_acc, s);

@@ -1,10 +1,7 @@
-// The kernels of cuda_flash_mma.cu (see its header comment for the algorithm and tiling). Included by that file
-// (nvcc) and by tests/kernels/flash_mma_emulator.h, which runs them on the host thread by thread, so that the
-// indexing, masking and fragment logic are checked without a GPU. The includer provides, in the enclosing
-// namespace: bf16_bits (uint16_t), pack_bf16, ldsm_x4, ldsm_x4_t, mma_bf16 (warp-level: PTX on the device,
-// modelled per the PTX fragment layouts in the emulator), the CUDA built-ins the kernels use (threadIdx,
-// __syncthreads, __shfl_xor_sync, __ldg, ...), and PTOOL_FLASH_SMEM(name), which declares the dynamic shared
-// memory as `uint4 name[]`.
+// The kernels of cuda_flash_mma.cu (see its header comment for the algorithm and tiling), included by it. The
+// includer provides, in the enclosing namespace: bf16_bits (uint16_t), pack_bf16, ldsm_x4, ldsm_x4_t, mma_bf16
+// (warp-level: PTX on the device; on the host emulator, kernels/emu, modelled per the PTX fragment layouts), and
+// PTOOL_FLASH_SMEM(name), which declares the dynamic shared memory as `uint4 name[]`.
 #pragma once
 
 constexpr int kWarps = 4;

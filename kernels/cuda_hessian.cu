@@ -10,6 +10,7 @@
 #include "formats/error.h"
 #include "kernels/cuda_backend.h"
 #include "kernels/cuda_internal.h"
+#include "kernels/cuda_launch.h"
 
 namespace ptool {
 
@@ -78,7 +79,7 @@ void CudaHessians::add(const std::string& weight, const float* X, int64_t rows, 
     const int64_t r = std::min(chunk_rows, rows - r0);
     const int64_t n = r * cols;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 4096));
-    to_double_kernel<<<blocks, 256, 0, im.stream>>>(X + r0 * cols, n, im.chunk);
+    PTOOL_LAUNCH(to_double_kernel, blocks, 256, 0, im.stream)(X + r0 * cols, n, im.chunk);
     PTOOL_CUDA_LAUNCHED("to_double", im.stream);
     // Column-major, the chunk is X^T (cols x r, ld cols): X^T X = A A^T, a rank-r update of the lower triangle.
     check_cublas("cublasDsyrk", cublasDsyrk(im.blas, CUBLAS_FILL_MODE_LOWER, CUBLAS_OP_N, static_cast<int>(cols),

@@ -32,6 +32,7 @@
 #include <stdexcept>
 
 #include "kernels/cuda_internal.h"
+#include "kernels/cuda_launch.h"
 
 namespace ptool::cuda {
 
@@ -62,7 +63,7 @@ __global__ void map_kernel(F f, int64_t n) {
 template <class F>
 void launch_map(const F& f, int64_t n, cudaStream_t s, const char* name) {
   if (n <= 0) return;
-  map_kernel<<<grid_for(n, kThreads), kThreads, 0, s>>>(f, n);
+  PTOOL_LAUNCH(map_kernel, grid_for(n, kThreads), kThreads, 0, s)(f, n);
   PTOOL_CUDA_LAUNCHED(name, s);
 }
 
@@ -212,11 +213,11 @@ void launch_colreduce(const F& f, int64_t N, int64_t C, int64_t group, float* ou
   }
   const ColPlan p = col_plan(N, C);
   auto* partial = static_cast<double*>(ws.get(static_cast<size_t>(p.chunks * F::kOut * C) * sizeof(double)));
-  colreduce_kernel<<<dim3(p.colblocks, static_cast<unsigned>(p.chunks)), 256, 0, s>>>(f, N, C, p.rows_per_chunk,
-                                                                                     partial);
+  PTOOL_LAUNCH(colreduce_kernel, dim3(p.colblocks, static_cast<unsigned>(p.chunks)), 256, 0, s)(
+      f, N, C, p.rows_per_chunk, partial);
   PTOOL_CUDA_LAUNCHED(name, s);
-  colreduce_finalize<F::kOut>
-      <<<dim3(static_cast<unsigned>(C / group), F::kOut), 256, 0, s>>>(partial, p.chunks, C, group, out0, out1);
+  PTOOL_LAUNCH(colreduce_finalize<F::kOut>, dim3(static_cast<unsigned>(C / group), F::kOut), 256, 0, s)(
+      partial, p.chunks, C, group, out0, out1);
   PTOOL_CUDA_LAUNCHED(name, s);
 }
 
@@ -667,7 +668,7 @@ void launch_embedding_backward_sorted(const float* dout, const int32_t* tokens, 
   launch_map(IotaF{pos_in}, N, s, "embedding_backward (iota)");
   PTOOL_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, tokens, keys, pos_in, pos, n, 0, 32, s));
   const int threads = D >= 256 ? 256 : D >= 128 ? 128 : D >= 64 ? 64 : 32;
-  embed_bwd_segments<<<static_cast<unsigned>(std::min<int64_t>(N, int64_t{1} << 20)), threads, 0, s>>>(
+  PTOOL_LAUNCH(embed_bwd_segments, static_cast<unsigned>(std::min<int64_t>(N, int64_t{1} << 20)), threads, 0, s)(
       dout, keys, pos, N, D, dtable);
   PTOOL_CUDA_LAUNCHED("embedding_backward (segments)", s);
 }
@@ -675,14 +676,14 @@ void launch_embedding_backward_sorted(const float* dout, const int32_t* tokens, 
 void launch_rmsnorm_forward(const float* x, int64_t N, int64_t D, float eps, float* out, float* rstd,
                             cudaStream_t s) {
   if (N <= 0) return;
-  rmsnorm_fwd_kernel<<<row_warps_grid(N), 256, 0, s>>>(x, N, D, eps, out, rstd);
+  PTOOL_LAUNCH(rmsnorm_fwd_kernel, row_warps_grid(N), 256, 0, s)(x, N, D, eps, out, rstd);
   PTOOL_CUDA_LAUNCHED("rmsnorm_forward", s);
 }
 
 void launch_rmsnorm_backward(const float* dout, const float* x, const float* rstd, int64_t N, int64_t D,
                              float* dx_acc, cudaStream_t s) {
   if (N <= 0 || dx_acc == nullptr) return;
-  rmsnorm_bwd_kernel<<<row_warps_grid(N), 256, 0, s>>>(dout, x, rstd, N, D, dx_acc);
+  PTOOL_LAUNCH(rmsnorm_bwd_kernel, row_warps_grid(N), 256, 0, s)(dout, x, rstd, N, D, dx_acc);
   PTOOL_CUDA_LAUNCHED("rmsnorm_backward", s);
 }
 
@@ -786,7 +787,7 @@ void launch_softcap_cross_entropy(const float* z, const int32_t* targets, int64_
                                   cudaStream_t s) {
   if (N <= 0) return;
   const unsigned grid = static_cast<unsigned>(std::min<int64_t>(N, int64_t{1} << 20));
-  softcap_ce_kernel<256><<<grid, 256, 0, s>>>(z, targets, N, V, cap, losses_dev, bad_row, dz, grad_scale);
+  PTOOL_LAUNCH(softcap_ce_kernel<256>, grid, 256, 0, s)(z, targets, N, V, cap, losses_dev, bad_row, dz, grad_scale);
   PTOOL_CUDA_LAUNCHED("softcap_cross_entropy", s);
 }
 
@@ -807,7 +808,7 @@ __global__ void sum_into_kernel(const double* x, int64_t n, double* acc) {
 
 void launch_sum_into(const double* x, int64_t n, double* acc, cudaStream_t s) {
   if (n <= 0) return;
-  sum_into_kernel<<<1, 1024, 0, s>>>(x, n, acc);
+  PTOOL_LAUNCH(sum_into_kernel, 1, 1024, 0, s)(x, n, acc);
   PTOOL_CUDA_LAUNCHED("sum_into", s);
 }
 

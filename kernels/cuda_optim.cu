@@ -20,6 +20,7 @@
 #include <cstdint>
 
 #include "kernels/cuda_internal.h"
+#include "kernels/cuda_launch.h"
 #include "kernels/cuda_optim_internal.h"
 
 namespace ptool::cuda {
@@ -60,7 +61,7 @@ __global__ void map_kernel(F f, size_t n) {
 template <class F>
 void map(const char* name, F f, size_t n, cudaStream_t s) {
   if (n == 0) return;
-  map_kernel<<<grid_for(n), kThreads, 0, s>>>(f, n);
+  PTOOL_LAUNCH(map_kernel, grid_for(n), kThreads, 0, s)(f, n);
   PTOOL_CUDA_LAUNCHED(name, s);
 }
 
@@ -283,14 +284,14 @@ int sumsq_chunks(size_t n) { return static_cast<int>(std::max<size_t>(1, (n + kS
 
 void launch_sumsq_partials(const float* x, size_t n, int64_t nb, bool bf16_inputs, double* partials, cudaStream_t s) {
   if (nb <= 0) return;
-  sumsq_partials_kernel<<<dim3(sumsq_chunks(n), static_cast<unsigned>(nb)), kThreads, 0, s>>>(x, n, bf16_inputs,
-                                                                                              partials);
+  PTOOL_LAUNCH(sumsq_partials_kernel, dim3(sumsq_chunks(n), static_cast<unsigned>(nb)), kThreads, 0, s)(
+      x, n, bf16_inputs, partials);
   PTOOL_CUDA_LAUNCHED("sumsq_partials", s);
 }
 
 void launch_sumsq_finalize(const double* partials, int chunks, int64_t nb, double* ss, cudaStream_t s) {
   if (nb <= 0) return;
-  sumsq_finalize_kernel<<<static_cast<unsigned>(nb), kThreads, 0, s>>>(partials, chunks, ss);
+  PTOOL_LAUNCH(sumsq_finalize_kernel, static_cast<unsigned>(nb), kThreads, 0, s)(partials, chunks, ss);
   PTOOL_CUDA_LAUNCHED("sumsq_finalize", s);
 }
 
@@ -301,7 +302,7 @@ void launch_muon_momentum(const int64_t* offs, int64_t nb, size_t n, const float
 
 void launch_row_normalize(float* U, int64_t nrows, int64_t cols, cudaStream_t s) {
   if (nrows <= 0) return;
-  row_normalize_kernel<<<static_cast<unsigned>(nrows), kThreads, 0, s>>>(U, cols);
+  PTOOL_LAUNCH(row_normalize_kernel, static_cast<unsigned>(nrows), kThreads, 0, s)(U, cols);
   PTOOL_CUDA_LAUNCHED("row_normalize", s);
 }
 
@@ -311,9 +312,10 @@ void launch_ns_pack(const float* U, const double* ss, int64_t nb, int64_t rows, 
                   static_cast<unsigned>(nb));
   const dim3 block(kTile, kTileRows);
   if (bf16)
-    ns_pack_kernel<<<grid, block, 0, s>>>(U, ss, rows, cols, eps, true, rows > cols, static_cast<__nv_bfloat16*>(X));
+    PTOOL_LAUNCH(ns_pack_kernel, grid, block, 0, s)(
+        U, ss, rows, cols, eps, true, rows > cols, static_cast<__nv_bfloat16*>(X));
   else
-    ns_pack_kernel<<<grid, block, 0, s>>>(U, ss, rows, cols, eps, false, rows > cols, static_cast<float*>(X));
+    PTOOL_LAUNCH(ns_pack_kernel, grid, block, 0, s)(U, ss, rows, cols, eps, false, rows > cols, static_cast<float*>(X));
   PTOOL_CUDA_LAUNCHED("ns_pack", s);
 }
 
@@ -323,18 +325,18 @@ void launch_muon_apply(const void* X, bool bf16, int64_t nb, int64_t rows, int64
                   static_cast<unsigned>(nb));
   const dim3 block(kTile, kTileRows);
   if (bf16)
-    muon_apply_kernel<<<grid, block, 0, s>>>(static_cast<const __nv_bfloat16*>(X), rows, cols, rows > cols, offs,
-                                             scale, true, lr, decay, apply_decay, W);
+    PTOOL_LAUNCH(muon_apply_kernel, grid, block, 0, s)(
+        static_cast<const __nv_bfloat16*>(X), rows, cols, rows > cols, offs, scale, true, lr, decay, apply_decay, W);
   else
-    muon_apply_kernel<<<grid, block, 0, s>>>(static_cast<const float*>(X), rows, cols, rows > cols, offs, scale,
-                                             false, lr, decay, apply_decay, W);
+    PTOOL_LAUNCH(muon_apply_kernel, grid, block, 0, s)(
+        static_cast<const float*>(X), rows, cols, rows > cols, offs, scale, false, lr, decay, apply_decay, W);
   PTOOL_CUDA_LAUNCHED("muon_apply", s);
 }
 
 void launch_adam(const AdamChunk* table, int64_t nchunks, const AdamConsts& c, float* w, const float* g, float* m,
                  float* v, cudaStream_t s) {
   if (nchunks <= 0) return;
-  adam_kernel<<<static_cast<unsigned>(nchunks), kThreads, 0, s>>>(table, c, w, g, m, v);
+  PTOOL_LAUNCH(adam_kernel, static_cast<unsigned>(nchunks), kThreads, 0, s)(table, c, w, g, m, v);
   PTOOL_CUDA_LAUNCHED("adam", s);
 }
 
@@ -352,7 +354,7 @@ void launch_swa(float* sum, const float* w, size_t n, bool first, cudaStream_t s
 
 void launch_fake_quantize_rows(const float* W, int64_t rows, int64_t cols, int bits, float* out, cudaStream_t s) {
   if (rows <= 0 || cols <= 0) return;
-  fake_quant_kernel<<<static_cast<unsigned>(rows), kThreads, 0, s>>>(W, cols, (1 << (bits - 1)) - 1, out);
+  PTOOL_LAUNCH(fake_quant_kernel, static_cast<unsigned>(rows), kThreads, 0, s)(W, cols, (1 << (bits - 1)) - 1, out);
   PTOOL_CUDA_LAUNCHED("fake_quantize_rows", s);
 }
 

@@ -1,6 +1,6 @@
-// Helpers shared by the bf16 flash attention tests (test_cuda_flash_mma.cpp on a GPU, test_flash_mma_emulated.cpp
-// on the host emulator): random inputs, element-wise checks that print the share of their tolerance used, and
-// the error scale of the bf16 kernels.
+// Helpers of the bf16 flash attention tests (test_cuda_flash_mma.cpp, on a GPU or on the host emulator): random
+// inputs, element-wise checks that print the share of their tolerance used, and the error scale of the bf16
+// kernels.
 //
 // Tolerances. The kernels round Q, K, V, dO, P and dS to bf16 (8 significant bits: relative rounding error up to
 // 2^-8, rms ~2.3e-3) and sum in fp32, so an output element that sums terms x_j is off by ~2.3e-3 * M with

@@ -177,7 +177,7 @@ TEST_CASE("cuda flash: other head dims keep the fp32 kernels; the launchers refu
                   std::invalid_argument);
 }
 
-TEST_CASE("cuda flash: timing at the baseline shape (printed, not asserted)", "[gpu]") {
+TEST_CASE("cuda flash: timing at the baseline shape (printed, not asserted)", "[gpu][timing]") {
   SKIP_WITHOUT_GPU();
   // B * T = 65,536 tokens, 8 heads, 4 kv heads, head dim 64, T 1024. Causal FLOPs as FlashAttention counts
   // them: forward 4 B H T^2 hd / 2, backward 2.5 x that.

@@ -1,0 +1,762 @@
+// cuemu: the scheduler that runs CUDA threads as fibers, the device built-ins it backs, and the runtime API on
+// host memory. See kernels/emu/cuemu.h for what is emulated and checked.
+#include "kernels/emu/cuemu.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <set>
+#include <vector>
+
+#include "kernels/emu/include/cuda_runtime_api.h"
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/common_interface_defs.h>
+#define CUEMU_ASAN 1
+#else
+#define CUEMU_ASAN 0
+#endif
+
+// Stack switching (x86-64 System V): saves the callee-saved registers on the current stack, stores its stack
+// pointer in *save_sp, and resumes the stack `next_sp` saved the same way. A few instructions, where swapcontext
+// would also make a sigprocmask system call at every switch. MXCSR and the x87 control word are left alone:
+// nothing in the emulator or the kernels changes them.
+extern "C" void cuemu_switch_stack(void** save_sp, void* next_sp);
+asm(R"(
+  .text
+  .globl cuemu_switch_stack
+  .type cuemu_switch_stack, @function
+cuemu_switch_stack:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size cuemu_switch_stack, .-cuemu_switch_stack
+  .section .note.GNU-stack, "", @progbits
+  .text
+)");
+
+uint3 threadIdx{0, 0, 0}, blockIdx{0, 0, 0};
+dim3 blockDim, gridDim;
+
+namespace cuemu {
+namespace {
+
+constexpr size_t kStackBytes = size_t{256} << 10;  // per CUDA thread; kernels keep small register-like arrays
+constexpr size_t kDefaultSmem = size_t{48} << 10;
+constexpr size_t kMaxSmemOptin = size_t{227} << 10;  // H100
+
+// ---- errors ------------------------------------------------------------------------------------------------------
+cudaError_t g_last_error = cudaSuccess;
+cudaError_t g_detail_error = cudaSuccess;  // the error g_error_detail describes
+std::string g_error_detail;
+
+cudaError_t fail(cudaError_t e, const std::string& detail) {
+  g_last_error = e;
+  g_detail_error = e;
+  g_error_detail = "cuemu: " + detail;
+  std::fprintf(stderr, "%s\n", g_error_detail.c_str());
+  return e;
+}
+
+// ---- memory --------------------------------------------------------------------------------------------------------
+std::mutex g_mem_mutex;
+std::map<uintptr_t, size_t> g_device;  // base -> bytes
+std::set<uintptr_t> g_pinned;
+size_t g_device_bytes = 0;
+
+bool in_device(const void* p, size_t bytes) {
+  if (p == nullptr) return false;
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  std::lock_guard<std::mutex> lock(g_mem_mutex);
+  auto it = g_device.upper_bound(a);
+  if (it == g_device.begin()) return false;
+  --it;
+  return a >= it->first && a - it->first <= it->second && bytes <= it->second - (a - it->first);
+}
+bool touches_device(const void* p) { return in_device(p, 1); }
+
+// ---- fibers ---------------------------------------------------------------------------------------------------------
+struct Fiber {
+  void* sp = nullptr;  // saved stack pointer while switched out
+  std::unique_ptr<char[]> stack;
+  uint3 tid{};
+  int warp = 0, lane = 0;
+  bool done = false;
+  void* fake_stack = nullptr;  // ASan's bookkeeping of this fiber's stack
+};
+
+struct Warp {
+  int live = 0, arrived = 0;
+  uint64_t gen = 1;
+  // Two of each, used alternately by successive warp operations (by barrier generation): a lane that is
+  // ahead writes the next operation's copy while the others still read this one, so one barrier per
+  // operation suffices.
+  alignas(16) unsigned char slot[2][32][16];
+  const uint16_t* rows[2][32];
+  uint32_t a[2][32][4], b[2][32][2];
+  uint64_t stamp[2][32] = {};  // the generation in which each lane last wrote each copy; gen starts at 1
+};
+
+struct Cta {
+  int live = 0, arrived = 0;
+  uint64_t gen = 0;
+  uint64_t progress = 0;
+  std::vector<Warp> warps;
+};
+
+struct Scheduler {
+  void* sched_sp = nullptr;
+  void* sched_fake = nullptr;
+  const void* sched_stack_bottom = nullptr;
+  size_t sched_stack_size = 0;
+  std::vector<std::unique_ptr<Fiber>> fibers;
+  Cta cta;
+  int current = -1;
+  void (*body)(void*) = nullptr;
+  void* body_ctx = nullptr;
+  const char* kernel = "";
+  std::string device_error;  // the first error of this launch
+  std::vector<unsigned char> smem;
+};
+
+std::recursive_mutex g_launch_mutex;  // one grid at a time, whatever OS thread launches it
+Scheduler g_s;
+size_t g_max_smem_optin = 0;
+
+Fiber& cur() { return *g_s.fibers[static_cast<size_t>(g_s.current)]; }
+
+void switch_to_scheduler(Fiber& f, bool exiting) {
+#if CUEMU_ASAN
+  __sanitizer_start_switch_fiber(exiting ? nullptr : &f.fake_stack, g_s.sched_stack_bottom, g_s.sched_stack_size);
+#else
+  (void)exiting;
+#endif
+  cuemu_switch_stack(&f.sp, g_s.sched_sp);
+#if CUEMU_ASAN
+  __sanitizer_finish_switch_fiber(f.fake_stack, nullptr, nullptr);
+#endif
+}
+
+void yield() { switch_to_scheduler(cur(), false); }
+
+void fiber_main() {
+#if CUEMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &g_s.sched_stack_bottom, &g_s.sched_stack_size);
+#endif
+  g_s.body(g_s.body_ctx);
+  Fiber& f = cur();
+  f.done = true;
+  Cta& c = g_s.cta;
+  Warp& w = c.warps[static_cast<size_t>(f.warp)];
+  --c.live;
+  --w.live;
+  ++c.progress;
+  // An exited thread no longer holds back the barriers it would have met.
+  if (c.arrived > 0 && c.arrived == c.live) {
+    c.arrived = 0;
+    ++c.gen;
+  }
+  if (w.arrived > 0 && w.arrived == w.live) {
+    w.arrived = 0;
+    ++w.gen;
+  }
+  switch_to_scheduler(f, true);
+  std::abort();  // a finished fiber is never resumed
+}
+
+void resume(int i) {
+  Fiber& f = *g_s.fibers[static_cast<size_t>(i)];
+  g_s.current = i;
+  threadIdx = f.tid;
+#if CUEMU_ASAN
+  __sanitizer_start_switch_fiber(&g_s.sched_fake, f.stack.get(), kStackBytes);
+#endif
+  cuemu_switch_stack(&g_s.sched_sp, f.sp);
+#if CUEMU_ASAN
+  __sanitizer_finish_switch_fiber(g_s.sched_fake, nullptr, nullptr);
+#endif
+}
+
+std::string coords(const uint3& t) {
+  return "block (" + std::to_string(blockIdx.x) + "," + std::to_string(blockIdx.y) + "," +
+         std::to_string(blockIdx.z) + ") thread (" + std::to_string(t.x) + "," + std::to_string(t.y) + "," +
+         std::to_string(t.z) + ")";
+}
+
+void record_device_error(const std::string& what) {
+  if (g_s.device_error.empty())
+    g_s.device_error = std::string("kernel ") + g_s.kernel + ": " + coords(cur().tid) + ": " + what;
+}
+
+void warp_barrier() {
+  Warp& w = g_s.cta.warps[static_cast<size_t>(cur().warp)];
+  const uint64_t gen = w.gen;
+  ++w.arrived;
+  ++g_s.cta.progress;
+  if (w.arrived == w.live) {
+    w.arrived = 0;
+    ++w.gen;
+    return;
+  }
+  while (w.gen == gen) yield();
+}
+
+// Whether lane src took part in the warp operation that wrote copy `buf` in generation `gen`.
+bool valid_lane(int src, uint64_t buf, uint64_t gen) {
+  const Warp& w = g_s.cta.warps[static_cast<size_t>(cur().warp)];
+  const int lanes = static_cast<int>(std::min<size_t>(32, g_s.fibers.size() - static_cast<size_t>(cur().warp) * 32));
+  if (src < 0 || src >= lanes || w.stamp[buf][src] != gen) {
+    record_device_error("warp operation reads lane " + std::to_string(src) + ", which " +
+                        (src >= 0 && src < lanes ? "has exited or is elsewhere" : "does not exist"));
+    return false;
+  }
+  return true;
+}
+
+// Publishes this lane's part of a warp operation: returns the copy to use and the generation to check against.
+std::pair<uint64_t, uint64_t> begin_warp_op(Warp& w, int lane) {
+  const uint64_t gen = w.gen, buf = gen & 1;
+  w.stamp[buf][lane] = gen;
+  return {buf, gen};
+}
+
+// A fresh stack that cuemu_switch_stack resumes into fiber_main, as if fiber_main had just been called.
+void* initial_stack(char* base) {
+  auto* top = reinterpret_cast<uint64_t*>((reinterpret_cast<uintptr_t>(base) + kStackBytes) & ~uintptr_t{15});
+  *--top = 0;                                           // fiber_main's return address: it never returns
+  *--top = reinterpret_cast<uint64_t>(&fiber_main);     // popped by cuemu_switch_stack's ret
+  for (int i = 0; i < 6; ++i) *--top = 0;               // rbp, rbx, r12-r15
+  return top;
+}
+
+// Runs one CTA to completion; returns false (with g_s.device_error set) on a deadlock.
+bool run_cta(unsigned nthreads) {
+  // Barrier generations keep counting across CTAs, so no warp-operation stamp of an earlier CTA can match.
+  Cta& c = g_s.cta;
+  c.live = static_cast<int>(nthreads);
+  c.arrived = 0;
+  c.progress = 0;
+  const size_t nwarps = (nthreads + 31) / 32;
+  if (c.warps.size() < nwarps) c.warps.resize(nwarps);
+  for (size_t w = 0; w < nwarps; ++w) {
+    c.warps[w].live = static_cast<int>(std::min<size_t>(32, nthreads - w * 32));
+    c.warps[w].arrived = 0;
+  }
+  std::memset(g_s.smem.data(), 0xff, g_s.smem.size());
+  for (unsigned i = 0; i < nthreads; ++i) {
+    Fiber& f = *g_s.fibers[i];
+    f.done = false;
+    f.fake_stack = nullptr;
+    f.sp = initial_stack(f.stack.get());
+  }
+  while (c.live > 0) {
+    const uint64_t before = c.progress;
+    for (unsigned i = 0; i < nthreads; ++i)
+      if (!g_s.fibers[i]->done) resume(static_cast<int>(i));
+    if (c.live > 0 && c.progress == before) {
+      int waiting_block = c.arrived, waiting_warp = 0;
+      for (const Warp& w : c.warps) waiting_warp += w.arrived;
+      g_s.device_error = std::string("kernel ") + g_s.kernel + ": deadlock in block (" + std::to_string(blockIdx.x) +
+                         "," + std::to_string(blockIdx.y) + "," + std::to_string(blockIdx.z) + "): " +
+                         std::to_string(c.live) + " live threads, " + std::to_string(waiting_block) +
+                         " waiting at __syncthreads, " + std::to_string(waiting_warp) +
+                         " at warp-level operations whose lanes are elsewhere";
+      return false;
+    }
+  }
+  return g_s.device_error.empty();
+}
+
+void ensure_fibers(unsigned n) {
+  while (g_s.fibers.size() < n) {
+    g_s.fibers.push_back(std::make_unique<Fiber>());
+    Fiber& f = *g_s.fibers.back();
+    f.stack.reset(new char[kStackBytes]);
+  }
+}
+
+}  // namespace
+
+// ---- built-ins ------------------------------------------------------------------------------------------------------
+
+void syncthreads() {
+  Cta& c = g_s.cta;
+  const uint64_t gen = c.gen;
+  ++c.arrived;
+  ++c.progress;
+  if (c.arrived == c.live) {
+    c.arrived = 0;
+    ++c.gen;
+    return;
+  }
+  while (c.gen == gen) yield();
+}
+
+void syncwarp() { warp_barrier(); }
+
+int lane_id() { return cur().lane; }
+
+void warp_exchange(const void* mine, void* out, size_t bytes, int src_lane) {
+  Fiber& f = cur();
+  Warp& w = g_s.cta.warps[static_cast<size_t>(f.warp)];
+  const auto [buf, gen] = begin_warp_op(w, f.lane);
+  std::memcpy(w.slot[buf][f.lane], mine, bytes);
+  warp_barrier();
+  if (valid_lane(src_lane, buf, gen))
+    std::memcpy(out, w.slot[buf][src_lane], bytes);
+  else
+    std::memset(out, 0, bytes);
+}
+
+void* dynamic_smem() { return g_s.smem.data(); }
+
+void device_error(const std::string& what) { record_device_error(what); }
+
+void ldmatrix_x4(uint32_t (&r)[4], const uint16_t* row, bool trans) {
+  Fiber& f = cur();
+  Warp& w = g_s.cta.warps[static_cast<size_t>(f.warp)];
+  const auto [buf, gen] = begin_warp_op(w, f.lane);
+  const uint16_t* const* rows = w.rows[buf];
+  w.rows[buf][f.lane] = row;
+  warp_barrier();
+  const int g = f.lane >> 2, t = f.lane & 3;
+  bool ok = true;
+  for (int i = 0; i < 32 && ok; ++i) ok = valid_lane(i, buf, gen);
+  for (int i = 0; i < 4; ++i) {
+    if (!ok) {
+      r[i] = 0;
+      continue;
+    }
+    uint16_t lo, hi;
+    if (trans) {
+      lo = rows[8 * i + 2 * t][g];
+      hi = rows[8 * i + 2 * t + 1][g];
+    } else {
+      lo = rows[8 * i + g][2 * t];
+      hi = rows[8 * i + g][2 * t + 1];
+    }
+    r[i] = lo | (static_cast<uint32_t>(hi) << 16);
+  }
+}
+
+void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  Fiber& f = cur();
+  Warp& w = g_s.cta.warps[static_cast<size_t>(f.warp)];
+  const auto [buf, gen] = begin_warp_op(w, f.lane);
+  std::memcpy(w.a[buf][f.lane], a, sizeof a);
+  w.b[buf][f.lane][0] = b0;
+  w.b[buf][f.lane][1] = b1;
+  warp_barrier();
+  bool ok = true;
+  for (int i = 0; i < 32 && ok; ++i) ok = valid_lane(i, buf, gen);
+  if (ok) {
+    // This lane's rows g, g + 8 of A come from lanes 4g..4g+3 (registers 0, 2 and 1, 3), its columns 2t, 2t + 1
+    // of B from lanes 4n..4n+3 with n the column (registers 0 and 1); k = 2t' + h (+ 8) of lane 4n + t'.
+    auto half = [](uint32_t v, int hi) { return bf16_bits_to_float(static_cast<uint16_t>(hi ? v >> 16 : v)); };
+    const int g = f.lane >> 2, t = f.lane & 3;
+    float A[2][16], B[2][16];
+    for (int tp = 0; tp < 4; ++tp)
+      for (int h = 0; h < 2; ++h) {
+        for (int i = 0; i < 2; ++i) {
+          const uint32_t* ar = w.a[buf][4 * g + tp];
+          A[i][2 * tp + h] = half(ar[i], h);
+          A[i][2 * tp + 8 + h] = half(ar[2 + i], h);
+          const uint32_t* br = w.b[buf][4 * (2 * t + i) + tp];
+          B[i][2 * tp + h] = half(br[0], h);
+          B[i][2 * tp + 8 + h] = half(br[1], h);
+        }
+      }
+    for (int i = 0; i < 4; ++i) {  // d = {(g, 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1)}
+      float acc = d[i];
+      for (int k = 0; k < 16; ++k) acc += A[i >> 1][k] * B[i & 1][k];
+      d[i] = acc;
+    }
+  }
+}
+
+// ---- launches -------------------------------------------------------------------------------------------------------
+
+void run_grid(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
+  const std::string name = cfg.name;
+  const uint64_t threads = uint64_t{cfg.block.x} * cfg.block.y * cfg.block.z;
+  if (cfg.grid.x == 0 || cfg.grid.y == 0 || cfg.grid.z == 0 || threads == 0) {
+    fail(cudaErrorInvalidConfiguration, "kernel " + name + ": empty grid or block (" + std::to_string(cfg.grid.x) +
+                                            "x" + std::to_string(cfg.grid.y) + "x" + std::to_string(cfg.grid.z) +
+                                            " blocks of " + std::to_string(threads) + " threads)");
+    return;
+  }
+  if (threads > 1024 || cfg.block.z > 64 || cfg.grid.y > 65535 || cfg.grid.z > 65535 ||
+      cfg.grid.x > 2147483647u) {
+    fail(cudaErrorInvalidConfiguration, "kernel " + name + ": launch exceeds the device's limits (" +
+                                            std::to_string(threads) + " threads per block, grid y " +
+                                            std::to_string(cfg.grid.y) + ", z " + std::to_string(cfg.grid.z) + ")");
+    return;
+  }
+  if (cfg.smem > kMaxSmemOptin || (cfg.smem > kDefaultSmem && cfg.smem > g_max_smem_optin)) {
+    fail(cudaErrorInvalidValue, "kernel " + name + ": " + std::to_string(cfg.smem) +
+                                    " bytes of dynamic shared memory need cudaFuncSetAttribute(" +
+                                    "cudaFuncAttributeMaxDynamicSharedMemorySize) first (at most " +
+                                    std::to_string(kMaxSmemOptin) + ")");
+    return;
+  }
+  std::lock_guard<std::recursive_mutex> lock(g_launch_mutex);
+  ensure_fibers(static_cast<unsigned>(threads));
+  g_s.body = body;
+  g_s.body_ctx = ctx;
+  g_s.kernel = cfg.name;
+  g_s.device_error.clear();
+  g_s.smem.assign((cfg.smem + 15) & ~size_t{15}, 0xff);
+  blockDim = cfg.block;
+  gridDim = cfg.grid;
+  for (unsigned i = 0; i < threads; ++i) {
+    Fiber& f = *g_s.fibers[i];
+    f.tid = uint3{i % cfg.block.x, (i / cfg.block.x) % cfg.block.y, i / (cfg.block.x * cfg.block.y)};
+    f.warp = static_cast<int>(i / 32);
+    f.lane = static_cast<int>(i % 32);
+  }
+  bool ok = true;
+  for (unsigned z = 0; z < cfg.grid.z && ok; ++z)
+    for (unsigned y = 0; y < cfg.grid.y && ok; ++y)
+      for (unsigned x = 0; x < cfg.grid.x && ok; ++x) {
+        blockIdx = uint3{x, y, z};
+        ok = run_cta(static_cast<unsigned>(threads));
+      }
+  g_s.current = -1;
+  if (!ok) fail(cudaErrorLaunchFailure, g_s.device_error);
+}
+
+bool enabled() {
+  const char* e = std::getenv("PTOOL_CUDA_EMULATOR");
+  return e != nullptr && std::string(e) == "1";
+}
+
+bool is_device_range(const void* p, size_t bytes) { return in_device(p, bytes); }
+
+// ---- bf16 / fp16 ----------------------------------------------------------------------------------------------------
+
+uint16_t float_to_bf16_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);  // quiet NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
+float bf16_bits_to_float(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+uint16_t float_to_half_bits(float f) {
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
+  const uint32_t ax = x & 0x7fffffffu;
+  if (ax > 0x7f800000u) return sign | 0x7e00u;   // NaN
+  if (ax >= 0x477ff000u) return sign | 0x7c00u;  // >= 65520 rounds to infinity
+  if (ax < 0x38800000u) {                        // below 2^-14: a multiple of 2^-24, scaled exactly
+    float a;
+    std::memcpy(&a, &ax, 4);
+    return sign | static_cast<uint16_t>(std::nearbyint(a * 16777216.0f));  // 1024 is the smallest normal
+  }
+  const uint32_t m = ax & 0x7fffffu;
+  uint32_t h = (((ax >> 23) - 127 + 15) << 10) | (m >> 13);
+  const uint32_t rem = m & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;  // carries into the exponent as it should
+  return sign | static_cast<uint16_t>(h);
+}
+
+float half_bits_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  float f;
+  if (e == 0) {
+    f = std::ldexp(static_cast<float>(m), -24);
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    u |= sign;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+  const uint32_t u = sign | (e == 31 ? (0xffu << 23) | (m << 13) : ((e - 15 + 127) << 23) | (m << 13));
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+}  // namespace cuemu
+
+// ---- the runtime API ------------------------------------------------------------------------------------------------
+
+using cuemu::fail;
+namespace {
+std::set<const void*> g_streams, g_events;
+std::mutex g_handles_mutex;
+
+bool valid_stream(cudaStream_t s) {
+  std::lock_guard<std::mutex> lock(g_handles_mutex);
+  return s == nullptr || g_streams.count(s) != 0;
+}
+}  // namespace
+
+cudaError_t cudaGetDeviceCount(int* count) {
+  if (count == nullptr) return fail(cudaErrorInvalidValue, "cudaGetDeviceCount: null pointer");
+  *count = cuemu::enabled() ? 1 : 0;
+  return *count ? cudaSuccess : cudaErrorNoDevice;
+}
+
+cudaError_t cudaSetDevice(int device) {
+  if (!cuemu::enabled() || device != 0) return fail(cudaErrorInvalidDevice, "cudaSetDevice: no such device");
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetDevice(int* device) {
+  if (device == nullptr) return fail(cudaErrorInvalidValue, "cudaGetDevice: null pointer");
+  *device = 0;
+  return cuemu::enabled() ? cudaSuccess : cudaErrorNoDevice;
+}
+
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  if (prop == nullptr) return fail(cudaErrorInvalidValue, "cudaGetDeviceProperties: null pointer");
+  if (!cuemu::enabled() || device != 0) return fail(cudaErrorInvalidDevice, "cudaGetDeviceProperties: no device");
+  *prop = cudaDeviceProp{};
+  std::snprintf(prop->name, sizeof prop->name, "cuemu (CUDA emulated on the host, H100 limits)");
+  prop->totalGlobalMem = size_t{80} << 30;
+  prop->sharedMemPerBlock = cuemu::kDefaultSmem;
+  prop->sharedMemPerBlockOptin = cuemu::kMaxSmemOptin;
+  prop->maxThreadsPerBlock = 1024;
+  prop->major = 9;
+  prop->minor = 0;
+  prop->multiProcessorCount = 132;
+  prop->warpSize = 32;
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
+  if (free_bytes == nullptr || total_bytes == nullptr) return fail(cudaErrorInvalidValue, "cudaMemGetInfo: null");
+  std::lock_guard<std::mutex> lock(cuemu::g_mem_mutex);
+  *total_bytes = size_t{80} << 30;
+  *free_bytes = *total_bytes - std::min(*total_bytes, cuemu::g_device_bytes);
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+
+cudaError_t cudaMalloc(void** p, size_t bytes) {
+  if (p == nullptr) return fail(cudaErrorInvalidValue, "cudaMalloc: null pointer");
+  *p = nullptr;
+  if (bytes == 0) return cudaSuccess;
+  void* m = ::operator new(bytes, std::align_val_t{256}, std::nothrow);
+  if (m == nullptr) return fail(cudaErrorMemoryAllocation, "cudaMalloc: out of memory");
+  std::lock_guard<std::mutex> lock(cuemu::g_mem_mutex);
+  cuemu::g_device[reinterpret_cast<uintptr_t>(m)] = bytes;
+  cuemu::g_device_bytes += bytes;
+  *p = m;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFree(void* p) {
+  if (p == nullptr) return cudaSuccess;
+  std::lock_guard<std::mutex> lock(cuemu::g_mem_mutex);
+  auto it = cuemu::g_device.find(reinterpret_cast<uintptr_t>(p));
+  if (it == cuemu::g_device.end()) return fail(cudaErrorInvalidValue, "cudaFree: not a device allocation");
+  cuemu::g_device_bytes -= it->second;
+  cuemu::g_device.erase(it);
+  ::operator delete(p, std::align_val_t{256});
+  return cudaSuccess;
+}
+
+cudaError_t cudaMallocHost(void** p, size_t bytes) {
+  if (p == nullptr) return fail(cudaErrorInvalidValue, "cudaMallocHost: null pointer");
+  *p = ::operator new(bytes ? bytes : 1, std::align_val_t{256}, std::nothrow);
+  if (*p == nullptr) return fail(cudaErrorMemoryAllocation, "cudaMallocHost: out of memory");
+  std::lock_guard<std::mutex> lock(cuemu::g_mem_mutex);
+  cuemu::g_pinned.insert(reinterpret_cast<uintptr_t>(*p));
+  return cudaSuccess;
+}
+
+cudaError_t cudaFreeHost(void* p) {
+  if (p == nullptr) return cudaSuccess;
+  std::lock_guard<std::mutex> lock(cuemu::g_mem_mutex);
+  if (cuemu::g_pinned.erase(reinterpret_cast<uintptr_t>(p)) == 0)
+    return fail(cudaErrorInvalidValue, "cudaFreeHost: not a cudaMallocHost allocation");
+  ::operator delete(p, std::align_val_t{256});
+  return cudaSuccess;
+}
+
+namespace {
+const char* kind_name(cudaMemcpyKind k) {
+  switch (k) {
+    case cudaMemcpyHostToHost: return "HostToHost";
+    case cudaMemcpyHostToDevice: return "HostToDevice";
+    case cudaMemcpyDeviceToHost: return "DeviceToHost";
+    case cudaMemcpyDeviceToDevice: return "DeviceToDevice";
+    case cudaMemcpyDefault: return "Default";
+  }
+  return "?";
+}
+
+// Each pointer must be device memory (the whole range) exactly when the direction says so.
+cudaError_t check_copy(const char* call, void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  if (bytes == 0) return cudaSuccess;
+  if (dst == nullptr || src == nullptr) return fail(cudaErrorInvalidValue, std::string(call) + ": null pointer");
+  const bool dst_dev = kind == cudaMemcpyDeviceToDevice || kind == cudaMemcpyHostToDevice;
+  const bool src_dev = kind == cudaMemcpyDeviceToDevice || kind == cudaMemcpyDeviceToHost;
+  if (kind == cudaMemcpyDefault) return cudaSuccess;
+  auto side = [&](const void* p, bool dev, const char* which) -> cudaError_t {
+    if (dev && !cuemu::in_device(p, bytes))
+      return fail(cudaErrorInvalidValue, std::string(call) + " (" + kind_name(kind) + ", " + std::to_string(bytes) +
+                                             " bytes): the " + which +
+                                             " is not inside one device allocation for the whole range");
+    if (!dev && cuemu::touches_device(p))
+      return fail(cudaErrorInvalidValue, std::string(call) + " (" + kind_name(kind) + "): the " + which +
+                                             " is device memory but the direction says host");
+    return cudaSuccess;
+  };
+  if (cudaError_t e = side(dst, dst_dev, "destination"); e != cudaSuccess) return e;
+  return side(src, src_dev, "source");
+}
+}  // namespace
+
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  return cudaMemcpyAsync(dst, src, bytes, kind, nullptr);
+}
+
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t s) {
+  if (!valid_stream(s)) return fail(cudaErrorInvalidResourceHandle, "cudaMemcpyAsync: unknown stream");
+  if (cudaError_t e = check_copy("cudaMemcpyAsync", dst, src, bytes, kind); e != cudaSuccess) return e;
+  if (bytes) std::memmove(dst, src, bytes);
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemset(void* p, int value, size_t bytes) { return cudaMemsetAsync(p, value, bytes, nullptr); }
+
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t s) {
+  if (!valid_stream(s)) return fail(cudaErrorInvalidResourceHandle, "cudaMemsetAsync: unknown stream");
+  if (bytes == 0) return cudaSuccess;
+  if (!cuemu::in_device(p, bytes))
+    return fail(cudaErrorInvalidValue, "cudaMemsetAsync: " + std::to_string(bytes) +
+                                           " bytes are not inside one device allocation");
+  std::memset(p, value, bytes);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags(s, cudaStreamDefault); }
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
+  if (s == nullptr) return fail(cudaErrorInvalidValue, "cudaStreamCreate: null pointer");
+  *s = reinterpret_cast<cudaStream_t>(new char);
+  std::lock_guard<std::mutex> lock(g_handles_mutex);
+  g_streams.insert(*s);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamDestroy(cudaStream_t s) {
+  std::lock_guard<std::mutex> lock(g_handles_mutex);
+  if (s == nullptr || g_streams.erase(s) == 0)
+    return fail(cudaErrorInvalidResourceHandle, "cudaStreamDestroy: unknown stream");
+  delete reinterpret_cast<char*>(s);
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  if (!valid_stream(s)) return fail(cudaErrorInvalidResourceHandle, "cudaStreamSynchronize: unknown stream");
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventCreate(cudaEvent_t* e) { return cudaEventCreateWithFlags(e, cudaEventDefault); }
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) {
+  if (e == nullptr) return fail(cudaErrorInvalidValue, "cudaEventCreate: null pointer");
+  *e = reinterpret_cast<cudaEvent_t>(new char);
+  std::lock_guard<std::mutex> lock(g_handles_mutex);
+  g_events.insert(*e);
+  return cudaSuccess;
+}
+
+namespace {
+bool valid_event(cudaEvent_t e) {
+  std::lock_guard<std::mutex> lock(g_handles_mutex);
+  return g_events.count(e) != 0;
+}
+}  // namespace
+
+cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  std::lock_guard<std::mutex> lock(g_handles_mutex);
+  if (g_events.erase(e) == 0) return fail(cudaErrorInvalidResourceHandle, "cudaEventDestroy: unknown event");
+  delete reinterpret_cast<char*>(e);
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+  if (!valid_event(e) || !valid_stream(s))
+    return fail(cudaErrorInvalidResourceHandle, "cudaEventRecord: unknown event or stream");
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  if (!valid_event(e)) return fail(cudaErrorInvalidResourceHandle, "cudaEventSynchronize: unknown event");
+  return cudaSuccess;
+}
+
+cudaError_t cudaStreamWaitEvent(cudaStream_t s, cudaEvent_t e, unsigned) {
+  if (!valid_event(e) || !valid_stream(s))
+    return fail(cudaErrorInvalidResourceHandle, "cudaStreamWaitEvent: unknown event or stream");
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetLastError() {
+  const cudaError_t e = cuemu::g_last_error;
+  cuemu::g_last_error = cudaSuccess;
+  return e;
+}
+
+cudaError_t cudaPeekAtLastError() { return cuemu::g_last_error; }
+
+const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
+    case cudaErrorInvalidMemcpyDirection: return "cudaErrorInvalidMemcpyDirection";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+  }
+  return "cudaErrorUnknown";
+}
+
+// The detail of the last failure when it is the error asked about (the emulator knows more than a code).
+const char* cudaGetErrorString(cudaError_t e) {
+  if (e == cudaErrorNoDevice) return "no CUDA-capable device is detected (cuemu: set PTOOL_CUDA_EMULATOR=1)";
+  if (e != cudaSuccess && e == cuemu::g_detail_error) return cuemu::g_error_detail.c_str();
+  return e == cudaSuccess ? "no error" : cudaGetErrorName(e);
+}
+
+cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
+  if (func == nullptr || attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 ||
+      static_cast<size_t>(value) > cuemu::kMaxSmemOptin)
+    return fail(cudaErrorInvalidValue, "cudaFuncSetAttribute: unsupported attribute or value " +
+                                           std::to_string(value));
+  cuemu::g_max_smem_optin = std::max(cuemu::g_max_smem_optin, static_cast<size_t>(value));
+  return cudaSuccess;
+}

@@ -1,0 +1,228 @@
+// The host emulator of CUDA (kernels/emu/cuemu.h): thread coordinates, barriers, warp operations, the checks it
+// makes of launches and copies, and its bf16/fp16 conversions. Kernels here are written as in kernels/*.cu.
+#include <cuda_runtime_api.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "kernels/cuda_launch.h"
+#include "src/quant/fp16.h"
+
+namespace {
+
+template <class T>
+struct DeviceArray {
+  T* p = nullptr;
+  size_t n;
+  explicit DeviceArray(size_t count) : n(count) { REQUIRE(cudaMalloc(&p, n * sizeof(T)) == cudaSuccess); }
+  ~DeviceArray() { cudaFree(p); }
+  std::vector<T> get() const {
+    std::vector<T> h(n);
+    REQUIRE(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost) == cudaSuccess);
+    return h;
+  }
+};
+
+__global__ void coords_kernel(int* out) {
+  const int block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+  const int thread = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+  out[block * blockDim.x * blockDim.y * blockDim.z + thread] = 1000 * block + thread;
+}
+
+// Reverses each block's slice through shared memory: correct only if the barrier separates writes and reads.
+__global__ void reverse_kernel(const int* in, int* out) {
+  __shared__ int tile[256];
+  const int base = blockIdx.x * blockDim.x;
+  tile[threadIdx.x] = in[base + threadIdx.x];
+  __syncthreads();
+  out[base + threadIdx.x] = tile[blockDim.x - 1 - threadIdx.x];
+}
+
+__global__ void warp_sum_kernel(const double* in, double* out) {
+  double v = in[threadIdx.x];
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  out[threadIdx.x] = v;
+}
+
+__global__ void deadlock_kernel() {
+  if (threadIdx.x == 0)
+    __syncwarp();
+  else
+    __syncthreads();
+}
+
+__global__ void early_exit_shuffle_kernel(float* out) {
+  if (threadIdx.x == 5) return;
+  out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.f, 1);
+}
+
+__global__ void dynamic_smem_kernel(float* out) {
+  PTOOL_DYNAMIC_SMEM(float, buf);
+  buf[threadIdx.x] = static_cast<float>(threadIdx.x);
+  __syncthreads();
+  out[threadIdx.x] = buf[(threadIdx.x + 1) % blockDim.x];
+}
+
+__global__ void unwritten_smem_kernel(float* out) {
+  PTOOL_DYNAMIC_SMEM(float, buf);
+  out[threadIdx.x] = buf[threadIdx.x];
+}
+
+std::string last_error_text() {
+  const cudaError_t e = cudaGetLastError();
+  return e == cudaSuccess ? std::string() : std::string(cudaGetErrorString(e));
+}
+
+}  // namespace
+
+TEST_CASE("cuemu: a kernel sees its grid and block coordinates") {
+  const dim3 grid(3, 2, 2), block(4, 3, 2);
+  const int threads = 24, blocks = 12;
+  DeviceArray<int> out(static_cast<size_t>(threads * blocks));
+  PTOOL_LAUNCH(coords_kernel, grid, block, 0, nullptr)(out.p);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  const std::vector<int> h = out.get();
+  for (int b = 0; b < blocks; ++b)
+    for (int t = 0; t < threads; ++t) REQUIRE(h[static_cast<size_t>(b * threads + t)] == 1000 * b + t);
+}
+
+TEST_CASE("cuemu: __syncthreads orders shared memory between the threads of a block") {
+  const int n = 4 * 256;
+  std::vector<int> in(n);
+  for (int i = 0; i < n; ++i) in[static_cast<size_t>(i)] = i * 7 + 1;
+  DeviceArray<int> din(n), dout(n);
+  REQUIRE(cudaMemcpy(din.p, in.data(), n * sizeof(int), cudaMemcpyHostToDevice) == cudaSuccess);
+  PTOOL_LAUNCH(reverse_kernel, 4, 256, 0, nullptr)(din.p, dout.p);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  const std::vector<int> h = dout.get();
+  for (int b = 0; b < 4; ++b)
+    for (int t = 0; t < 256; ++t)
+      REQUIRE(h[static_cast<size_t>(b * 256 + t)] == in[static_cast<size_t>(b * 256 + 255 - t)]);
+}
+
+TEST_CASE("cuemu: xor shuffles give every lane the warp's sum") {
+  std::vector<double> in(64);
+  for (int i = 0; i < 64; ++i) in[static_cast<size_t>(i)] = i;
+  DeviceArray<double> din(64), dout(64);
+  REQUIRE(cudaMemcpy(din.p, in.data(), sizeof(double) * 64, cudaMemcpyHostToDevice) == cudaSuccess);
+  PTOOL_LAUNCH(warp_sum_kernel, 1, 64, 0, nullptr)(din.p, dout.p);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  const std::vector<double> h = dout.get();
+  for (int i = 0; i < 32; ++i) CHECK(h[static_cast<size_t>(i)] == 496.0);   // 0 + ... + 31
+  for (int i = 32; i < 64; ++i) CHECK(h[static_cast<size_t>(i)] == 1520.0);  // 32 + ... + 63
+}
+
+TEST_CASE("cuemu: dynamic shared memory is per launch and starts as NaN") {
+  DeviceArray<float> out(128);
+  PTOOL_LAUNCH(dynamic_smem_kernel, 1, 128, 128 * sizeof(float), nullptr)(out.p);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  std::vector<float> h = out.get();
+  for (int i = 0; i < 128; ++i) CHECK(h[static_cast<size_t>(i)] == static_cast<float>((i + 1) % 128));
+  PTOOL_LAUNCH(unwritten_smem_kernel, 1, 128, 128 * sizeof(float), nullptr)(out.p);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  h = out.get();
+  for (float v : h) CHECK(std::isnan(v));
+}
+
+TEST_CASE("cuemu: a barrier that can never complete is reported as a deadlock") {
+  PTOOL_LAUNCH(deadlock_kernel, 1, 32, 0, nullptr)();
+  const std::string e = last_error_text();
+  INFO(e);
+  CHECK(e.find("deadlock") != std::string::npos);
+  CHECK(e.find("deadlock_kernel") != std::string::npos);
+}
+
+TEST_CASE("cuemu: a shuffle reading an exited lane fails the launch") {
+  DeviceArray<float> out(32);
+  PTOOL_LAUNCH(early_exit_shuffle_kernel, 1, 32, 0, nullptr)(out.p);
+  const std::string e = last_error_text();
+  INFO(e);
+  CHECK(e.find("lane 5, which has exited or is elsewhere") != std::string::npos);
+}
+
+TEST_CASE("cuemu: launch configurations the device refuses fail without running") {
+  DeviceArray<int> out(4096);
+  SECTION("an empty grid") {
+    PTOOL_LAUNCH(coords_kernel, 0, 32, 0, nullptr)(out.p);
+    CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
+  }
+  SECTION("more than 1024 threads per block") {
+    PTOOL_LAUNCH(coords_kernel, 1, 2048, 0, nullptr)(out.p);
+    CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
+  }
+  SECTION("grid y beyond 65535") {
+    PTOOL_LAUNCH(coords_kernel, dim3(1, 65536), 1, 0, nullptr)(out.p);
+    CHECK(cudaGetLastError() == cudaErrorInvalidConfiguration);
+  }
+  SECTION("more than 227 KiB of dynamic shared memory") {
+    PTOOL_LAUNCH(dynamic_smem_kernel, 1, 32, 228 << 10, nullptr)(reinterpret_cast<float*>(out.p));
+    CHECK(cudaGetLastError() == cudaErrorInvalidValue);
+  }
+  CHECK(cudaGetLastError() == cudaSuccess);  // reading the error cleared it
+}
+
+TEST_CASE("cuemu: copies must name device memory where the direction says device") {
+  DeviceArray<float> d(16);
+  std::vector<float> h(16, 1.f);
+  CHECK(cudaMemcpy(d.p, h.data(), 16 * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
+  CHECK(cudaMemcpy(h.data(), d.p, 16 * sizeof(float), cudaMemcpyHostToDevice) == cudaErrorInvalidValue);
+  CHECK(cudaMemcpy(d.p, h.data(), 17 * sizeof(float), cudaMemcpyHostToDevice) == cudaErrorInvalidValue);
+  CHECK(cudaMemcpy(d.p + 8, h.data(), 8 * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess);
+  CHECK(cudaMemcpy(h.data(), d.p, 16 * sizeof(float), cudaMemcpyDeviceToDevice) == cudaErrorInvalidValue);
+  CHECK(cudaMemsetAsync(d.p, 0, 64, nullptr) == cudaSuccess);
+  CHECK(cudaMemsetAsync(h.data(), 0, 64, nullptr) == cudaErrorInvalidValue);
+  CHECK(cudaFree(h.data()) == cudaErrorInvalidValue);
+  cudaGetLastError();
+}
+
+TEST_CASE("cuemu: the device exists only with PTOOL_CUDA_EMULATOR=1") {
+  const char* before = std::getenv("PTOOL_CUDA_EMULATOR");
+  const std::string saved = before ? before : "";
+  int count = -1;
+  setenv("PTOOL_CUDA_EMULATOR", "1", 1);
+  CHECK(cudaGetDeviceCount(&count) == cudaSuccess);
+  CHECK(count == 1);
+  unsetenv("PTOOL_CUDA_EMULATOR");
+  CHECK(cudaGetDeviceCount(&count) == cudaErrorNoDevice);
+  CHECK(count == 0);
+  if (before) setenv("PTOOL_CUDA_EMULATOR", saved.c_str(), 1);
+  cudaGetLastError();
+}
+
+TEST_CASE("cuemu: bf16 conversion rounds to nearest, ties to even") {
+  auto bits = [](float f) { return cuemu::float_to_bf16_bits(f); };
+  CHECK(bits(1.0f) == 0x3f80);
+  CHECK(bits(1.0f + 0x1p-8f) == 0x3f80);        // halfway, 0x3f80 is even
+  CHECK(bits(1.0f + 3 * 0x1p-8f) == 0x3f82);    // halfway, rounds up to even
+  CHECK(bits(1.0f + 0x1p-8f + 0x1p-20f) == 0x3f81);
+  CHECK(bits(-2.0f) == 0xc000);
+  CHECK(bits(3.4028235e38f) == 0x7f80);          // rounds to infinity
+  CHECK(std::isnan(cuemu::bf16_bits_to_float(bits(std::nanf("")))));
+}
+
+TEST_CASE("cuemu: fp16 conversion equals ptool's own (quant/fp16) on many floats") {
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<uint32_t> any;
+  const float edges[] = {0.f, -0.f, 65504.f, 65519.99f, 65520.f, 0x1p-24f, 0x1p-25f, 3 * 0x1p-26f, 0x1p-14f,
+                         0x1.ffcp-15f, 1e-8f, INFINITY, -INFINITY};
+  for (float f : edges) {
+    INFO(f);
+    CHECK(cuemu::float_to_half_bits(f) == ptool::quant::float_to_half(f));
+  }
+  for (int i = 0; i < 200000; ++i) {
+    uint32_t u = any(rng);
+    if (i % 2) u = (u & 0x807fffffu) | ((100u + u % 50u) << 23);  // half the samples near fp16's range
+    float f;
+    std::memcpy(&f, &u, 4);
+    if (std::isnan(f)) continue;
+    INFO(u);
+    REQUIRE(cuemu::float_to_half_bits(f) == ptool::quant::float_to_half(f));
+    const uint16_t h = static_cast<uint16_t>(u);
+    if ((h & 0x7c00u) != 0x7c00u) REQUIRE(cuemu::half_bits_to_float(h) == ptool::quant::half_to_float(h));
+  }
+}
