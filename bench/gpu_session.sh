@@ -25,11 +25,31 @@ LOG=$OUT/log.txt
 : >"$SUMMARY"
 : >"$LOG"
 
-# Common benchmark sizes and work: Muon + Adam on the GPU with bf16 Newton-Schulz as in the twin; the twin's batch (524,288 tokens; grad-accum 8, 16 for the 22-layer recurrent model to
-# stay inside 80 GB with fp32 activations), a 262,144-target sliding-window eval at stride 64, 32 windows a batch.
+# Common benchmark sizes and work: Muon + Adam on the GPU with bf16 Newton-Schulz as in the twin; the twin's batch
+# (524,288 tokens; grad-accum 8, 16 for the 22-layer recurrent model to stay inside 80 GB with fp32 activations), a
+# 262,144-target sliding-window eval at stride 64, 32 windows a batch.
+# SMOKE=1 shrinks every size so that the whole script runs on the host emulator in a few minutes
+# (scripts/dry_run_gpu_session.sh): it checks the commands and the summary, not the figures.
 RECURRENT=${RECURRENT:-hybrid_recurrent}
+SMOKE=${SMOKE:-0}
+BATCH=(--batch-tokens 524288)
 EVAL=(--eval-tokens 262144 --eval-stride 64 --eval-batch 32)
+BENCH_STEPS=(--steps 5 --warmup 2)
+TESTS="[gpu]"
+OPS=(--reps 10)
+TRAIN=(--batch-tokens 131072 --grad-accum 2 --steps 6 --val-tokens 32768)
+CALIB=(--calib-batches 2 --calib-batch-seqs 4)
 accum_of() { if [ "$1" = baseline ]; then echo 8; else echo 16; fi; }
+if [ "$SMOKE" = 1 ]; then
+  BATCH=(--batch-tokens 128 --seq-len 32)
+  EVAL=(--eval-tokens 256 --eval-stride 16 --eval-batch 2)
+  BENCH_STEPS=(--steps 1 --warmup 1)
+  TESTS="cuda: device and backend basics"
+  OPS=(--reps 1 --batch 1 --seq 64)
+  TRAIN=(--batch-tokens 128 --seq-len 32 --grad-accum 2 --steps 1 --val-tokens 256)
+  CALIB=(--calib-batches 1 --calib-batch-seqs 1 --calib-seq-len 32)
+  accum_of() { echo 2; }
+fi
 
 # step NAME LIMIT_S STDOUT_FILE CMD...: runs CMD under the smaller of LIMIT_S and the budget left.
 step() {
@@ -77,22 +97,23 @@ done
 } >>"$SUMMARY"
 
 bt() {  # bench_train for PRESET PRECISION LIMIT; if it fails (not by timeout), once more without the optimizer
-  local common=(--preset "$1" --device "cuda:$2" --batch-tokens 524288 --grad-accum "$(accum_of "$1")" "${EVAL[@]}")
-  step "bench_train $1 $2" "$3" "$OUT/bench_train.jsonl" "$BUILD/bench_train" "${common[@]}" --steps 5 --warmup 2 \
+  local common=(--preset "$1" --device "cuda:$2" "${BATCH[@]}" --grad-accum "$(accum_of "$1")" "${EVAL[@]}")
+  step "bench_train $1 $2" "$3" "$OUT/bench_train.jsonl" "$BUILD/bench_train" "${common[@]}" "${BENCH_STEPS[@]}" \
     --muon-bf16 --json
   local rc=$?
   if [ $rc != 0 ] && [ $rc != 124 ]; then
     step "bench_train $1 $2 --optimizer none" "$3" "$OUT/bench_train.jsonl" "$BUILD/bench_train" "${common[@]}" \
-      --steps 3 --warmup 1 --optimizer none --json
+      "${BENCH_STEPS[@]}" --optimizer none --json
   fi
 }
 twin() {  # torch_twin for PRESET
   step "torch_twin $1" "$2" "$OUT/torch_twin.jsonl" env PYTHONUNBUFFERED=1 python3 bench/torch_twin.py \
-    --preset "$1" --batch-tokens 524288 --grad-accum "$(accum_of "$1")" --steps 20 --eval-sliding "${EVAL[@]}" --json
+    --preset "$1" "${BATCH[@]}" --grad-accum "$(accum_of "$1")" --steps 20 --eval-sliding "${EVAL[@]}" --json
 }
 
 # ---- 1. correctness: every [gpu] test ---------------------------------------------------------------------------
-step "test_kernels [gpu]" 120 "$OUT/test_kernels.txt" sh -c '"$1" "[gpu]" --durations yes 2>&1' _ "$BUILD/test_kernels"
+step "test_kernels [gpu]" 120 "$OUT/test_kernels.txt" sh -c '"$1" "$2" --durations yes 2>&1' _ "$BUILD/test_kernels" \
+  "$TESTS"
 
 # ---- 2. ptool vs twin, fastest precisions first --------------------------------------------------------------
 bt baseline bf16 60
@@ -103,8 +124,8 @@ bt "$RECURRENT" tf32 90
 twin "$RECURRENT" 150
 
 # ---- 3. kernels alone, the trainer end to end, GPU calibration -----------------------------------------------
-step "bench_cuda_ops bf16" 40 "$OUT/bench_cuda_ops.jsonl" "$BUILD/bench_cuda_ops" --gemm bf16 --reps 10 --json
-step "bench_cuda_ops tf32" 40 "$OUT/bench_cuda_ops.jsonl" "$BUILD/bench_cuda_ops" --gemm tf32 --reps 10 --json
+step "bench_cuda_ops bf16" 40 "$OUT/bench_cuda_ops.jsonl" "$BUILD/bench_cuda_ops" --gemm bf16 "${OPS[@]}" --json
+step "bench_cuda_ops tf32" 40 "$OUT/bench_cuda_ops.jsonl" "$BUILD/bench_cuda_ops" --gemm tf32 "${OPS[@]}" --json
 T=$(mktemp -d)
 # A corpus of this repository's own text (no data travels): one document per paragraph.
 find . -path ./build\* -prune -o \( -name '*.md' -o -name '*.cpp' -o -name '*.h' -o -name '*.py' \) -type f -print0 |
@@ -113,9 +134,9 @@ step "ptool data shards" 30 "$OUT/ptool_train.txt" "$BUILD/ptool" data shards "$
   --tokenizer testdata/tiny_sp.model --out-dir "$T/shards" --prefix c --val-docs 300 --quiet
 step "ptool train baseline cuda" 90 "$OUT/ptool_train.txt" "$BUILD/ptool" train --device cuda --preset baseline \
   --train "$T/shards/c_train_*.bin" --val "$T/shards/c_val_*.bin" --tokenizer testdata/tiny_sp.model \
-  --batch-tokens 131072 --grad-accum 2 --steps 6 --val-tokens 32768 --log-every 1 --out "$T/m.ptc"
+  "${TRAIN[@]}" --log-every 1 --out "$T/m.ptc"
 step "ptool quantize gptq --device cuda" 60 "$OUT/ptool_train.txt" "$BUILD/ptool" quantize "$T/m.ptc" --preset gptq \
-  --calib "$T/shards/c_train_*.bin" --calib-batches 2 --calib-batch-seqs 4 --device cuda --dry-run
+  --calib "$T/shards/c_train_*.bin" "${CALIB[@]}" --device cuda --dry-run
 
 # ---- 4. the fp32 reference precision, if time is left --------------------------------------------------------
 bt baseline fp32 90

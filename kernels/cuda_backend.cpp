@@ -278,6 +278,18 @@ class CudaBackend final : public Backend<float> {
   void rope_backward(float* dx, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base) override {
     rope("rope_backward", dx, B, Tn, H, hd, rot, base, true);
   }
+  void qk_prep_forward(const float* raw, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base,
+                       bool norm, float eps, const float* gain, float* rstd, float* x, float* out) override {
+    const RopeTable* t = rope_table("qk_prep_forward", Tn, hd, rot, base);
+    cuda::launch_qk_prep_forward(raw, B * Tn * H, Tn, H, hd, t ? rot : 0, norm, eps, t ? t->cos_t : nullptr,
+                                 t ? t->sin_t : nullptr, gain, rstd, x, out, stream_);
+  }
+  void qk_prep_backward(float* d, const float* raw, const float* rstd, int64_t B, int64_t Tn, int64_t H, int64_t hd,
+                        int64_t rot, double base, bool norm, float* draw) override {
+    const RopeTable* t = rope_table("qk_prep_backward", Tn, hd, rot, base);
+    cuda::launch_qk_prep_backward(d, raw, rstd, B * Tn * H, Tn, H, hd, t ? rot : 0, norm, t ? t->cos_t : nullptr,
+                                  t ? t->sin_t : nullptr, draw, stream_);
+  }
   void attention_forward(const float* q, const float* k, const float* v, int64_t B, int64_t Tn, int64_t H,
                          int64_t Hkv, int64_t hd, float* out, float* lse) override {
     // bf16 GEMM precision: the tensor-core flash kernels (bf16 operands like the GEMMs); else the fp32 ones.
@@ -505,19 +517,19 @@ class CudaBackend final : public Backend<float> {
     return p;
   }
 
-  void rope(const char* op, float* x, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base,
-            bool inverse) {
+  // The cos/sin table for (Tn, rot, base), made once and kept; nullptr when there is nothing to rotate.
+  const RopeTable* rope_table(const char* op, int64_t Tn, int64_t hd, int64_t rot, double base) {
     if (rot < 0 || rot % 2 != 0 || rot > hd) {
       throw std::invalid_argument(std::string(op) + ": rotary dims " + std::to_string(rot) +
                                   " must be even and in [0, head_dim = " + std::to_string(hd) + "]");
     }
     if (!(base > 0.0)) throw std::invalid_argument(std::string(op) + ": base must be > 0, got " + std::to_string(base));
-    if (rot == 0 || B <= 0 || Tn <= 0 || H <= 0) return;
+    if (rot == 0 || Tn <= 0) return nullptr;
     uint64_t bits = 0;
     std::memcpy(&bits, &base, sizeof(bits));
     const auto key = std::make_tuple(Tn, rot, bits);
     auto it = rope_.find(key);
-    if (it == rope_.end()) {  // computed once per (T, rot, base) and kept
+    if (it == rope_.end()) {
       RopeTable t;
       const size_t n = static_cast<size_t>(Tn * (rot / 2));
       try {
@@ -531,7 +543,14 @@ class CudaBackend final : public Backend<float> {
       }
       it = rope_.emplace(key, t).first;
     }
-    cuda::launch_rope_apply(x, B, Tn, H, hd, rot, it->second.cos_t, it->second.sin_t, inverse, stream_);
+    return &it->second;
+  }
+
+  void rope(const char* op, float* x, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base,
+            bool inverse) {
+    const RopeTable* t = rope_table(op, Tn, hd, rot, base);
+    if (t == nullptr || B <= 0 || H <= 0) return;
+    cuda::launch_rope_apply(x, B, Tn, H, hd, rot, t->cos_t, t->sin_t, inverse, stream_);
   }
 
   CudaBackendOptions opt_;

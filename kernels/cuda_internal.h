@@ -100,6 +100,15 @@ void launch_rope_table(int64_t Tn, int64_t rot, double base, float* cos_t, float
 void launch_rope_apply(float* x, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, const float* cos_t,
                        const float* sin_t, bool inverse, cudaStream_t s);
 
+// RMSNorm (when norm), RoPE and the per-head gain (when gain) of Backend::qk_prep_forward over rows = B * Tn * H
+// head rows; cos/sin tables as launch_rope_table's for Tn and rot. And its backward (Backend::qk_prep_backward).
+void launch_qk_prep_forward(const float* raw, int64_t rows, int64_t Tn, int64_t H, int64_t hd, int64_t rot,
+                            bool norm, float eps, const float* cos_t, const float* sin_t, const float* gain,
+                            float* rstd, float* x, float* out, cudaStream_t s);
+void launch_qk_prep_backward(float* d, const float* raw, const float* rstd, int64_t rows, int64_t Tn, int64_t H,
+                             int64_t hd, int64_t rot, bool norm, const float* cos_t, const float* sin_t, float* draw,
+                             cudaStream_t s);
+
 void launch_activation_forward(bool leaky, const float* h, int64_t n, float* out, cudaStream_t s);
 void launch_activation_backward(bool leaky, const float* dout, const float* h, int64_t n, float* dh_acc,
                                 cudaStream_t s);

@@ -9,6 +9,8 @@
 //   accesses when the pointers allow. Memory-bound; no shared memory.
 // - RMSNorm forward/backward: one warp per row; sum of squares and the backward's dot product accumulate in
 //   double (as the CPU reference does), so rstd almost always matches it bit for bit.
+// - q/k preparation (QK RMSNorm, RoPE, q gain): the same per-row arithmetic fused into one warp-per-row kernel
+//   each way, so q and k are read once and written once instead of three times.
 // - Backward of the per-channel parameters (ds, dw, dg, dm, and the per-head dg): one fused pass that also does
 //   the element-wise input gradient, then a deterministic two-pass column reduction over the N rows: pass 1 has
 //   blocks of 32 columns x 8 row lanes over a fixed chunk of rows and writes double partial sums per chunk;
@@ -307,6 +309,83 @@ __global__ void __launch_bounds__(256) rmsnorm_bwd_kernel(const float* dout, con
 }
 
 unsigned row_warps_grid(int64_t rows) { return grid_for(rows, 8); }  // 8 warps (rows) per 256-thread block
+
+// ---- q/k preparation: RMSNorm, RoPE and the q gain in one pass ---------------------------------------------------
+// One warp per head row (row = (b * Tn + t) * H + h), the arithmetic of rmsnorm_fwd_kernel, RopeApplyF and
+// HeadScaleFwdF in that order. x may alias raw: every element is read before it is written, by the same lane.
+
+__global__ void __launch_bounds__(256) qk_prep_fwd_kernel(const float* raw, int64_t rows, int64_t Tn, int64_t H,
+                                                          int64_t hd, int64_t half, bool norm, float eps,
+                                                          const float* cos_t, const float* sin_t, const float* gain,
+                                                          float* rstd, float* x, float* out) {
+  const int lane = threadIdx.x & 31;
+  const int64_t wpb = blockDim.x >> 5;
+  const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
+  for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < rows; row += nwarps) {
+    const float* xr = raw + row * hd;
+    float r = 1.f;
+    if (norm) {  // uniform across the warp
+      double ss = 0.0;
+      for (int64_t d = lane; d < hd; d += 32) {
+        const double v = xr[d];
+        ss += v * v;
+      }
+      ss = warp_sum_d(ss);
+      r = static_cast<float>(1.0 / sqrt(ss / static_cast<double>(hd) + static_cast<double>(eps)));
+      if (lane == 0) rstd[row] = r;
+    }
+    const int64_t t = (row / H) % Tn;
+    const float g = gain ? gain[row % H] : 1.f;
+    float* xo = x + row * hd;
+    float* oo = gain ? out + row * hd : nullptr;
+    for (int64_t i = lane; i < half; i += 32) {
+      const float x1 = norm ? xr[i] * r : xr[i], x2 = norm ? xr[i + half] * r : xr[i + half];
+      const float c = cos_t[t * half + i], s = sin_t[t * half + i];
+      const float y1 = x1 * c + x2 * s, y2 = -x1 * s + x2 * c;
+      xo[i] = y1;
+      xo[i + half] = y2;
+      if (oo) {
+        oo[i] = g * y1;
+        oo[i + half] = g * y2;
+      }
+    }
+    for (int64_t d = 2 * half + lane; d < hd; d += 32) {  // dimensions past the rotary ones
+      const float v = norm ? xr[d] * r : xr[d];
+      xo[d] = v;
+      if (oo) oo[d] = g * v;
+    }
+  }
+}
+
+// Its backward: d is rotated back in place (RopeApplyF, inverse); with norm, the warp then reads the whole rotated
+// row and writes rmsnorm_bwd_kernel's dx into draw (overwriting it).
+__global__ void __launch_bounds__(256) qk_prep_bwd_kernel(float* d, const float* raw, const float* rstd, int64_t rows,
+                                                          int64_t Tn, int64_t H, int64_t hd, int64_t half, bool norm,
+                                                          const float* cos_t, const float* sin_t, float* draw) {
+  const int lane = threadIdx.x & 31;
+  const int64_t wpb = blockDim.x >> 5;
+  const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
+  for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < rows; row += nwarps) {
+    float* dr = d + row * hd;
+    const int64_t t = (row / H) % Tn;
+    for (int64_t i = lane; i < half; i += 32) {
+      const float c = cos_t[t * half + i], s = -sin_t[t * half + i];
+      const float x1 = dr[i], x2 = dr[i + half];
+      dr[i] = x1 * c + x2 * s;
+      dr[i + half] = -x1 * s + x2 * c;
+    }
+    if (!norm) continue;  // uniform across the warp
+    __syncwarp();         // the row's rotated elements were written by other lanes
+    const float* xr = raw + row * hd;
+    double dot = 0.0;
+    for (int64_t e = lane; e < hd; e += 32) dot += static_cast<double>(dr[e]) * static_cast<double>(xr[e]);
+    dot = warp_sum_d(dot);
+    const float r = rstd[row];
+    const float c = static_cast<float>(static_cast<double>(r) * r * r * dot / static_cast<double>(hd));
+    float* o = draw + row * hd;
+    for (int64_t e = lane; e < hd; e += 32) o[e] = r * dr[e] - c * xr[e];
+  }
+}
 
 // ---- scales -------------------------------------------------------------------------------------------------
 
@@ -725,6 +804,24 @@ void launch_rope_apply(float* x, int64_t B, int64_t Tn, int64_t H, int64_t hd, i
   if (half <= 0) return;
   launch_map(RopeApplyF{x, cos_t, sin_t, Tn, H, hd, half, inverse}, B * Tn * H * half, s,
              inverse ? "rope_backward" : "rope_forward");
+}
+
+void launch_qk_prep_forward(const float* raw, int64_t rows, int64_t Tn, int64_t H, int64_t hd, int64_t rot,
+                            bool norm, float eps, const float* cos_t, const float* sin_t, const float* gain,
+                            float* rstd, float* x, float* out, cudaStream_t s) {
+  if (rows <= 0 || hd <= 0) return;
+  PTOOL_LAUNCH(qk_prep_fwd_kernel, row_warps_grid(rows), 256, 0, s)(raw, rows, Tn, H, hd, rot / 2, norm, eps, cos_t,
+                                                                     sin_t, gain, rstd, x, out);
+  PTOOL_CUDA_LAUNCHED("qk_prep_forward", s);
+}
+
+void launch_qk_prep_backward(float* d, const float* raw, const float* rstd, int64_t rows, int64_t Tn, int64_t H,
+                             int64_t hd, int64_t rot, bool norm, const float* cos_t, const float* sin_t, float* draw,
+                             cudaStream_t s) {
+  if (rows <= 0 || hd <= 0 || (rot == 0 && !norm)) return;
+  PTOOL_LAUNCH(qk_prep_bwd_kernel, row_warps_grid(rows), 256, 0, s)(d, raw, rstd, rows, Tn, H, hd, rot / 2, norm,
+                                                                     cos_t, sin_t, draw);
+  PTOOL_CUDA_LAUNCHED("qk_prep_backward", s);
 }
 
 void launch_activation_forward(bool leaky, const float* h, int64_t n, float* out, cudaStream_t s) {

@@ -163,17 +163,12 @@ void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* x
   be_.linear_forward(a.h1.get(), P + w.c_q, N, D, D, a.q_raw.get());
   be_.linear_forward(a.h1.get(), P + w.c_k, N, D, KV, a.k_raw.get());
   be_.linear_forward(a.h1.get(), P + w.c_v, N, D, KV, a.v.get());
-  if (cfg_.qk_norm) {
-    be_.rmsnorm_forward(a.q_raw.get(), N * H, hd, rms_eps<T>(), a.q_rot.get(), a.rstd_q.get());
-    be_.rmsnorm_forward(a.k_raw.get(), N * Hkv, hd, rms_eps<T>(), a.k.get(), a.rstd_k.get());
-  } else {
-    be_.copy(a.q_rot.get(), a.q_raw.get(), N * D);
-    be_.copy(a.k.get(), a.k_raw.get(), N * KV);
-  }
   const double base = rope_base_at(Tn);
-  be_.rope_forward(a.q_rot.get(), B, Tn, H, hd, cfg_.rotary_dims(), base);
-  be_.rope_forward(a.k.get(), B, Tn, Hkv, hd, cfg_.rotary_dims(), base);
-  be_.head_scale_forward(a.q_rot.get(), P + s.q_gain, N, H, hd, a.q.get());
+  const int64_t rot = cfg_.rotary_dims();
+  be_.qk_prep_forward(a.q_raw.get(), B, Tn, H, hd, rot, base, cfg_.qk_norm, rms_eps<T>(), P + s.q_gain,
+                      a.rstd_q.get(), a.q_rot.get(), a.q.get());
+  be_.qk_prep_forward(a.k_raw.get(), B, Tn, Hkv, hd, rot, base, cfg_.qk_norm, rms_eps<T>(), nullptr, a.rstd_k.get(),
+                      a.k.get(), a.k.get());
   be_.attention_forward(a.q.get(), a.k.get(), a.v.get(), B, Tn, H, Hkv, hd, a.att.get(), a.lse.get());
   be_.linear_forward(a.att.get(), P + w.proj, N, D, D, a.o.get());
   be_.channel_scale_forward(a.o.get(), P + s.attn_scale, N, D, g_tmp_.get());
@@ -224,18 +219,13 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
   be_.zero(g_tmp_.get(), N * D);
   be_.head_scale_backward(g_q_.get(), a.q_rot.get(), P + s.q_gain, N, H, hd, g_tmp_.get(), G + s.q_gain);
   const double base = rope_base_at(Tn);
-  be_.rope_backward(g_tmp_.get(), B, Tn, H, hd, cfg_.rotary_dims(), base);
-  be_.rope_backward(g_k_.get(), B, Tn, Hkv, hd, cfg_.rotary_dims(), base);
-  T* gq_raw = g_tmp_.get();
-  T* gk_raw = g_k_.get();
-  if (cfg_.qk_norm) {
-    be_.zero(g_q_.get(), N * D);
-    be_.rmsnorm_backward(g_tmp_.get(), a.q_raw.get(), a.rstd_q.get(), N * H, hd, g_q_.get());
-    be_.zero(g_kraw_.get(), N * KV);
-    be_.rmsnorm_backward(g_k_.get(), a.k_raw.get(), a.rstd_k.get(), N * Hkv, hd, g_kraw_.get());
-    gq_raw = g_q_.get();
-    gk_raw = g_kraw_.get();
-  }
+  const int64_t rot = cfg_.rotary_dims();
+  be_.qk_prep_backward(g_tmp_.get(), a.q_raw.get(), a.rstd_q.get(), B, Tn, H, hd, rot, base, cfg_.qk_norm,
+                       g_q_.get());
+  be_.qk_prep_backward(g_k_.get(), a.k_raw.get(), a.rstd_k.get(), B, Tn, Hkv, hd, rot, base, cfg_.qk_norm,
+                       g_kraw_.get());
+  T* gq_raw = cfg_.qk_norm ? g_q_.get() : g_tmp_.get();
+  T* gk_raw = cfg_.qk_norm ? g_kraw_.get() : g_k_.get();
   be_.zero(g_h_.get(), N * D);
   be_.linear_backward(gq_raw, a.h1.get(), P + w.c_q, N, D, D, g_h_.get(), G + w.c_q);
   be_.linear_backward(gk_raw, a.h1.get(), P + w.c_k, N, D, KV, g_h_.get(), G + w.c_k);

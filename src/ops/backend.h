@@ -62,6 +62,30 @@ class Backend {
   virtual void resid_mix_forward(const T* x, const T* x0, const T* m, int64_t N, int64_t D, T* y) = 0;
   virtual void resid_mix_backward(const T* dy, const T* x, const T* x0, const T* m, int64_t N, int64_t D, T* dx,
                                   T* dx0, T* dm) = 0;
+  // Attention inputs from their projections, fused into one pass where a backend can: over [B, Tn, H, hd] rows,
+  // x = rope(norm ? rmsnorm(raw) : raw) (rstd per row when norm), then out = g[h] x when gain is given (q);
+  // without gain (k) out is x itself and must equal it. The default composes the ops above, in this order.
+  virtual void qk_prep_forward(const T* raw, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base,
+                               bool norm, T eps, const T* gain, T* rstd, T* x, T* out) {
+    const int64_t rows = B * Tn * H;
+    if (norm)
+      rmsnorm_forward(raw, rows, hd, eps, x, rstd);
+    else if (x != raw)
+      copy(x, raw, static_cast<size_t>(rows * hd));
+    rope_forward(x, B, Tn, H, hd, rot, base);
+    if (gain) head_scale_forward(x, gain, B * Tn, H, hd, out);
+  }
+  // Its backward from d = d/dx (after the gain's head_scale_backward; d is overwritten): back through the rotation,
+  // and with norm through the norm into draw (overwritten, not accumulated). Without norm the gradient of raw is d.
+  virtual void qk_prep_backward(T* d, const T* raw, const T* rstd, int64_t B, int64_t Tn, int64_t H, int64_t hd,
+                                int64_t rot, double base, bool norm, T* draw) {
+    rope_backward(d, B, Tn, H, hd, rot, base);
+    if (!norm) return;
+    const int64_t rows = B * Tn * H;
+    zero(draw, static_cast<size_t>(rows * hd));
+    rmsnorm_backward(d, raw, rstd, rows, hd, draw);
+  }
+
   // Per-token losses land in host memory (double); returns their sum.
   virtual double softcap_cross_entropy(const T* z, const int32_t* targets, int64_t N, int64_t V, T cap,
                                        double* losses_host, T* dz, T grad_scale) = 0;

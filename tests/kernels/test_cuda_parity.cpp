@@ -387,6 +387,49 @@ TEST_CASE("cuda: rope forward and backward (partial rotary dims)", "[gpu]") {
   CHECK_THROWS_AS(g->rope_forward(gx.p(), 1, 1, 1, 16, 18, 10000.0), std::invalid_argument);
 }
 
+TEST_CASE("cuda: fused q/k preparation (QK norm, partial rope, gain) matches the composed ops", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  auto g = gpu_backend();
+  std::mt19937_64 rng(31);
+  for (int it = 0; it < 12; ++it) {
+    const bool norm = it % 2 == 0, gain = it % 3 != 2;
+    const int64_t B = rand_int(rng, 1, 2), Tn = rand_int(rng, 1, 90), H = pick(rng, {1, 2, 4});
+    const int64_t hd = pick(rng, {16, 64, 128});
+    const int64_t rot = std::min<int64_t>(hd, pick(rng, {0, 8, 16, 64, 128}));
+    const double base = it % 2 ? 10000.0 : 500000.0;
+    const std::string shape = " B=" + std::to_string(B) + " T=" + std::to_string(Tn) + " H=" + std::to_string(H) +
+                              " hd=" + std::to_string(hd) + " rot=" + std::to_string(rot) + (norm ? " norm" : "") +
+                              (gain ? " gain" : "");
+    const size_t n = static_cast<size_t>(B * Tn * H * hd), rows = static_cast<size_t>(B * Tn * H);
+    const Vec raw = rand_vec(rng, n, -2.f, 2.f), gains = rand_vec(rng, static_cast<size_t>(H), 0.5f, 2.f);
+    const Vec dx = rand_vec(rng, n);
+    Vec rstd(rows), x(n), out(n), d = dx, draw(n, 7.f);
+    cpu->qk_prep_forward(raw.data(), B, Tn, H, hd, rot, base, norm, 1e-6f, gain ? gains.data() : nullptr,
+                         rstd.data(), x.data(), gain ? out.data() : x.data());
+    cpu->qk_prep_backward(d.data(), raw.data(), rstd.data(), B, Tn, H, hd, rot, base, norm, draw.data());
+    Dev graw(*g, raw), ggain(*g, gains), grstd(*g, Vec(rows)), gx(*g, Vec(n)), gout(*g, Vec(n)), gd(*g, dx);
+    Dev gdraw(*g, Vec(n, 7.f));
+    g->qk_prep_forward(graw.p(), B, Tn, H, hd, rot, base, norm, 1e-6f, gain ? ggain.p() : nullptr, grstd.p(), gx.p(),
+                       gain ? gout.p() : gx.p());
+    g->qk_prep_backward(gd.p(), graw.p(), grstd.p(), B, Tn, H, hd, rot, base, norm, gdraw.p());
+    check_close("qk_prep_forward x" + shape, gx.get(), x, 2e-6, 2e-6);
+    if (gain) check_close("qk_prep_forward out" + shape, gout.get(), out, 2e-6, 2e-6);
+    if (norm) check_close("qk_prep_forward rstd" + shape, grstd.get(), rstd, 0.0, 2e-6);
+    check_close("qk_prep_backward d (rotated back)" + shape, gd.get(), d, 2e-6, 0.0);
+    check_close("qk_prep_backward draw" + shape, gdraw.get(), draw, 1e-5, 1e-5);  // untouched without norm
+  }
+  // x may alias raw.
+  const Vec raw = rand_vec(rng, 2 * 5 * 2 * 64);
+  Vec x = raw, rstd(20);
+  cpu->qk_prep_forward(x.data(), 2, 5, 2, 64, 32, 10000.0, true, 1e-6f, nullptr, rstd.data(), x.data(), x.data());
+  Dev gx(*g, raw), grstd(*g, Vec(20));
+  g->qk_prep_forward(gx.p(), 2, 5, 2, 64, 32, 10000.0, true, 1e-6f, nullptr, grstd.p(), gx.p(), gx.p());
+  check_close("qk_prep_forward in place", gx.get(), x, 2e-6, 2e-6);
+  CHECK_THROWS_AS(g->qk_prep_forward(gx.p(), 1, 1, 1, 16, 3, 10000.0, false, 1e-6f, nullptr, nullptr, gx.p(), gx.p()),
+                  std::invalid_argument);
+}
+
 namespace {
 
 struct AttnShape {
