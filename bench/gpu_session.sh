@@ -60,6 +60,7 @@ step() {
     printf '%-48s skipped: budget spent\n' "$name" >>"$SUMMARY"
     return
   fi
+  [ "$SMOKE" = 1 ] && limit=$((limit * 5))  # the emulator is slow even at the smoke sizes
   [ "$limit" -gt "$left" ] && limit=$left
   echo "=== $name (limit ${limit}s): $*" >>"$LOG"
   local t0 rc

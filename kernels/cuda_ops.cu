@@ -270,6 +270,30 @@ __global__ void embed_bwd_segments(const float* dout, const int32_t* keys, const
 
 // ---- RMSNorm ------------------------------------------------------------------------------------------------
 
+// 1 / sqrt(mean(x^2) + eps) of one row, by the 32 lanes of a warp (every lane gets it); the sum in double.
+__device__ __forceinline__ float row_rstd(const float* xr, int64_t D, float eps, int lane) {
+  double ss = 0.0;
+  for (int64_t d = lane; d < D; d += 32) {
+    const double v = xr[d];
+    ss += v * v;
+  }
+  ss = warp_sum_d(ss);
+  return static_cast<float>(1.0 / sqrt(ss / static_cast<double>(D) + static_cast<double>(eps)));
+}
+
+// RMSNorm's backward of one row by one warp: o = r g - r^3 x mean(g x), added to o (accumulate) or stored.
+__device__ __forceinline__ void rmsnorm_bwd_row(const float* g, const float* xr, float r, int64_t D, int lane,
+                                                float* o, bool accumulate) {
+  double dot = 0.0;
+  for (int64_t d = lane; d < D; d += 32) dot += static_cast<double>(g[d]) * static_cast<double>(xr[d]);
+  dot = warp_sum_d(dot);
+  const float c = static_cast<float>(static_cast<double>(r) * r * r * dot / static_cast<double>(D));
+  for (int64_t d = lane; d < D; d += 32) {
+    const float v = r * g[d] - c * xr[d];
+    o[d] = accumulate ? o[d] + v : v;
+  }
+}
+
 __global__ void __launch_bounds__(256) rmsnorm_fwd_kernel(const float* x, int64_t N, int64_t D, float eps,
                                                           float* out, float* rstd) {
   const int lane = threadIdx.x & 31;
@@ -277,13 +301,7 @@ __global__ void __launch_bounds__(256) rmsnorm_fwd_kernel(const float* x, int64_
   const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
   for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < N; row += nwarps) {
     const float* xr = x + row * D;
-    double ss = 0.0;
-    for (int64_t d = lane; d < D; d += 32) {
-      const double v = xr[d];
-      ss += v * v;
-    }
-    ss = warp_sum_d(ss);
-    const float r = static_cast<float>(1.0 / sqrt(ss / static_cast<double>(D) + static_cast<double>(eps)));
+    const float r = row_rstd(xr, D, eps, lane);
     if (lane == 0) rstd[row] = r;
     float* o = out + row * D;  // may alias x: each element is read and written by the same lane
     for (int64_t d = lane; d < D; d += 32) o[d] = xr[d] * r;
@@ -295,17 +313,8 @@ __global__ void __launch_bounds__(256) rmsnorm_bwd_kernel(const float* dout, con
   const int lane = threadIdx.x & 31;
   const int64_t wpb = blockDim.x >> 5;
   const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
-  for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < N; row += nwarps) {
-    const float* xr = x + row * D;
-    const float* g = dout + row * D;
-    double dot = 0.0;
-    for (int64_t d = lane; d < D; d += 32) dot += static_cast<double>(g[d]) * static_cast<double>(xr[d]);
-    dot = warp_sum_d(dot);
-    const float r = rstd[row];
-    const float c = static_cast<float>(static_cast<double>(r) * r * r * dot / static_cast<double>(D));
-    float* o = dx + row * D;
-    for (int64_t d = lane; d < D; d += 32) o[d] += r * g[d] - c * xr[d];
-  }
+  for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < N; row += nwarps)
+    rmsnorm_bwd_row(dout + row * D, x + row * D, rstd[row], D, lane, dx + row * D, true);
 }
 
 unsigned row_warps_grid(int64_t rows) { return grid_for(rows, 8); }  // 8 warps (rows) per 256-thread block
@@ -325,13 +334,7 @@ __global__ void __launch_bounds__(256) qk_prep_fwd_kernel(const float* raw, int6
     const float* xr = raw + row * hd;
     float r = 1.f;
     if (norm) {  // uniform across the warp
-      double ss = 0.0;
-      for (int64_t d = lane; d < hd; d += 32) {
-        const double v = xr[d];
-        ss += v * v;
-      }
-      ss = warp_sum_d(ss);
-      r = static_cast<float>(1.0 / sqrt(ss / static_cast<double>(hd) + static_cast<double>(eps)));
+      r = row_rstd(xr, hd, eps, lane);
       if (lane == 0) rstd[row] = r;
     }
     const int64_t t = (row / H) % Tn;
@@ -376,14 +379,7 @@ __global__ void __launch_bounds__(256) qk_prep_bwd_kernel(float* d, const float*
     }
     if (!norm) continue;  // uniform across the warp
     __syncwarp();         // the row's rotated elements were written by other lanes
-    const float* xr = raw + row * hd;
-    double dot = 0.0;
-    for (int64_t e = lane; e < hd; e += 32) dot += static_cast<double>(dr[e]) * static_cast<double>(xr[e]);
-    dot = warp_sum_d(dot);
-    const float r = rstd[row];
-    const float c = static_cast<float>(static_cast<double>(r) * r * r * dot / static_cast<double>(hd));
-    float* o = draw + row * hd;
-    for (int64_t e = lane; e < hd; e += 32) o[e] = r * dr[e] - c * xr[e];
+    rmsnorm_bwd_row(dr, raw + row * hd, rstd[row], hd, lane, draw + row * hd, false);
   }
 }
 

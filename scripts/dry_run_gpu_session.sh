@@ -14,7 +14,7 @@ cmake --build "$DIR" --target ptool test_kernels_emu bench_train bench_cuda_ops
 ln -sf test_kernels_emu "$DIR/test_kernels"
 rm -rf "$DIR/session"
 mkdir -p "$DIR/session"
-OUT=$PWD/$DIR/session PTOOL_CUDA_EMULATOR=1 SMOKE=1 BUDGET_S=900 bash bench/gpu_session.sh "$DIR" >/dev/null
+OUT=$PWD/$DIR/session PTOOL_CUDA_EMULATOR=1 SMOKE=1 BUDGET_S=3000 bash bench/gpu_session.sh "$DIR" >/dev/null
 cat "$DIR/session/summary.txt"
 has_torch=0
 python3 -c 'import torch' 2>/dev/null && has_torch=1

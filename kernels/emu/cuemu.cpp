@@ -257,7 +257,7 @@ bool run_cta(unsigned nthreads) {
     c.warps[w].live = static_cast<int>(std::min<size_t>(32, nthreads - w * 32));
     c.warps[w].arrived = 0;
   }
-  std::memset(g_s.smem.data(), 0xff, g_s.smem.size());
+  if (!g_s.smem.empty()) std::memset(g_s.smem.data(), 0xff, g_s.smem.size());
   for (unsigned i = 0; i < nthreads; ++i) {
     Fiber& f = *g_s.fibers[i];
     f.done = false;
@@ -407,11 +407,16 @@ void run_grid(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
                                             std::to_string(cfg.grid.y) + ", z " + std::to_string(cfg.grid.z) + ")");
     return;
   }
-  if (cfg.smem > kMaxSmemOptin || (cfg.smem > kDefaultSmem && cfg.smem > g_max_smem_optin)) {
+  if (cfg.smem > kMaxSmemOptin) {
+    fail(cudaErrorInvalidValue, "kernel " + name + ": " + std::to_string(cfg.smem) +
+                                    " bytes of dynamic shared memory, more than the device's " +
+                                    std::to_string(kMaxSmemOptin));
+    return;
+  }
+  if (cfg.smem > kDefaultSmem && cfg.smem > g_max_smem_optin) {
     fail(cudaErrorInvalidValue, "kernel " + name + ": " + std::to_string(cfg.smem) +
                                     " bytes of dynamic shared memory need cudaFuncSetAttribute(" +
-                                    "cudaFuncAttributeMaxDynamicSharedMemorySize) first (at most " +
-                                    std::to_string(kMaxSmemOptin) + ")");
+                                    "cudaFuncAttributeMaxDynamicSharedMemorySize) first");
     return;
   }
   std::lock_guard<std::recursive_mutex> lock(g_launch_mutex);
