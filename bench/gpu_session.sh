@@ -113,7 +113,7 @@ twin() {  # torch_twin for PRESET
 }
 
 # ---- 1. correctness: every [gpu] test ---------------------------------------------------------------------------
-step "test_kernels [gpu]" 120 "$OUT/test_kernels.txt" sh -c '"$1" "$2" --durations yes 2>&1' _ "$BUILD/test_kernels" \
+step "test_kernels [gpu]" 180 "$OUT/test_kernels.txt" sh -c '"$1" "$2" --durations yes 2>&1' _ "$BUILD/test_kernels" \
   "$TESTS"
 
 # ---- 2. ptool vs twin, fastest precisions first --------------------------------------------------------------

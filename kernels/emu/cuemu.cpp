@@ -13,6 +13,10 @@
 
 #include "kernels/emu/include/cuda_runtime_api.h"
 
+#if !defined(__x86_64__)
+#error "cuemu switches fiber stacks with x86-64 instructions (cuemu_switch_stack); build with -DPTOOL_CUDA_EMULATOR=OFF"
+#endif
+
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/common_interface_defs.h>
 #define CUEMU_ASAN 1

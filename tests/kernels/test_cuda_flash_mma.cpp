@@ -98,6 +98,17 @@ TEST_CASE("cuda flash: bf16 forward and backward follow the CPU reference", "[gp
   }
 }
 
+// Training sequences up to 4096 and longer eval windows ([long]: too slow for the emulator's CI run).
+TEST_CASE("cuda flash: T = 4096 (hd 64 and 128) and 8192", "[gpu][long]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  auto g = bf16_backend();
+  std::mt19937_64 rng(41);
+  flash_case(*cpu, *g, rng, {1, 4096, 1, 1, 64}, 1.f, true, true);
+  flash_case(*cpu, *g, rng, {1, 4096, 1, 1, 128}, 1.f, true, true);
+  flash_case(*cpu, *g, rng, {1, 8192, 1, 1, 64}, 1.f, true, true);
+}
+
 TEST_CASE("cuda flash: uniform attention (q = 0, integer v) is exact", "[gpu]") {
   SKIP_WITHOUT_GPU();
   auto g = bf16_backend();

@@ -489,6 +489,16 @@ TEST_CASE("cuda: causal GQA attention forward and backward", "[gpu]") {
   }
 }
 
+// Training sequences up to 4096 and longer eval windows ([long]: too slow for the emulator's CI run).
+TEST_CASE("cuda: attention at T = 4096 and 8192", "[gpu][long]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  auto g = gpu_backend();
+  std::mt19937_64 rng(81);
+  attention_case(*cpu, *g, rng, {1, 4096, 1, 1, 64}, 1.f, true, true);
+  attention_case(*cpu, *g, rng, {1, 8192, 1, 1, 64}, 1.f, true, true);
+}
+
 TEST_CASE("cuda: attention refuses shapes it does not support", "[gpu]") {
   SKIP_WITHOUT_GPU();
   auto g = gpu_backend();
