@@ -142,7 +142,7 @@ TEST_CASE("cuda flash: uniform attention (q = 0, integer v) is exact", "[gpu]") 
   }
 }
 
-TEST_CASE("cuda flash: backward reruns are bit-identical", "[gpu]") {
+TEST_CASE("cuda flash: backward reruns are bit-identical", "[gpu][determinism]") {
   SKIP_WITHOUT_GPU();
   auto g = bf16_backend();
   std::mt19937_64 rng(23);

@@ -319,7 +319,7 @@ TEST_CASE("cuda optim: gradient clipping, EMA and SWA match the host", "[gpu]") 
   check_exact("swa sum", download(*be, ds.get(), n).data(), swa.sum().data(), n);
 }
 
-TEST_CASE("cuda optim: repeated device steps are bit-identical", "[gpu]") {
+TEST_CASE("cuda optim: repeated device steps are bit-identical", "[gpu][determinism]") {
   SKIP_WITHOUT_GPU();
   for (bool bf16 : {false, true}) {
     Vec runs[2];

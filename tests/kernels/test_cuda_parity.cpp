@@ -777,7 +777,7 @@ TEST_CASE("cuda: the tiny model's loss and gradients match the CPU backend", "[g
   }
 }
 
-TEST_CASE("cuda: deterministic mode gives bit-identical repeat runs", "[gpu]") {
+TEST_CASE("cuda: deterministic mode gives bit-identical repeat runs", "[gpu][determinism]") {
   SKIP_WITHOUT_GPU();
   for (const char* preset : {"tiny", "tiny_recurrent"}) {
     const auto cfg = model::preset(preset);
