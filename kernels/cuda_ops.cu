@@ -319,6 +319,13 @@ __global__ void __launch_bounds__(256) rmsnorm_bwd_kernel(const float* dout, con
 
 unsigned row_warps_grid(int64_t rows) { return grid_for(rows, 8); }  // 8 warps (rows) per 256-thread block
 
+// The rotation of one pair (x1, x2) = (x[i], x[i + rot/2]) by the angle whose cosine and sine are c and s.
+__device__ __forceinline__ void rotate_pair(float& x1, float& x2, float c, float s) {
+  const float y1 = x1 * c + x2 * s, y2 = -x1 * s + x2 * c;
+  x1 = y1;
+  x2 = y2;
+}
+
 // ---- q/k preparation: RMSNorm, RoPE and the q gain in one pass ---------------------------------------------------
 // One warp per head row (row = (b * Tn + t) * H + h), the arithmetic of rmsnorm_fwd_kernel, RopeApplyF and
 // HeadScaleFwdF in that order. x may alias raw: every element is read before it is written, by the same lane.
@@ -342,9 +349,8 @@ __global__ void __launch_bounds__(256) qk_prep_fwd_kernel(const float* raw, int6
     float* xo = x + row * hd;
     float* oo = gain ? out + row * hd : nullptr;
     for (int64_t i = lane; i < half; i += 32) {
-      const float x1 = norm ? xr[i] * r : xr[i], x2 = norm ? xr[i + half] * r : xr[i + half];
-      const float c = cos_t[t * half + i], s = sin_t[t * half + i];
-      const float y1 = x1 * c + x2 * s, y2 = -x1 * s + x2 * c;
+      float y1 = norm ? xr[i] * r : xr[i], y2 = norm ? xr[i + half] * r : xr[i + half];
+      rotate_pair(y1, y2, cos_t[t * half + i], sin_t[t * half + i]);
       xo[i] = y1;
       xo[i + half] = y2;
       if (oo) {
@@ -371,12 +377,8 @@ __global__ void __launch_bounds__(256) qk_prep_bwd_kernel(float* d, const float*
   for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < rows; row += nwarps) {
     float* dr = d + row * hd;
     const int64_t t = (row / H) % Tn;
-    for (int64_t i = lane; i < half; i += 32) {
-      const float c = cos_t[t * half + i], s = -sin_t[t * half + i];
-      const float x1 = dr[i], x2 = dr[i + half];
-      dr[i] = x1 * c + x2 * s;
-      dr[i + half] = -x1 * s + x2 * c;
-    }
+    for (int64_t i = lane; i < half; i += 32)
+      rotate_pair(dr[i], dr[i + half], cos_t[t * half + i], -sin_t[t * half + i]);
     if (!norm) continue;  // uniform across the warp
     __syncwarp();         // the row's rotated elements were written by other lanes
     rmsnorm_bwd_row(dr, raw + row * hd, rstd[row], hd, lane, draw + row * hd, false);
@@ -455,9 +457,7 @@ struct RopeApplyF {
     const float c = cos_t[t * half + i];
     const float s = inverse ? -sin_t[t * half + i] : sin_t[t * half + i];
     float* v = x + row * hd;
-    const float x1 = v[i], x2 = v[i + half];
-    v[i] = x1 * c + x2 * s;
-    v[i + half] = -x1 * s + x2 * c;
+    rotate_pair(v[i], v[i + half], c, s);
   }
 };
 

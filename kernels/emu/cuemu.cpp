@@ -9,6 +9,8 @@
 #include <mutex>
 #include <new>
 #include <set>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/emu/include/cuda_runtime_api.h"
@@ -90,7 +92,8 @@ bool in_device(const void* p, size_t bytes) {
   auto it = g_device.upper_bound(a);
   if (it == g_device.begin()) return false;
   --it;
-  return a >= it->first && a - it->first <= it->second && bytes <= it->second - (a - it->first);
+  const size_t offset = a - it->first;  // upper_bound - 1: the last allocation starting at or before a
+  return offset <= it->second && bytes <= it->second - offset;
 }
 bool touches_device(const void* p) { return in_device(p, 1); }
 
@@ -104,9 +107,34 @@ struct Fiber {
   void* fake_stack = nullptr;  // ASan's bookkeeping of this fiber's stack
 };
 
-struct Warp {
+// A barrier of the `live` threads of a CTA or a warp, by generation: the last arrival moves the generation on,
+// which releases the others. A thread that exits no longer counts, and may be the one that completes it.
+struct Barrier {
   int live = 0, arrived = 0;
   uint64_t gen = 1;
+  void reset(int threads) {
+    live = threads;
+    arrived = 0;
+  }
+  // True when this arrival completed the barrier.
+  bool arrive() {
+    ++arrived;
+    return release_if_complete();
+  }
+  void leave() {
+    --live;
+    if (arrived > 0) release_if_complete();
+  }
+  bool release_if_complete() {
+    if (arrived != live) return false;
+    arrived = 0;
+    ++gen;
+    return true;
+  }
+};
+
+struct Warp {
+  Barrier bar;
   // Two of each, used alternately by successive warp operations (by barrier generation): a lane that is
   // ahead writes the next operation's copy while the others still read this one, so one barrier per
   // operation suffices.
@@ -117,8 +145,7 @@ struct Warp {
 };
 
 struct Cta {
-  int live = 0, arrived = 0;
-  uint64_t gen = 0;
+  Barrier bar;
   uint64_t progress = 0;
   std::vector<Warp> warps;
 };
@@ -138,7 +165,7 @@ struct Scheduler {
   std::vector<unsigned char> smem;
 };
 
-std::recursive_mutex g_launch_mutex;  // one grid at a time, whatever OS thread launches it
+std::mutex g_launch_mutex;  // one grid at a time, whatever OS thread launches it
 Scheduler g_s;
 size_t g_max_smem_optin = 0;
 
@@ -166,19 +193,9 @@ void fiber_main() {
   Fiber& f = cur();
   f.done = true;
   Cta& c = g_s.cta;
-  Warp& w = c.warps[static_cast<size_t>(f.warp)];
-  --c.live;
-  --w.live;
+  c.bar.leave();
+  c.warps[static_cast<size_t>(f.warp)].bar.leave();
   ++c.progress;
-  // An exited thread no longer holds back the barriers it would have met.
-  if (c.arrived > 0 && c.arrived == c.live) {
-    c.arrived = 0;
-    ++c.gen;
-  }
-  if (w.arrived > 0 && w.arrived == w.live) {
-    w.arrived = 0;
-    ++w.gen;
-  }
   switch_to_scheduler(f, true);
   std::abort();  // a finished fiber is never resumed
 }
@@ -207,23 +224,20 @@ void record_device_error(const std::string& what) {
     g_s.device_error = std::string("kernel ") + g_s.kernel + ": " + coords(cur().tid) + ": " + what;
 }
 
-void warp_barrier() {
-  Warp& w = g_s.cta.warps[static_cast<size_t>(cur().warp)];
-  const uint64_t gen = w.gen;
-  ++w.arrived;
+void arrive_and_wait(Barrier& b) {
+  const uint64_t gen = b.gen;
   ++g_s.cta.progress;
-  if (w.arrived == w.live) {
-    w.arrived = 0;
-    ++w.gen;
-    return;
-  }
-  while (w.gen == gen) yield();
+  if (b.arrive()) return;
+  while (b.gen == gen) yield();
 }
+
+void warp_barrier() { arrive_and_wait(g_s.cta.warps[static_cast<size_t>(cur().warp)].bar); }
 
 // Whether lane src took part in the warp operation that wrote copy `buf` in generation `gen`.
 bool valid_lane(int src, uint64_t buf, uint64_t gen) {
   const Warp& w = g_s.cta.warps[static_cast<size_t>(cur().warp)];
-  const int lanes = static_cast<int>(std::min<size_t>(32, g_s.fibers.size() - static_cast<size_t>(cur().warp) * 32));
+  const unsigned threads = blockDim.x * blockDim.y * blockDim.z;
+  const int lanes = static_cast<int>(std::min(32u, threads - static_cast<unsigned>(cur().warp) * 32));
   if (src < 0 || src >= lanes || w.stamp[buf][src] != gen) {
     record_device_error("warp operation reads lane " + std::to_string(src) + ", which " +
                         (src >= 0 && src < lanes ? "has exited or is elsewhere" : "does not exist"));
@@ -232,9 +246,15 @@ bool valid_lane(int src, uint64_t buf, uint64_t gen) {
   return true;
 }
 
+bool all_lanes_valid(uint64_t buf, uint64_t gen) {
+  for (int i = 0; i < 32; ++i)
+    if (!valid_lane(i, buf, gen)) return false;
+  return true;
+}
+
 // Publishes this lane's part of a warp operation: returns the copy to use and the generation to check against.
 std::pair<uint64_t, uint64_t> begin_warp_op(Warp& w, int lane) {
-  const uint64_t gen = w.gen, buf = gen & 1;
+  const uint64_t gen = w.bar.gen, buf = gen & 1;
   w.stamp[buf][lane] = gen;
   return {buf, gen};
 }
@@ -252,15 +272,11 @@ void* initial_stack(char* base) {
 bool run_cta(unsigned nthreads) {
   // Barrier generations keep counting across CTAs, so no warp-operation stamp of an earlier CTA can match.
   Cta& c = g_s.cta;
-  c.live = static_cast<int>(nthreads);
-  c.arrived = 0;
+  c.bar.reset(static_cast<int>(nthreads));
   c.progress = 0;
   const size_t nwarps = (nthreads + 31) / 32;
   if (c.warps.size() < nwarps) c.warps.resize(nwarps);
-  for (size_t w = 0; w < nwarps; ++w) {
-    c.warps[w].live = static_cast<int>(std::min<size_t>(32, nthreads - w * 32));
-    c.warps[w].arrived = 0;
-  }
+  for (size_t w = 0; w < nwarps; ++w) c.warps[w].bar.reset(static_cast<int>(std::min<size_t>(32, nthreads - w * 32)));
   if (!g_s.smem.empty()) std::memset(g_s.smem.data(), 0xff, g_s.smem.size());
   for (unsigned i = 0; i < nthreads; ++i) {
     Fiber& f = *g_s.fibers[i];
@@ -268,16 +284,16 @@ bool run_cta(unsigned nthreads) {
     f.fake_stack = nullptr;
     f.sp = initial_stack(f.stack.get());
   }
-  while (c.live > 0) {
+  while (c.bar.live > 0) {
     const uint64_t before = c.progress;
     for (unsigned i = 0; i < nthreads; ++i)
       if (!g_s.fibers[i]->done) resume(static_cast<int>(i));
-    if (c.live > 0 && c.progress == before) {
-      int waiting_block = c.arrived, waiting_warp = 0;
-      for (const Warp& w : c.warps) waiting_warp += w.arrived;
+    if (c.bar.live > 0 && c.progress == before) {
+      int waiting_block = c.bar.arrived, waiting_warp = 0;
+      for (size_t w = 0; w < nwarps; ++w) waiting_warp += c.warps[w].bar.arrived;
       g_s.device_error = std::string("kernel ") + g_s.kernel + ": deadlock in block (" + std::to_string(blockIdx.x) +
                          "," + std::to_string(blockIdx.y) + "," + std::to_string(blockIdx.z) + "): " +
-                         std::to_string(c.live) + " live threads, " + std::to_string(waiting_block) +
+                         std::to_string(c.bar.live) + " live threads, " + std::to_string(waiting_block) +
                          " waiting at __syncthreads, " + std::to_string(waiting_warp) +
                          " at warp-level operations whose lanes are elsewhere";
       return false;
@@ -298,18 +314,7 @@ void ensure_fibers(unsigned n) {
 
 // ---- built-ins ------------------------------------------------------------------------------------------------------
 
-void syncthreads() {
-  Cta& c = g_s.cta;
-  const uint64_t gen = c.gen;
-  ++c.arrived;
-  ++c.progress;
-  if (c.arrived == c.live) {
-    c.arrived = 0;
-    ++c.gen;
-    return;
-  }
-  while (c.gen == gen) yield();
-}
+void syncthreads() { arrive_and_wait(g_s.cta.bar); }
 
 void syncwarp() { warp_barrier(); }
 
@@ -329,8 +334,6 @@ void warp_exchange(const void* mine, void* out, size_t bytes, int src_lane) {
 
 void* dynamic_smem() { return g_s.smem.data(); }
 
-void device_error(const std::string& what) { record_device_error(what); }
-
 void ldmatrix_x4(uint32_t (&r)[4], const uint16_t* row, bool trans) {
   Fiber& f = cur();
   Warp& w = g_s.cta.warps[static_cast<size_t>(f.warp)];
@@ -339,8 +342,7 @@ void ldmatrix_x4(uint32_t (&r)[4], const uint16_t* row, bool trans) {
   w.rows[buf][f.lane] = row;
   warp_barrier();
   const int g = f.lane >> 2, t = f.lane & 3;
-  bool ok = true;
-  for (int i = 0; i < 32 && ok; ++i) ok = valid_lane(i, buf, gen);
+  const bool ok = all_lanes_valid(buf, gen);
   for (int i = 0; i < 4; ++i) {
     if (!ok) {
       r[i] = 0;
@@ -366,9 +368,7 @@ void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint3
   w.b[buf][f.lane][0] = b0;
   w.b[buf][f.lane][1] = b1;
   warp_barrier();
-  bool ok = true;
-  for (int i = 0; i < 32 && ok; ++i) ok = valid_lane(i, buf, gen);
-  if (ok) {
+  if (all_lanes_valid(buf, gen)) {
     // This lane's rows g, g + 8 of A come from lanes 4g..4g+3 (registers 0, 2 and 1, 3), its columns 2t, 2t + 1
     // of B from lanes 4n..4n+3 with n the column (registers 0 and 1); k = 2t' + h (+ 8) of lane 4n + t'.
     auto half = [](uint32_t v, int hi) { return bf16_bits_to_float(static_cast<uint16_t>(hi ? v >> 16 : v)); };
@@ -423,13 +423,13 @@ void run_grid(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
                                     "cudaFuncAttributeMaxDynamicSharedMemorySize) first");
     return;
   }
-  std::lock_guard<std::recursive_mutex> lock(g_launch_mutex);
+  std::lock_guard<std::mutex> lock(g_launch_mutex);
   ensure_fibers(static_cast<unsigned>(threads));
   g_s.body = body;
   g_s.body_ctx = ctx;
   g_s.kernel = cfg.name;
   g_s.device_error.clear();
-  g_s.smem.assign((cfg.smem + 15) & ~size_t{15}, 0xff);
+  g_s.smem.resize((cfg.smem + 15) & ~size_t{15});  // filled with 0xff for each CTA
   blockDim = cfg.block;
   gridDim = cfg.grid;
   for (unsigned i = 0; i < threads; ++i) {
@@ -456,7 +456,7 @@ bool enabled() {
 
 bool is_device_range(const void* p, size_t bytes) { return in_device(p, bytes); }
 
-// ---- bf16 / fp16 ----------------------------------------------------------------------------------------------------
+// ---- bf16 -------------------------------------------------------------------------------------------------------
 
 uint16_t float_to_bf16_bits(float f) {
   uint32_t u;
@@ -473,55 +473,40 @@ float bf16_bits_to_float(uint16_t b) {
   return f;
 }
 
-uint16_t float_to_half_bits(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
-  const uint32_t ax = x & 0x7fffffffu;
-  if (ax > 0x7f800000u) return sign | 0x7e00u;   // NaN
-  if (ax >= 0x477ff000u) return sign | 0x7c00u;  // >= 65520 rounds to infinity
-  if (ax < 0x38800000u) {                        // below 2^-14: a multiple of 2^-24, scaled exactly
-    float a;
-    std::memcpy(&a, &ax, 4);
-    return sign | static_cast<uint16_t>(std::nearbyint(a * 16777216.0f));  // 1024 is the smallest normal
-  }
-  const uint32_t m = ax & 0x7fffffu;
-  uint32_t h = (((ax >> 23) - 127 + 15) << 10) | (m >> 13);
-  const uint32_t rem = m & 0x1fffu;
-  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;  // carries into the exponent as it should
-  return sign | static_cast<uint16_t>(h);
-}
-
-float half_bits_to_float(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  const uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
-  float f;
-  if (e == 0) {
-    f = std::ldexp(static_cast<float>(m), -24);
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    u |= sign;
-    std::memcpy(&f, &u, 4);
-    return f;
-  }
-  const uint32_t u = sign | (e == 31 ? (0xffu << 23) | (m << 13) : ((e - 15 + 127) << 23) | (m << 13));
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
 }  // namespace cuemu
 
 // ---- the runtime API ------------------------------------------------------------------------------------------------
 
 using cuemu::fail;
 namespace {
-std::set<const void*> g_streams, g_events;
-std::mutex g_handles_mutex;
+// Streams and events only need to exist (work runs when it is enqueued): a registry of live handles.
+class Handles {
+ public:
+  void* make() {
+    auto* h = new char;
+    std::lock_guard<std::mutex> lock(mutex_);
+    live_.insert(h);
+    return h;
+  }
+  bool destroy(const void* h) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (live_.erase(h) == 0) return false;
+    delete static_cast<const char*>(h);
+    return true;
+  }
+  bool valid(const void* h) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return live_.count(h) != 0;
+  }
 
-bool valid_stream(cudaStream_t s) {
-  std::lock_guard<std::mutex> lock(g_handles_mutex);
-  return s == nullptr || g_streams.count(s) != 0;
-}
+ private:
+  std::mutex mutex_;
+  std::set<const void*> live_;
+};
+Handles g_streams, g_events;
+
+bool valid_stream(cudaStream_t s) { return s == nullptr || g_streams.valid(s); }
+bool valid_event(cudaEvent_t e) { return g_events.valid(e); }
 }  // namespace
 
 cudaError_t cudaGetDeviceCount(int* count) {
@@ -670,17 +655,13 @@ cudaError_t cudaStreamCreate(cudaStream_t* s) { return cudaStreamCreateWithFlags
 
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
   if (s == nullptr) return fail(cudaErrorInvalidValue, "cudaStreamCreate: null pointer");
-  *s = reinterpret_cast<cudaStream_t>(new char);
-  std::lock_guard<std::mutex> lock(g_handles_mutex);
-  g_streams.insert(*s);
+  *s = static_cast<cudaStream_t>(g_streams.make());
   return cudaSuccess;
 }
 
 cudaError_t cudaStreamDestroy(cudaStream_t s) {
-  std::lock_guard<std::mutex> lock(g_handles_mutex);
-  if (s == nullptr || g_streams.erase(s) == 0)
+  if (s == nullptr || !g_streams.destroy(s))
     return fail(cudaErrorInvalidResourceHandle, "cudaStreamDestroy: unknown stream");
-  delete reinterpret_cast<char*>(s);
   return cudaSuccess;
 }
 
@@ -693,23 +674,12 @@ cudaError_t cudaEventCreate(cudaEvent_t* e) { return cudaEventCreateWithFlags(e,
 
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) {
   if (e == nullptr) return fail(cudaErrorInvalidValue, "cudaEventCreate: null pointer");
-  *e = reinterpret_cast<cudaEvent_t>(new char);
-  std::lock_guard<std::mutex> lock(g_handles_mutex);
-  g_events.insert(*e);
+  *e = static_cast<cudaEvent_t>(g_events.make());
   return cudaSuccess;
 }
 
-namespace {
-bool valid_event(cudaEvent_t e) {
-  std::lock_guard<std::mutex> lock(g_handles_mutex);
-  return g_events.count(e) != 0;
-}
-}  // namespace
-
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
-  std::lock_guard<std::mutex> lock(g_handles_mutex);
-  if (g_events.erase(e) == 0) return fail(cudaErrorInvalidResourceHandle, "cudaEventDestroy: unknown event");
-  delete reinterpret_cast<char*>(e);
+  if (!g_events.destroy(e)) return fail(cudaErrorInvalidResourceHandle, "cudaEventDestroy: unknown event");
   return cudaSuccess;
 }
 

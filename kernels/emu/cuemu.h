@@ -25,9 +25,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <string>
 #include <type_traits>
-#include <utility>
 
 #define __global__
 #define __device__
@@ -85,8 +83,6 @@ int lane_id();
 // Dynamic shared memory of the running CTA (launch's smem bytes, 16-byte aligned, filled with 0xff at each CTA
 // so that reading what was never written shows up as NaN).
 void* dynamic_smem();
-// Reports a device-side error of the running kernel (the launch fails with it once the grid is done).
-void device_error(const std::string& what);
 
 // ---- launches ----------------------------------------------------------------------------------------------------
 struct LaunchConfig {
@@ -120,11 +116,9 @@ bool enabled();
 // Whether [p, p + bytes) lies inside one live device allocation (cudaMalloc).
 bool is_device_range(const void* p, size_t bytes);
 
-// ---- bf16 / fp16 bit conversions (round to nearest even, as __float2bfloat16_rn / __float2half_rn) -------------
+// ---- bf16 bit conversions (round to nearest even, as __float2bfloat16_rn) -------------------------------------------
 uint16_t float_to_bf16_bits(float f);
 float bf16_bits_to_float(uint16_t b);
-uint16_t float_to_half_bits(float f);
-float half_bits_to_float(uint16_t h);
 
 // The tensor-core operations of the bf16 flash kernels, per the PTX ISA's fragment layouts (g = lane / 4,
 // t = lane % 4). ldmatrix .x4: lanes 8i..8i+7 give the row addresses of 8x8 matrix i; register i of lane (g, t)

@@ -1,17 +1,14 @@
 // The host emulator of CUDA (kernels/emu/cuemu.h): thread coordinates, barriers, warp operations, the checks it
-// makes of launches and copies, and its bf16/fp16 conversions. Kernels here are written as in kernels/*.cu.
+// makes of launches and copies, and its bf16 conversion. Kernels here are written as in kernels/*.cu.
 #include <cuda_runtime_api.h>
 
 #include <cstdlib>
-#include <cstring>
-#include <random>
 #include <string>
 #include <vector>
 
 #include <catch2/catch.hpp>
 
 #include "kernels/cuda_launch.h"
-#include "src/quant/fp16.h"
 
 namespace {
 
@@ -203,26 +200,4 @@ TEST_CASE("cuemu: bf16 conversion rounds to nearest, ties to even") {
   CHECK(bits(-2.0f) == 0xc000);
   CHECK(bits(3.4028235e38f) == 0x7f80);          // rounds to infinity
   CHECK(std::isnan(cuemu::bf16_bits_to_float(bits(std::nanf("")))));
-}
-
-TEST_CASE("cuemu: fp16 conversion equals ptool's own (quant/fp16) on many floats") {
-  std::mt19937 rng(7);
-  std::uniform_int_distribution<uint32_t> any;
-  const float edges[] = {0.f, -0.f, 65504.f, 65519.99f, 65520.f, 0x1p-24f, 0x1p-25f, 3 * 0x1p-26f, 0x1p-14f,
-                         0x1.ffcp-15f, 1e-8f, INFINITY, -INFINITY};
-  for (float f : edges) {
-    INFO(f);
-    CHECK(cuemu::float_to_half_bits(f) == ptool::quant::float_to_half(f));
-  }
-  for (int i = 0; i < 200000; ++i) {
-    uint32_t u = any(rng);
-    if (i % 2) u = (u & 0x807fffffu) | ((100u + u % 50u) << 23);  // half the samples near fp16's range
-    float f;
-    std::memcpy(&f, &u, 4);
-    if (std::isnan(f)) continue;
-    INFO(u);
-    REQUIRE(cuemu::float_to_half_bits(f) == ptool::quant::float_to_half(f));
-    const uint16_t h = static_cast<uint16_t>(u);
-    if ((h & 0x7c00u) != 0x7c00u) REQUIRE(cuemu::half_bits_to_float(h) == ptool::quant::half_to_float(h));
-  }
 }
