@@ -250,27 +250,92 @@ class CudaBackend final : public Backend<float> {
   }
   // dx[N, K] += dy[N, M] W[M, K]:  dx^T (K x N) = W^T (col-major K x M, op N) * dy^T (col-major M x N, op N).
   // dW[M, K] += dy^T x:            dW^T (K x M) = x^T (col-major K x N, op N) * dy (col-major M x N, op T).
+  // One operand list for all weights, so bf16 mode converts x once.
+  void linear_forward_shared(const float* x, int64_t N, int64_t K, std::span<const LinearOut> outs) override {
+    if (N <= 0) return;
+    if (K <= 0) {
+      for (const LinearOut& o : outs)
+        if (o.M > 0) zero(o.y, static_cast<size_t>(N * o.M));
+      return;
+    }
+    std::vector<const float*> p{x};
+    std::vector<int64_t> n{N * K};
+    for (const LinearOut& o : outs) {
+      p.push_back(o.M > 0 ? o.W : nullptr);
+      n.push_back(o.M * K);
+    }
+    const auto op = operands(p, n);
+    for (size_t i = 0; i < outs.size(); ++i)
+      if (outs[i].M > 0) gemm(true, false, outs[i].M, N, K, op[1 + i], K, op[0], K, outs[i].y, outs[i].M, 0.f);
+  }
+  void linear_backward_shared_set_dx(const float* x, int64_t N, int64_t K, std::span<const LinearGrad> grads,
+                                     float* dx) override {
+    if (N <= 0 || K <= 0) return;
+    // operands: x, then dy_i and W_i per weight (W only for dx, x only for the dW).
+    bool any_dw = false;
+    std::vector<const float*> p{nullptr};
+    std::vector<int64_t> n{N * K};
+    for (const LinearGrad& g : grads) {
+      const bool live = g.M > 0;
+      any_dw = any_dw || (live && g.dW);
+      p.push_back(live ? g.dy : nullptr);
+      n.push_back(N * g.M);
+      p.push_back(live && dx ? g.W : nullptr);
+      n.push_back(g.M * K);
+    }
+    if (any_dw) p[0] = x;
+    const auto op = operands(p, n);
+    float beta = 0.f;  // the first product into dx overwrites it, the rest add
+    for (size_t i = 0; i < grads.size(); ++i) {
+      const LinearGrad& g = grads[i];
+      if (g.M <= 0) continue;
+      if (dx) {
+        gemm(false, false, K, N, g.M, op[2 + 2 * i], K, op[1 + 2 * i], g.M, dx, K, beta);
+        beta = 1.f;
+      }
+      if (g.dW) gemm(false, true, K, g.M, N, op[0], K, op[1 + 2 * i], g.M, g.dW, K, 1.f);
+    }
+    if (dx && beta == 0.f) zero(dx, static_cast<size_t>(N * K));  // no product: an empty sum
+  }
   void linear_backward(const float* dy, const float* x, const float* W, int64_t N, int64_t K, int64_t M, float* dx,
                        float* dW) override {
-    if (N <= 0 || K <= 0 || M <= 0 || (!dx && !dW)) return;
-    const auto op = operands({dy, dx ? W : nullptr, dW ? x : nullptr}, {N * M, M * K, N * K});
-    if (dx) gemm(false, false, K, N, M, op[1], K, op[0], M, dx, K, 1.f);
-    if (dW) gemm(false, true, K, M, N, op[2], K, op[0], M, dW, K, 1.f);
+    linear_backward_impl(dy, x, W, N, K, M, dx, 1.f, dW);
+  }
+  void linear_backward_set_dx(const float* dy, const float* x, const float* W, int64_t N, int64_t K, int64_t M,
+                              float* dx, float* dW) override {
+    if (dx && (N > 0 && K > 0) && M <= 0) zero(dx, static_cast<size_t>(N * K));  // an empty sum
+    linear_backward_impl(dy, x, W, N, K, M, dx, 0.f, dW);
   }
 
   void channel_scale_forward(const float* x, const float* s, int64_t N, int64_t D, float* y) override {
     cuda::launch_channel_scale_forward(x, s, N, D, y, stream_);
   }
+  void scaled_residual_forward(const float* x, const float* o, const float* sc, int64_t N, int64_t D,
+                               float* y) override {
+    cuda::launch_scaled_residual_forward(x, o, sc, N, D, y, stream_);
+  }
+  void scaled_residual_rmsnorm_forward(const float* x, const float* o, const float* sc, int64_t N, int64_t D,
+                                       float eps, float* y, float* h, float* rstd) override {
+    cuda::launch_scaled_residual_rmsnorm_forward(x, o, sc, N, D, eps, y, h, rstd, stream_);
+  }
   void channel_scale_backward(const float* dy, const float* x, const float* s, int64_t N, int64_t D, float* dx,
                               float* ds) override {
-    cuda::launch_channel_scale_backward(dy, x, s, N, D, dx, ds, ws_, stream_);
+    cuda::launch_channel_scale_backward(dy, x, s, N, D, dx, true, ds, ws_, stream_);
+  }
+  void channel_scale_backward_set_dx(const float* dy, const float* x, const float* s, int64_t N, int64_t D, float* dx,
+                                     float* ds) override {
+    cuda::launch_channel_scale_backward(dy, x, s, N, D, dx, false, ds, ws_, stream_);
   }
   void head_scale_forward(const float* x, const float* g, int64_t N, int64_t H, int64_t hd, float* y) override {
     cuda::launch_head_scale_forward(x, g, N, H, hd, y, stream_);
   }
   void head_scale_backward(const float* dy, const float* x, const float* g, int64_t N, int64_t H, int64_t hd,
                            float* dx, float* dg) override {
-    cuda::launch_head_scale_backward(dy, x, g, N, H, hd, dx, dg, ws_, stream_);
+    cuda::launch_head_scale_backward(dy, x, g, N, H, hd, dx, true, dg, ws_, stream_);
+  }
+  void head_scale_backward_set_dx(const float* dy, const float* x, const float* g, int64_t N, int64_t H, int64_t hd,
+                                  float* dx, float* dg) override {
+    cuda::launch_head_scale_backward(dy, x, g, N, H, hd, dx, false, dg, ws_, stream_);
   }
   void rope_forward(float* x, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base) override {
     rope("rope_forward", x, B, Tn, H, hd, rot, base, false);
@@ -310,7 +375,10 @@ class CudaBackend final : public Backend<float> {
     cuda::launch_activation_forward(a == cpu::Activation::leaky_relu2, h, n, out, stream_);
   }
   void activation_backward(cpu::Activation a, const float* dout, const float* h, int64_t n, float* dh) override {
-    cuda::launch_activation_backward(a == cpu::Activation::leaky_relu2, dout, h, n, dh, stream_);
+    cuda::launch_activation_backward(a == cpu::Activation::leaky_relu2, dout, h, n, dh, true, stream_);
+  }
+  void activation_backward_set(cpu::Activation a, const float* dout, const float* h, int64_t n, float* dh) override {
+    cuda::launch_activation_backward(a == cpu::Activation::leaky_relu2, dout, h, n, dh, false, stream_);
   }
   void skip_add_forward(float* x, const float* skip, const float* w, int64_t N, int64_t D) override {
     cuda::launch_skip_add_forward(x, skip, w, N, D, stream_);
@@ -332,7 +400,11 @@ class CudaBackend final : public Backend<float> {
   }
   void resid_mix_backward(const float* dy, const float* x, const float* x0, const float* m, int64_t N, int64_t D,
                           float* dx, float* dx0, float* dm) override {
-    cuda::launch_resid_mix_backward(dy, x, x0, m, N, D, dx, dx0, dm, ws_, stream_);
+    cuda::launch_resid_mix_backward(dy, x, x0, m, N, D, dx, true, dx0, dm, ws_, stream_);
+  }
+  void resid_mix_backward_set_dx(const float* dy, const float* x, const float* x0, const float* m, int64_t N,
+                                 int64_t D, float* dx, float* dx0, float* dm) override {
+    cuda::launch_resid_mix_backward(dy, x, x0, m, N, D, dx, false, dx0, dm, ws_, stream_);
   }
 
   // The only op that waits for the device: per-token losses come back to the host (and with them the check
@@ -428,20 +500,27 @@ class CudaBackend final : public Backend<float> {
     sizes_.erase(it);
   }
 
-  // The GEMM operands in the precision's input type: the fp32 pointers themselves, or (bf16) copies rounded to
-  // bf16, carved together from the workspace (which no other op uses until these GEMMs are queued). Null
-  // operands stay null.
-  template <size_t K>
-  std::array<const void*, K> operands(const float* const (&p)[K], const int64_t (&n)[K]) {
-    std::array<const void*, K> out;
-    std::copy(std::begin(p), std::end(p), out.begin());
+  // dx = dx_beta dx + dy W (dx_beta 1: accumulate, 0: overwrite); dW += dy^T x.
+  void linear_backward_impl(const float* dy, const float* x, const float* W, int64_t N, int64_t K, int64_t M,
+                            float* dx, float dx_beta, float* dW) {
+    if (N <= 0 || K <= 0 || M <= 0 || (!dx && !dW)) return;
+    const auto op = operands({dy, dx ? W : nullptr, dW ? x : nullptr}, {N * M, M * K, N * K});
+    if (dx) gemm(false, false, K, N, M, op[1], K, op[0], M, dx, K, dx_beta);
+    if (dW) gemm(false, true, K, M, N, op[2], K, op[0], M, dW, K, 1.f);
+  }
+
+  // The GEMM operands (p[i], n[i] floats) in the precision's input type: the fp32 pointers themselves, or (bf16)
+  // copies rounded to bf16, carved together from the workspace (which no other op uses until these GEMMs are
+  // queued). Null operands stay null.
+  std::vector<const void*> operands(const std::vector<const float*>& p, const std::vector<int64_t>& n) {
+    std::vector<const void*> out(p.begin(), p.end());
     if (opt_.gemm != CudaGemmPrecision::bf16) return out;
     cuda::Carver c;
-    for (size_t i = 0; i < K; ++i)
+    for (size_t i = 0; i < p.size(); ++i)
       if (p[i]) c.take<uint16_t>(static_cast<size_t>(n[i]));
     c.base = static_cast<char*>(ws_.get(c.off));
     c.off = 0;
-    for (size_t i = 0; i < K; ++i) {
+    for (size_t i = 0; i < p.size(); ++i) {
       if (!p[i]) continue;
       uint16_t* b = c.take<uint16_t>(static_cast<size_t>(n[i]));
       cuda::launch_to_bf16(p[i], static_cast<size_t>(n[i]), b, stream_);

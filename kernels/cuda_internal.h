@@ -88,12 +88,20 @@ void launch_rmsnorm_backward(const float* dout, const float* x, const float* rst
                              float* dx_acc, cudaStream_t s);
 
 void launch_channel_scale_forward(const float* x, const float* sc, int64_t N, int64_t D, float* y, cudaStream_t s);
+// y = x + sc ⊙ o (Backend::scaled_residual_forward), rounded as channel_scale_forward then add.
+void launch_scaled_residual_forward(const float* x, const float* o, const float* sc, int64_t N, int64_t D, float* y,
+                                    cudaStream_t s);
+// The same, then h = rmsnorm(y) with rstd per row (Backend::scaled_residual_rmsnorm_forward): one warp per row.
+void launch_scaled_residual_rmsnorm_forward(const float* x, const float* o, const float* sc, int64_t N, int64_t D,
+                                            float eps, float* y, float* h, float* rstd, cudaStream_t s);
+// The backwards below add into their input gradient (dx, dh) when accumulate, else overwrite it; parameter
+// gradients (ds, dg) always accumulate.
 void launch_channel_scale_backward(const float* dy, const float* x, const float* sc, int64_t N, int64_t D,
-                                   float* dx_acc, float* ds_acc, Workspace& ws, cudaStream_t s);
+                                   float* dx, bool accumulate, float* ds_acc, Workspace& ws, cudaStream_t s);
 void launch_head_scale_forward(const float* x, const float* g, int64_t N, int64_t H, int64_t hd, float* y,
                                cudaStream_t s);
 void launch_head_scale_backward(const float* dy, const float* x, const float* g, int64_t N, int64_t H, int64_t hd,
-                                float* dx_acc, float* dg_acc, Workspace& ws, cudaStream_t s);
+                                float* dx, bool accumulate, float* dg_acc, Workspace& ws, cudaStream_t s);
 
 // cos/sin tables [Tn, rot/2] (angles in double, rounded to float, as in the CPU reference).
 void launch_rope_table(int64_t Tn, int64_t rot, double base, float* cos_t, float* sin_t, cudaStream_t s);
@@ -110,7 +118,7 @@ void launch_qk_prep_backward(float* d, const float* raw, const float* rstd, int6
                              cudaStream_t s);
 
 void launch_activation_forward(bool leaky, const float* h, int64_t n, float* out, cudaStream_t s);
-void launch_activation_backward(bool leaky, const float* dout, const float* h, int64_t n, float* dh_acc,
+void launch_activation_backward(bool leaky, const float* dout, const float* h, int64_t n, float* dh, bool accumulate,
                                 cudaStream_t s);
 
 void launch_skip_add_forward(float* x, const float* skip, const float* w, int64_t N, int64_t D, cudaStream_t s);
@@ -123,8 +131,9 @@ void launch_gated_skip_backward(const float* dy, const float* x, const float* sk
                                 Workspace& ws, cudaStream_t s);
 void launch_resid_mix_forward(const float* x, const float* x0, const float* m, int64_t N, int64_t D, float* y,
                               cudaStream_t s);
+// dx may be dy (in place).
 void launch_resid_mix_backward(const float* dy, const float* x, const float* x0, const float* m, int64_t N,
-                               int64_t D, float* dx_acc, float* dx0_acc, float* dm_acc, Workspace& ws,
+                               int64_t D, float* dx, bool accumulate, float* dx0_acc, float* dm_acc, Workspace& ws,
                                cudaStream_t s);
 
 // One block per row. losses_dev[n] gets each row's loss (double); *bad_row gets the smallest row whose target

@@ -317,6 +317,25 @@ __global__ void __launch_bounds__(256) rmsnorm_bwd_kernel(const float* dout, con
     rmsnorm_bwd_row(dout + row * D, x + row * D, rstd[row], D, lane, dx + row * D, true);
 }
 
+// scaled_residual_forward then rmsnorm_fwd_kernel, one warp per row: y = x + s ⊙ o (rounded as ScaledResidualF),
+// h = y * rstd(y). The second pass rereads y, which the same lane just wrote (from cache).
+__global__ void __launch_bounds__(256) scaled_residual_rmsnorm_kernel(const float* x, const float* o, const float* s,
+                                                                      int64_t N, int64_t D, float eps, float* y,
+                                                                      float* h, float* rstd) {
+  const int lane = threadIdx.x & 31;
+  const int64_t wpb = blockDim.x >> 5;
+  const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
+  for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < N; row += nwarps) {
+    const float *xr = x + row * D, *orow = o + row * D;
+    float* yr = y + row * D;
+    for (int64_t d = lane; d < D; d += 32) yr[d] = __fadd_rn(xr[d], __fmul_rn(s[d], orow[d]));
+    const float r = row_rstd(yr, D, eps, lane);
+    if (lane == 0) rstd[row] = r;
+    float* hr = h + row * D;
+    for (int64_t d = lane; d < D; d += 32) hr[d] = yr[d] * r;
+  }
+}
+
 unsigned row_warps_grid(int64_t rows) { return grid_for(rows, 8); }  // 8 warps (rows) per 256-thread block
 
 // The rotation of one pair (x1, x2) = (x[i], x[i + rot/2]) by the angle whose cosine and sine are c and s.
@@ -394,6 +413,28 @@ struct ChannelScaleFwdF {
   int64_t D;
   __device__ void operator()(int64_t i) const { y[i] = s[i % D] * x[i]; }
 };
+// y = x + s ⊙ o with the product rounded on its own (no FMA contraction), as the CPU's channel scale then add.
+struct ScaledResidualF {
+  const float* x;
+  const float* o;
+  const float* s;
+  float* y;
+  int64_t D;
+  __device__ void operator()(int64_t i) const { y[i] = __fadd_rn(x[i], __fmul_rn(s[i % D], o[i])); }
+};
+struct ScaledResidual4F {  // four channels at a time (D % 4 == 0, x, o, y 16-byte aligned)
+  const float4* x;
+  const float4* o;
+  const float* s;
+  float4* y;
+  int64_t D;
+  __device__ void operator()(int64_t i) const {
+    const int64_t c = (4 * i) % D;
+    const float4 a = x[i], b = o[i];
+    y[i] = float4{__fadd_rn(a.x, __fmul_rn(s[c], b.x)), __fadd_rn(a.y, __fmul_rn(s[c + 1], b.y)),
+                  __fadd_rn(a.z, __fmul_rn(s[c + 2], b.z)), __fadd_rn(a.w, __fmul_rn(s[c + 3], b.w))};
+  }
+};
 struct ChannelScaleBwdF {
   static constexpr int kOut = 1;
   const float* dy;
@@ -401,10 +442,11 @@ struct ChannelScaleBwdF {
   const float* s;
   float* dx;
   int64_t D;
+  bool accumulate;  // dx += (else dx =)
   __device__ void operator()(int64_t n, int64_t c, double* v) const {
     const int64_t i = n * D + c;
     const float g = dy[i];
-    if (dx) dx[i] += s[c] * g;
+    if (dx) dx[i] = accumulate ? dx[i] + s[c] * g : s[c] * g;
     v[0] = static_cast<double>(g) * static_cast<double>(x[i]);
   }
 };
@@ -422,10 +464,11 @@ struct HeadScaleBwdF {  // columns c = h * hd + i of the [N, H * hd] view
   const float* g;
   float* dx;
   int64_t C, hd;
+  bool accumulate;  // dx += (else dx =)
   __device__ void operator()(int64_t n, int64_t c, double* v) const {
     const int64_t i = n * C + c;
     const float gy = dy[i];
-    if (dx) dx[i] += g[c / hd] * gy;
+    if (dx) dx[i] = accumulate ? dx[i] + g[c / hd] * gy : g[c / hd] * gy;
     v[0] = static_cast<double>(gy) * static_cast<double>(x[i]);
   }
 };
@@ -478,6 +521,7 @@ struct ActBwdF {
   const float* dout;
   const float* h;
   float* dh;
+  bool accumulate;  // dh += (else dh =)
   __device__ void operator()(int64_t i) const {
     const float v = h[i];
     float d;
@@ -486,7 +530,7 @@ struct ActBwdF {
     } else {
       d = 2.f * (v > 0.f ? v : 0.f);
     }
-    dh[i] += d * dout[i];
+    dh[i] = accumulate ? dh[i] + d * dout[i] : d * dout[i];
   }
 };
 
@@ -566,13 +610,14 @@ struct ResidMixBwdF {  // out 0: dm[0, :], out 1: dm[1, :]
   const float* x;
   const float* x0;
   const float* m;
-  float* dx;
+  float* dx;  // may be dy: the element is read before it is written, by the same thread
   float* dx0;
   int64_t D;
+  bool accumulate;  // dx += (else dx =); dx0 always accumulates
   __device__ void operator()(int64_t n, int64_t c, double* v) const {
     const int64_t i = n * D + c;
     const float gy = dy[i];
-    if (dx) dx[i] += m[c] * gy;
+    if (dx) dx[i] = accumulate ? dx[i] + m[c] * gy : m[c] * gy;
     if (dx0) dx0[i] += m[D + c] * gy;
     v[0] = static_cast<double>(x[i]) * gy;
     v[1] = static_cast<double>(x0[i]) * gy;
@@ -767,10 +812,29 @@ void launch_channel_scale_forward(const float* x, const float* sc, int64_t N, in
   launch_map(ChannelScaleFwdF{x, sc, y, D}, N * D, s, "channel_scale_forward");
 }
 
+void launch_scaled_residual_forward(const float* x, const float* o, const float* sc, int64_t N, int64_t D, float* y,
+                                    cudaStream_t s) {
+  if (D <= 0) return;
+  if (D % 4 == 0 && aligned16(x) && aligned16(o) && aligned16(y)) {
+    launch_map(ScaledResidual4F{reinterpret_cast<const float4*>(x), reinterpret_cast<const float4*>(o), sc,
+                                reinterpret_cast<float4*>(y), D},
+               N * D / 4, s, "scaled_residual_forward");
+  } else {
+    launch_map(ScaledResidualF{x, o, sc, y, D}, N * D, s, "scaled_residual_forward");
+  }
+}
+
+void launch_scaled_residual_rmsnorm_forward(const float* x, const float* o, const float* sc, int64_t N, int64_t D,
+                                            float eps, float* y, float* h, float* rstd, cudaStream_t s) {
+  if (N <= 0 || D <= 0) return;
+  PTOOL_LAUNCH(scaled_residual_rmsnorm_kernel, row_warps_grid(N), 256, 0, s)(x, o, sc, N, D, eps, y, h, rstd);
+  PTOOL_CUDA_LAUNCHED("scaled_residual_rmsnorm_forward", s);
+}
+
 void launch_channel_scale_backward(const float* dy, const float* x, const float* sc, int64_t N, int64_t D,
-                                   float* dx_acc, float* ds_acc, Workspace& ws, cudaStream_t s) {
-  if (!dx_acc && !ds_acc) return;
-  launch_colreduce(ChannelScaleBwdF{dy, x, sc, dx_acc, D}, N, D, 1, ds_acc, nullptr, ws, s,
+                                   float* dx, bool accumulate, float* ds_acc, Workspace& ws, cudaStream_t s) {
+  if (!dx && !ds_acc) return;
+  launch_colreduce(ChannelScaleBwdF{dy, x, sc, dx, D, accumulate}, N, D, 1, ds_acc, nullptr, ws, s,
                    "channel_scale_backward");
 }
 
@@ -781,10 +845,10 @@ void launch_head_scale_forward(const float* x, const float* g, int64_t N, int64_
 }
 
 void launch_head_scale_backward(const float* dy, const float* x, const float* g, int64_t N, int64_t H, int64_t hd,
-                                float* dx_acc, float* dg_acc, Workspace& ws, cudaStream_t s) {
-  if (!dx_acc && !dg_acc) return;
+                                float* dx, bool accumulate, float* dg_acc, Workspace& ws, cudaStream_t s) {
+  if (!dx && !dg_acc) return;
   if (H <= 0 || hd <= 0) return;
-  launch_colreduce(HeadScaleBwdF{dy, x, g, dx_acc, H * hd, hd}, N, H * hd, hd, dg_acc, nullptr, ws, s,
+  launch_colreduce(HeadScaleBwdF{dy, x, g, dx, H * hd, hd, accumulate}, N, H * hd, hd, dg_acc, nullptr, ws, s,
                    "head_scale_backward");
 }
 
@@ -827,13 +891,13 @@ void launch_activation_forward(bool leaky, const float* h, int64_t n, float* out
     launch_map(ActFwdF<false>{h, out}, n, s, "activation_forward");
 }
 
-void launch_activation_backward(bool leaky, const float* dout, const float* h, int64_t n, float* dh_acc,
+void launch_activation_backward(bool leaky, const float* dout, const float* h, int64_t n, float* dh, bool accumulate,
                                 cudaStream_t s) {
-  if (dh_acc == nullptr) return;
+  if (dh == nullptr) return;
   if (leaky)
-    launch_map(ActBwdF<true>{dout, h, dh_acc}, n, s, "activation_backward");
+    launch_map(ActBwdF<true>{dout, h, dh, accumulate}, n, s, "activation_backward");
   else
-    launch_map(ActBwdF<false>{dout, h, dh_acc}, n, s, "activation_backward");
+    launch_map(ActBwdF<false>{dout, h, dh, accumulate}, n, s, "activation_backward");
 }
 
 void launch_skip_add_forward(float* x, const float* skip, const float* w, int64_t N, int64_t D, cudaStream_t s) {
@@ -868,10 +932,10 @@ void launch_resid_mix_forward(const float* x, const float* x0, const float* m, i
 }
 
 void launch_resid_mix_backward(const float* dy, const float* x, const float* x0, const float* m, int64_t N,
-                               int64_t D, float* dx_acc, float* dx0_acc, float* dm_acc, Workspace& ws,
+                               int64_t D, float* dx, bool accumulate, float* dx0_acc, float* dm_acc, Workspace& ws,
                                cudaStream_t s) {
-  if (!dx_acc && !dx0_acc && !dm_acc) return;
-  launch_colreduce(ResidMixBwdF{dy, x, x0, m, dx_acc, dx0_acc, D}, N, D, 1, dm_acc, dm_acc ? dm_acc + D : nullptr,
+  if (!dx && !dx0_acc && !dm_acc) return;
+  launch_colreduce(ResidMixBwdF{dy, x, x0, m, dx, dx0_acc, D, accumulate}, N, D, 1, dm_acc, dm_acc ? dm_acc + D : nullptr,
                    ws, s, "resid_mix_backward");
 }
 

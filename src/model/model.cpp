@@ -81,15 +81,18 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
   auto buf = [&](size_t n) { return DeviceBuffer<T>(be_, n); };
   acts_.clear();
   acts_.resize(cfg_.virtual_layers());
-  for (auto& a : acts_) {
-    a.x_pre = buf(N * D); a.x_in = buf(N * D); a.x_mix = buf(N * D); a.h1 = buf(N * D); a.rstd1 = buf(N);
+  for (int64_t v = 0; v < cfg_.virtual_layers(); ++v) {
+    LayerActs& a = acts_[v];
+    if (has_skip(v)) a.x_in_buf = buf(N * D);
+    if (cfg_.resid_mix) a.x_mix_buf = buf(N * D);
+    a.h1 = buf(N * D); a.rstd1 = buf(N);
     if (cfg_.norm_scale) { a.n1 = buf(N * D); a.n2 = buf(N * D); }
     a.q_raw = buf(N * D); a.rstd_q = buf(N * H); a.k_raw = buf(N * KV); a.rstd_k = buf(N * Hkv);
     a.q_rot = buf(N * D); a.q = buf(N * D); a.k = buf(N * KV); a.v = buf(N * KV); a.att = buf(N * D);
     a.lse = buf(N * H); a.o = buf(N * D); a.x1 = buf(N * D); a.h2 = buf(N * D); a.rstd2 = buf(N);
     a.u = buf(N * Hd); a.a = buf(N * Hd); a.m = buf(N * D); a.x_out = buf(N * D);
   }
-  emb_ = buf(N * D); x0_ = buf(N * D); rstd0_ = buf(N); xs_ = buf(N * D); final_ = buf(N * D); rstdf_ = buf(N);
+  emb_ = buf(N * D); x0_ = buf(N * D); rstd0_ = buf(N); final_ = buf(N * D); rstdf_ = buf(N);
   logits_ = buf(N * V);
   g_tmp_ = buf(N * D);
   if (train) {
@@ -128,8 +131,7 @@ void Model<T>::pre_norm_backward(int64_t v, const T* x, int64_t N, const T* n, c
   const int64_t D = cfg_.d_model;
   T* g = g_h_.get();
   if (cfg_.norm_scale) {
-    be_.zero(g_tmp_.get(), N * D);
-    be_.channel_scale_backward(g_h_.get(), n, fwd_ + scale, N, D, g_tmp_.get(), grads_.get() + scale);
+    be_.channel_scale_backward_set_dx(g_h_.get(), n, fwd_ + scale, N, D, g_tmp_.get(), grads_.get() + scale);
     g = g_tmp_.get();
   }
   if (cfg_.ln_scale) be_.scale(g, ln_factor(v), N * D);
@@ -137,7 +139,13 @@ void Model<T>::pre_norm_backward(int64_t v, const T* x, int64_t N, const T* n, c
 }
 
 template <class T>
-void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* x) {
+bool Model<T>::has_skip(int64_t v) const {
+  const int64_t k = v - cfg_.encoder_layers();
+  return k >= 0 && k < cfg_.skip_count();
+}
+
+template <class T>
+void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, const T* x, bool last) {
   const int64_t N = B * Tn, D = cfg_.d_model, KV = cfg_.kv_dim(), Hd = cfg_.hidden(), H = cfg_.n_heads,
                 Hkv = cfg_.n_kv_heads, hd = cfg_.head_dim();
   const Names& w = block_[cfg_.schedule[v]];
@@ -145,24 +153,27 @@ void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* x
   const T* P = fwd_;
   LayerActs& a = acts_[v];
   const int64_t n_enc = cfg_.encoder_layers(), k = v - n_enc;
-  be_.copy(a.x_pre.get(), x, N * D);
-  if (v >= n_enc && k < cfg_.skip_count()) {
+  a.x_pre = x;
+  a.x_in = x;
+  if (has_skip(v)) {
     const T* skip = acts_[n_enc - 1 - k].x_out.get();
+    T* in = a.x_in_buf.get();
     if (cfg_.skips == SkipKind::gated)
-      be_.gated_skip_forward(a.x_pre.get(), skip, P + skip_w_ + k * D, P + skip_g_ + k * D, N, D, x);
-    else
-      be_.skip_add_forward(x, skip, P + skip_w_ + k * D, N, D);
+      be_.gated_skip_forward(x, skip, P + skip_w_ + k * D, P + skip_g_ + k * D, N, D, in);
+    else  // skip_add_forward's x + w ⊙ skip, out of place
+      be_.scaled_residual_forward(x, skip, P + skip_w_ + k * D, N, D, in);
+    a.x_in = in;
   }
-  be_.copy(a.x_in.get(), x, N * D);
-  if (cfg_.resid_mix)
-    be_.resid_mix_forward(a.x_in.get(), x0, P + s.resid_mix, N, D, a.x_mix.get());
-  else
-    be_.copy(a.x_mix.get(), a.x_in.get(), N * D);
+  a.x_mix = a.x_in;
+  if (cfg_.resid_mix) {
+    be_.resid_mix_forward(a.x_in, x0, P + s.resid_mix, N, D, a.x_mix_buf.get());
+    a.x_mix = a.x_mix_buf.get();
+  }
   // Attention branch.
-  pre_norm_forward(v, a.x_mix.get(), N, a.n1.get(), a.h1.get(), a.rstd1.get(), s.attn_norm_scale);
-  be_.linear_forward(a.h1.get(), P + w.c_q, N, D, D, a.q_raw.get());
-  be_.linear_forward(a.h1.get(), P + w.c_k, N, D, KV, a.k_raw.get());
-  be_.linear_forward(a.h1.get(), P + w.c_v, N, D, KV, a.v.get());
+  pre_norm_forward(v, a.x_mix, N, a.n1.get(), a.h1.get(), a.rstd1.get(), s.attn_norm_scale);
+  const typename Backend<T>::LinearOut qkv[] = {
+      {P + w.c_q, D, a.q_raw.get()}, {P + w.c_k, KV, a.k_raw.get()}, {P + w.c_v, KV, a.v.get()}};
+  be_.linear_forward_shared(a.h1.get(), N, D, qkv);
   const double base = rope_base_at(Tn);
   const int64_t rot = cfg_.rotary_dims();
   be_.qk_prep_forward(a.q_raw.get(), B, Tn, H, hd, rot, base, cfg_.qk_norm, rms_eps<T>(), P + s.q_gain,
@@ -171,18 +182,22 @@ void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* x
                       a.k.get(), a.k.get());
   be_.attention_forward(a.q.get(), a.k.get(), a.v.get(), B, Tn, H, Hkv, hd, a.att.get(), a.lse.get());
   be_.linear_forward(a.att.get(), P + w.proj, N, D, D, a.o.get());
-  be_.channel_scale_forward(a.o.get(), P + s.attn_scale, N, D, g_tmp_.get());
-  be_.copy(a.x1.get(), a.x_mix.get(), N * D);
-  be_.add(a.x1.get(), g_tmp_.get(), N * D);
-  // MLP branch.
-  pre_norm_forward(v, a.x1.get(), N, a.n2.get(), a.h2.get(), a.rstd2.get(), s.mlp_norm_scale);
+  // MLP branch (its pre-norm fused with the residual add when it is a plain RMSNorm).
+  if (cfg_.ln_scale || cfg_.norm_scale) {
+    be_.scaled_residual_forward(a.x_mix, a.o.get(), P + s.attn_scale, N, D, a.x1.get());
+    pre_norm_forward(v, a.x1.get(), N, a.n2.get(), a.h2.get(), a.rstd2.get(), s.mlp_norm_scale);
+  } else {
+    be_.scaled_residual_rmsnorm_forward(a.x_mix, a.o.get(), P + s.attn_scale, N, D, rms_eps<T>(), a.x1.get(),
+                                        a.h2.get(), a.rstd2.get());
+  }
   be_.linear_forward(a.h2.get(), P + w.fc, N, D, Hd, a.u.get());
   be_.activation_forward(cfg_.activation, a.u.get(), N * Hd, a.a.get());
   be_.linear_forward(a.a.get(), P + w.mproj, N, Hd, D, a.m.get());
-  be_.channel_scale_forward(a.m.get(), P + s.mlp_scale, N, D, g_tmp_.get());
-  be_.copy(a.x_out.get(), a.x1.get(), N * D);
-  be_.add(a.x_out.get(), g_tmp_.get(), N * D);
-  be_.copy(x, a.x_out.get(), N * D);
+  if (last)  // the model's final norm, fused with the last residual add
+    be_.scaled_residual_rmsnorm_forward(a.x1.get(), a.m.get(), P + s.mlp_scale, N, D, rms_eps<T>(), a.x_out.get(),
+                                        final_.get(), rstdf_.get());
+  else
+    be_.scaled_residual_forward(a.x1.get(), a.m.get(), P + s.mlp_scale, N, D, a.x_out.get());
 }
 
 template <class T>
@@ -197,27 +212,20 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
   const int64_t n_enc = cfg_.encoder_layers(), k = v - n_enc;
   if (v < n_enc && v < static_cast<int64_t>(g_skip_.size())) be_.add(dx, g_skip_[v].get(), N * D);
   // MLP branch: x_out = x1 + mlp_scale * proj(act(fc(norm(x1)))).
-  be_.zero(g_m_.get(), N * D);
-  be_.channel_scale_backward(dx, a.m.get(), P + s.mlp_scale, N, D, g_m_.get(), G + s.mlp_scale);
-  be_.zero(g_a_.get(), N * Hd);
-  be_.linear_backward(g_m_.get(), a.a.get(), P + w.mproj, N, Hd, D, g_a_.get(), G + w.mproj);
-  be_.zero(g_u_.get(), N * Hd);
-  be_.activation_backward(cfg_.activation, g_a_.get(), a.u.get(), N * Hd, g_u_.get());
-  be_.zero(g_h_.get(), N * D);
-  be_.linear_backward(g_u_.get(), a.h2.get(), P + w.fc, N, D, Hd, g_h_.get(), G + w.fc);
+  be_.channel_scale_backward_set_dx(dx, a.m.get(), P + s.mlp_scale, N, D, g_m_.get(), G + s.mlp_scale);
+  be_.linear_backward_set_dx(g_m_.get(), a.a.get(), P + w.mproj, N, Hd, D, g_a_.get(), G + w.mproj);
+  be_.activation_backward_set(cfg_.activation, g_a_.get(), a.u.get(), N * Hd, g_u_.get());
+  be_.linear_backward_set_dx(g_u_.get(), a.h2.get(), P + w.fc, N, D, Hd, g_h_.get(), G + w.fc);
   pre_norm_backward(v, a.x1.get(), N, a.n2.get(), a.rstd2.get(), s.mlp_norm_scale, dx);  // dx: now d/dx1
   // Attention branch: x1 = x_mix + attn_scale * proj(attention(...)).
-  be_.zero(g_o_.get(), N * D);
-  be_.channel_scale_backward(dx, a.o.get(), P + s.attn_scale, N, D, g_o_.get(), G + s.attn_scale);
-  be_.zero(g_att_.get(), N * D);
-  be_.linear_backward(g_o_.get(), a.att.get(), P + w.proj, N, D, D, g_att_.get(), G + w.proj);
+  be_.channel_scale_backward_set_dx(dx, a.o.get(), P + s.attn_scale, N, D, g_o_.get(), G + s.attn_scale);
+  be_.linear_backward_set_dx(g_o_.get(), a.att.get(), P + w.proj, N, D, D, g_att_.get(), G + w.proj);
   be_.zero(g_q_.get(), N * D);
   be_.zero(g_k_.get(), N * KV);
   be_.zero(g_v_.get(), N * KV);
   be_.attention_backward(g_att_.get(), a.q.get(), a.k.get(), a.v.get(), a.att.get(), a.lse.get(), B, Tn, H, Hkv, hd,
                          g_q_.get(), g_k_.get(), g_v_.get());
-  be_.zero(g_tmp_.get(), N * D);
-  be_.head_scale_backward(g_q_.get(), a.q_rot.get(), P + s.q_gain, N, H, hd, g_tmp_.get(), G + s.q_gain);
+  be_.head_scale_backward_set_dx(g_q_.get(), a.q_rot.get(), P + s.q_gain, N, H, hd, g_tmp_.get(), G + s.q_gain);
   const double base = rope_base_at(Tn);
   const int64_t rot = cfg_.rotary_dims();
   be_.qk_prep_backward(g_tmp_.get(), a.q_raw.get(), a.rstd_q.get(), B, Tn, H, hd, rot, base, cfg_.qk_norm,
@@ -226,23 +234,18 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
                        g_kraw_.get());
   T* gq_raw = cfg_.qk_norm ? g_q_.get() : g_tmp_.get();
   T* gk_raw = cfg_.qk_norm ? g_kraw_.get() : g_k_.get();
-  be_.zero(g_h_.get(), N * D);
-  be_.linear_backward(gq_raw, a.h1.get(), P + w.c_q, N, D, D, g_h_.get(), G + w.c_q);
-  be_.linear_backward(gk_raw, a.h1.get(), P + w.c_k, N, D, KV, g_h_.get(), G + w.c_k);
-  be_.linear_backward(g_v_.get(), a.h1.get(), P + w.c_v, N, D, KV, g_h_.get(), G + w.c_v);
-  pre_norm_backward(v, a.x_mix.get(), N, a.n1.get(), a.rstd1.get(), s.attn_norm_scale, dx);  // dx: now d/dx_mix
-  if (cfg_.resid_mix) {
-    be_.zero(g_tmp_.get(), N * D);
-    be_.resid_mix_backward(dx, a.x_in.get(), x0, P + s.resid_mix, N, D, g_tmp_.get(), dx0, G + s.resid_mix);
-    be_.copy(dx, g_tmp_.get(), N * D);
-  }
+  const typename Backend<T>::LinearGrad qkv[] = {
+      {gq_raw, P + w.c_q, D, G + w.c_q}, {gk_raw, P + w.c_k, KV, G + w.c_k}, {g_v_.get(), P + w.c_v, KV, G + w.c_v}};
+  be_.linear_backward_shared_set_dx(a.h1.get(), N, D, qkv, g_h_.get());
+  pre_norm_backward(v, a.x_mix, N, a.n1.get(), a.rstd1.get(), s.attn_norm_scale, dx);  // dx: now d/dx_mix
+  if (cfg_.resid_mix) be_.resid_mix_backward_set_dx(dx, a.x_in, x0, P + s.resid_mix, N, D, dx, dx0, G + s.resid_mix);
   // dx: now d/dx_in. Undo the skip connection.
-  if (v >= n_enc && k < cfg_.skip_count()) {
+  if (has_skip(v)) {
     const int64_t e = n_enc - 1 - k;
     const T* skip = acts_[e].x_out.get();
     if (cfg_.skips == SkipKind::gated) {
       be_.zero(g_tmp_.get(), N * D);
-      be_.gated_skip_backward(dx, a.x_pre.get(), skip, P + skip_w_ + k * D, P + skip_g_ + k * D, N, D, g_tmp_.get(),
+      be_.gated_skip_backward(dx, a.x_pre, skip, P + skip_w_ + k * D, P + skip_g_ + k * D, N, D, g_tmp_.get(),
                               g_skip_[e].get(), G + skip_w_ + k * D, G + skip_g_ + k * D);
       be_.copy(dx, g_tmp_.get(), N * D);
     } else {
@@ -266,9 +269,9 @@ double Model<T>::run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, 
   const T* P = fwd_;
   be_.embedding_forward(P + tok_emb_, xdev_, N, D, emb_.get());
   be_.rmsnorm_forward(emb_.get(), N, D, rms_eps<T>(), x0_.get(), rstd0_.get());
-  be_.copy(xs_.get(), x0_.get(), N * D);
-  for (int64_t v = 0; v < cfg_.virtual_layers(); ++v) layer_forward(v, B, Tn, x0_.get(), xs_.get());
-  be_.rmsnorm_forward(xs_.get(), N, D, rms_eps<T>(), final_.get(), rstdf_.get());
+  const int64_t L = cfg_.virtual_layers();  // >= 1 (a schedule is never empty)
+  for (int64_t v = 0; v < L; ++v)
+    layer_forward(v, B, Tn, x0_.get(), v == 0 ? x0_.get() : acts_[v - 1].x_out.get(), v == L - 1);
   const T* head = P + (cfg_.tie_embeddings ? tok_emb_ : lm_head_);
   be_.linear_forward(final_.get(), head, N, D, V, logits_.get());
   double sum = 0;
@@ -282,11 +285,10 @@ double Model<T>::run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, 
 
   T* G = grads_.get();
   for (auto& g : g_skip_) be_.zero(g.get(), N * D);
-  be_.zero(g_final_.get(), N * D);
-  be_.linear_backward(dz, final_.get(), head, N, D, V, g_final_.get(),
+  be_.linear_backward_set_dx(dz, final_.get(), head, N, D, V, g_final_.get(),
                       G + (cfg_.tie_embeddings ? tok_emb_ : lm_head_));
   be_.zero(g_x_.get(), N * D);
-  be_.rmsnorm_backward(g_final_.get(), xs_.get(), rstdf_.get(), N, D, g_x_.get());
+  be_.rmsnorm_backward(g_final_.get(), acts_.back().x_out.get(), rstdf_.get(), N, D, g_x_.get());
   be_.zero(g_x0_.get(), N * D);
   for (int64_t v = cfg_.virtual_layers() - 1; v >= 0; --v)
     layer_backward(v, B, Tn, x0_.get(), g_x_.get(), g_x0_.get());

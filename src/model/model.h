@@ -61,15 +61,23 @@ class Model {
     int64_t attn_scale, mlp_scale, resid_mix, q_gain, attn_norm_scale, mlp_norm_scale;
   };
   struct LayerActs {  // what backward needs from one virtual layer
-    DeviceBuffer<T> x_pre, x_in, x_mix, n1, n2, h1, rstd1, q_raw, rstd_q, k_raw, rstd_k, q_rot, q, k, v, att, lse, o, x1, h2,
-        rstd2, u, a, m, x_out;
+    // The residual stream into the layer (the previous layer's x_out, or x0), after its skip connection and after
+    // resid_mix. Each points at the one before it when the layer has no such step (no copy is made).
+    const T* x_pre = nullptr;
+    const T* x_in = nullptr;
+    const T* x_mix = nullptr;
+    DeviceBuffer<T> x_in_buf, x_mix_buf, n1, n2, h1, rstd1, q_raw, rstd_q, k_raw, rstd_k, q_rot, q, k, v, att, lse,
+        o, x1, h2, rstd2, u, a, m, x_out;
   };
 
   void ensure_arena(int64_t B, int64_t Tn, bool train);
   // dz == nullptr: forward only. defer_loss: the loss sum goes to the backend's accumulator (returns 0).
   double run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, double* losses, T* dz, T grad_scale,
              bool defer_loss = false);
-  void layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* x);
+  // Runs virtual layer v on the residual stream x (x0: the normed embedding); its output is acts_[v].x_out. The
+  // last layer also writes the final norm (final_, rstdf_).
+  void layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, const T* x, bool last);
+  bool has_skip(int64_t v) const;
   void layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* dx, T* dx0);
   T ln_factor(int64_t v) const;
   void pre_norm_forward(int64_t v, const T* x, int64_t N, T* n, T* h, T* rstd, int64_t scale);
@@ -89,7 +97,7 @@ class Model {
   size_t arena_cap_ = 0;             // tokens the arena holds
   bool arena_train_ = false;
   std::vector<LayerActs> acts_;
-  DeviceBuffer<T> emb_, x0_, rstd0_, xs_, final_, rstdf_, logits_, dlogits_;
+  DeviceBuffer<T> emb_, x0_, rstd0_, final_, rstdf_, logits_, dlogits_;
   DeviceBuffer<T> g_x_, g_x0_, g_h_, g_q_, g_k_, g_kraw_, g_v_, g_att_, g_o_, g_u_, g_a_, g_m_, g_tmp_, g_final_;
   std::vector<DeviceBuffer<T>> g_skip_;  // gradient flowing back into each encoder output
   int32_t* xdev_ = nullptr;

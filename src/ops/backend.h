@@ -5,10 +5,14 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 
 #include "src/ops/cpu_ops.h"
 
 namespace ptool {
+
+template <class T>
+class DeviceBuffer;
 
 template <class T>
 class Backend {
@@ -62,6 +66,19 @@ class Backend {
   virtual void resid_mix_forward(const T* x, const T* x0, const T* m, int64_t N, int64_t D, T* y) = 0;
   virtual void resid_mix_backward(const T* dy, const T* x, const T* x0, const T* m, int64_t N, int64_t D, T* dx,
                                   T* dx0, T* dm) = 0;
+  // A branch joins the residual stream: y = x + s ⊙ o, s per channel (y must not alias x). Its backward is
+  // channel_scale_backward (for o and s) with the identity for x. The default composes the two ops it replaces.
+  virtual void scaled_residual_forward(const T* x, const T* o, const T* s, int64_t N, int64_t D, T* y) {
+    channel_scale_forward(o, s, N, D, y);
+    add(y, x, static_cast<size_t>(N * D));
+  }
+  // scaled_residual_forward, then rmsnorm_forward of its result (h = rmsnorm(y), rstd per row): fused where a
+  // backend can, so the new residual is read once. The default composes the two.
+  virtual void scaled_residual_rmsnorm_forward(const T* x, const T* o, const T* s, int64_t N, int64_t D, T eps, T* y,
+                                               T* h, T* rstd) {
+    scaled_residual_forward(x, o, s, N, D, y);
+    rmsnorm_forward(y, N, D, eps, h, rstd);
+  }
   // Attention inputs from their projections, fused into one pass where a backend can: over [B, Tn, H, hd] rows,
   // x = rope(norm ? rmsnorm(raw) : raw) (rstd per row when norm), then out = g[h] x when gain is given (q);
   // without gain (k) out is x itself and must equal it. The default composes the ops above, in this order.
@@ -84,6 +101,72 @@ class Backend {
     const int64_t rows = B * Tn * H;
     zero(draw, static_cast<size_t>(rows * hd));
     rmsnorm_backward(d, raw, rstd, rows, hd, draw);
+  }
+
+  // The backwards above with the input gradient written instead of added (dx = ..., not dx += ...), for a buffer
+  // that would otherwise be zeroed first: a backend can skip the zeroing pass and the read of zeros. Parameter
+  // gradients (dW, ds, dg) still accumulate. The defaults zero the input gradient and call the accumulating op.
+  virtual void linear_backward_set_dx(const T* dy, const T* x, const T* W, int64_t N, int64_t K, int64_t M, T* dx,
+                                      T* dW) {
+    if (dx) zero(dx, static_cast<size_t>(N * K));
+    linear_backward(dy, x, W, N, K, M, dx, dW);
+  }
+  virtual void channel_scale_backward_set_dx(const T* dy, const T* x, const T* s, int64_t N, int64_t D, T* dx,
+                                             T* ds) {
+    if (dx) zero(dx, static_cast<size_t>(N * D));
+    channel_scale_backward(dy, x, s, N, D, dx, ds);
+  }
+  virtual void head_scale_backward_set_dx(const T* dy, const T* x, const T* g, int64_t N, int64_t H, int64_t hd,
+                                          T* dx, T* dg) {
+    if (dx) zero(dx, static_cast<size_t>(N * H * hd));
+    head_scale_backward(dy, x, g, N, H, hd, dx, dg);
+  }
+  virtual void activation_backward_set(cpu::Activation a, const T* dout, const T* h, int64_t n, T* dh) {
+    zero(dh, static_cast<size_t>(n));
+    activation_backward(a, dout, h, n, dh);
+  }
+  // Here dx may also be dy itself (the residual gradient, updated in place).
+  virtual void resid_mix_backward_set_dx(const T* dy, const T* x, const T* x0, const T* m, int64_t N, int64_t D,
+                                         T* dx, T* dx0, T* dm) {
+    const size_t n = static_cast<size_t>(N * D);
+    DeviceBuffer<T> tmp(*this, dx == dy ? n : 0);
+    T* out = dx == dy ? tmp.get() : dx;
+    if (out) zero(out, n);
+    resid_mix_backward(dy, x, x0, m, N, D, out, dx0, dm);
+    if (dx == dy) copy(dx, out, n);
+  }
+
+  // Several linears of one input (attention's q, k and v projections): y_i = x W_i^T. A backend can prepare x once
+  // for all of them (bf16 GEMMs round it to bf16 once, not once per weight). The default calls linear_forward.
+  struct LinearOut {
+    const T* W;
+    int64_t M;
+    T* y;
+  };
+  virtual void linear_forward_shared(const T* x, int64_t N, int64_t K, std::span<const LinearOut> outs) {
+    for (const LinearOut& o : outs) linear_forward(x, o.W, N, K, o.M, o.y);
+  }
+  // Their backward: dx = sum_i dy_i W_i, written (as linear_backward_set_dx), and dW_i += dy_i^T x. The default
+  // calls linear_backward_set_dx for the first and linear_backward for the rest.
+  struct LinearGrad {
+    const T* dy;
+    const T* W;
+    int64_t M;
+    T* dW;
+  };
+  virtual void linear_backward_shared_set_dx(const T* x, int64_t N, int64_t K, std::span<const LinearGrad> grads,
+                                             T* dx) {
+    if (grads.empty()) {
+      if (dx) zero(dx, static_cast<size_t>(N * K));
+      return;
+    }
+    for (size_t i = 0; i < grads.size(); ++i) {
+      const LinearGrad& g = grads[i];
+      if (i == 0)
+        linear_backward_set_dx(g.dy, x, g.W, N, K, g.M, dx, g.dW);
+      else
+        linear_backward(g.dy, x, g.W, N, K, g.M, dx, g.dW);
+    }
   }
 
   // Per-token losses land in host memory (double); returns their sum.

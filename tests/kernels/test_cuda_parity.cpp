@@ -309,6 +309,79 @@ TEST_CASE("cuda: linear on random floats", "[gpu]") {
   }
 }
 
+// Three weights of one input, as q, k and v: exact against the CPU on small integers, and bit-identical to the
+// separate calls on floats (the same conversions and GEMMs). dx starts as NaN: the first product overwrites it.
+TEST_CASE("cuda: linears sharing one input match separate calls", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  std::mt19937_64 rng(19);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  using Out = Backend<float>::LinearOut;
+  using Grad = Backend<float>::LinearGrad;
+  for (auto prec : kAllPrecisions) {
+    auto g = gpu_backend(prec);
+    const std::string mode = tag_of(prec);
+    for (bool ints : {true, false}) {
+      const int64_t N = rand_int(rng, 1, 300), K = rand_int(rng, 1, 200);
+      const int64_t Ms[3] = {rand_int(rng, 1, 200), rand_int(rng, 1, 100), rand_int(rng, 1, 100)};
+      const std::string shape = std::string(ints ? " ints" : " floats") + " N=" + std::to_string(N) +
+                                " K=" + std::to_string(K) + " M=" + std::to_string(Ms[0]) + "," +
+                                std::to_string(Ms[1]) + "," + std::to_string(Ms[2]);
+      auto values = [&](int64_t n) { return ints ? rand_ints(rng, n, -8, 8) : rand_vec(rng, n); };
+      const Vec x = values(N * K);
+      std::vector<Vec> W, dy, dW0;
+      for (int64_t M : Ms) {
+        W.push_back(values(M * K));
+        dy.push_back(values(N * M));
+        dW0.push_back(rand_ints(rng, M * K, -100, 100));
+      }
+      // CPU: the defaults (separate calls)
+      std::vector<Vec> y, dW = dW0;
+      Vec dx(N * K, 7.f);
+      std::vector<Out> outs;
+      std::vector<Grad> grads;
+      for (int i = 0; i < 3; ++i) {
+        y.emplace_back(N * Ms[i]);
+        outs.push_back({W[i].data(), Ms[i], y[i].data()});
+        grads.push_back({dy[i].data(), W[i].data(), Ms[i], dW[i].data()});
+      }
+      cpu->linear_forward_shared(x.data(), N, K, outs);
+      cpu->linear_backward_shared_set_dx(x.data(), N, K, grads, dx.data());
+      // device: shared, and separate
+      Dev gx(*g, x), gdx(*g, Vec(N * K, nan)), sdx(*g, Vec(N * K, 0.f));
+      std::deque<Dev> gW, gdy, gy, gdW, sy, sdW;
+      std::vector<Out> gouts;
+      std::vector<Grad> ggrads;
+      for (int i = 0; i < 3; ++i) {
+        gW.emplace_back(*g, W[i]);
+        gdy.emplace_back(*g, dy[i]);
+        gy.emplace_back(*g, Vec(N * Ms[i], nan));
+        gdW.emplace_back(*g, dW0[i]);
+        sy.emplace_back(*g, Vec(N * Ms[i]));
+        sdW.emplace_back(*g, dW0[i]);
+        gouts.push_back({gW[i].p(), Ms[i], gy[i].p()});
+        ggrads.push_back({gdy[i].p(), gW[i].p(), Ms[i], gdW[i].p()});
+        g->linear_forward(gx.p(), gW[i].p(), N, K, Ms[i], sy[i].p());
+        g->linear_backward(gdy[i].p(), gx.p(), gW[i].p(), N, K, Ms[i], sdx.p(), sdW[i].p());
+      }
+      g->linear_forward_shared(gx.p(), N, K, gouts);
+      g->linear_backward_shared_set_dx(gx.p(), N, K, ggrads, gdx.p());
+      for (int i = 0; i < 3; ++i) {
+        const std::string w = " W" + std::to_string(i) + mode + shape;
+        check_exact("linear_forward_shared y vs separate" + w, gy[i].get(), sy[i].get());
+        check_exact("linear_backward_shared_set_dx dW vs separate" + w, gdW[i].get(), sdW[i].get());
+        if (ints) {
+          check_exact("linear_forward_shared y" + w, gy[i].get(), y[i]);
+          check_exact("linear_backward_shared_set_dx dW (accumulated)" + w, gdW[i].get(), dW[i]);
+        }
+      }
+      // exact, but an overwritten all-(-0) sum stays -0 where 0 + (-0) is +0
+      check_close("linear_backward_shared_set_dx dx vs separate" + mode + shape, gdx.get(), sdx.get(), 0.0, 0.0);
+      if (ints) check_close("linear_backward_shared_set_dx dx" + mode + shape, gdx.get(), dx, 0.0, 0.0);
+    }
+  }
+}
+
 TEST_CASE("cuda: channel scale and head scale", "[gpu]") {
   SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend<float>();
@@ -355,6 +428,58 @@ TEST_CASE("cuda: channel scale and head scale", "[gpu]") {
     check_close("head_scale_backward dg" + shape, gdg.get(), dg, 1e-5, 0.0, &sc);
     g->head_scale_forward(gx.p(), ggg.p(), N, H, hd, gx.p());  // in place
     check_exact("head_scale_forward in place" + shape, gx.get(), y);
+  }
+}
+
+TEST_CASE("cuda: scaled residual is exactly channel scale then add", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  auto g = gpu_backend();
+  std::mt19937_64 rng(16);
+  for (int it = 0; it < 8; ++it) {
+    // D = 6 and odd offsets take the scalar path; D = 64 and 512 on aligned buffers the float4 one.
+    const int64_t N = rand_int(rng, 1, 2000), D = pick(rng, {1, 6, 64, 512}), off = pick(rng, {0, 1});
+    const std::string shape = " N=" + std::to_string(N) + " D=" + std::to_string(D) + " offset=" +
+                              std::to_string(off);
+    const Vec x = rand_vec(rng, N * D + off), o = rand_vec(rng, N * D + off), s = rand_vec(rng, D, -2.f, 2.f);
+    Vec want(N * D);
+    cpu->channel_scale_forward(o.data() + off, s.data(), N, D, want.data());
+    cpu->add(want.data(), x.data() + off, static_cast<size_t>(N * D));
+    Vec via_default(N * D);
+    cpu->scaled_residual_forward(x.data() + off, o.data() + off, s.data(), N, D, via_default.data());
+    check_exact("cpu scaled_residual_forward" + shape, via_default, want);
+    Dev gx(*g, x), go(*g, o), gs(*g, s), gy(*g, Vec(N * D + off));
+    g->scaled_residual_forward(gx.p() + off, go.p() + off, gs.p(), N, D, gy.p() + off);
+    Vec got = gy.get();
+    got.erase(got.begin(), got.begin() + off);
+    check_exact("scaled_residual_forward" + shape, got, want);
+  }
+}
+
+TEST_CASE("cuda: fused residual add + rmsnorm equals the two ops", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  auto g = gpu_backend();
+  std::mt19937_64 rng(17);
+  const float eps = std::numeric_limits<float>::epsilon();
+  for (int it = 0; it < 6; ++it) {
+    const int64_t N = rand_int(rng, 1, 2000), D = pick(rng, {1, 33, 64, 512, 1000});
+    const std::string shape = " N=" + std::to_string(N) + " D=" + std::to_string(D);
+    const Vec x = rand_vec(rng, N * D, -3.f, 3.f), o = rand_vec(rng, N * D), s = rand_vec(rng, D, -2.f, 2.f);
+    Vec y(N * D), h(N * D), rstd(N);
+    cpu->scaled_residual_forward(x.data(), o.data(), s.data(), N, D, y.data());
+    cpu->rmsnorm_forward(y.data(), N, D, eps, h.data(), rstd.data());
+    // The same kernels composed on the device: the fused one must match them bit for bit.
+    Dev gx(*g, x), go(*g, o), gs(*g, s), gy(*g, Vec(N * D)), gh(*g, Vec(N * D)), gr(*g, Vec(N));
+    g->scaled_residual_forward(gx.p(), go.p(), gs.p(), N, D, gy.p());
+    g->rmsnorm_forward(gy.p(), N, D, eps, gh.p(), gr.p());
+    Dev fy(*g, Vec(N * D)), fh(*g, Vec(N * D)), fr(*g, Vec(N));
+    g->scaled_residual_rmsnorm_forward(gx.p(), go.p(), gs.p(), N, D, eps, fy.p(), fh.p(), fr.p());
+    check_exact("scaled_residual_rmsnorm_forward y" + shape, fy.get(), y);
+    check_exact("scaled_residual_rmsnorm_forward h (device ops)" + shape, fh.get(), gh.get());
+    check_exact("scaled_residual_rmsnorm_forward rstd (device ops)" + shape, fr.get(), gr.get());
+    check_close("scaled_residual_rmsnorm_forward h" + shape, fh.get(), h, 1e-7, 2e-6);
+    check_close("scaled_residual_rmsnorm_forward rstd" + shape, fr.get(), rstd, 0.0, 2e-6);
   }
 }
 
@@ -527,6 +652,68 @@ TEST_CASE("cuda: activations", "[gpu]") {
   }
 }
 
+// The *_set backwards overwrite the input gradient: the device buffer starts as NaN, so a kernel that read it
+// (added instead of writing) would leave NaN behind. The CPU runs its defaults (zero, then the accumulating op);
+// parameter gradients start non-zero and must still accumulate.
+TEST_CASE("cuda: backwards that overwrite the input gradient", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  std::mt19937_64 rng(18);
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (auto prec : kAllPrecisions) {
+    auto g = gpu_backend(prec);
+    const std::string mode = tag_of(prec);
+    for (int it = 0; it < 3; ++it) {
+      const int64_t N = rand_int(rng, 1, 300), K = rand_int(rng, 1, 300), M = rand_int(rng, 1, 300);
+      const std::string shape = " N=" + std::to_string(N) + " K=" + std::to_string(K) + " M=" + std::to_string(M);
+      const Vec x = rand_ints(rng, N * K, -8, 8), W = rand_ints(rng, M * K, -8, 8), dy = rand_ints(rng, N * M, -8, 8);
+      const Vec dW0 = rand_ints(rng, M * K, -100, 100);
+      Vec dx(N * K, 7.f), dW = dW0;
+      cpu->linear_backward_set_dx(dy.data(), x.data(), W.data(), N, K, M, dx.data(), dW.data());
+      Dev gx(*g, x), gW(*g, W), gdy(*g, dy), gdx(*g, Vec(N * K, nan)), gdW(*g, dW0);
+      g->linear_backward_set_dx(gdy.p(), gx.p(), gW.p(), N, K, M, gdx.p(), gdW.p());
+      check_close("linear_backward_set_dx dx (exact; -0 == +0)" + mode + shape, gdx.get(), dx, 0.0, 0.0);
+      check_exact("linear_backward_set_dx dW (accumulated)" + mode + shape, gdW.get(), dW);
+    }
+  }
+  auto g = gpu_backend();
+  for (int it = 0; it < 4; ++it) {
+    const int64_t N = rand_int(rng, 1, 2000), H = pick(rng, {1, 3, 8}), hd = pick(rng, {2, 16, 64});
+    const int64_t D = H * hd;
+    const std::string shape = " N=" + std::to_string(N) + " H=" + std::to_string(H) + " hd=" + std::to_string(hd);
+    const Vec x = rand_vec(rng, N * D), dy = rand_vec(rng, N * D), s = rand_vec(rng, D, 0.5f, 1.5f),
+              gain = rand_vec(rng, H, 0.5f, 2.f), ds0 = rand_vec(rng, D), dg0 = rand_vec(rng, H);
+    Vec dx(N * D, 7.f), ds = ds0, dxh(N * D, 7.f), dg = dg0;
+    cpu->channel_scale_backward_set_dx(dy.data(), x.data(), s.data(), N, D, dx.data(), ds.data());
+    cpu->head_scale_backward_set_dx(dy.data(), x.data(), gain.data(), N, H, hd, dxh.data(), dg.data());
+    Dev gx(*g, x), gdy(*g, dy), gs(*g, s), ggain(*g, gain), gdx(*g, Vec(N * D, nan)), gds(*g, ds0),
+        gdxh(*g, Vec(N * D, nan)), gdg(*g, dg0);
+    g->channel_scale_backward_set_dx(gdy.p(), gx.p(), gs.p(), N, D, gdx.p(), gds.p());
+    g->head_scale_backward_set_dx(gdy.p(), gx.p(), ggain.p(), N, H, hd, gdxh.p(), gdg.p());
+    check_close("channel_scale_backward_set_dx dx" + shape, gdx.get(), dx, 0.0, 1e-7);
+    const auto sc = col_abs_sum(dy, x, N, D, ds0);
+    check_close("channel_scale_backward_set_dx ds (accumulated)" + shape, gds.get(), ds, 1e-5, 0.0, &sc);
+    check_close("head_scale_backward_set_dx dx" + shape, gdxh.get(), dxh, 0.0, 1e-7);
+    std::vector<double> sch(static_cast<size_t>(H));
+    for (int64_t h = 0; h < H; ++h) {
+      sch[h] = std::abs(dg0[h]);
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t i = 0; i < hd; ++i) sch[h] += std::abs(dy[(n * H + h) * hd + i] * x[(n * H + h) * hd + i]);
+    }
+    check_close("head_scale_backward_set_dx dg (accumulated)" + shape, gdg.get(), dg, 1e-5, 0.0, &sch);
+  }
+  for (auto act : {cpu::Activation::relu2, cpu::Activation::leaky_relu2}) {
+    const int64_t n = rand_int(rng, 1, 100000);
+    const Vec h = rand_vec(rng, n, -3.f, 3.f), dout = rand_vec(rng, n);
+    Vec dh(n, 7.f);
+    cpu->activation_backward_set(act, dout.data(), h.data(), n, dh.data());
+    Dev gh(*g, h), gdout(*g, dout), gdh(*g, Vec(n, nan));
+    g->activation_backward_set(act, gdout.p(), gh.p(), n, gdh.p());
+    check_close(std::string(act == cpu::Activation::relu2 ? "relu2" : "leaky_relu2") + " backward_set", gdh.get(), dh,
+                0.0, 1e-6);
+  }
+}
+
 TEST_CASE("cuda: skip_add, gated_skip, resid_mix", "[gpu]") {
   SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend<float>();
@@ -591,6 +778,26 @@ TEST_CASE("cuda: skip_add, gated_skip, resid_mix", "[gpu]") {
       Dev gy2(*g, x);
       g->resid_mix_forward(gy2.p(), gx0.p(), gm.p(), N, D, gy2.p());
       check_close("resid_mix_forward in place" + shape, gy2.get(), y, 1e-7, 1e-6);
+      // dx written: into a NaN buffer, and in place over dy (the CPU runs the defaults, from 7s and in place)
+      Vec sdx(N * D, 7.f), sdx0 = db0, sdm = dm0, idx = dy, idx0 = db0, idm = dm0;
+      cpu->resid_mix_backward_set_dx(dy.data(), x.data(), x0.data(), m.data(), N, D, sdx.data(), sdx0.data(),
+                                     sdm.data());
+      cpu->resid_mix_backward_set_dx(idx.data(), x.data(), x0.data(), m.data(), N, D, idx.data(), idx0.data(),
+                                     idm.data());
+      check_exact("cpu resid_mix_backward_set_dx in place dx" + shape, idx, sdx);
+      const float nan = std::numeric_limits<float>::quiet_NaN();
+      Dev gsdx(*g, Vec(N * D, nan)), gsdx0(*g, db0), gsdm(*g, dm0), gidx(*g, dy), gidx0(*g, db0), gidm(*g, dm0);
+      g->resid_mix_backward_set_dx(gdy.p(), gx.p(), gx0.p(), gm.p(), N, D, gsdx.p(), gsdx0.p(), gsdm.p());
+      g->resid_mix_backward_set_dx(gidx.p(), gx.p(), gx0.p(), gm.p(), N, D, gidx.p(), gidx0.p(), gidm.p());
+      for (const char* how : {"", " in place"}) {
+        const bool in_place = how[0] != '\0';
+        check_close("resid_mix_backward_set_dx dx" + std::string(how) + shape, (in_place ? gidx : gsdx).get(), sdx,
+                    1e-7, 1e-6);
+        check_close("resid_mix_backward_set_dx dx0" + std::string(how) + shape, (in_place ? gidx0 : gsdx0).get(),
+                    sdx0, 1e-7, 1e-6);
+        check_close("resid_mix_backward_set_dx dm" + std::string(how) + shape, (in_place ? gidm : gsdm).get(), sdm,
+                    1e-5, 0.0, &sc);
+      }
     }
   }
 }
