@@ -22,6 +22,11 @@
 // bf16, the twin's default). Eval counts every processed position (a sliding pass processes about L/S positions per
 // scored target); ptool runs the short tail windows unpadded, the twin pads them, which it counts as processed.
 //
+// --profile runs the model on a ProfilingBackend (src/ops/profiling_backend.h): per op, the calls, time (CUDA
+// events on a CUDA backend), share, estimated traffic and FLOPs of the timed training steps ("train_profile", the
+// optimizer step as one op) and of the timed eval ("eval_profile"), printed as tables without --json. The events
+// cost a little: take the throughput figures from a run without it.
+//
 // Memory (CUDA): peak bytes the backend held (its buffers and workspaces, like torch's max_memory_allocated),
 // separately for training and eval, and the device's used memory at the end (cudaMemGetInfo, context included).
 #include <algorithm>
@@ -39,6 +44,7 @@
 #include "src/model/layout.h"
 #include "src/model/model.h"
 #include "src/ops/device.h"
+#include "src/ops/profiling_backend.h"
 #include "src/train/optimizer_step.h"
 #include "src/train/trainer.h"
 #ifdef PTOOL_HAVE_CUDA
@@ -55,8 +61,16 @@ struct Args {
   int64_t batch_tokens = 524288, grad_accum = 8, seq_len = 0, steps = 10, warmup = 2;
   int64_t eval_tokens = 1048576, eval_stride = 64, eval_batch = 32;
   double peak_tflops = 989.0;
-  bool muon_bf16 = false, no_train = false, no_eval = false, json = false;
+  bool muon_bf16 = false, no_train = false, no_eval = false, json = false, profile = false;
 };
+
+using Profiler = ProfilingBackend<float>;
+
+nlohmann::json profile_json(const OpProfile& p) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& [op, s] : p) j[op] = {{"calls", s.calls}, {"ms", s.ms}, {"bytes", s.bytes}, {"flops", s.flops}};
+  return j;
+}
 
 double executed_matmul_params(const model::ModelConfig& c) {
   const double D = static_cast<double>(c.d_model), KV = static_cast<double>(c.kv_dim()),
@@ -122,7 +136,7 @@ std::vector<int32_t> random_tokens(std::mt19937& rng, size_t n, int64_t V) {
 }
 
 void bench_training(const Args& a, const model::ModelConfig& cfg, model::Model<float>& m, Backend<float>& be,
-                    int64_t T, nlohmann::json& res) {
+                    Profiler* prof, int64_t T, nlohmann::json& res) {
   if (a.batch_tokens % (a.grad_accum * T) != 0)
     throw std::runtime_error("--batch-tokens must be a multiple of --grad-accum x seq_len");
   const int64_t rows = a.batch_tokens / a.grad_accum / T;
@@ -150,6 +164,7 @@ void bench_training(const Args& a, const model::ModelConfig& cfg, model::Model<f
   take_peak_gb(be);
   const auto w0 = clock_type::now();
   for (int64_t s = 0; s < a.warmup + a.steps; ++s) {
+    if (prof && s == a.warmup) prof->reset();
     const auto t0 = clock_type::now();
     m.zero_grads();
     for (int64_t i = 0; i < a.grad_accum; ++i)  // as the trainer: the loss is read once per step
@@ -157,7 +172,10 @@ void bench_training(const Args& a, const model::ModelConfig& cfg, model::Model<f
     const double loss_sum = m.take_loss_sum();
     const auto t1 = clock_type::now();
     if (a.optimizer != "none") {
-      opt->step(ss);
+      if (prof)
+        prof->time_region("optimizer step", [&] { opt->step(ss); });
+      else
+        opt->step(ss);
       sync(be);
     }
     loss = loss_sum / static_cast<double>(a.batch_tokens);
@@ -181,10 +199,11 @@ void bench_training(const Args& a, const model::ModelConfig& cfg, model::Model<f
               {"mfu", fpt * tok_s / (a.peak_tflops * 1e12)}, {"achieved_tflops", fpt * tok_s / 1e12},
               {"train_flops_per_token", fpt}, {"first_loss", first_loss}, {"final_loss", loss},
               {"train_peak_mem_gb", take_peak_gb(be)}});
+  if (prof) res["train_profile"] = profile_json(prof->profile());
 }
 
-void bench_eval(const Args& a, const model::ModelConfig& cfg, model::Model<float>& m, Backend<float>& be, int64_t L,
-                nlohmann::json& res) {
+void bench_eval(const Args& a, const model::ModelConfig& cfg, model::Model<float>& m, Backend<float>& be,
+                Profiler* prof, int64_t L, nlohmann::json& res) {
   std::mt19937 rng(5);
   std::vector<uint16_t> tokens(static_cast<size_t>(a.eval_tokens + 1));
   for (auto& t : tokens) t = static_cast<uint16_t>(rng() % static_cast<uint32_t>(cfg.vocab_size));
@@ -197,6 +216,7 @@ void bench_eval(const Args& a, const model::ModelConfig& cfg, model::Model<float
   eval::eval_sliding(m, std::span(tokens.data(), warm), L, a.eval_stride, luts, a.eval_batch);
   sync(be);
   take_peak_gb(be);
+  if (prof) prof->reset();
   const auto t0 = clock_type::now();
   const auto r = eval::eval_sliding(m, tokens, L, a.eval_stride, luts, a.eval_batch);
   sync(be);
@@ -208,6 +228,14 @@ void bench_eval(const Args& a, const model::ModelConfig& cfg, model::Model<float
               {"eval_processed_tokens_per_s", processed / s},
               {"eval_mfu", eval_flops_per_token(cfg, L) * processed / s / (a.peak_tflops * 1e12)},
               {"eval_loss", r.val_loss()}, {"eval_peak_mem_gb", take_peak_gb(be)}});
+  if (prof) res["eval_profile"] = profile_json(prof->profile());
+}
+
+std::unique_ptr<OpTimer> op_timer_for(Backend<float>& be) {
+#ifdef PTOOL_HAVE_CUDA
+  if (is_cuda_backend(be)) return make_cuda_op_timer(be);
+#endif
+  return make_wall_clock_timer();
 }
 
 }  // namespace
@@ -234,6 +262,7 @@ int main(int argc, char** argv) {
   app.add_flag("--no-train", a.no_train, "skip the training benchmark");
   app.add_flag("--no-eval", a.no_eval, "skip the eval benchmark");
   app.add_flag("--json", a.json, "print one JSON object");
+  app.add_flag("--profile", a.profile, "time every op (per-op tables; the JSON gets train_profile, eval_profile)");
   CLI11_PARSE(app, argc, argv);
   try {
     if (a.steps < 1 || a.warmup < 0 || a.grad_accum < 1 || a.eval_tokens < 1 || a.eval_batch < 1)
@@ -241,12 +270,17 @@ int main(int argc, char** argv) {
     const auto cfg = model::preset(a.preset);
     const int64_t T = a.seq_len > 0 ? a.seq_len : cfg.train_seq_len;
     auto be = make_backend(a.device);
-    model::Model<float> m(cfg, *be);
+    std::unique_ptr<Profiler> prof;
+    if (a.profile) prof = std::make_unique<Profiler>(*be, op_timer_for(*be));
+    Backend<float>& run_on = prof ? static_cast<Backend<float>&>(*prof) : *be;
+    model::Model<float> m(cfg, run_on);
     nlohmann::json res = {{"preset", a.preset}, {"device", a.device}, {"device_name", device_name(*be)},
                           {"params", m.param_count()}, {"executed_matmul_params", executed_matmul_params(cfg)},
                           {"virtual_layers", cfg.virtual_layers()}, {"seq_len", T}, {"peak_tflops", a.peak_tflops}};
-    if (!a.no_train) bench_training(a, cfg, m, *be, T, res);
-    if (!a.no_eval) bench_eval(a, cfg, m, *be, T, res);
+    if (!a.no_train) bench_training(a, cfg, m, *be, prof.get(), T, res);
+    std::string train_table;
+    if (prof && !a.no_train) train_table = format_profile(prof->profile());
+    if (!a.no_eval) bench_eval(a, cfg, m, *be, prof.get(), T, res);
 #ifdef PTOOL_HAVE_CUDA
     if (is_cuda_backend(*be)) res["device_used_gb_at_end"] = static_cast<double>(cuda_device_used_bytes(0)) / 1e9;
 #endif
@@ -269,6 +303,10 @@ int main(int argc, char** argv) {
                   res["eval_loss"].get<double>());
     for (const char* k : {"train_peak_mem_gb", "eval_peak_mem_gb", "device_used_gb_at_end"})
       if (res.contains(k) && res[k].is_number()) std::printf("  %s: %.2f\n", k, res[k].get<double>());
+    if (!train_table.empty())
+      std::printf("\nprofile of the %lld timed training steps:\n%s", static_cast<long long>(a.steps),
+                  train_table.c_str());
+    if (prof && !a.no_eval) std::printf("\nprofile of the timed eval:\n%s", format_profile(prof->profile()).c_str());
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_train: %s\n", e.what());
     return 1;

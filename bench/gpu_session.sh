@@ -6,13 +6,15 @@
 #
 # Each step has its own time limit (timeout) inside one overall budget (BUDGET_S, default 530 s, so the call ends
 # well inside the tool's 10 minutes); a failing or timed-out step is recorded and the next one runs. Steps run in
-# order of importance, so a slow GPU loses only the last ones. Files written to $OUT (7):
+# order of importance, so a slow GPU loses only the last ones. Files written to $OUT (8):
 #   summary.txt           environment, one line per step (exit code, seconds), key figures and ptool/twin ratios
 #   log.txt               every step's command line and stderr
 #   test_kernels.txt      all [gpu] tests (parity, Hessians, optimizer), with each check's share of its tolerance
 #   bench_train.jsonl     bench_train, one JSON object per preset x GEMM precision
 #   torch_twin.jsonl      bench/torch_twin.py, one JSON object per preset
 #   bench_cuda_ops.jsonl  bench_cuda_ops per GEMM precision
+#   profile.txt           bench_train --profile, baseline bf16: per-op time, share, GB/s and TFLOP/s of a training
+#                         step and of the sliding eval (what limits ptool, op by op)
 #   ptool_train.txt       a short `ptool train --device cuda --preset baseline` run and a GPU-calibrated quantize
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -38,6 +40,7 @@ BENCH_STEPS=(--steps 5 --warmup 2)
 TESTS="[gpu]"
 OPS=(--reps 10)
 TRAIN=(--batch-tokens 131072 --grad-accum 2 --steps 6 --val-tokens 32768)
+PROFILE_RUN=(--steps 2 --warmup 1 --eval-tokens 65536 --eval-stride 64 --eval-batch 32)
 CALIB=(--calib-batches 2 --calib-batch-seqs 4)
 accum_of() { if [ "$1" = baseline ]; then echo 8; else echo 16; fi; }
 if [ "$SMOKE" = 1 ]; then
@@ -47,6 +50,7 @@ if [ "$SMOKE" = 1 ]; then
   TESTS="cuda: device and backend basics"
   OPS=(--reps 1 --batch 1 --seq 64)
   TRAIN=(--batch-tokens 128 --seq-len 32 --grad-accum 2 --steps 1 --val-tokens 256)
+  PROFILE_RUN=(--steps 1 --warmup 1 --eval-tokens 256 --eval-stride 16 --eval-batch 2)
   CALIB=(--calib-batches 1 --calib-batch-seqs 1 --calib-seq-len 32)
   accum_of() { echo 2; }
 fi
@@ -120,6 +124,8 @@ step "test_kernels [gpu]" 180 "$OUT/test_kernels.txt" sh -c '"$1" "$2" --duratio
 bt baseline bf16 60
 bt baseline tf32 60
 twin baseline 150
+step "bench_train baseline bf16 --profile" 60 "$OUT/profile.txt" "$BUILD/bench_train" --preset baseline \
+  --device cuda:bf16 "${BATCH[@]}" --grad-accum "$(accum_of baseline)" "${PROFILE_RUN[@]}" --muon-bf16 --profile
 bt "$RECURRENT" bf16 90
 bt "$RECURRENT" tf32 90
 twin "$RECURRENT" 150

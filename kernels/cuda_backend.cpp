@@ -689,25 +689,27 @@ std::string cuda_device_name(int device) {
 }
 
 void cuda_synchronize(Backend<float>& backend) {
-  if (auto* b = dynamic_cast<CudaBackend*>(&backend)) b->synchronize();
+  if (auto* b = dynamic_cast<CudaBackend*>(&backend.underlying())) b->synchronize();
 }
 
 void* cuda_stream_of(Backend<float>& backend) {
-  auto* b = dynamic_cast<CudaBackend*>(&backend);
+  auto* b = dynamic_cast<CudaBackend*>(&backend.underlying());
   if (!b) throw Error(std::string("not a CUDA backend: ") + backend.name());
   return b->stream();
 }
 
-bool is_cuda_backend(const Backend<float>& backend) { return dynamic_cast<const CudaBackend*>(&backend) != nullptr; }
+bool is_cuda_backend(const Backend<float>& backend) {
+  return dynamic_cast<const CudaBackend*>(&backend.underlying()) != nullptr;
+}
 
 CudaMemory cuda_memory(const Backend<float>& backend) {
-  auto* b = dynamic_cast<const CudaBackend*>(&backend);
+  auto* b = dynamic_cast<const CudaBackend*>(&backend.underlying());
   if (!b) throw Error(std::string("not a CUDA backend: ") + backend.name());
   return {b->memory().live, b->memory().peak};
 }
 
 void cuda_reset_peak_memory(Backend<float>& backend) {
-  auto* b = dynamic_cast<CudaBackend*>(&backend);
+  auto* b = dynamic_cast<CudaBackend*>(&backend.underlying());
   if (!b) throw Error(std::string("not a CUDA backend: ") + backend.name());
   b->reset_peak_memory();
 }

@@ -37,6 +37,7 @@
 #include <string>
 
 #include "src/ops/backend.h"
+#include "src/ops/op_timer.h"
 
 namespace ptool {
 
@@ -71,6 +72,10 @@ void cuda_synchronize(Backend<float>& backend);
 // device code (the optimizer, calibration) can run in the same stream order. Throws for other backends.
 void* cuda_stream_of(Backend<float>& backend);
 bool is_cuda_backend(const Backend<float>& backend);
+
+// Times spans of work on a CUDA backend's stream with CUDA events (for ProfilingBackend). Throws for other
+// backends.
+std::unique_ptr<OpTimer> make_cuda_op_timer(Backend<float>& backend);
 
 // Device memory a CUDA backend holds: its buffers (alloc/alloc_index) and workspaces, now and at the peak
 // (the counterpart of torch.cuda.max_memory_allocated). Throws for other backends.

@@ -2,6 +2,7 @@
 // host memory. See kernels/emu/cuemu.h for what is emulated and checked.
 #include "kernels/emu/cuemu.h"
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -507,6 +508,15 @@ Handles g_streams, g_events;
 
 bool valid_stream(cudaStream_t s) { return s == nullptr || g_streams.valid(s); }
 bool valid_event(cudaEvent_t e) { return g_events.valid(e); }
+
+// What cudaEventElapsedTime needs: work runs when it is enqueued, so an event's time is the host's at its record.
+struct EventTiming {
+  bool timing = true;  // created without cudaEventDisableTiming
+  bool recorded = false;
+  std::chrono::steady_clock::time_point at;
+};
+std::mutex g_timing_mutex;
+std::map<const void*, EventTiming> g_timing;
 }  // namespace
 
 cudaError_t cudaGetDeviceCount(int* count) {
@@ -672,20 +682,42 @@ cudaError_t cudaStreamSynchronize(cudaStream_t s) {
 
 cudaError_t cudaEventCreate(cudaEvent_t* e) { return cudaEventCreateWithFlags(e, cudaEventDefault); }
 
-cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) {
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned flags) {
   if (e == nullptr) return fail(cudaErrorInvalidValue, "cudaEventCreate: null pointer");
   *e = static_cast<cudaEvent_t>(g_events.make());
+  std::lock_guard<std::mutex> lock(g_timing_mutex);
+  g_timing[*e].timing = (flags & cudaEventDisableTiming) == 0;
   return cudaSuccess;
 }
 
 cudaError_t cudaEventDestroy(cudaEvent_t e) {
   if (!g_events.destroy(e)) return fail(cudaErrorInvalidResourceHandle, "cudaEventDestroy: unknown event");
+  std::lock_guard<std::mutex> lock(g_timing_mutex);
+  g_timing.erase(e);
   return cudaSuccess;
 }
 
 cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   if (!valid_event(e) || !valid_stream(s))
     return fail(cudaErrorInvalidResourceHandle, "cudaEventRecord: unknown event or stream");
+  std::lock_guard<std::mutex> lock(g_timing_mutex);
+  EventTiming& t = g_timing[e];
+  t.recorded = true;
+  t.at = std::chrono::steady_clock::now();
+  return cudaSuccess;
+}
+
+cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
+  if (ms == nullptr) return fail(cudaErrorInvalidValue, "cudaEventElapsedTime: null pointer");
+  if (!valid_event(start) || !valid_event(end))
+    return fail(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime: unknown event");
+  std::lock_guard<std::mutex> lock(g_timing_mutex);
+  const EventTiming &a = g_timing[start], &b = g_timing[end];
+  if (!a.timing || !b.timing)
+    return fail(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime: an event was created with timing disabled");
+  if (!a.recorded || !b.recorded)
+    return fail(cudaErrorInvalidResourceHandle, "cudaEventElapsedTime: an event was never recorded");
+  *ms = std::chrono::duration<float, std::milli>(b.at - a.at).count();
   return cudaSuccess;
 }
 

@@ -19,6 +19,10 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
+  // The backend that owns the memory and runs the ops: itself, or the one a wrapper (ProfilingBackend) forwards
+  // to. Code that needs the concrete backend (a CUDA stream) looks there.
+  virtual Backend<T>& underlying() { return *this; }
+  virtual const Backend<T>& underlying() const { return *this; }
 
   // Memory and transfers (host <-> backend memory).
   virtual T* alloc(size_t n) = 0;

@@ -177,6 +177,31 @@ TEST_CASE("cuemu: copies must name device memory where the direction says device
   cudaGetLastError();
 }
 
+TEST_CASE("cuemu: event timing measures the host time between records, and refuses what CUDA refuses") {
+  cudaEvent_t a = nullptr, b = nullptr, untimed = nullptr;
+  REQUIRE(cudaEventCreate(&a) == cudaSuccess);
+  REQUIRE(cudaEventCreate(&b) == cudaSuccess);
+  REQUIRE(cudaEventCreateWithFlags(&untimed, cudaEventDisableTiming) == cudaSuccess);
+  float ms = -1.f;
+  CHECK(cudaEventElapsedTime(&ms, a, b) == cudaErrorInvalidResourceHandle);  // never recorded
+  REQUIRE(cudaEventRecord(a, nullptr) == cudaSuccess);
+  volatile double sink = 0;
+  for (int i = 0; i < 2000000; ++i) sink = sink + 1e-9 * i;
+  REQUIRE(cudaEventRecord(b, nullptr) == cudaSuccess);
+  REQUIRE(cudaEventRecord(untimed, nullptr) == cudaSuccess);
+  CHECK(cudaEventElapsedTime(&ms, a, b) == cudaSuccess);
+  CHECK(ms > 0.f);
+  CHECK(ms < 10000.f);
+  float back = 0.f;
+  CHECK(cudaEventElapsedTime(&back, b, a) == cudaSuccess);
+  CHECK(back == -ms);
+  CHECK(cudaEventElapsedTime(&ms, a, untimed) == cudaErrorInvalidResourceHandle);
+  CHECK(cudaEventElapsedTime(nullptr, a, b) == cudaErrorInvalidValue);
+  for (cudaEvent_t e : {a, b, untimed}) CHECK(cudaEventDestroy(e) == cudaSuccess);
+  CHECK(cudaEventElapsedTime(&ms, a, b) == cudaErrorInvalidResourceHandle);  // destroyed
+  cudaGetLastError();
+}
+
 TEST_CASE("cuemu: the device exists only with PTOOL_CUDA_EMULATOR=1") {
   const char* before = std::getenv("PTOOL_CUDA_EMULATOR");
   const std::string saved = before ? before : "";

@@ -1,0 +1,292 @@
+// A backend that runs every op on another backend and times it: per op name, the calls, the time (an OpTimer:
+// the wall clock for the CPU, CUDA events for a CUDA backend) and an estimate of the op's memory traffic and
+// FLOPs, so that a profile says which ops take the step's time and how close each comes to the device's
+// bandwidth or its tensor-core rate (bench_train --profile).
+//
+// Traffic is the least an op must move: every input read once and every output written once (an accumulated
+// output read and written), in elements of T; temporaries and re-reads are not counted, so GB/s is a lower bound
+// on what the op achieved. FLOPs count GEMMs (2 per multiply-add) and attention's QK^T and PV products (causal:
+// half the square; the backward's five products against the forward's two).
+//
+// The composite ops (qk_prep_*, scaled_residual_*, *_set, *_shared) go to the inner backend whole, so a fused
+// kernel is timed as one op. Results are those of the inner backend, bit for bit.
+#pragma once
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "src/ops/backend.h"
+#include "src/ops/op_timer.h"
+
+namespace ptool {
+
+struct OpStats {
+  int64_t calls = 0;
+  double ms = 0, bytes = 0, flops = 0;
+};
+using OpProfile = std::map<std::string, OpStats>;
+
+// A table sorted by time: op, calls, ms, share of the total, ms per call, GB/s and TFLOP/s.
+std::string format_profile(const OpProfile& profile);
+
+template <class T>
+class ProfilingBackend final : public Backend<T> {
+ public:
+  ProfilingBackend(Backend<T>& inner, std::unique_ptr<OpTimer> timer) : in_(inner), timer_(std::move(timer)) {}
+
+  // Times fn() as one op: work on the backend's queue outside its ops (the optimizer step). Backend ops that fn
+  // calls count as part of it, not on their own.
+  void time_region(const std::string& name, const std::function<void()>& fn) { timed(name, 0, 0, fn); }
+  // Waits for the timer and returns the totals since the last reset().
+  const OpProfile& profile() {
+    const std::vector<double> ms = timer_->take_ms();
+    for (size_t i = 0; i < pending_.size() && i < ms.size(); ++i) {
+      OpStats& s = profile_[pending_[i].op];
+      ++s.calls;
+      s.ms += ms[i];
+      s.bytes += pending_[i].bytes;
+      s.flops += pending_[i].flops;
+    }
+    pending_.clear();
+    return profile_;
+  }
+  void reset() {
+    profile();
+    profile_.clear();
+  }
+
+  Backend<T>& underlying() override { return in_.underlying(); }
+  const Backend<T>& underlying() const override { return in_.underlying(); }
+  const char* name() const override { return in_.name(); }
+
+  T* alloc(size_t n) override { return in_.alloc(n); }
+  void release(T* p) override { in_.release(p); }
+  int32_t* alloc_index(size_t n) override { return in_.alloc_index(n); }
+  void release_index(int32_t* p) override { in_.release_index(p); }
+  void upload(T* dst, const T* host, size_t n) override {
+    timed("upload", E * n, 0, [&] { in_.upload(dst, host, n); });
+  }
+  void download(T* host, const T* src, size_t n) override {
+    timed("download", E * n, 0, [&] { in_.download(host, src, n); });
+  }
+  void upload_index(int32_t* dst, const int32_t* host, size_t n) override {
+    timed("upload_index", 4.0 * n, 0, [&] { in_.upload_index(dst, host, n); });
+  }
+  void zero(T* p, size_t n) override { timed("zero", E * n, 0, [&] { in_.zero(p, n); }); }
+  void copy(T* dst, const T* src, size_t n) override { timed("copy", 2 * E * n, 0, [&] { in_.copy(dst, src, n); }); }
+  void add(T* y, const T* x, size_t n) override { timed("add", 3 * E * n, 0, [&] { in_.add(y, x, n); }); }
+  void scale(T* y, T a, size_t n) override { timed("scale", 2 * E * n, 0, [&] { in_.scale(y, a, n); }); }
+
+  void embedding_forward(const T* table, const int32_t* tokens, int64_t N, int64_t D, T* out) override {
+    timed("embedding_forward", E * 2 * N * D + 4.0 * N, 0, [&] { in_.embedding_forward(table, tokens, N, D, out); });
+  }
+  void embedding_backward(const T* dout, const int32_t* tokens, int64_t N, int64_t D, T* dtable) override {
+    timed("embedding_backward", E * 3 * N * D + 4.0 * N, 0,
+          [&] { in_.embedding_backward(dout, tokens, N, D, dtable); });
+  }
+  void rmsnorm_forward(const T* x, int64_t N, int64_t D, T eps, T* out, T* rstd) override {
+    timed("rmsnorm_forward", E * (2 * N * D + N), 0, [&] { in_.rmsnorm_forward(x, N, D, eps, out, rstd); });
+  }
+  void rmsnorm_backward(const T* dout, const T* x, const T* rstd, int64_t N, int64_t D, T* dx) override {
+    timed("rmsnorm_backward", E * (4 * N * D + N), 0, [&] { in_.rmsnorm_backward(dout, x, rstd, N, D, dx); });
+  }
+  void linear_forward(const T* x, const T* W, int64_t N, int64_t K, int64_t M, T* y) override {
+    timed("linear_forward", E * (N * K + M * K + N * M), 2.0 * N * K * M,
+          [&] { in_.linear_forward(x, W, N, K, M, y); });
+  }
+  void linear_backward(const T* dy, const T* x, const T* W, int64_t N, int64_t K, int64_t M, T* dx, T* dW) override {
+    timed("linear_backward", linear_backward_bytes(N, K, M, dx, dW, true), linear_backward_flops(N, K, M, dx, dW),
+          [&] { in_.linear_backward(dy, x, W, N, K, M, dx, dW); });
+  }
+  void channel_scale_forward(const T* x, const T* s, int64_t N, int64_t D, T* y) override {
+    timed("channel_scale_forward", E * 2 * N * D, 0, [&] { in_.channel_scale_forward(x, s, N, D, y); });
+  }
+  void channel_scale_backward(const T* dy, const T* x, const T* s, int64_t N, int64_t D, T* dx, T* ds) override {
+    timed("channel_scale_backward", E * (dx ? 4 : 2) * N * D, 0,
+          [&] { in_.channel_scale_backward(dy, x, s, N, D, dx, ds); });
+  }
+  void head_scale_forward(const T* x, const T* g, int64_t N, int64_t H, int64_t hd, T* y) override {
+    timed("head_scale_forward", E * 2 * N * H * hd, 0, [&] { in_.head_scale_forward(x, g, N, H, hd, y); });
+  }
+  void head_scale_backward(const T* dy, const T* x, const T* g, int64_t N, int64_t H, int64_t hd, T* dx,
+                           T* dg) override {
+    timed("head_scale_backward", E * (dx ? 4 : 2) * N * H * hd, 0,
+          [&] { in_.head_scale_backward(dy, x, g, N, H, hd, dx, dg); });
+  }
+  void rope_forward(T* x, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base) override {
+    timed("rope_forward", E * 2 * B * Tn * H * hd, 0, [&] { in_.rope_forward(x, B, Tn, H, hd, rot, base); });
+  }
+  void rope_backward(T* dx, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base) override {
+    timed("rope_backward", E * 2 * B * Tn * H * hd, 0, [&] { in_.rope_backward(dx, B, Tn, H, hd, rot, base); });
+  }
+  void attention_forward(const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t H, int64_t Hkv,
+                         int64_t hd, T* out, T* lse) override {
+    timed("attention_forward", E * B * Tn * (2 * H * hd + 2 * Hkv * hd + H), attention_flops(B, Tn, H, hd, 2),
+          [&] { in_.attention_forward(q, k, v, B, Tn, H, Hkv, hd, out, lse); });
+  }
+  void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* out, const T* lse, int64_t B,
+                          int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, T* dq, T* dk, T* dv) override {
+    timed("attention_backward", E * B * Tn * (5 * H * hd + 6 * Hkv * hd + H), attention_flops(B, Tn, H, hd, 5),
+          [&] { in_.attention_backward(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv); });
+  }
+  void activation_forward(cpu::Activation a, const T* h, int64_t n, T* out) override {
+    timed("activation_forward", E * 2 * n, 0, [&] { in_.activation_forward(a, h, n, out); });
+  }
+  void activation_backward(cpu::Activation a, const T* dout, const T* h, int64_t n, T* dh) override {
+    timed("activation_backward", E * 4 * n, 0, [&] { in_.activation_backward(a, dout, h, n, dh); });
+  }
+  void skip_add_forward(T* x, const T* skip, const T* w, int64_t N, int64_t D) override {
+    timed("skip_add_forward", E * 3 * N * D, 0, [&] { in_.skip_add_forward(x, skip, w, N, D); });
+  }
+  void skip_add_backward(const T* dy, const T* skip, const T* w, int64_t N, int64_t D, T* dskip, T* dw) override {
+    timed("skip_add_backward", E * (dskip ? 4 : 2) * N * D, 0,
+          [&] { in_.skip_add_backward(dy, skip, w, N, D, dskip, dw); });
+  }
+  void gated_skip_forward(const T* x, const T* skip, const T* w, const T* g, int64_t N, int64_t D, T* y) override {
+    timed("gated_skip_forward", E * 3 * N * D, 0, [&] { in_.gated_skip_forward(x, skip, w, g, N, D, y); });
+  }
+  void gated_skip_backward(const T* dy, const T* x, const T* skip, const T* w, const T* g, int64_t N, int64_t D,
+                           T* dx, T* dskip, T* dw, T* dg) override {
+    timed("gated_skip_backward", E * (3 + (dx ? 2 : 0) + (dskip ? 2 : 0)) * N * D, 0,
+          [&] { in_.gated_skip_backward(dy, x, skip, w, g, N, D, dx, dskip, dw, dg); });
+  }
+  void resid_mix_forward(const T* x, const T* x0, const T* m, int64_t N, int64_t D, T* y) override {
+    timed("resid_mix_forward", E * 3 * N * D, 0, [&] { in_.resid_mix_forward(x, x0, m, N, D, y); });
+  }
+  void resid_mix_backward(const T* dy, const T* x, const T* x0, const T* m, int64_t N, int64_t D, T* dx, T* dx0,
+                          T* dm) override {
+    timed("resid_mix_backward", E * (3 + (dx ? 2 : 0) + (dx0 ? 2 : 0)) * N * D, 0,
+          [&] { in_.resid_mix_backward(dy, x, x0, m, N, D, dx, dx0, dm); });
+  }
+  void qk_prep_forward(const T* raw, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base,
+                       bool norm, T eps, const T* gain, T* rstd, T* x, T* out) override {
+    timed("qk_prep_forward", E * B * Tn * H * (hd * (gain ? 3 : 2) + (norm ? 1 : 0)), 0,
+          [&] { in_.qk_prep_forward(raw, B, Tn, H, hd, rot, base, norm, eps, gain, rstd, x, out); });
+  }
+  void qk_prep_backward(T* d, const T* raw, const T* rstd, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot,
+                        double base, bool norm, T* draw) override {
+    timed("qk_prep_backward", E * B * Tn * H * (norm ? 3 * hd + 1 : 2 * hd), 0,
+          [&] { in_.qk_prep_backward(d, raw, rstd, B, Tn, H, hd, rot, base, norm, draw); });
+  }
+  void scaled_residual_forward(const T* x, const T* o, const T* s, int64_t N, int64_t D, T* y) override {
+    timed("scaled_residual_forward", E * 3 * N * D, 0, [&] { in_.scaled_residual_forward(x, o, s, N, D, y); });
+  }
+  void scaled_residual_rmsnorm_forward(const T* x, const T* o, const T* s, int64_t N, int64_t D, T eps, T* y, T* h,
+                                       T* rstd) override {
+    timed("scaled_residual_rmsnorm_forward", E * (4 * N * D + N), 0,
+          [&] { in_.scaled_residual_rmsnorm_forward(x, o, s, N, D, eps, y, h, rstd); });
+  }
+  void linear_backward_set_dx(const T* dy, const T* x, const T* W, int64_t N, int64_t K, int64_t M, T* dx,
+                              T* dW) override {
+    timed("linear_backward_set_dx", linear_backward_bytes(N, K, M, dx, dW, false),
+          linear_backward_flops(N, K, M, dx, dW), [&] { in_.linear_backward_set_dx(dy, x, W, N, K, M, dx, dW); });
+  }
+  void channel_scale_backward_set_dx(const T* dy, const T* x, const T* s, int64_t N, int64_t D, T* dx,
+                                     T* ds) override {
+    timed("channel_scale_backward_set_dx", E * (dx ? 3 : 2) * N * D, 0,
+          [&] { in_.channel_scale_backward_set_dx(dy, x, s, N, D, dx, ds); });
+  }
+  void head_scale_backward_set_dx(const T* dy, const T* x, const T* g, int64_t N, int64_t H, int64_t hd, T* dx,
+                                  T* dg) override {
+    timed("head_scale_backward_set_dx", E * (dx ? 3 : 2) * N * H * hd, 0,
+          [&] { in_.head_scale_backward_set_dx(dy, x, g, N, H, hd, dx, dg); });
+  }
+  void activation_backward_set(cpu::Activation a, const T* dout, const T* h, int64_t n, T* dh) override {
+    timed("activation_backward_set", E * 3 * n, 0, [&] { in_.activation_backward_set(a, dout, h, n, dh); });
+  }
+  void resid_mix_backward_set_dx(const T* dy, const T* x, const T* x0, const T* m, int64_t N, int64_t D, T* dx,
+                                 T* dx0, T* dm) override {
+    timed("resid_mix_backward_set_dx", E * (3 + (dx ? 1 : 0) + (dx0 ? 2 : 0)) * N * D, 0,
+          [&] { in_.resid_mix_backward_set_dx(dy, x, x0, m, N, D, dx, dx0, dm); });
+  }
+  void linear_forward_shared(const T* x, int64_t N, int64_t K,
+                             std::span<const typename Backend<T>::LinearOut> outs) override {
+    double bytes = E * N * K, flops = 0;
+    for (const auto& o : outs) {
+      bytes += E * (o.M * K + N * o.M);
+      flops += 2.0 * N * K * o.M;
+    }
+    timed("linear_forward_shared", bytes, flops, [&] { in_.linear_forward_shared(x, N, K, outs); });
+  }
+  void linear_backward_shared_set_dx(const T* x, int64_t N, int64_t K,
+                                     std::span<const typename Backend<T>::LinearGrad> grads, T* dx) override {
+    double bytes = E * N * K * (dx ? 1 : 0), flops = 0;
+    bool any_dw = false;
+    for (const auto& g : grads) {
+      bytes += E * N * g.M + (dx ? E * g.M * K : 0) + (g.dW ? 2 * E * g.M * K : 0);
+      flops += (dx ? 2.0 : 0.0) * N * K * g.M + (g.dW ? 2.0 : 0.0) * N * K * g.M;
+      any_dw = any_dw || g.dW;
+    }
+    if (any_dw) bytes += E * N * K;
+    timed("linear_backward_shared_set_dx", bytes, flops, [&] { in_.linear_backward_shared_set_dx(x, N, K, grads, dx); });
+  }
+
+  double softcap_cross_entropy(const T* z, const int32_t* targets, int64_t N, int64_t V, T cap, double* losses_host,
+                               T* dz, T grad_scale) override {
+    double r = 0;
+    timed("softcap_cross_entropy", E * N * V * (dz ? 2 : 1), 0,
+          [&] { r = in_.softcap_cross_entropy(z, targets, N, V, cap, losses_host, dz, grad_scale); });
+    return r;
+  }
+  void softcap_cross_entropy_accumulate(const T* z, const int32_t* targets, int64_t N, int64_t V, T cap, T* dz,
+                                        T grad_scale) override {
+    timed("softcap_cross_entropy", E * N * V * (dz ? 2 : 1), 0,
+          [&] { in_.softcap_cross_entropy_accumulate(z, targets, N, V, cap, dz, grad_scale); });
+  }
+  double take_loss_sum() override { return in_.take_loss_sum(); }
+
+ private:
+  static constexpr double E = sizeof(T);
+  struct Pending {
+    std::string op;
+    double bytes, flops;
+  };
+
+  template <class F>
+  void timed(const std::string& op, double bytes, double flops, F&& f) {
+    if (inside_) {  // part of a span that is already open
+      f();
+      return;
+    }
+    timer_->start();
+    pending_.push_back({op, bytes, flops});
+    struct Inside {
+      bool& b;
+      explicit Inside(bool& x) : b(x) { b = true; }
+      ~Inside() { b = false; }
+    };
+    try {
+      Inside in(inside_);
+      f();
+    } catch (...) {
+      try {
+        timer_->stop();  // close the span; the op's error is the one to report
+      } catch (...) {
+      }
+      throw;
+    }
+    timer_->stop();
+  }
+  static double attention_flops(int64_t B, int64_t Tn, int64_t H, int64_t hd, int products) {
+    return 2.0 * products * static_cast<double>(B) * H * (static_cast<double>(Tn) * Tn / 2) * hd;
+  }
+  static double linear_backward_bytes(int64_t N, int64_t K, int64_t M, const T* dx, const T* dW, bool dx_read) {
+    double b = E * N * M;
+    if (dx) b += E * (M * K + (dx_read ? 2 : 1) * N * K);
+    if (dW) b += E * (N * K + 2 * M * K);
+    return b;
+  }
+  static double linear_backward_flops(int64_t N, int64_t K, int64_t M, const T* dx, const T* dW) {
+    return ((dx ? 2.0 : 0.0) + (dW ? 2.0 : 0.0)) * N * K * M;
+  }
+
+  Backend<T>& in_;
+  std::unique_ptr<OpTimer> timer_;
+  std::vector<Pending> pending_;
+  OpProfile profile_;
+  bool inside_ = false;  // a span is open
+};
+
+}  // namespace ptool

@@ -1,0 +1,151 @@
+// ProfilingBackend: it forwards every op unchanged, counts each call once with its traffic estimate, treats a
+// region as one op, and survives an op that throws.
+#include <catch2/catch.hpp>
+
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+#include "src/model/config.h"
+#include "src/model/layout.h"
+#include "src/model/model.h"
+#include "src/ops/profiling_backend.h"
+
+using namespace ptool;
+
+namespace {
+
+model::ModelConfig small_config() {
+  model::ModelConfig c;
+  c.vocab_size = 13;
+  c.d_model = 8;
+  c.n_heads = 2;
+  c.n_kv_heads = 1;
+  c.physical_blocks = 3;
+  c.schedule = {0, 1, 2, 1};  // block 1 twice: 4 virtual layers, a U-Net skip
+  c.train_seq_len = 6;
+  return c;
+}
+
+struct Batch {
+  std::vector<int32_t> x, y;
+};
+Batch random_batch(int64_t n, int64_t vocab) {
+  std::mt19937 rng(11);
+  Batch b{std::vector<int32_t>(n), std::vector<int32_t>(n)};
+  for (auto* v : {&b.x, &b.y})
+    for (auto& t : *v) t = static_cast<int32_t>(rng() % vocab);
+  return b;
+}
+
+// Loss and gradients of one forward+backward of the model on `be`, from the same weights.
+std::pair<double, std::vector<float>> loss_and_grads(const model::ModelConfig& c, Backend<float>& be,
+                                                     const Batch& b, int64_t B, int64_t Tn) {
+  model::Model<float> m(c, be);
+  std::vector<float> p(m.param_count());
+  model::init_params(c, m.layout(), 5, p.data());
+  m.load_params(p.data());
+  m.zero_grads();
+  const double loss = m.forward_backward(b.x.data(), b.y.data(), B, Tn, 0.1f);
+  std::vector<float> g(m.param_count());
+  be.download(g.data(), m.grads(), g.size());
+  return {loss, g};
+}
+
+}  // namespace
+
+TEST_CASE("a model on a ProfilingBackend computes what it computes on the backend under it, bit for bit",
+          "[profile]") {
+  const auto c = small_config();
+  const int64_t B = 2, Tn = 6;
+  const Batch b = random_batch(B * Tn, c.vocab_size);
+  auto cpu = make_cpu_backend<float>();
+  const auto want = loss_and_grads(c, *cpu, b, B, Tn);
+  ProfilingBackend<float> prof(*cpu, make_wall_clock_timer());
+  const auto got = loss_and_grads(c, prof, b, B, Tn);
+  CHECK(got.first == want.first);
+  CHECK(got.second == want.second);
+  CHECK(&prof.underlying() == cpu.get());
+  CHECK(std::string(prof.name()) == cpu->name());
+}
+
+TEST_CASE("the profile counts every op call once, with its traffic and FLOPs", "[profile]") {
+  const auto c = small_config();
+  const int64_t B = 2, Tn = 6, N = B * Tn, D = c.d_model, L = c.virtual_layers();
+  const Batch b = random_batch(N, c.vocab_size);
+  auto cpu = make_cpu_backend<float>();
+  ProfilingBackend<float> prof(*cpu, make_wall_clock_timer());
+  model::Model<float> m(c, prof);
+  prof.reset();
+  m.forward(b.x.data(), b.y.data(), B, Tn);
+  const OpProfile& p = prof.profile();
+  REQUIRE(p.count("linear_forward_shared") == 1);
+  CHECK(p.at("linear_forward_shared").calls == L);  // q, k, v of each virtual layer in one call
+  // each layer's q/k/v: x read once, 3 weights, 3 outputs; 2 N D (D + 2 kv) FLOPs
+  const double kv = static_cast<double>(c.kv_dim());
+  CHECK(p.at("linear_forward_shared").flops == L * 2.0 * N * D * (D + 2 * kv));
+  CHECK(p.at("linear_forward_shared").bytes == L * 4.0 * (N * D + (D + 2 * kv) * D + N * (D + 2 * kv)));
+  CHECK(p.at("attention_forward").calls == L);
+  CHECK(p.at("rmsnorm_forward").calls == L + 1);  // the embedding's and each attention pre-norm
+  CHECK(p.at("rmsnorm_forward").bytes == (L + 1) * 4.0 * (2 * N * D + N));
+  CHECK(p.at("scaled_residual_rmsnorm_forward").calls == L + 1);  // each MLP pre-norm, and the final norm
+  CHECK(p.at("softcap_cross_entropy").calls == 1);
+  CHECK(p.count("linear_backward_set_dx") == 0);  // forward only
+  double total = 0;
+  for (const auto& [op, s] : p) {
+    CHECK(s.ms >= 0.0);
+    total += s.ms;
+  }
+  CHECK(total > 0.0);
+  const std::string table = format_profile(p);
+  CHECK(table.find("linear_forward_shared") != std::string::npos);
+  CHECK(table.find("total") != std::string::npos);
+  prof.reset();
+  CHECK(prof.profile().empty());
+}
+
+TEST_CASE("a profiled region is one op: the backend ops it calls are not counted on their own", "[profile]") {
+  auto cpu = make_cpu_backend<float>();
+  ProfilingBackend<float> prof(*cpu, make_wall_clock_timer());
+  DeviceBuffer<float> buf(prof, 64);
+  prof.reset();
+  prof.time_region("optimizer step", [&] {
+    prof.zero(buf.get(), 64);
+    prof.scale(buf.get(), 2.f, 64);
+  });
+  prof.zero(buf.get(), 64);
+  const OpProfile& p = prof.profile();
+  CHECK(p.at("optimizer step").calls == 1);
+  CHECK(p.at("zero").calls == 1);
+  CHECK(p.count("scale") == 0);
+}
+
+TEST_CASE("an op that throws is still timed, and the profiler goes on", "[profile]") {
+  auto cpu = make_cpu_backend<float>();
+  ProfilingBackend<float> prof(*cpu, make_wall_clock_timer());
+  const int64_t N = 2, V = 5;
+  DeviceBuffer<float> z(prof, N * V);
+  const std::vector<int32_t> bad = {1, 7};  // 7 is outside the vocabulary
+  int32_t* t = prof.alloc_index(2);
+  prof.upload_index(t, bad.data(), 2);
+  prof.zero(z.get(), N * V);
+  CHECK_THROWS_AS(prof.softcap_cross_entropy(z.get(), t, N, V, 0.f, nullptr, nullptr, 1.f), std::out_of_range);
+  prof.zero(z.get(), N * V);
+  const OpProfile& p = prof.profile();
+  CHECK(p.at("softcap_cross_entropy").calls == 1);
+  CHECK(p.at("zero").calls == 2);
+  prof.release_index(t);
+}
+
+TEST_CASE("the wall-clock timer refuses spans that do not alternate", "[profile]") {
+  auto timer = make_wall_clock_timer();
+  CHECK_THROWS_AS(timer->stop(), std::logic_error);
+  timer->start();
+  CHECK_THROWS_AS(timer->start(), std::logic_error);
+  CHECK_THROWS_AS(timer->take_ms(), std::logic_error);
+  timer->stop();
+  const auto ms = timer->take_ms();
+  REQUIRE(ms.size() == 1);
+  CHECK(ms[0] >= 0.0);
+  CHECK(timer->take_ms().empty());
+}
