@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "src/ops/aligned_vector.h"
 #include "src/ops/cpu_ops.h"
 
 namespace ptool::cpu {
@@ -35,7 +36,7 @@ void check_attention_args(const char* op, int64_t B, int64_t Tn, int64_t H, int6
   }
 }
 
-template <class T> T* scratch(std::vector<T>& buf, int64_t n) {
+template <class T> T* scratch(AlignedVector<T>& buf, int64_t n) {
   if (buf.size() < static_cast<size_t>(n)) buf.resize(static_cast<size_t>(n));
   return buf.data();
 }
@@ -52,7 +53,7 @@ template <class T> void attention_forward(const T* q, const T* k, const T* v, in
 
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t task = 0; task < tasks; ++task) {
-    thread_local std::vector<T> sbuf;
+    thread_local AlignedVector<T> sbuf;
     T* s = scratch(sbuf, kBlock * Tn);
     T inv_sum[kBlock];
     const int64_t b = task / H, h = task % H, kvh = h / group;
@@ -94,7 +95,7 @@ template <class T> void attention_backward(const T* dout, const T* q, const T* k
 
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t task = 0; task < tasks; ++task) {
-    thread_local std::vector<T> pbuf, dpbuf;
+    thread_local AlignedVector<T> pbuf, dpbuf;
     T* p = scratch(pbuf, kBlock * Tn);
     T* dp = scratch(dpbuf, kBlock * Tn);
     const int64_t b = task / Hkv, kvh = task % Hkv;

@@ -4,13 +4,14 @@
 #include <utility>
 #include <vector>
 
+#include "src/ops/aligned_vector.h"
 #include "src/ops/backend.h"
 
 namespace ptool {
 
 namespace {
 
-constexpr std::align_val_t kAlign{64};
+constexpr std::align_val_t kAlign{kCpuAlign};
 
 template <class U>
 U* aligned_zeroed(size_t n) {

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "src/ops/aligned_vector.h"
 #include "src/ops/cpu_ops.h"
 
 namespace ptool::cpu {
@@ -29,7 +30,7 @@ template <class T> double softcap_cross_entropy(const T* z, const int32_t* targe
 
 #pragma omp parallel for reduction(+ : total) schedule(static)
   for (int64_t n = 0; n < N; ++n) {
-    thread_local std::vector<double> tbuf, zbuf;
+    thread_local AlignedVector<double> tbuf, zbuf;
     if (tbuf.size() < static_cast<size_t>(V)) {
       tbuf.resize(static_cast<size_t>(V));
       zbuf.resize(static_cast<size_t>(V));

@@ -1,5 +1,6 @@
 // CPU reference ops: causal grouped-query attention (flash-style forward with lse, recomputing backward).
 #include <stdexcept>
+#include <thread>
 
 #include "tests/src/test_ops_harness.h"
 
@@ -248,4 +249,37 @@ TEST_CASE("attention forward without an lse buffer gives the same output", "[ops
   cpu::attention_forward(in[0].data(), in[1].data(), in[2].data(), s.B, s.T, s.H, s.Hkv, s.hd, out_nolse.data(),
                          static_cast<double*>(nullptr));
   CHECK(out == out_nolse);
+}
+
+// The scratch rows live in thread-local buffers. Eigen's kernels take alignment-dependent paths (different
+// summation orders), so the buffers are 64-byte aligned: a thread whose heap happens to sit elsewhere must get
+// the same bits. Each thread first takes a differently sized block from its own allocator arena.
+TEST_CASE("attention results do not depend on where its scratch memory lands", "[ops]") {
+  const AttnShape s{2, 77, 2, 1, 32};
+  const Vecs in = attention_inputs(s, 29);
+  auto run = [&] {
+    std::vector<float> q(in[0].begin(), in[0].end()), k(in[1].begin(), in[1].end()), v(in[2].begin(), in[2].end());
+    std::vector<float> out(s.q_size()), lse(static_cast<size_t>(s.B * s.H * s.T)), dout(s.q_size(), 0.5f);
+    std::vector<float> dq(q.size()), dk(k.size()), dv(v.size());
+    cpu::attention_forward(q.data(), k.data(), v.data(), s.B, s.T, s.H, s.Hkv, s.hd, out.data(), lse.data());
+    cpu::attention_backward(dout.data(), q.data(), k.data(), v.data(), out.data(), lse.data(), s.B, s.T, s.H, s.Hkv,
+                            s.hd, dq.data(), dk.data(), dv.data());
+    std::vector<float> all = out;
+    for (const auto* g : {&lse, &dq, &dk, &dv}) all.insert(all.end(), g->begin(), g->end());
+    return all;
+  };
+  const std::vector<float> want = run();
+  std::vector<std::vector<float>> got(8);
+  std::vector<std::thread> threads;
+  for (size_t t = 0; t < got.size(); ++t) {
+    threads.emplace_back([&, t] {
+      std::vector<char> shift(8 * t + 4);  // moves this thread's next allocations by a few bytes
+      got[t] = run();
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (size_t t = 0; t < got.size(); ++t) {
+    INFO("thread " << t);
+    CHECK(got[t] == want);
+  }
 }
