@@ -182,11 +182,27 @@ class CudaBackend final : public Backend<float> {
   void release(float* p) override { device_free(p); }
   int32_t* alloc_index(size_t n) override { return static_cast<int32_t*>(device_alloc(n * sizeof(int32_t))); }
   void release_index(int32_t* p) override { device_free(p); }
+  // In bf16 mode operand buffers hold bf16 (operands_ knows them); elsewhere they are plain fp32 memory.
+  float* alloc_operand(size_t n) override {
+    if (opt_.gemm != CudaGemmPrecision::bf16 || !opt_.bf16_operands) return alloc(n);
+    void* p = device_alloc(n * sizeof(uint16_t));
+    if (p) operands_[p] = n;
+    return static_cast<float*>(p);
+  }
+  void operand_values(const float* src, size_t n, float* dst) override {
+    if (is_operand(src))
+      cuda::launch_bf16_to_float(reinterpret_cast<const uint16_t*>(src), n, dst, stream_);
+    else
+      copy(dst, src, n);
+  }
+
   // From pageable host memory cudaMemcpyAsync returns once the data is staged, so `host` may be reused at once.
   void upload(float* dst, const float* host, size_t n) override {
+    require_plain(dst, "upload");
     if (n) PTOOL_CUDA_CHECK(cudaMemcpyAsync(dst, host, n * sizeof(float), cudaMemcpyHostToDevice, stream_));
   }
   void download(float* host, const float* src, size_t n) override {
+    require_plain(src, "download");
     if (n == 0) return;
     PTOOL_CUDA_CHECK(cudaMemcpyAsync(host, src, n * sizeof(float), cudaMemcpyDeviceToHost, stream_));
     PTOOL_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -209,14 +225,23 @@ class CudaBackend final : public Backend<float> {
     PTOOL_CUDA_CHECK(cudaEventRecord(st.done, stream_));
   }
   void zero(float* p, size_t n) override {
-    if (n) PTOOL_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(float), stream_));
+    if (n) PTOOL_CUDA_CHECK(cudaMemsetAsync(p, 0, n * (is_operand(p) ? sizeof(uint16_t) : sizeof(float)), stream_));
   }
   void copy(float* dst, const float* src, size_t n) override {
+    require_plain(dst, "copy");
+    require_plain(src, "copy");
     if (n && dst != src)
       PTOOL_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
   }
-  void add(float* y, const float* x, size_t n) override { cuda::launch_add(y, x, n, stream_); }
-  void scale(float* y, float a, size_t n) override { cuda::launch_scale(y, a, n, stream_); }
+  void add(float* y, const float* x, size_t n) override {
+    require_plain(y, "add");
+    require_plain(x, "add");
+    cuda::launch_add(y, x, n, stream_);
+  }
+  void scale(float* y, float a, size_t n) override {
+    require_plain(y, "scale");
+    cuda::launch_scale(y, a, n, stream_);
+  }
 
   // ---- model ops ----
   void embedding_forward(const float* t, const int32_t* tok, int64_t N, int64_t D, float* out) override {
@@ -230,7 +255,7 @@ class CudaBackend final : public Backend<float> {
       cuda::launch_embedding_backward_atomic(d, tok, N, D, dt, stream_);
   }
   void rmsnorm_forward(const float* x, int64_t N, int64_t D, float eps, float* out, float* rstd) override {
-    cuda::launch_rmsnorm_forward(x, N, D, eps, out, rstd, stream_);
+    cuda::launch_rmsnorm_forward(x, N, D, eps, out_of(out), rstd, stream_);
   }
   void rmsnorm_backward(const float* d, const float* x, const float* rstd, int64_t N, int64_t D,
                         float* dx) override {
@@ -316,15 +341,15 @@ class CudaBackend final : public Backend<float> {
   }
   void scaled_residual_rmsnorm_forward(const float* x, const float* o, const float* sc, int64_t N, int64_t D,
                                        float eps, float* y, float* h, float* rstd) override {
-    cuda::launch_scaled_residual_rmsnorm_forward(x, o, sc, N, D, eps, y, h, rstd, stream_);
+    cuda::launch_scaled_residual_rmsnorm_forward(x, o, sc, N, D, eps, y, out_of(h), rstd, stream_);
   }
   void channel_scale_backward(const float* dy, const float* x, const float* s, int64_t N, int64_t D, float* dx,
                               float* ds) override {
-    cuda::launch_channel_scale_backward(dy, x, s, N, D, dx, true, ds, ws_, stream_);
+    cuda::launch_channel_scale_backward(dy, x, s, N, D, out_of(dx), true, ds, ws_, stream_);
   }
   void channel_scale_backward_set_dx(const float* dy, const float* x, const float* s, int64_t N, int64_t D, float* dx,
                                      float* ds) override {
-    cuda::launch_channel_scale_backward(dy, x, s, N, D, dx, false, ds, ws_, stream_);
+    cuda::launch_channel_scale_backward(dy, x, s, N, D, out_of(dx), false, ds, ws_, stream_);
   }
   void head_scale_forward(const float* x, const float* g, int64_t N, int64_t H, int64_t hd, float* y) override {
     cuda::launch_head_scale_forward(x, g, N, H, hd, y, stream_);
@@ -372,13 +397,13 @@ class CudaBackend final : public Backend<float> {
       cuda::launch_attention_backward(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv, ws_, stream_);
   }
   void activation_forward(cpu::Activation a, const float* h, int64_t n, float* out) override {
-    cuda::launch_activation_forward(a == cpu::Activation::leaky_relu2, h, n, out, stream_);
+    cuda::launch_activation_forward(a == cpu::Activation::leaky_relu2, h, n, out_of(out), stream_);
   }
   void activation_backward(cpu::Activation a, const float* dout, const float* h, int64_t n, float* dh) override {
-    cuda::launch_activation_backward(a == cpu::Activation::leaky_relu2, dout, h, n, dh, true, stream_);
+    cuda::launch_activation_backward(a == cpu::Activation::leaky_relu2, dout, h, n, out_of(dh), true, stream_);
   }
   void activation_backward_set(cpu::Activation a, const float* dout, const float* h, int64_t n, float* dh) override {
-    cuda::launch_activation_backward(a == cpu::Activation::leaky_relu2, dout, h, n, dh, false, stream_);
+    cuda::launch_activation_backward(a == cpu::Activation::leaky_relu2, dout, h, n, out_of(dh), false, stream_);
   }
   void skip_add_forward(float* x, const float* skip, const float* w, int64_t N, int64_t D) override {
     cuda::launch_skip_add_forward(x, skip, w, N, D, stream_);
@@ -491,8 +516,22 @@ class CudaBackend final : public Backend<float> {
     mem_.add(bytes);
     return p;
   }
+  // Whether p points into an operand buffer that holds bf16.
+  bool is_operand(const void* p) const {
+    auto it = operands_.upper_bound(p);
+    if (it == operands_.begin()) return false;
+    --it;
+    return static_cast<const char*>(p) < static_cast<const char*>(it->first) + it->second * sizeof(uint16_t);
+  }
+  cuda::Out out_of(float* p) const { return is_operand(p) ? cuda::Out::bf16_at(p) : cuda::Out(p); }
+  void require_plain(const void* p, const char* op) const {
+    if (is_operand(p))
+      throw std::invalid_argument(std::string(op) + ": a bf16 operand buffer holds no floats (use operand_values)");
+  }
+
   void device_free(void* p) {
     if (!p) return;
+    operands_.erase(p);
     PTOOL_CUDA_CHECK(cudaFree(p));
     const auto it = sizes_.find(p);
     if (it == sizes_.end()) return;
@@ -510,18 +549,18 @@ class CudaBackend final : public Backend<float> {
   }
 
   // The GEMM operands (p[i], n[i] floats) in the precision's input type: the fp32 pointers themselves, or (bf16)
-  // copies rounded to bf16, carved together from the workspace (which no other op uses until these GEMMs are
+  // operand buffers as they are and copies of the rest rounded to bf16, carved together from the workspace (which no other op uses until these GEMMs are
   // queued). Null operands stay null.
   std::vector<const void*> operands(const std::vector<const float*>& p, const std::vector<int64_t>& n) {
     std::vector<const void*> out(p.begin(), p.end());
     if (opt_.gemm != CudaGemmPrecision::bf16) return out;
     cuda::Carver c;
     for (size_t i = 0; i < p.size(); ++i)
-      if (p[i]) c.take<uint16_t>(static_cast<size_t>(n[i]));
+      if (p[i] && !is_operand(p[i])) c.take<uint16_t>(static_cast<size_t>(n[i]));
     c.base = static_cast<char*>(ws_.get(c.off));
     c.off = 0;
     for (size_t i = 0; i < p.size(); ++i) {
-      if (!p[i]) continue;
+      if (!p[i] || is_operand(p[i])) continue;  // an operand buffer already holds bf16
       uint16_t* b = c.take<uint16_t>(static_cast<size_t>(n[i]));
       cuda::launch_to_bf16(p[i], static_cast<size_t>(n[i]), b, stream_);
       out[i] = b;
@@ -639,6 +678,7 @@ class CudaBackend final : public Backend<float> {
   Workspace ws_;
   cuda::MemCounter mem_;
   std::unordered_map<void*, size_t> sizes_;  // of the buffers from device_alloc
+  std::map<const void*, size_t> operands_;    // bf16 operand buffers: start -> elements
   std::map<GemmKey, GemmPlan> plans_;
   std::map<std::tuple<int64_t, int64_t, uint64_t>, RopeTable> rope_;
   double* losses_host_ = nullptr;  // pinned

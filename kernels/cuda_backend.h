@@ -11,12 +11,14 @@
 // trainer's step uses softcap_cross_entropy_accumulate(), so it waits once per step, for its loss; token
 // batches go up through pinned staging buffers (a copy from pageable memory would wait for the stream).
 //
-// Passes over activations (the step is memory-bound at d_model 512: every fp32 pass over [N, D] costs about as
-// much time as a third of the layer's GEMMs). The model uses the fused ops of the interface, and this backend
-// implements them in one kernel each: scaled_residual_forward (y = x + s ⊙ o, no copy then add) and its form
-// fused with the next RMSNorm, q/k preparation, and the *_set backwards, which write the input gradient instead
-// of adding it to a zeroed buffer (cuBLASLt beta = 0 for linear dx). linear_*_shared convert the shared input of
-// q, k and v to bf16 once.
+// Passes over activations. At d_model 512 the elementwise ops move more bytes per token than the GEMMs need time
+// for (an estimate from ProfilingBackend's traffic counts, not yet a measurement), so the model uses the fused ops
+// of the interface and this backend runs each in one kernel: scaled_residual_forward (y = x + s ⊙ o, no copy then
+// add) and its form fused with the next RMSNorm, q/k preparation, and the *_set backwards, which write the input
+// gradient instead of adding it to a zeroed buffer (cuBLASLt beta = 0 for linear dx). linear_*_shared read the
+// shared input of q, k and v once. In bf16 mode the GEMM-only tensors (operand buffers: pre-norm outputs, the
+// activation, the final norm, the gradients handed to a linear op as dy) are stored in bf16 by the ops that write
+// them, so those GEMMs convert nothing; the values are the ones the conversion would give, bit for bit.
 //
 // Numerics
 // - GEMMs (linear_*): cuBLASLt with fp32 output, CudaGemmPrecision picks the inputs: fp32, TF32 (the default,
@@ -55,6 +57,9 @@ struct CudaBackendOptions {
   int device = 0;
   CudaGemmPrecision gemm = CudaGemmPrecision::tf32;
   bool deterministic = true;
+  // bf16 mode: operand buffers (Backend::alloc_operand) hold bf16, written by their producers, so their GEMMs need
+  // no conversion. false keeps them fp32 and converts before each GEMM; the results are the same bit for bit.
+  bool bf16_operands = true;
 };
 
 // Throws ptool::Error when no usable device exists (say which CUDA call failed and why).

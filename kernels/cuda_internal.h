@@ -67,11 +67,26 @@ struct Carver {
   }
 };
 
+// An op's output: fp32 memory, or a bf16 operand buffer (Backend::alloc_operand in bf16 mode), whose elements are
+// stored rounded to nearest even. At most one is set. A float* converts to it, so fp32 callers need no change.
+struct Out {
+  float* f32 = nullptr;
+  uint16_t* bf16 = nullptr;
+  Out() = default;
+  Out(float* p) : f32(p) {}  // implicit on purpose
+  static Out bf16_at(void* p) {
+    Out o;
+    o.bf16 = static_cast<uint16_t*>(p);
+    return o;
+  }
+};
+
 // ---- cuda_ops.cu --------------------------------------------------------------------------------------------
 void launch_add(float* y, const float* x, size_t n, cudaStream_t s);
 void launch_scale(float* y, float a, size_t n, cudaStream_t s);
 // y[i] = bf16 bits of x[i], rounded to nearest even (the GEMM operands of CudaGemmPrecision::bf16).
 void launch_to_bf16(const float* x, size_t n, uint16_t* y, cudaStream_t s);
+void launch_bf16_to_float(const uint16_t* x, size_t n, float* y, cudaStream_t s);
 
 void launch_embedding_forward(const float* table, const int32_t* tokens, int64_t N, int64_t D, float* out,
                               cudaStream_t s);
@@ -82,7 +97,7 @@ void launch_embedding_backward_atomic(const float* dout, const int32_t* tokens, 
 void launch_embedding_backward_sorted(const float* dout, const int32_t* tokens, int64_t N, int64_t D,
                                       float* dtable, Workspace& ws, cudaStream_t s);
 
-void launch_rmsnorm_forward(const float* x, int64_t N, int64_t D, float eps, float* out, float* rstd,
+void launch_rmsnorm_forward(const float* x, int64_t N, int64_t D, float eps, Out out, float* rstd,
                             cudaStream_t s);
 void launch_rmsnorm_backward(const float* dout, const float* x, const float* rstd, int64_t N, int64_t D,
                              float* dx_acc, cudaStream_t s);
@@ -93,11 +108,11 @@ void launch_scaled_residual_forward(const float* x, const float* o, const float*
                                     cudaStream_t s);
 // The same, then h = rmsnorm(y) with rstd per row (Backend::scaled_residual_rmsnorm_forward): one warp per row.
 void launch_scaled_residual_rmsnorm_forward(const float* x, const float* o, const float* sc, int64_t N, int64_t D,
-                                            float eps, float* y, float* h, float* rstd, cudaStream_t s);
-// The backwards below add into their input gradient (dx, dh) when accumulate, else overwrite it; parameter
-// gradients (ds, dg) always accumulate.
+                                            float eps, float* y, Out h, float* rstd, cudaStream_t s);
+// The backwards below add into their input gradient (dx, dh) when accumulate, else overwrite it (a bf16 one
+// only so: accumulating into it throws std::invalid_argument); parameter gradients (ds, dg) always accumulate.
 void launch_channel_scale_backward(const float* dy, const float* x, const float* sc, int64_t N, int64_t D,
-                                   float* dx, bool accumulate, float* ds_acc, Workspace& ws, cudaStream_t s);
+                                   Out dx, bool accumulate, float* ds_acc, Workspace& ws, cudaStream_t s);
 void launch_head_scale_forward(const float* x, const float* g, int64_t N, int64_t H, int64_t hd, float* y,
                                cudaStream_t s);
 void launch_head_scale_backward(const float* dy, const float* x, const float* g, int64_t N, int64_t H, int64_t hd,
@@ -117,8 +132,8 @@ void launch_qk_prep_backward(float* d, const float* raw, const float* rstd, int6
                              int64_t hd, int64_t rot, bool norm, const float* cos_t, const float* sin_t, float* draw,
                              cudaStream_t s);
 
-void launch_activation_forward(bool leaky, const float* h, int64_t n, float* out, cudaStream_t s);
-void launch_activation_backward(bool leaky, const float* dout, const float* h, int64_t n, float* dh, bool accumulate,
+void launch_activation_forward(bool leaky, const float* h, int64_t n, Out out, cudaStream_t s);
+void launch_activation_backward(bool leaky, const float* dout, const float* h, int64_t n, Out dh, bool accumulate,
                                 cudaStream_t s);
 
 void launch_skip_add_forward(float* x, const float* skip, const float* w, int64_t N, int64_t D, cudaStream_t s);

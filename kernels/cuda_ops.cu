@@ -32,6 +32,7 @@
 #include <cmath>
 #include <cstdint>
 #include <stdexcept>
+#include <string>
 
 #include "kernels/cuda_internal.h"
 #include "kernels/cuda_launch.h"
@@ -49,9 +50,23 @@ unsigned grid_for(int64_t n, int threads) {
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
+void require_writable(const Out& o, bool accumulate, const char* op) {
+  if (o.bf16 && accumulate)
+    throw std::invalid_argument(std::string(op) + ": cannot add into a bf16 operand buffer (it is only written)");
+}
+
 __device__ __forceinline__ double warp_sum_d(double v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
+}
+
+// An output element: fp32, or bf16 rounded to nearest even when the output is a bf16 operand buffer (the value
+// the bf16 GEMMs would otherwise get from launch_to_bf16).
+__device__ __forceinline__ void put(const Out& o, int64_t i, float v) {
+  if (o.bf16)
+    reinterpret_cast<__nv_bfloat16*>(o.bf16)[i] = __float2bfloat16_rn(v);
+  else
+    o.f32[i] = v;
 }
 
 // ---- generic element-wise map -------------------------------------------------------------------------------
@@ -99,6 +114,11 @@ struct ToBf16x4F {
     const float4 v = x[i];
     y[i] = Bf16x4{__floats2bfloat162_rn(v.x, v.y), __floats2bfloat162_rn(v.z, v.w)};
   }
+};
+struct Bf16ToFloatF {
+  const __nv_bfloat16* x;
+  float* y;
+  __device__ void operator()(int64_t i) const { y[i] = __bfloat162float(x[i]); }
 };
 struct ScaleF {
   float* y;
@@ -295,7 +315,7 @@ __device__ __forceinline__ void rmsnorm_bwd_row(const float* g, const float* xr,
 }
 
 __global__ void __launch_bounds__(256) rmsnorm_fwd_kernel(const float* x, int64_t N, int64_t D, float eps,
-                                                          float* out, float* rstd) {
+                                                          Out out, float* rstd) {
   const int lane = threadIdx.x & 31;
   const int64_t wpb = blockDim.x >> 5;
   const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
@@ -303,8 +323,8 @@ __global__ void __launch_bounds__(256) rmsnorm_fwd_kernel(const float* x, int64_
     const float* xr = x + row * D;
     const float r = row_rstd(xr, D, eps, lane);
     if (lane == 0) rstd[row] = r;
-    float* o = out + row * D;  // may alias x: each element is read and written by the same lane
-    for (int64_t d = lane; d < D; d += 32) o[d] = xr[d] * r;
+    // out may alias x (fp32): each element is read and written by the same lane
+    for (int64_t d = lane; d < D; d += 32) put(out, row * D + d, xr[d] * r);
   }
 }
 
@@ -321,7 +341,7 @@ __global__ void __launch_bounds__(256) rmsnorm_bwd_kernel(const float* dout, con
 // h = y * rstd(y). The second pass rereads y, which the same lane just wrote (from cache).
 __global__ void __launch_bounds__(256) scaled_residual_rmsnorm_kernel(const float* x, const float* o, const float* s,
                                                                       int64_t N, int64_t D, float eps, float* y,
-                                                                      float* h, float* rstd) {
+                                                                      Out h, float* rstd) {
   const int lane = threadIdx.x & 31;
   const int64_t wpb = blockDim.x >> 5;
   const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
@@ -331,8 +351,7 @@ __global__ void __launch_bounds__(256) scaled_residual_rmsnorm_kernel(const floa
     for (int64_t d = lane; d < D; d += 32) yr[d] = __fadd_rn(xr[d], __fmul_rn(s[d], orow[d]));
     const float r = row_rstd(yr, D, eps, lane);
     if (lane == 0) rstd[row] = r;
-    float* hr = h + row * D;
-    for (int64_t d = lane; d < D; d += 32) hr[d] = yr[d] * r;
+    for (int64_t d = lane; d < D; d += 32) put(h, row * D + d, yr[d] * r);
   }
 }
 
@@ -440,13 +459,16 @@ struct ChannelScaleBwdF {
   const float* dy;
   const float* x;
   const float* s;
-  float* dx;
+  Out dx;
   int64_t D;
-  bool accumulate;  // dx += (else dx =)
+  bool accumulate;  // dx += (else dx =; a bf16 dx is only written)
   __device__ void operator()(int64_t n, int64_t c, double* v) const {
     const int64_t i = n * D + c;
     const float g = dy[i];
-    if (dx) dx[i] = accumulate ? dx[i] + s[c] * g : s[c] * g;
+    if (accumulate && dx.f32)
+      dx.f32[i] += s[c] * g;
+    else if (dx.f32 || dx.bf16)
+      put(dx, i, s[c] * g);
     v[0] = static_cast<double>(g) * static_cast<double>(x[i]);
   }
 };
@@ -509,19 +531,19 @@ struct RopeApplyF {
 template <bool kLeaky>
 struct ActFwdF {
   const float* h;
-  float* out;
+  Out out;
   __device__ void operator()(int64_t i) const {
     const float v = h[i];
     const float r = v > 0.f ? v : (kLeaky ? 0.5f * v : 0.f);
-    out[i] = r * r;
+    put(out, i, r * r);
   }
 };
 template <bool kLeaky>
 struct ActBwdF {
   const float* dout;
   const float* h;
-  float* dh;
-  bool accumulate;  // dh += (else dh =)
+  Out dh;
+  bool accumulate;  // dh += (else dh =; a bf16 dh is only written)
   __device__ void operator()(int64_t i) const {
     const float v = h[i];
     float d;
@@ -530,7 +552,10 @@ struct ActBwdF {
     } else {
       d = 2.f * (v > 0.f ? v : 0.f);
     }
-    dh[i] = accumulate ? dh[i] + d * dout[i] : d * dout[i];
+    if (accumulate)
+      dh.f32[i] += d * dout[i];
+    else
+      put(dh, i, d * dout[i]);
   }
 };
 
@@ -742,6 +767,10 @@ void launch_scale(float* y, float a, size_t n, cudaStream_t s) {
   }
 }
 
+void launch_bf16_to_float(const uint16_t* x, size_t n, float* y, cudaStream_t s) {
+  launch_map(Bf16ToFloatF{reinterpret_cast<const __nv_bfloat16*>(x), y}, static_cast<int64_t>(n), s, "bf16_to_float");
+}
+
 void launch_to_bf16(const float* x, size_t n, uint16_t* y, cudaStream_t s) {
   const int64_t nn = static_cast<int64_t>(n);
   auto* yb = reinterpret_cast<__nv_bfloat16*>(y);
@@ -793,7 +822,7 @@ void launch_embedding_backward_sorted(const float* dout, const int32_t* tokens, 
   PTOOL_CUDA_LAUNCHED("embedding_backward (segments)", s);
 }
 
-void launch_rmsnorm_forward(const float* x, int64_t N, int64_t D, float eps, float* out, float* rstd,
+void launch_rmsnorm_forward(const float* x, int64_t N, int64_t D, float eps, Out out, float* rstd,
                             cudaStream_t s) {
   if (N <= 0) return;
   PTOOL_LAUNCH(rmsnorm_fwd_kernel, row_warps_grid(N), 256, 0, s)(x, N, D, eps, out, rstd);
@@ -825,15 +854,16 @@ void launch_scaled_residual_forward(const float* x, const float* o, const float*
 }
 
 void launch_scaled_residual_rmsnorm_forward(const float* x, const float* o, const float* sc, int64_t N, int64_t D,
-                                            float eps, float* y, float* h, float* rstd, cudaStream_t s) {
+                                            float eps, float* y, Out h, float* rstd, cudaStream_t s) {
   if (N <= 0 || D <= 0) return;
   PTOOL_LAUNCH(scaled_residual_rmsnorm_kernel, row_warps_grid(N), 256, 0, s)(x, o, sc, N, D, eps, y, h, rstd);
   PTOOL_CUDA_LAUNCHED("scaled_residual_rmsnorm_forward", s);
 }
 
 void launch_channel_scale_backward(const float* dy, const float* x, const float* sc, int64_t N, int64_t D,
-                                   float* dx, bool accumulate, float* ds_acc, Workspace& ws, cudaStream_t s) {
-  if (!dx && !ds_acc) return;
+                                   Out dx, bool accumulate, float* ds_acc, Workspace& ws, cudaStream_t s) {
+  if (!dx.f32 && !dx.bf16 && !ds_acc) return;
+  require_writable(dx, accumulate, "channel_scale_backward");
   launch_colreduce(ChannelScaleBwdF{dy, x, sc, dx, D, accumulate}, N, D, 1, ds_acc, nullptr, ws, s,
                    "channel_scale_backward");
 }
@@ -884,16 +914,17 @@ void launch_qk_prep_backward(float* d, const float* raw, const float* rstd, int6
   PTOOL_CUDA_LAUNCHED("qk_prep_backward", s);
 }
 
-void launch_activation_forward(bool leaky, const float* h, int64_t n, float* out, cudaStream_t s) {
+void launch_activation_forward(bool leaky, const float* h, int64_t n, Out out, cudaStream_t s) {
   if (leaky)
     launch_map(ActFwdF<true>{h, out}, n, s, "activation_forward");
   else
     launch_map(ActFwdF<false>{h, out}, n, s, "activation_forward");
 }
 
-void launch_activation_backward(bool leaky, const float* dout, const float* h, int64_t n, float* dh, bool accumulate,
+void launch_activation_backward(bool leaky, const float* dout, const float* h, int64_t n, Out dh, bool accumulate,
                                 cudaStream_t s) {
-  if (dh == nullptr) return;
+  if (!dh.f32 && !dh.bf16) return;
+  require_writable(dh, accumulate, "activation_backward");
   if (leaky)
     launch_map(ActBwdF<true>{dout, h, dh, accumulate}, n, s, "activation_backward");
   else

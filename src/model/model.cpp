@@ -1,5 +1,6 @@
 #include "src/model/model.h"
 
+#include <algorithm>
 #include <cfloat>
 #include <cmath>
 
@@ -79,27 +80,32 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
   const size_t N = static_cast<size_t>(B * Tn), D = cfg_.d_model, KV = cfg_.kv_dim(), Hd = cfg_.hidden(),
                H = cfg_.n_heads, Hkv = cfg_.n_kv_heads, V = cfg_.vocab_size;
   auto buf = [&](size_t n) { return DeviceBuffer<T>(be_, n); };
+  // GEMM inputs that nothing else reads are operand buffers (bf16 on the CUDA backend's bf16 mode): the pre-norm
+  // outputs when they come straight from an RMSNorm, the activation, the final norm, and the gradients that the
+  // backward hands only to a linear op as dy.
+  auto operand = [&](size_t n) { return DeviceBuffer<T>(be_, n, Storage::operand); };
+  const bool plain_norms = !cfg_.ln_scale && !cfg_.norm_scale;
   acts_.clear();
   acts_.resize(cfg_.virtual_layers());
   for (int64_t v = 0; v < cfg_.virtual_layers(); ++v) {
     LayerActs& a = acts_[v];
     if (has_skip(v)) a.x_in_buf = buf(N * D);
     if (cfg_.resid_mix) a.x_mix_buf = buf(N * D);
-    a.h1 = buf(N * D); a.rstd1 = buf(N);
+    a.h1 = plain_norms ? operand(N * D) : buf(N * D); a.rstd1 = buf(N);
     if (cfg_.norm_scale) { a.n1 = buf(N * D); a.n2 = buf(N * D); }
     a.q_raw = buf(N * D); a.rstd_q = buf(N * H); a.k_raw = buf(N * KV); a.rstd_k = buf(N * Hkv);
     a.q_rot = buf(N * D); a.q = buf(N * D); a.k = buf(N * KV); a.v = buf(N * KV); a.att = buf(N * D);
-    a.lse = buf(N * H); a.o = buf(N * D); a.x1 = buf(N * D); a.h2 = buf(N * D); a.rstd2 = buf(N);
-    a.u = buf(N * Hd); a.a = buf(N * Hd); a.m = buf(N * D); a.x_out = buf(N * D);
+    a.lse = buf(N * H); a.o = buf(N * D); a.x1 = buf(N * D); a.h2 = plain_norms ? operand(N * D) : buf(N * D);
+    a.rstd2 = buf(N); a.u = buf(N * Hd); a.a = operand(N * Hd); a.m = buf(N * D); a.x_out = buf(N * D);
   }
-  emb_ = buf(N * D); x0_ = buf(N * D); rstd0_ = buf(N); final_ = buf(N * D); rstdf_ = buf(N);
+  emb_ = buf(N * D); x0_ = buf(N * D); rstd0_ = buf(N); final_ = operand(N * D); rstdf_ = buf(N);
   logits_ = buf(N * V);
   g_tmp_ = buf(N * D);
   if (train) {
     dlogits_ = buf(N * V);
     g_x_ = buf(N * D); g_x0_ = buf(N * D); g_h_ = buf(N * D); g_q_ = buf(N * D); g_k_ = buf(N * KV);
-    g_kraw_ = buf(N * KV); g_v_ = buf(N * KV); g_att_ = buf(N * D); g_o_ = buf(N * D); g_u_ = buf(N * Hd);
-    g_a_ = buf(N * Hd); g_m_ = buf(N * D); g_final_ = buf(N * D);
+    g_kraw_ = buf(N * KV); g_v_ = buf(N * KV); g_att_ = buf(N * D); g_o_ = operand(N * D); g_u_ = operand(N * Hd);
+    g_a_ = buf(N * Hd); g_m_ = operand(N * D); g_final_ = buf(N * D);
     g_skip_.clear();
     for (int64_t i = 0; i < cfg_.encoder_layers(); ++i) g_skip_.push_back(buf(N * D));
   }
@@ -320,17 +326,26 @@ template <class T>
 void Model<T>::visit_linear_inputs(const LinearInputVisitor& f) const {
   const int64_t N = arenaB_ * arenaT_, D = cfg_.d_model, Hd = cfg_.hidden();
   if (N == 0) throw Error("visit_linear_inputs needs a forward pass first");
+  // Operand buffers may hold another precision: the visitor sees their values as T, in a scratch buffer that
+  // stays allocated (queued work may still read it when this returns).
+  if (visit_scratch_.size() < static_cast<size_t>(N * std::max(D, Hd)))
+    visit_scratch_ = DeviceBuffer<T>(be_, static_cast<size_t>(N * std::max(D, Hd)));
+  auto values = [&](const DeviceBuffer<T>& b, int64_t cols) {
+    be_.operand_values(b.get(), static_cast<size_t>(N * cols), visit_scratch_.get());
+    return visit_scratch_.get();
+  };
   for (int64_t v = 0; v < cfg_.virtual_layers(); ++v) {
     const std::string p = "blocks." + std::to_string(cfg_.schedule[v]) + ".";
     const LayerActs& a = acts_[v];
-    f(p + "attn.c_q.weight", a.h1.get(), N, D);
-    f(p + "attn.c_k.weight", a.h1.get(), N, D);
-    f(p + "attn.c_v.weight", a.h1.get(), N, D);
+    const T* h1 = values(a.h1, D);
+    f(p + "attn.c_q.weight", h1, N, D);
+    f(p + "attn.c_k.weight", h1, N, D);
+    f(p + "attn.c_v.weight", h1, N, D);
     f(p + "attn.proj.weight", a.att.get(), N, D);
-    f(p + "mlp.fc.weight", a.h2.get(), N, D);
-    f(p + "mlp.proj.weight", a.a.get(), N, Hd);
+    f(p + "mlp.fc.weight", values(a.h2, D), N, D);
+    f(p + "mlp.proj.weight", values(a.a, Hd), N, Hd);
   }
-  f(cfg_.tie_embeddings ? "tok_emb.weight" : "lm_head.weight", final_.get(), N, D);
+  f(cfg_.tie_embeddings ? "tok_emb.weight" : "lm_head.weight", values(final_, D), N, D);
 }
 
 template class Model<float>;

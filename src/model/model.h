@@ -104,6 +104,7 @@ class Model {
   int32_t* ydev_ = nullptr;
   size_t idx_cap_ = 0;
   std::vector<double> loss_scratch_;
+  mutable DeviceBuffer<T> visit_scratch_;  // visit_linear_inputs' values of operand buffers
 
  public:
   ~Model();

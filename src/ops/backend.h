@@ -37,6 +37,14 @@ class Backend {
   virtual void add(T* y, const T* x, size_t n) = 0;     // y += x
   virtual void scale(T* y, T a, size_t n) = 0;          // y *= a
 
+  // Operand buffers: memory for a tensor that exists only to be a GEMM input (the x or dy of the linear ops), so
+  // a backend may keep it in its GEMM input precision (the CUDA backend's bf16 mode: bf16, half the bytes, and no
+  // conversion before every GEMM that reads it). Only ops that name it as an output may write it (a backend that
+  // cannot write one there throws), only linear ops may read it, and zero() may clear it; anything else reads its
+  // values through operand_values() (into plain memory). Released with release(). Default: plain memory.
+  virtual T* alloc_operand(size_t n) { return alloc(n); }
+  virtual void operand_values(const T* src, size_t n, T* dst) { copy(dst, src, n); }
+
   // Model ops (see cpu_ops.h for the contracts).
   virtual void embedding_forward(const T* table, const int32_t* tokens, int64_t N, int64_t D, T* out) = 0;
   virtual void embedding_backward(const T* dout, const int32_t* tokens, int64_t N, int64_t D, T* dtable) = 0;
@@ -189,12 +197,15 @@ class Backend {
 template <class T>
 std::unique_ptr<Backend<T>> make_cpu_backend();
 
-// Owning handle to backend memory.
+// Owning handle to backend memory: plain, or an operand buffer (Backend::alloc_operand).
+enum class Storage { plain, operand };
+
 template <class T>
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;
-  DeviceBuffer(Backend<T>& b, size_t n) : b_(&b), p_(n ? b.alloc(n) : nullptr), n_(n) {}
+  DeviceBuffer(Backend<T>& b, size_t n, Storage s = Storage::plain)
+      : b_(&b), p_(n ? (s == Storage::operand ? b.alloc_operand(n) : b.alloc(n)) : nullptr), n_(n) {}
   DeviceBuffer(DeviceBuffer&& o) noexcept : b_(o.b_), p_(o.p_), n_(o.n_) { o.p_ = nullptr; o.n_ = 0; }
   DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
     if (this != &o) { reset(); b_ = o.b_; p_ = o.p_; n_ = o.n_; o.p_ = nullptr; o.n_ = 0; }

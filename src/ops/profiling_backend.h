@@ -62,6 +62,10 @@ class ProfilingBackend final : public Backend<T> {
   const char* name() const override { return in_.name(); }
 
   T* alloc(size_t n) override { return in_.alloc(n); }
+  T* alloc_operand(size_t n) override { return in_.alloc_operand(n); }
+  void operand_values(const T* src, size_t n, T* dst) override {
+    timed("operand_values", 2 * E * n, 0, [&] { in_.operand_values(src, n, dst); });
+  }
   void release(T* p) override { in_.release(p); }
   int32_t* alloc_index(size_t n) override { return in_.alloc_index(n); }
   void release_index(int32_t* p) override { in_.release_index(p); }

@@ -33,6 +33,7 @@
 #include <cstdio>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <memory>
 #include <random>
 #include <stdexcept>
@@ -46,6 +47,7 @@
 #include "src/model/layout.h"
 #include "src/model/model.h"
 #include "src/ops/backend.h"
+#include "src/train/muon.h"
 
 using namespace ptool;
 
@@ -982,6 +984,124 @@ TEST_CASE("cuda: the tiny model's loss and gradients match the CPU backend", "[g
       }
     }
   }
+}
+
+// bf16 operand buffers change where the bf16 rounding happens (in the op that writes the tensor, not before the
+// GEMM), not its result: loss, per-token losses and gradients equal the converting path's bit for bit, and the
+// activations GPTQ calibration sees are the fp32 ones rounded to bf16.
+TEST_CASE("cuda: bf16 operand buffers give the bf16 mode's results bit for bit", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  model::ModelConfig plain_tied = variant_config();  // plain pre-norms (operand h1, h2), tied head, gated skips
+  plain_tied.ln_scale = false;
+  plain_tied.tie_embeddings = true;
+  const std::pair<std::string, model::ModelConfig> cases[] = {
+      {"tiny", model::preset("tiny")}, {"variant", variant_config()}, {"variant, plain norms", plain_tied}};
+  for (const auto& [name, cfg] : cases) {
+    const auto L = model::make_layout(cfg);
+    const auto params = noisy_params(cfg, L, 31);
+    const int64_t B = 2, Tn = 77;
+    std::mt19937_64 rng(37);
+    std::vector<int32_t> x(static_cast<size_t>(B * Tn)), y(x.size());
+    for (auto& t : x) t = static_cast<int32_t>(rand_int(rng, 0, cfg.vocab_size - 1));
+    for (auto& t : y) t = static_cast<int32_t>(rand_int(rng, 0, cfg.vocab_size - 1));
+    CudaBackendOptions on, off;
+    on.gemm = off.gemm = CudaGemmPrecision::bf16;
+    off.bf16_operands = false;
+    auto g_on = make_cuda_backend(on), g_off = make_cuda_backend(off);
+    const RunResult want = run_model(*g_off, cfg, params, x, y, B, Tn);
+    const RunResult got = run_model(*g_on, cfg, params, x, y, B, Tn);
+    CHECK(got.loss == want.loss);
+    check_exact(name + " per-token losses (operand buffers vs converting)", Vec(got.losses.begin(), got.losses.end()),
+                Vec(want.losses.begin(), want.losses.end()));
+    check_exact(name + " gradients (operand buffers vs converting)", got.grads, want.grads);
+
+    // What calibration sees: the converting backend's fp32 activations, rounded to bf16.
+    std::map<std::string, Vec> seen_on, seen_off;
+    for (auto* run : {&seen_on, &seen_off}) {
+      Backend<float>& be = run == &seen_on ? *g_on : *g_off;
+      model::Model<float> m(cfg, be);
+      m.load_params(params.data());
+      m.forward(x.data(), y.data(), B, Tn);
+      m.visit_linear_inputs([&](const std::string& w, const float* X, int64_t rows, int64_t cols) {
+        Vec h(static_cast<size_t>(rows * cols));
+        be.download(h.data(), X, h.size());
+        (*run)[w] = h;
+      });
+    }
+    // Operand buffers: the pre-norm outputs when the norms are plain, the activation and the final norm; the
+    // attention output (proj's input) stays fp32.
+    REQUIRE(seen_on.size() == seen_off.size());
+    const bool plain_norms = !cfg.ln_scale && !cfg.norm_scale;
+    for (auto& [w, v] : seen_off) {
+      const bool pre_norm = w.find("attn.c_") != std::string::npos || w.find("mlp.fc") != std::string::npos;
+      const bool operand = w.find("attn.proj") == std::string::npos && (!pre_norm || plain_norms);
+      if (operand)
+        for (auto& f : v) f = train::round_to_bf16(f);
+      check_exact(name + " calibration input " + w + (operand ? " (bf16)" : ""), seen_on.at(w), v);
+    }
+  }
+}
+
+// Each op that can write an operand buffer stores there exactly the bf16 rounding of its fp32 result; the ops that
+// cannot (accumulating into it, copying or downloading it) refuse.
+TEST_CASE("cuda: ops write bf16 operand buffers as the rounded fp32 result, and misuse throws", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  CudaBackendOptions o;
+  o.gemm = CudaGemmPrecision::bf16;
+  auto g = make_cuda_backend(o);
+  std::mt19937_64 rng(41);
+  const int64_t N = 37, D = 96, n = N * D;
+  const float eps = std::numeric_limits<float>::epsilon();
+  const Vec x = rand_vec(rng, n, -3.f, 3.f), o2 = rand_vec(rng, n), s = rand_vec(rng, D, 0.5f, 1.5f),
+            dy = rand_vec(rng, n);
+  Dev gx(*g, x), go(*g, o2), gs(*g, s), gdy(*g, dy), plain(*g, Vec(n)), y(*g, Vec(n)), rstd(*g, Vec(N)),
+      vals(*g, Vec(n)), ds(*g, Vec(D));
+  DeviceBuffer<float> opnd(*g, n, Storage::operand);
+  auto rounded = [](Vec v) {
+    for (auto& f : v) f = train::round_to_bf16(f);
+    return v;
+  };
+  auto values = [&] {
+    g->operand_values(opnd.get(), n, vals.p());
+    return vals.get();
+  };
+  g->rmsnorm_forward(gx.p(), N, D, eps, plain.p(), rstd.p());
+  g->rmsnorm_forward(gx.p(), N, D, eps, opnd.get(), rstd.p());
+  check_exact("rmsnorm_forward into an operand buffer", values(), rounded(plain.get()));
+  g->scaled_residual_rmsnorm_forward(gx.p(), go.p(), gs.p(), N, D, eps, y.p(), plain.p(), rstd.p());
+  g->scaled_residual_rmsnorm_forward(gx.p(), go.p(), gs.p(), N, D, eps, y.p(), opnd.get(), rstd.p());
+  check_exact("scaled_residual_rmsnorm_forward h into an operand buffer", values(), rounded(plain.get()));
+  for (auto act : {cpu::Activation::relu2, cpu::Activation::leaky_relu2}) {
+    g->activation_forward(act, gx.p(), n, plain.p());
+    g->activation_forward(act, gx.p(), n, opnd.get());
+    check_exact("activation_forward into an operand buffer", values(), rounded(plain.get()));
+    g->activation_backward_set(act, gdy.p(), gx.p(), n, plain.p());
+    g->activation_backward_set(act, gdy.p(), gx.p(), n, opnd.get());
+    check_exact("activation_backward_set into an operand buffer", values(), rounded(plain.get()));
+  }
+  g->channel_scale_backward_set_dx(gdy.p(), gx.p(), gs.p(), N, D, plain.p(), ds.p());
+  g->channel_scale_backward_set_dx(gdy.p(), gx.p(), gs.p(), N, D, opnd.get(), ds.p());
+  check_exact("channel_scale_backward_set_dx into an operand buffer", values(), rounded(plain.get()));
+  g->zero(opnd.get(), n);
+  check_exact("zero of an operand buffer", values(), Vec(n, 0.f));
+
+  CHECK_THROWS_AS(g->channel_scale_backward(gdy.p(), gx.p(), gs.p(), N, D, opnd.get(), ds.p()),
+                  std::invalid_argument);
+  CHECK_THROWS_AS(g->activation_backward(cpu::Activation::relu2, gdy.p(), gx.p(), n, opnd.get()),
+                  std::invalid_argument);
+  Vec host(n);
+  CHECK_THROWS_AS(g->download(host.data(), opnd.get(), n), std::invalid_argument);
+  CHECK_THROWS_AS(g->copy(plain.p(), opnd.get(), n), std::invalid_argument);
+  CHECK_THROWS_AS(g->add(opnd.get(), plain.p(), n), std::invalid_argument);
+
+  // Off bf16 mode an operand buffer is plain fp32 memory.
+  auto t = gpu_backend(CudaGemmPrecision::tf32);
+  DeviceBuffer<float> p32(*t, 4, Storage::operand);
+  const Vec four = {1.f, 2.f, 3.f, 4.f};
+  t->upload(p32.get(), four.data(), 4);
+  Vec back(4);
+  t->download(back.data(), p32.get(), 4);
+  CHECK(back == four);
 }
 
 TEST_CASE("cuda: deterministic mode gives bit-identical repeat runs", "[gpu][determinism]") {
