@@ -272,7 +272,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(const float* __
                                                                  const float* __restrict__ lse,
                                                                  const float* __restrict__ Dv, int T, int H, int Hkv,
                                                                  int hd, bool vec, float scale, float scale_log2,
-                                                                 float* dk, float* dv) {
+                                                                 float* dk, float* dv, bool accumulate) {
   constexpr int P = Hd<HDP>::kPad, DPL = Hd<HDP>::kDpl;
   PTOOL_DYNAMIC_SMEM(float4, smem4);
   float* Ks = reinterpret_cast<float*>(smem4);  // [kB][HDP]  broadcast rows (the warp's own keys)
@@ -396,8 +396,8 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dkdv_kernel(const float* __
 #pragma unroll
     for (int dd = 0; dd < DPL; ++dd) {
       if (d0 + dd >= hd) continue;
-      if (dk) dk[off + d0 + dd] += dkacc[r][dd];
-      if (dv) dv[off + d0 + dd] += dvacc[r][dd];
+      if (dk) dk[off + d0 + dd] = accumulate ? dk[off + d0 + dd] + dkacc[r][dd] : dkacc[r][dd];
+      if (dv) dv[off + d0 + dd] = accumulate ? dv[off + d0 + dd] + dvacc[r][dd] : dvacc[r][dd];
     }
   }
 }
@@ -410,7 +410,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(const float* __re
                                                                const float* __restrict__ lse,
                                                                const float* __restrict__ Dv, int T, int H, int Hkv,
                                                                int hd, bool vec, float scale, float scale_log2,
-                                                               float* dq) {
+                                                               float* dq, bool accumulate) {
   constexpr int P = Hd<HDP>::kPad, DPL = Hd<HDP>::kDpl;
   PTOOL_DYNAMIC_SMEM(float4, smem4);
   float* Qs = reinterpret_cast<float*>(smem4);  // [kB][HDP]  broadcast rows
@@ -515,7 +515,7 @@ __global__ void __launch_bounds__(kThreads) attn_bwd_dq_kernel(const float* __re
     float* row = dq + (static_cast<int64_t>(b) * T + qi) * qs + static_cast<int64_t>(h) * hd;
 #pragma unroll
     for (int dd = 0; dd < DPL; ++dd)
-      if (d0 + dd < hd) row[d0 + dd] += dqacc[r][dd];
+      if (d0 + dd < hd) row[d0 + dd] = accumulate ? row[d0 + dd] + dqacc[r][dd] : dqacc[r][dd];
   }
 }
 
@@ -554,7 +554,8 @@ void fwd_impl(const float* q, const float* k, const float* v, int B, int T, int 
 
 template <int HDP>
 void bwd_impl(const float* dout, const float* q, const float* k, const float* v, const float* lse, const float* Dv,
-              int B, int T, int H, int Hkv, int hd, bool vec, float* dq, float* dk, float* dv, cudaStream_t s) {
+              int B, int T, int H, int Hkv, int hd, bool vec, float* dq, float* dk, float* dv, bool accumulate,
+              cudaStream_t s) {
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(hd)));
   const float scale_log2 = scale * kLog2e;
   const unsigned nblk = static_cast<unsigned>((T + kB - 1) / kB);
@@ -564,7 +565,7 @@ void bwd_impl(const float* dout, const float* q, const float* k, const float* v,
                                           static_cast<int>(smem)));
     const dim3 grid(nblk, static_cast<unsigned>(Hkv), static_cast<unsigned>(B));
     PTOOL_LAUNCH(attn_bwd_dkdv_kernel<HDP>, grid, kThreads, smem, s)(dout, q, k, v, lse, Dv, T, H, Hkv, hd, vec, scale,
-                                                                     scale_log2, dk, dv);
+                                                                     scale_log2, dk, dv, accumulate);
     PTOOL_CUDA_LAUNCHED("attention_backward (dk, dv)", s);
   }
   if (dq) {
@@ -573,7 +574,7 @@ void bwd_impl(const float* dout, const float* q, const float* k, const float* v,
                                           static_cast<int>(smem)));
     const dim3 grid(nblk, static_cast<unsigned>(H), static_cast<unsigned>(B));
     PTOOL_LAUNCH(attn_bwd_dq_kernel<HDP>, grid, kThreads, smem, s)(dout, q, k, v, lse, Dv, T, H, Hkv, hd, vec, scale,
-                                                                   scale_log2, dq);
+                                                                   scale_log2, dq, accumulate);
     PTOOL_CUDA_LAUNCHED("attention_backward (dq)", s);
   }
 }
@@ -600,7 +601,8 @@ void launch_attention_forward(const float* q, const float* k, const float* v, in
 
 void launch_attention_backward(const float* dout, const float* q, const float* k, const float* v, const float* out,
                                const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd,
-                               float* dq_acc, float* dk_acc, float* dv_acc, Workspace& ws, cudaStream_t s) {
+                               float* dq_acc, float* dk_acc, float* dv_acc, bool accumulate, Workspace& ws,
+                               cudaStream_t s) {
   const char* op = "attention_backward";
   check_args(op, B, Tn, H, Hkv, hd);
   if (!dq_acc && !dk_acc && !dv_acc) return;
@@ -614,13 +616,13 @@ void launch_attention_backward(const float* dout, const float* q, const float* k
   PTOOL_LAUNCH(attn_bwd_dot_kernel, grid, 256, 0, s)(dout, out, rows, t, h, d, Dv);
   PTOOL_CUDA_LAUNCHED("attention_backward (rowsum dO*O)", s);
   if (hd <= 16)
-    bwd_impl<16>(dout, q, k, v, lse, Dv, b, t, h, hk, d, vec, dq_acc, dk_acc, dv_acc, s);
+    bwd_impl<16>(dout, q, k, v, lse, Dv, b, t, h, hk, d, vec, dq_acc, dk_acc, dv_acc, accumulate, s);
   else if (hd <= 32)
-    bwd_impl<32>(dout, q, k, v, lse, Dv, b, t, h, hk, d, vec, dq_acc, dk_acc, dv_acc, s);
+    bwd_impl<32>(dout, q, k, v, lse, Dv, b, t, h, hk, d, vec, dq_acc, dk_acc, dv_acc, accumulate, s);
   else if (hd <= 64)
-    bwd_impl<64>(dout, q, k, v, lse, Dv, b, t, h, hk, d, vec, dq_acc, dk_acc, dv_acc, s);
+    bwd_impl<64>(dout, q, k, v, lse, Dv, b, t, h, hk, d, vec, dq_acc, dk_acc, dv_acc, accumulate, s);
   else
-    bwd_impl<128>(dout, q, k, v, lse, Dv, b, t, h, hk, d, vec, dq_acc, dk_acc, dv_acc, s);
+    bwd_impl<128>(dout, q, k, v, lse, Dv, b, t, h, hk, d, vec, dq_acc, dk_acc, dv_acc, accumulate, s);
 }
 
 }  // namespace ptool::cuda

@@ -391,10 +391,22 @@ class CudaBackend final : public Backend<float> {
   void attention_backward(const float* dout, const float* q, const float* k, const float* v, const float* out,
                           const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, float* dq,
                           float* dk, float* dv) override {
+    attention_backward_impl(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv, true);
+  }
+  void attention_backward_set(const float* dout, const float* q, const float* k, const float* v, const float* out,
+                              const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, float* dq,
+                              float* dk, float* dv) override {
+    attention_backward_impl(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv, false);
+  }
+  void attention_backward_impl(const float* dout, const float* q, const float* k, const float* v, const float* out,
+                               const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, float* dq,
+                               float* dk, float* dv, bool accumulate) {
     if (opt_.gemm == CudaGemmPrecision::bf16 && cuda::flash_mma_supports(hd))
-      cuda::launch_flash_mma_backward(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv, ws_, stream_);
+      cuda::launch_flash_mma_backward(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv, accumulate, ws_,
+                                      stream_);
     else
-      cuda::launch_attention_backward(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv, ws_, stream_);
+      cuda::launch_attention_backward(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv, accumulate, ws_,
+                                      stream_);
   }
   void activation_forward(cpu::Activation a, const float* h, int64_t n, float* out) override {
     cuda::launch_activation_forward(a == cpu::Activation::leaky_relu2, h, n, out_of(out), stream_);

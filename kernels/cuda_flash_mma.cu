@@ -126,7 +126,8 @@ void fwd_impl(const float* q, const float* k, const float* v, int B, int T, int 
 
 template <int HD>
 void bwd_impl(const float* dout, const float* q, const float* k, const float* v, const float* lse, const float* Dv,
-              int B, int T, int H, int Hkv, bool vec, float* dq, float* dk, float* dv, cudaStream_t s) {
+              int B, int T, int H, int Hkv, bool vec, float* dq, float* dk, float* dv, bool accumulate,
+              cudaStream_t s) {
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(HD)));
   const float scale_log2 = scale * kLog2e;
   if (dk || dv) {
@@ -134,7 +135,7 @@ void bwd_impl(const float* dout, const float* q, const float* k, const float* v,
     PTOOL_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_dkdv_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(ls.smem)));
     PTOOL_LAUNCH(flash_bwd_dkdv_kernel<HD>, dim3(ls.gx, ls.gy, ls.gz), ls.threads, ls.smem, s)(
-        dout, q, k, v, lse, Dv, T, H, Hkv, vec, scale, scale_log2, dk, dv);
+        dout, q, k, v, lse, Dv, T, H, Hkv, vec, scale, scale_log2, dk, dv, accumulate);
     PTOOL_CUDA_LAUNCHED("flash_mma_backward (dk, dv)", s);
   }
   if (dq) {
@@ -142,7 +143,7 @@ void bwd_impl(const float* dout, const float* q, const float* k, const float* v,
     PTOOL_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_dq_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(ls.smem)));
     PTOOL_LAUNCH(flash_bwd_dq_kernel<HD>, dim3(ls.gx, ls.gy, ls.gz), ls.threads, ls.smem, s)(
-        dout, q, k, v, lse, Dv, T, H, Hkv, vec, scale, scale_log2, dq);
+        dout, q, k, v, lse, Dv, T, H, Hkv, vec, scale, scale_log2, dq, accumulate);
     PTOOL_CUDA_LAUNCHED("flash_mma_backward (dq)", s);
   }
 }
@@ -163,7 +164,8 @@ void launch_flash_mma_forward(const float* q, const float* k, const float* v, in
 
 void launch_flash_mma_backward(const float* dout, const float* q, const float* k, const float* v, const float* out,
                                const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd,
-                               float* dq_acc, float* dk_acc, float* dv_acc, Workspace& ws, cudaStream_t s) {
+                               float* dq_acc, float* dk_acc, float* dv_acc, bool accumulate, Workspace& ws,
+                               cudaStream_t s) {
   check_args("attention_backward", B, Tn, H, Hkv, hd);
   if (!dq_acc && !dk_acc && !dv_acc) return;
   if (B == 0 || Tn == 0) return;
@@ -175,9 +177,9 @@ void launch_flash_mma_backward(const float* dout, const float* q, const float* k
   PTOOL_LAUNCH(flash_bwd_dot_kernel, ls.gx, ls.threads, 0, s)(dout, out, rows, t, h, static_cast<int>(hd), Dv);
   PTOOL_CUDA_LAUNCHED("flash_mma_backward (rowsum bf16(dO) * O)", s);
   if (hd == 64)
-    bwd_impl<64>(dout, q, k, v, lse, Dv, b, t, h, hk, vec, dq_acc, dk_acc, dv_acc, s);
+    bwd_impl<64>(dout, q, k, v, lse, Dv, b, t, h, hk, vec, dq_acc, dk_acc, dv_acc, accumulate, s);
   else
-    bwd_impl<128>(dout, q, k, v, lse, Dv, b, t, h, hk, vec, dq_acc, dk_acc, dv_acc, s);
+    bwd_impl<128>(dout, q, k, v, lse, Dv, b, t, h, hk, vec, dq_acc, dk_acc, dv_acc, accumulate, s);
 }
 
 }  // namespace ptool::cuda

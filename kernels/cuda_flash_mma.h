@@ -23,6 +23,7 @@ void launch_flash_mma_forward(const float* q, const float* k, const float* v, in
                               int64_t Hkv, int64_t hd, float* out, float* lse, cudaStream_t s);
 void launch_flash_mma_backward(const float* dout, const float* q, const float* k, const float* v, const float* out,
                                const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd,
-                               float* dq_acc, float* dk_acc, float* dv_acc, Workspace& ws, cudaStream_t s);
+                               float* dq_acc, float* dk_acc, float* dv_acc, bool accumulate, Workspace& ws,
+                               cudaStream_t s);
 
 }  // namespace ptool::cuda

@@ -293,7 +293,7 @@ template <int HD>
 __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_kernel(
     const float* __restrict__ dout, const float* __restrict__ q, const float* __restrict__ k,
     const float* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ Dv, int T, int H, int Hkv,
-    bool vec, float scale, float scale_log2, float* dk, float* dv) {
+    bool vec, float scale, float scale_log2, float* dk, float* dv, bool accumulate) {
   constexpr int BQ = kDkdvQ<HD>;
   constexpr int S = kStride<HD>, KC = HD / 16, DN = HD / 8, QN = BQ / 8;
   PTOOL_FLASH_SMEM(smem_dkdv);
@@ -399,12 +399,12 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_kernel(
 #pragma unroll
     for (int n = 0; n < DN; ++n) {
       if (dk) {
-        dk[off + n * 8] += dka[n][2 * r];
-        dk[off + n * 8 + 1] += dka[n][2 * r + 1];
+        dk[off + n * 8] = accumulate ? dk[off + n * 8] + dka[n][2 * r] : dka[n][2 * r];
+        dk[off + n * 8 + 1] = accumulate ? dk[off + n * 8 + 1] + dka[n][2 * r + 1] : dka[n][2 * r + 1];
       }
       if (dv) {
-        dv[off + n * 8] += dva[n][2 * r];
-        dv[off + n * 8 + 1] += dva[n][2 * r + 1];
+        dv[off + n * 8] = accumulate ? dv[off + n * 8] + dva[n][2 * r] : dva[n][2 * r];
+        dv[off + n * 8 + 1] = accumulate ? dv[off + n * 8 + 1] + dva[n][2 * r + 1] : dva[n][2 * r + 1];
       }
     }
   }
@@ -414,7 +414,7 @@ template <int HD>
 __global__ void __launch_bounds__(kThreads) flash_bwd_dq_kernel(
     const float* __restrict__ dout, const float* __restrict__ q, const float* __restrict__ k,
     const float* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ Dv, int T, int H, int Hkv,
-    bool vec, float scale, float scale_log2, float* dq) {
+    bool vec, float scale, float scale_log2, float* dq, bool accumulate) {
   constexpr int S = kStride<HD>, KC = HD / 16, DN = HD / 8, NT = kKeyTile / 8, MT = kDqMt<HD>;
   constexpr int ROWS = kDqRows<HD>, WROWS = 16 * MT;  // query rows per CTA and per warp
   PTOOL_FLASH_SMEM(smem_dq);
@@ -530,8 +530,8 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dq_kernel(
       float* drow = dq + (static_cast<int64_t>(b) * T + row) * qs + static_cast<int64_t>(h) * HD + 2 * t;
 #pragma unroll
       for (int n = 0; n < DN; ++n) {
-        drow[n * 8] += dqa[mt][n][2 * r];
-        drow[n * 8 + 1] += dqa[mt][n][2 * r + 1];
+        drow[n * 8] = accumulate ? drow[n * 8] + dqa[mt][n][2 * r] : dqa[mt][n][2 * r];
+        drow[n * 8 + 1] = accumulate ? drow[n * 8 + 1] + dqa[mt][n][2 * r + 1] : dqa[mt][n][2 * r + 1];
       }
     }
 }

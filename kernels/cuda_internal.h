@@ -162,11 +162,13 @@ void launch_sum_into(const double* x, int64_t n, double* acc, cudaStream_t s);
 
 // ---- cuda_attention.cu --------------------------------------------------------------------------------------
 // Throws std::invalid_argument for bad shapes (H % Hkv != 0, ...) and for head_dim > 128, which the kernels do
-// not support. 16-byte loads are used when hd % 4 == 0 and the pointers allow, element loads otherwise.
+// not support. 16-byte loads are used when hd % 4 == 0 and the pointers allow, element loads otherwise. The
+// backward adds into dq, dk, dv when accumulate, else writes them (every row has one writer either way).
 void launch_attention_forward(const float* q, const float* k, const float* v, int64_t B, int64_t Tn, int64_t H,
                               int64_t Hkv, int64_t hd, float* out, float* lse, cudaStream_t s);
 void launch_attention_backward(const float* dout, const float* q, const float* k, const float* v, const float* out,
                                const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd,
-                               float* dq_acc, float* dk_acc, float* dv_acc, Workspace& ws, cudaStream_t s);
+                               float* dq_acc, float* dk_acc, float* dv_acc, bool accumulate, Workspace& ws,
+                               cudaStream_t s);
 
 }  // namespace ptool::cuda

@@ -100,8 +100,8 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
   }
   emb_ = buf(N * D); x0_ = buf(N * D); rstd0_ = buf(N); final_ = operand(N * D); rstdf_ = buf(N);
   logits_ = buf(N * V);
-  g_tmp_ = buf(N * D);
   if (train) {
+    g_tmp_ = buf(N * D);
     dlogits_ = buf(N * V);
     g_x_ = buf(N * D); g_x0_ = buf(N * D); g_h_ = buf(N * D); g_q_ = buf(N * D); g_k_ = buf(N * KV);
     g_kraw_ = buf(N * KV); g_v_ = buf(N * KV); g_att_ = buf(N * D); g_o_ = operand(N * D); g_u_ = operand(N * Hd);
@@ -226,10 +226,7 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
   // Attention branch: x1 = x_mix + attn_scale * proj(attention(...)).
   be_.channel_scale_backward_set_dx(dx, a.o.get(), P + s.attn_scale, N, D, g_o_.get(), G + s.attn_scale);
   be_.linear_backward_set_dx(g_o_.get(), a.att.get(), P + w.proj, N, D, D, g_att_.get(), G + w.proj);
-  be_.zero(g_q_.get(), N * D);
-  be_.zero(g_k_.get(), N * KV);
-  be_.zero(g_v_.get(), N * KV);
-  be_.attention_backward(g_att_.get(), a.q.get(), a.k.get(), a.v.get(), a.att.get(), a.lse.get(), B, Tn, H, Hkv, hd,
+  be_.attention_backward_set(g_att_.get(), a.q.get(), a.k.get(), a.v.get(), a.att.get(), a.lse.get(), B, Tn, H, Hkv, hd,
                          g_q_.get(), g_k_.get(), g_v_.get());
   be_.head_scale_backward_set_dx(g_q_.get(), a.q_rot.get(), P + s.q_gain, N, H, hd, g_tmp_.get(), G + s.q_gain);
   const double base = rope_base_at(Tn);

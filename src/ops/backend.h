@@ -134,8 +134,17 @@ class Backend {
     head_scale_backward(dy, x, g, N, H, hd, dx, dg);
   }
   virtual void activation_backward_set(cpu::Activation a, const T* dout, const T* h, int64_t n, T* dh) {
+    if (!dh) return;
     zero(dh, static_cast<size_t>(n));
     activation_backward(a, dout, h, n, dh);
+  }
+  virtual void attention_backward_set(const T* dout, const T* q, const T* k, const T* v, const T* out, const T* lse,
+                                      int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, T* dq, T* dk,
+                                      T* dv) {
+    if (dq) zero(dq, static_cast<size_t>(B * Tn * H * hd));
+    if (dk) zero(dk, static_cast<size_t>(B * Tn * Hkv * hd));
+    if (dv) zero(dv, static_cast<size_t>(B * Tn * Hkv * hd));
+    attention_backward(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv);
   }
   // Here dx may also be dy itself (the residual gradient, updated in place).
   virtual void resid_mix_backward_set_dx(const T* dy, const T* x, const T* x0, const T* m, int64_t N, int64_t D,

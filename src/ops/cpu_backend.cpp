@@ -114,6 +114,10 @@ class CpuBackend final : public Backend<T> {
                           T* dm) override {
     cpu::resid_mix_backward(dy, x, x0, m, N, D, dx, dx0, dm);
   }
+  void resid_mix_backward_set_dx(const T* dy, const T* x, const T* x0, const T* m, int64_t N, int64_t D, T* dx,
+                                 T* dx0, T* dm) override {
+    cpu::resid_mix_backward_set_dx(dy, x, x0, m, N, D, dx, dx0, dm);
+  }
   double softcap_cross_entropy(const T* z, const int32_t* targets, int64_t N, int64_t V, T cap, double* losses,
                                T* dz, T grad_scale) override {
     return cpu::softcap_cross_entropy(z, targets, N, V, cap, losses, dz, grad_scale);

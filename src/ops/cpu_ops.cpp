@@ -184,22 +184,35 @@ template <class T> void resid_mix_forward(const T* x, const T* x0, const T* m, i
   }
 }
 
-template <class T> void resid_mix_backward(const T* dy, const T* x, const T* x0, const T* m, int64_t N, int64_t D,
-                                           T* dx_acc, T* dx0_acc, T* dm_acc) {
+namespace {
+// dx += (accumulate) or dx = m0 ⊙ dy; dx is written last for each element, so it may be dy itself.
+template <class T> void resid_mix_backward_impl(const T* dy, const T* x, const T* x0, const T* m, int64_t N,
+                                                int64_t D, T* dx, bool accumulate, T* dx0_acc, T* dm_acc) {
   const T* m0 = m;
   const T* m1 = m + D;
   for (int64_t n = 0; n < N; ++n) {
     for (int64_t d = 0; d < D; ++d) {
       const int64_t i = n * D + d;
       const T gy = dy[i];
-      if (dx_acc) dx_acc[i] += m0[d] * gy;
       if (dx0_acc) dx0_acc[i] += m1[d] * gy;
       if (dm_acc) {
         dm_acc[d] += x[i] * gy;
         dm_acc[D + d] += x0[i] * gy;
       }
+      if (dx) dx[i] = accumulate ? dx[i] + m0[d] * gy : m0[d] * gy;
     }
   }
+}
+}  // namespace
+
+template <class T> void resid_mix_backward(const T* dy, const T* x, const T* x0, const T* m, int64_t N, int64_t D,
+                                           T* dx_acc, T* dx0_acc, T* dm_acc) {
+  resid_mix_backward_impl(dy, x, x0, m, N, D, dx_acc, true, dx0_acc, dm_acc);
+}
+
+template <class T> void resid_mix_backward_set_dx(const T* dy, const T* x, const T* x0, const T* m, int64_t N,
+                                                  int64_t D, T* dx, T* dx0_acc, T* dm_acc) {
+  resid_mix_backward_impl(dy, x, x0, m, N, D, dx, false, dx0_acc, dm_acc);
 }
 
 #define PTOOL_INSTANTIATE(T)                                                                                        \
@@ -219,7 +232,8 @@ template <class T> void resid_mix_backward(const T* dy, const T* x, const T* x0,
   template void gated_skip_backward<T>(const T*, const T*, const T*, const T*, const T*, int64_t, int64_t, T*, T*, \
                                        T*, T*);                                                                    \
   template void resid_mix_forward<T>(const T*, const T*, const T*, int64_t, int64_t, T*);                          \
-  template void resid_mix_backward<T>(const T*, const T*, const T*, const T*, int64_t, int64_t, T*, T*, T*);
+  template void resid_mix_backward<T>(const T*, const T*, const T*, const T*, int64_t, int64_t, T*, T*, T*);      \
+  template void resid_mix_backward_set_dx<T>(const T*, const T*, const T*, const T*, int64_t, int64_t, T*, T*, T*);
 
 PTOOL_INSTANTIATE(float)
 PTOOL_INSTANTIATE(double)

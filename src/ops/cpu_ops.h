@@ -86,6 +86,9 @@ template <class T> void gated_skip_backward(const T* dy, const T* x, const T* sk
 template <class T> void resid_mix_forward(const T* x, const T* x0, const T* m, int64_t N, int64_t D, T* y);
 template <class T> void resid_mix_backward(const T* dy, const T* x, const T* x0, const T* m, int64_t N, int64_t D,
                                            T* dx_acc, T* dx0_acc, T* dm_acc);
+// The same with dx written (dx = m[0, :] ⊙ dy), not added to; dx may be dy itself.
+template <class T> void resid_mix_backward_set_dx(const T* dy, const T* x, const T* x0, const T* m, int64_t N,
+                                                  int64_t D, T* dx, T* dx0_acc, T* dm_acc);
 
 // Softcap + cross-entropy over logits z [N, V] (cap <= 0: no softcap): l_n = -log softmax(c tanh(z/c))[y_n].
 // losses[n] (double) gets each token's loss (losses may be null); returns the sum. If dz != nullptr it receives

@@ -135,6 +135,12 @@ class ProfilingBackend final : public Backend<T> {
     timed("attention_backward", E * B * Tn * (5 * H * hd + 6 * Hkv * hd + H), attention_flops(B, Tn, H, hd, 5),
           [&] { in_.attention_backward(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv); });
   }
+  void attention_backward_set(const T* dout, const T* q, const T* k, const T* v, const T* out, const T* lse,
+                              int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, T* dq, T* dk,
+                              T* dv) override {
+    timed("attention_backward_set", E * B * Tn * (4 * H * hd + 4 * Hkv * hd + H), attention_flops(B, Tn, H, hd, 5),
+          [&] { in_.attention_backward_set(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv); });
+  }
   void activation_forward(cpu::Activation a, const T* h, int64_t n, T* out) override {
     timed("activation_forward", E * 2 * n, 0, [&] { in_.activation_forward(a, h, n, out); });
   }

@@ -382,6 +382,55 @@ TEST_CASE("cuda: linears sharing one input match separate calls", "[gpu]") {
       if (ints) check_close("linear_backward_shared_set_dx dx" + mode + shape, gdx.get(), dx, 0.0, 0.0);
     }
   }
+  // An empty first weight (M = 0), weights at odd offsets (unaligned, as parameter slices can be), and dx with
+  // and without the dW: exact against the CPU on small integers.
+  for (auto prec : kAllPrecisions) {
+    auto g = gpu_backend(prec);
+    const int64_t N = 33, K = 20, Ms[3] = {0, 7, 12};
+    const Vec x = rand_ints(rng, N * K, -8, 8);
+    std::vector<Vec> Wb, dy;
+    for (int64_t M : Ms) {
+      Wb.push_back(rand_ints(rng, M * K + 1, -8, 8));
+      dy.push_back(rand_ints(rng, N * M, -8, 8));
+    }
+    for (int variant = 0; variant < 2; ++variant) {  // 0: dx and dW, 1: dx only
+      const std::string what = std::string(variant ? " (dx only)" : " (dx and dW)") + tag_of(prec);
+      Vec dx(N * K, 7.f);
+      std::vector<Vec> dW, y;
+      std::vector<Grad> grads;
+      std::vector<Out> outs;
+      for (int i = 0; i < 3; ++i) {
+        dW.emplace_back(Ms[i] * K, 0.f);
+        y.emplace_back(N * Ms[i], 0.f);
+      }
+      for (int i = 0; i < 3; ++i) {
+        grads.push_back({dy[i].data(), Wb[i].data() + 1, Ms[i], variant ? nullptr : dW[i].data()});
+        outs.push_back({Wb[i].data() + 1, Ms[i], y[i].data()});
+      }
+      cpu->linear_backward_shared_set_dx(x.data(), N, K, grads, dx.data());
+      cpu->linear_forward_shared(x.data(), N, K, outs);
+
+      Dev gx(*g, x), gdx(*g, Vec(N * K, nan));
+      std::deque<Dev> gW, gdy, gdW, gy;
+      std::vector<Grad> ggrads;
+      std::vector<Out> gouts;
+      for (int i = 0; i < 3; ++i) {
+        gW.emplace_back(*g, Wb[i]);
+        gdy.emplace_back(*g, dy[i]);
+        gdW.emplace_back(*g, Vec(Ms[i] * K, 0.f));
+        gy.emplace_back(*g, Vec(N * Ms[i], nan));
+        ggrads.push_back({gdy[i].p(), gW[i].p() + 1, Ms[i], variant ? nullptr : gdW[i].p()});
+        gouts.push_back({gW[i].p() + 1, Ms[i], gy[i].p()});
+      }
+      g->linear_backward_shared_set_dx(gx.p(), N, K, ggrads, gdx.p());
+      g->linear_forward_shared(gx.p(), N, K, gouts);
+      check_close("linear_backward_shared_set_dx dx, empty first weight" + what, gdx.get(), dx, 0.0, 0.0);
+      for (int i = 1; i < 3; ++i) {
+        check_exact("linear_forward_shared y, unaligned W" + std::to_string(i) + what, gy[i].get(), y[i]);
+        if (!variant) check_exact("linear_backward_shared_set_dx dW" + std::to_string(i) + what, gdW[i].get(), dW[i]);
+      }
+    }
+  }
 }
 
 TEST_CASE("cuda: channel scale and head scale", "[gpu]") {
@@ -447,9 +496,6 @@ TEST_CASE("cuda: scaled residual is exactly channel scale then add", "[gpu]") {
     Vec want(N * D);
     cpu->channel_scale_forward(o.data() + off, s.data(), N, D, want.data());
     cpu->add(want.data(), x.data() + off, static_cast<size_t>(N * D));
-    Vec via_default(N * D);
-    cpu->scaled_residual_forward(x.data() + off, o.data() + off, s.data(), N, D, via_default.data());
-    check_exact("cpu scaled_residual_forward" + shape, via_default, want);
     Dev gx(*g, x), go(*g, o), gs(*g, s), gy(*g, Vec(N * D + off));
     g->scaled_residual_forward(gx.p() + off, go.p() + off, gs.p(), N, D, gy.p() + off);
     Vec got = gy.get();
@@ -589,6 +635,20 @@ void attention_case(Backend<float>& cpu, Backend<float>& g, std::mt19937_64& rng
   check_close("attention_backward dq (accumulated)" + shape, gdq.get(), dq, 1e-4, 1e-4);
   check_close("attention_backward dk (accumulated)" + shape, gdk.get(), dk, 1e-4, 1e-4);
   check_close("attention_backward dv (accumulated)" + shape, gdv.get(), dv, 1e-4, 1e-4);
+  // Written instead of added (attention_backward_set): into NaN-filled buffers.
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  Vec sdq(nq, 7.f), sdk(nkv, 7.f), sdv(nkv, 7.f);
+  cpu.attention_backward_set(dout.data(), q.data(), k.data(), v.data(), out.data(), lse.data(), B, Tn, H, Hkv, hd,
+                             with_dq ? sdq.data() : nullptr, with_dkv ? sdk.data() : nullptr,
+                             with_dkv ? sdv.data() : nullptr);
+  Dev ndq(g, Vec(nq, nan)), ndk(g, Vec(nkv, nan)), ndv(g, Vec(nkv, nan));
+  g.attention_backward_set(gdout.p(), gq.p(), gk.p(), gv.p(), gout.p(), glse.p(), B, Tn, H, Hkv, hd,
+                           with_dq ? ndq.p() : nullptr, with_dkv ? ndk.p() : nullptr, with_dkv ? ndv.p() : nullptr);
+  if (with_dq) check_close("attention_backward_set dq" + shape, ndq.get(), sdq, 1e-4, 1e-4);
+  if (with_dkv) {
+    check_close("attention_backward_set dk" + shape, ndk.get(), sdk, 1e-4, 1e-4);
+    check_close("attention_backward_set dv" + shape, ndv.get(), sdv, 1e-4, 1e-4);
+  }
 }
 
 }  // namespace
@@ -940,6 +1000,17 @@ model::ModelConfig variant_config() {  // features the presets above do not reac
   return c;
 }
 
+model::ModelConfig single_block_config() {  // one layer (its norm fused with the final one), no mixing or skips
+  model::ModelConfig c = model::preset("tiny");
+  c.physical_blocks = 1;
+  c.schedule = {0};
+  c.norm_scale = true;
+  c.resid_mix = false;
+  c.skips = model::SkipKind::none;
+  c.qk_norm = false;
+  return c;
+}
+
 }  // namespace
 
 TEST_CASE("cuda: the tiny model's loss and gradients match the CPU backend", "[gpu]") {
@@ -953,7 +1024,9 @@ TEST_CASE("cuda: the tiny model's loss and gradients match the CPU backend", "[g
   const ModelCase cases[] = {{"tiny", model::preset("tiny"), 2, 128},
                              {"tiny T=77", model::preset("tiny"), 3, 77},
                              {"tiny_recurrent", model::preset("tiny_recurrent"), 2, 128},
-                             {"variant (leaky, partial rope, gated, ln_scale, untied)", variant_config(), 2, 77}};
+                             {"variant (leaky, partial rope, gated, ln_scale, untied)", variant_config(), 2, 77},
+                             {"one block (norm_scale, no resid_mix, no skips, no qk_norm)", single_block_config(), 2,
+                              50}};
   for (const auto& mc : cases) {
     const auto L = model::make_layout(mc.cfg);
     const auto params = noisy_params(mc.cfg, L, 17);
