@@ -31,14 +31,16 @@ EvalResult score_windows(model::Model<float>& m, std::span<const uint16_t> token
   std::vector<double> losses;
   size_t i = 0;
   while (i < windows.size()) {
-    // A batch of consecutive windows of equal length.
-    const int64_t len = windows[i].len;
+    // A batch of consecutive windows of equal length and scored suffix: only the suffix reaches the head.
+    const int64_t len = windows[i].len, from = windows[i].score_from;
     size_t j = i;
-    while (j < windows.size() && windows[j].len == len && static_cast<int64_t>(j - i) < batch_seqs) ++j;
-    const int64_t B = static_cast<int64_t>(j - i);
+    while (j < windows.size() && windows[j].len == len && windows[j].score_from == from &&
+           static_cast<int64_t>(j - i) < batch_seqs)
+      ++j;
+    const int64_t B = static_cast<int64_t>(j - i), S = len - from;
     x.resize(B * len);
     y.resize(B * len);
-    losses.resize(B * len);
+    losses.resize(B * S);
     for (int64_t b = 0; b < B; ++b) {
       const Window& w = windows[i + b];
       if (w.start < 0 || w.start + w.len + 1 > static_cast<int64_t>(tokens.size()))
@@ -48,15 +50,16 @@ EvalResult score_windows(model::Model<float>& m, std::span<const uint16_t> token
         y[b * len + p] = tokens[w.start + p + 1];
       }
     }
-    m.forward(x.data(), y.data(), B, len, losses.data());
+    m.forward(x.data(), y.data(), B, len, losses.data(), from);
     for (int64_t b = 0; b < B; ++b) {
       const Window& w = windows[i + b];
-      for (int64_t p = w.score_from; p < len; ++p) {
+      for (int64_t p = from; p < len; ++p) {
         const int64_t k = b * len + p;
-        r.nll_sum += losses[k];
+        const double loss = losses[b * S + (p - from)];
+        r.nll_sum += loss;
         r.tokens += 1;
         r.bytes += luts.target_bytes(static_cast<uint32_t>(x[k]), static_cast<uint32_t>(y[k]));
-        if (per_target) (*per_target)[w.start + p] = losses[k];
+        if (per_target) (*per_target)[w.start + p] = loss;
       }
     }
     i = j;

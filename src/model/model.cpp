@@ -259,30 +259,47 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
 
 template <class T>
 double Model<T>::run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, double* losses, T* dz,
-                     T grad_scale, bool defer_loss) {
+                     T grad_scale, bool defer_loss, int64_t score_from) {
   const bool train = dz != nullptr;
+  if (score_from < 0 || score_from >= std::max<int64_t>(Tn, 1) || (train && score_from > 0))
+    throw Error("score_from " + std::to_string(score_from) + " must be in [0, " + std::to_string(Tn) +
+                ") and 0 when training");
   ensure_arena(B, Tn, train);
-  const int64_t N = B * Tn, D = cfg_.d_model, V = cfg_.vocab_size;
+  const int64_t N = B * Tn, D = cfg_.d_model, V = cfg_.vocab_size, S = Tn - score_from, R = B * S;
   for (int64_t i = 0; i < N; ++i)
-    if (x[i] < 0 || x[i] >= V || y[i] < 0 || y[i] >= V)
+    if (x[i] < 0 || x[i] >= V || ((i % Tn) >= score_from && (y[i] < 0 || y[i] >= V)))
       throw Error("token id out of range at batch position " + std::to_string(i) + " (vocab " + std::to_string(V) +
                   ")");
   be_.upload_index(xdev_, x, N);
-  be_.upload_index(ydev_, y, N);
+  if (score_from == 0) {
+    be_.upload_index(ydev_, y, N);
+  } else {
+    scored_targets_.resize(static_cast<size_t>(R));
+    for (int64_t b = 0; b < B; ++b)
+      std::copy(y + b * Tn + score_from, y + (b + 1) * Tn, scored_targets_.begin() + b * S);
+    be_.upload_index(ydev_, scored_targets_.data(), R);
+  }
   const T* P = fwd_;
   be_.embedding_forward(P + tok_emb_, xdev_, N, D, emb_.get());
   be_.rmsnorm_forward(emb_.get(), N, D, rms_eps<T>(), x0_.get(), rstd0_.get());
   const int64_t L = cfg_.virtual_layers();  // >= 1 (a schedule is never empty)
   for (int64_t v = 0; v < L; ++v)
-    layer_forward(v, B, Tn, x0_.get(), v == 0 ? x0_.get() : acts_[v - 1].x_out.get(), v == L - 1);
+    layer_forward(v, B, Tn, x0_.get(), v == 0 ? x0_.get() : acts_[v - 1].x_out.get(), v == L - 1 && score_from == 0);
+  if (score_from > 0) {  // the final norm of the scored rows only
+    if (scored_.size() < static_cast<size_t>(R * D)) scored_ = DeviceBuffer<T>(be_, static_cast<size_t>(N * D));
+    const T* out = acts_.back().x_out.get();
+    for (int64_t b = 0; b < B; ++b) be_.copy(scored_.get() + b * S * D, out + (b * Tn + score_from) * D, S * D);
+    be_.rmsnorm_forward(scored_.get(), R, D, rms_eps<T>(), final_.get(), rstdf_.get());
+  }
+  head_rows_ = R;
   const T* head = P + (cfg_.tie_embeddings ? tok_emb_ : lm_head_);
-  be_.linear_forward(final_.get(), head, N, D, V, logits_.get());
+  be_.linear_forward(final_.get(), head, R, D, V, logits_.get());
   double sum = 0;
   if (defer_loss) {
     be_.softcap_cross_entropy_accumulate(logits_.get(), ydev_, N, V, static_cast<T>(cfg_.logit_softcap), dz, grad_scale);
   } else {
     double* l = losses ? losses : loss_scratch_.data();
-    sum = be_.softcap_cross_entropy(logits_.get(), ydev_, N, V, static_cast<T>(cfg_.logit_softcap), l, dz, grad_scale);
+    sum = be_.softcap_cross_entropy(logits_.get(), ydev_, R, V, static_cast<T>(cfg_.logit_softcap), l, dz, grad_scale);
   }
   if (!train) return sum;
 
@@ -303,8 +320,9 @@ double Model<T>::run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, 
 }
 
 template <class T>
-double Model<T>::forward(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, double* losses) {
-  return run(x, y, B, Tn, losses, nullptr, T(0));
+double Model<T>::forward(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, double* losses,
+                         int64_t score_from) {
+  return run(x, y, B, Tn, losses, nullptr, T(0), false, score_from);
 }
 
 template <class T>
@@ -327,22 +345,22 @@ void Model<T>::visit_linear_inputs(const LinearInputVisitor& f) const {
   // stays allocated (queued work may still read it when this returns).
   if (visit_scratch_.size() < static_cast<size_t>(N * std::max(D, Hd)))
     visit_scratch_ = DeviceBuffer<T>(be_, static_cast<size_t>(N * std::max(D, Hd)));
-  auto values = [&](const DeviceBuffer<T>& b, int64_t cols) {
-    be_.operand_values(b.get(), static_cast<size_t>(N * cols), visit_scratch_.get());
+  auto values = [&](const DeviceBuffer<T>& b, int64_t cols, int64_t rows) {
+    be_.operand_values(b.get(), static_cast<size_t>(rows * cols), visit_scratch_.get());
     return visit_scratch_.get();
   };
   for (int64_t v = 0; v < cfg_.virtual_layers(); ++v) {
     const std::string p = "blocks." + std::to_string(cfg_.schedule[v]) + ".";
     const LayerActs& a = acts_[v];
-    const T* h1 = values(a.h1, D);
+    const T* h1 = values(a.h1, D, N);
     f(p + "attn.c_q.weight", h1, N, D);
     f(p + "attn.c_k.weight", h1, N, D);
     f(p + "attn.c_v.weight", h1, N, D);
     f(p + "attn.proj.weight", a.att.get(), N, D);
-    f(p + "mlp.fc.weight", values(a.h2, D), N, D);
-    f(p + "mlp.proj.weight", values(a.a, Hd), N, Hd);
+    f(p + "mlp.fc.weight", values(a.h2, D, N), N, D);
+    f(p + "mlp.proj.weight", values(a.a, Hd, N), N, Hd);
   }
-  f(cfg_.tie_embeddings ? "tok_emb.weight" : "lm_head.weight", values(final_, D), N, D);
+  f(cfg_.tie_embeddings ? "tok_emb.weight" : "lm_head.weight", values(final_, D, head_rows_), head_rows_, D);
 }
 
 template class Model<float>;

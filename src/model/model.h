@@ -34,7 +34,11 @@ class Model {
   void set_forward_weights(const T* w) { fwd_ = w ? w : params_.get(); }
 
   // Sum of per-token losses over B x Tn targets; per-token losses go to `losses` (host, B*Tn) when given.
-  double forward(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, double* losses = nullptr);
+  // score_from > 0 scores only positions [score_from, Tn) of each sequence (a sliding window's new targets): the
+  // final norm, the head and the loss run on those B x (Tn - score_from) rows alone, `losses` gets them in
+  // (sequence, position) order, and the targets before score_from are not read.
+  double forward(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, double* losses = nullptr,
+                 int64_t score_from = 0);
   // Forward, then backward of grad_scale * (sum of losses), accumulated into grads(). Returns the loss sum.
   double forward_backward(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, T grad_scale);
   // The same gradients, but the loss sum stays in the backend (no host round trip per micro-batch); read the
@@ -47,7 +51,8 @@ class Model {
   // GPTQ can accumulate H = sum X^T X. X is backend memory (host memory on the CPU backend).
   using LinearInputVisitor = std::function<void(const std::string& weight, const T* X, int64_t rows, int64_t cols)>;
   void visit_linear_inputs(const LinearInputVisitor& f) const;
-  // After forward(): the softcapped-or-not raw logits [B*Tn, vocab] (backend memory), before the softcap.
+  // After forward(): the softcapped-or-not raw logits [rows, vocab] (backend memory), before the softcap; rows is
+  // B*Tn, or B*(Tn - score_from) when forward() scored a suffix.
   const T* logits() const { return logits_.get(); }
 
   // RoPE base used at sequence length Tn (NTK-rescaled above train_seq_len).
@@ -73,7 +78,7 @@ class Model {
   void ensure_arena(int64_t B, int64_t Tn, bool train);
   // dz == nullptr: forward only. defer_loss: the loss sum goes to the backend's accumulator (returns 0).
   double run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, double* losses, T* dz, T grad_scale,
-             bool defer_loss = false);
+             bool defer_loss = false, int64_t score_from = 0);
   // Runs virtual layer v on the residual stream x (x0: the normed embedding); its output is acts_[v].x_out. The
   // last layer also writes the final norm (final_, rstdf_).
   void layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, const T* x, bool last);
@@ -94,9 +99,11 @@ class Model {
 
   // Arena, sized for (B, Tn).
   int64_t arenaB_ = 0, arenaT_ = 0;  // shape of the last pass
+  int64_t head_rows_ = 0;            // rows of the last pass that reached the head (final_, logits_)
   size_t arena_cap_ = 0;             // tokens the arena holds
   bool arena_train_ = false;
   std::vector<LayerActs> acts_;
+  DeviceBuffer<T> scored_;  // eval: the last layer's output rows of the scored positions
   DeviceBuffer<T> emb_, x0_, rstd0_, final_, rstdf_, logits_, dlogits_;
   DeviceBuffer<T> g_x_, g_x0_, g_h_, g_q_, g_k_, g_kraw_, g_v_, g_att_, g_o_, g_u_, g_a_, g_m_, g_tmp_, g_final_;
   std::vector<DeviceBuffer<T>> g_skip_;  // gradient flowing back into each encoder output
@@ -104,6 +111,7 @@ class Model {
   int32_t* ydev_ = nullptr;
   size_t idx_cap_ = 0;
   std::vector<double> loss_scratch_;
+  std::vector<int32_t> scored_targets_;  // forward with score_from: the targets of the scored positions
   mutable DeviceBuffer<T> visit_scratch_;  // visit_linear_inputs' values of operand buffers
 
  public:

@@ -190,3 +190,31 @@ TEST_CASE("accumulate_gradients gives forward_backward's gradients and loss sums
   ys[1][3] = static_cast<int32_t>(c.vocab_size);  // out of range: refused before anything runs
   CHECK_THROWS_AS(m.accumulate_gradients(xs[1].data(), ys[1].data(), B, Tn, 0.25), Error);
 }
+
+TEST_CASE("forward with score_from scores only each sequence's suffix, as the full forward does", "[model]") {
+  ModelConfig c = small_config();
+  auto be = make_cpu_backend<double>();
+  Model<double> m(c, *be);
+  const auto p = random_params(m.layout(), 13);
+  m.load_params(p.data());
+  const int64_t B = 3, Tn = 5, N = B * Tn, from = 2, S = Tn - from;
+  std::mt19937 rng(17);
+  std::vector<int32_t> x(N), y(N);
+  for (auto& t : x) t = static_cast<int32_t>(rng() % c.vocab_size);
+  for (auto& t : y) t = static_cast<int32_t>(rng() % c.vocab_size);
+  std::vector<double> all(N), part(B * S);
+  m.forward(x.data(), y.data(), B, Tn, all.data());
+  for (int64_t b = 0; b < B; ++b) y[b * Tn] = -1;  // an unscored target is never read
+  const double sum = m.forward(x.data(), y.data(), B, Tn, part.data(), from);
+  double want = 0;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = from; t < Tn; ++t) {
+      CHECK(part[b * S + t - from] == Approx(all[b * Tn + t]).epsilon(1e-12));
+      want += all[b * Tn + t];
+    }
+  CHECK(sum == Approx(want).epsilon(1e-12));
+  CHECK_THROWS_AS(m.forward(x.data(), y.data(), B, Tn, part.data(), Tn), Error);
+  CHECK_THROWS_AS(m.forward(x.data(), y.data(), B, Tn, part.data(), -1), Error);
+  y[from] = static_cast<int32_t>(c.vocab_size);  // a scored target out of range still throws
+  CHECK_THROWS_AS(m.forward(x.data(), y.data(), B, Tn, part.data(), from), Error);
+}
