@@ -19,6 +19,9 @@
 // shared input of q, k and v once. In bf16 mode the GEMM-only tensors (operand buffers: pre-norm outputs, the
 // activation, the final norm, the gradients handed to a linear op as dy) are stored in bf16 by the ops that write
 // them, so those GEMMs convert nothing; the values are the ones the conversion would give, bit for bit.
+// No cuBLASLt epilogue is used: the model has no biases, its activations (ReLU², LeakyReLU(0.5)²) are not
+// among the epilogues, and folding the branch scale into a per-row alpha vector would lose the unscaled output
+// that the scale's gradient needs.
 //
 // Numerics
 // - GEMMs (linear_*): cuBLASLt with fp32 output, CudaGemmPrecision picks the inputs: fp32, TF32 (the default,
