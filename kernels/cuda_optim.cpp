@@ -243,6 +243,43 @@ double CudaGradClip::last_norm() {
   return std::sqrt(ss);
 }
 
+// ---- test-time training's SGD ---------------------------------------------------------------------------------
+
+struct CudaMaskedSgd::Impl {
+  cudaStream_t stream;
+  size_t n;
+  uint8_t* mask = nullptr;
+  float* buf = nullptr;
+  bool first = true;
+  std::unique_ptr<CudaGradClip> clip;
+  ~Impl() {
+    if (mask) cudaFree(mask);
+    if (buf) cudaFree(buf);
+  }
+};
+
+CudaMaskedSgd::CudaMaskedSgd(Backend<float>& backend, const std::vector<uint8_t>& mask)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->stream = stream_of(backend);
+  impl_->n = mask.size();
+  impl_->clip = std::make_unique<CudaGradClip>(backend, mask.size());
+  if (mask.empty()) return;
+  PTOOL_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&impl_->mask), mask.size()));
+  PTOOL_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&impl_->buf), mask.size() * sizeof(float)));
+  PTOOL_CUDA_CHECK(cudaMemcpyAsync(impl_->mask, mask.data(), mask.size(), cudaMemcpyHostToDevice, impl_->stream));
+  PTOOL_CUDA_CHECK(cudaStreamSynchronize(impl_->stream));  // the host vector may go away after this returns
+}
+
+CudaMaskedSgd::~CudaMaskedSgd() = default;
+
+void CudaMaskedSgd::step(float* w, float* g, float lr, float momentum, double grad_clip) {
+  if (impl_->n == 0) return;
+  cuda::launch_mask(g, impl_->mask, impl_->n, impl_->stream);
+  if (grad_clip > 0) impl_->clip->clip(g, grad_clip);
+  cuda::launch_masked_sgd(w, g, impl_->buf, impl_->mask, impl_->n, lr, momentum, impl_->first, impl_->stream);
+  impl_->first = false;
+}
+
 // ---- EMA, SWA, fake quant -----------------------------------------------------------------------------------
 
 void cuda_ema_update(Backend<float>& backend, float* ema, const float* w, size_t n, float d, float omd) {

@@ -102,6 +102,29 @@ struct EmaF {  // ema.mul_(d).add_(w, alpha=1-d)
   __device__ void operator()(size_t i) const { ema[i] = __fmaf_rn(ema[i], d, __fmul_rn(omd, w[i])); }
 };
 
+struct MaskF {
+  float* g;
+  const uint8_t* mask;
+  __device__ void operator()(size_t i) const {
+    if (!mask[i]) g[i] = 0.f;
+  }
+};
+
+struct MaskedSgdF {  // eval_ttt's host loop: buf = μ·buf + g (or g), w -= lr·buf
+  float* w;
+  const float* g;
+  float* buf;
+  const uint8_t* mask;
+  float lr, mu;
+  bool first;
+  __device__ void operator()(size_t i) const {
+    if (!mask[i]) return;
+    const float b = first ? g[i] : __fmaf_rn(mu, buf[i], g[i]);
+    buf[i] = b;
+    w[i] = __fmaf_rn(-lr, b, w[i]);
+  }
+};
+
 struct SwaF {
   float* sum;
   const float* w;
@@ -346,6 +369,13 @@ void launch_clip_scale(float* g, size_t n, const double* ss, double max_norm, cu
 
 void launch_ema(float* ema, const float* w, size_t n, float d, float omd, cudaStream_t s) {
   map("ema", EmaF{ema, w, d, omd}, n, s);
+}
+
+void launch_mask(float* g, const uint8_t* mask, size_t n, cudaStream_t s) { map("mask", MaskF{g, mask}, n, s); }
+
+void launch_masked_sgd(float* w, const float* g, float* buf, const uint8_t* mask, size_t n, float lr, float mu,
+                       bool first, cudaStream_t s) {
+  map("masked_sgd", MaskedSgdF{w, g, buf, mask, lr, mu, first}, n, s);
 }
 
 void launch_swa(float* sum, const float* w, size_t n, bool first, cudaStream_t s) {

@@ -114,6 +114,23 @@ class CudaGradClip {
   std::unique_ptr<Impl> impl_;
 };
 
+// Test-time training's update (eval_ttt): momentum SGD over the parameters where mask is 1, the gradient clipped
+// to a global norm over those parameters first; the others keep their weights (their gradients are zeroed). The
+// buffer starts empty: the first step sets it to the gradient. All on the device, no host sync.
+class CudaMaskedSgd {
+ public:
+  CudaMaskedSgd(Backend<float>& backend, const std::vector<uint8_t>& mask);
+  ~CudaMaskedSgd();
+  CudaMaskedSgd(const CudaMaskedSgd&) = delete;
+  CudaMaskedSgd& operator=(const CudaMaskedSgd&) = delete;
+  // g is overwritten (masked, clipped); grad_clip <= 0: no clipping.
+  void step(float* w, float* g, float lr, float momentum, double grad_clip);
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
 // ema ← d·ema + (1 − d)·w (ema_update), with d and omd = 1 − d rounded to float by the caller.
 void cuda_ema_update(Backend<float>& backend, float* ema, const float* w, size_t n, float d, float omd);
 // SWA sum (Swa::accumulate): first ? sum = w : sum += w.

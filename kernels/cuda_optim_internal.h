@@ -67,6 +67,11 @@ void launch_adam(const AdamChunk* table, int64_t nchunks, const AdamConsts& c, f
 // g ← g·min(max_norm / (sqrt(*ss) + 1e-6), 1) when that factor is below 1 and the norm is finite.
 void launch_clip_scale(float* g, size_t n, const double* ss, double max_norm, cudaStream_t s);
 void launch_ema(float* ema, const float* w, size_t n, float d, float omd, cudaStream_t s);
+// g ← mask ? g : 0.
+void launch_mask(float* g, const uint8_t* mask, size_t n, cudaStream_t s);
+// Where mask: buf ← first ? g : μ·buf + g;  w ← w − lr·buf.
+void launch_masked_sgd(float* w, const float* g, float* buf, const uint8_t* mask, size_t n, float lr, float mu,
+                       bool first, cudaStream_t s);
 void launch_swa(float* sum, const float* w, size_t n, bool first, cudaStream_t s);
 void launch_fake_quantize_rows(const float* W, int64_t rows, int64_t cols, int bits, float* out, cudaStream_t s);
 

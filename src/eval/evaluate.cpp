@@ -5,6 +5,7 @@
 #include <numbers>
 
 #include "formats/error.h"
+#include "src/eval/ttt_sgd.h"
 
 namespace ptool::eval {
 
@@ -112,10 +113,7 @@ EvalResult eval_ttt(model::Model<float>& m, std::span<const uint16_t> tokens, in
   std::vector<std::vector<Window>> by_chunk(n_chunks);
   for (auto& w : windows) by_chunk[(w.start + w.score_from) / C].push_back(w);
 
-  const int64_t P = m.param_count();
-  const auto mask = trainable_mask(m.layout(), opt.freeze_blocks);
-  std::vector<float> w(P), g(P), buf(P, 0.0f);
-  bool have_buf = false;
+  const auto sgd = make_ttt_sgd(m, trainable_mask(m.layout(), opt.freeze_blocks), opt.momentum, opt.grad_clip);
   std::vector<int32_t> x, y;
   EvalResult total;
   if (per_target) per_target->assign(n_targets, 0.0);
@@ -148,26 +146,13 @@ EvalResult eval_ttt(model::Model<float>& m, std::span<const uint16_t> tokens, in
             x[b * seq_len + p] = tokens[t];
             y[b * seq_len + p] = tokens[t + 1];
           }
-        m.zero_grads();
-        m.forward_backward(x.data(), y.data(), B, seq_len, 1.0f / static_cast<float>(B * seq_len));
-        m.backend().download(g.data(), m.grads(), P);
-        m.store_params(w.data());
-        double norm2 = 0;
-        for (int64_t i = 0; i < P; ++i)
-          if (mask[i]) norm2 += static_cast<double>(g[i]) * g[i];
-        const double norm = std::sqrt(norm2);
-        const double clip = (opt.grad_clip > 0 && norm > opt.grad_clip) ? opt.grad_clip / (norm + 1e-6) : 1.0;
-        for (int64_t i = 0; i < P; ++i) {
-          if (!mask[i]) continue;
-          const float gi = static_cast<float>(g[i] * clip);
-          buf[i] = have_buf ? static_cast<float>(opt.momentum) * buf[i] + gi : gi;
-          w[i] -= static_cast<float>(lr) * buf[i];
-        }
-        have_buf = true;
-        m.load_params(w.data());
+        m.zero_grads();  // the loss stays in the backend: no wait for the device per step
+        m.accumulate_gradients(x.data(), y.data(), B, seq_len, 1.0f / static_cast<float>(B * seq_len));
+        sgd->step(static_cast<float>(lr));
       }
     }
   }
+  m.take_loss_sum();  // the training losses are not reported; this also surfaces a device error
   total.seconds = seconds_since(t0);
   return total;
 }
