@@ -384,13 +384,15 @@ __global__ void __launch_bounds__(256) qk_prep_fwd_kernel(const float* raw, int6
     }
     const int64_t t = (row / H) % Tn;
     const float g = gain ? gain[row % H] : 1.f;
-    float* xo = x + row * hd;
     float* oo = gain ? out + row * hd : nullptr;
+    float* xo = gain && x == out ? nullptr : x + row * hd;  // out == x with a gain: only out is kept
     for (int64_t i = lane; i < half; i += 32) {
       float y1 = norm ? xr[i] * r : xr[i], y2 = norm ? xr[i + half] * r : xr[i + half];
       rotate_pair(y1, y2, cos_t[t * half + i], sin_t[t * half + i]);
-      xo[i] = y1;
-      xo[i + half] = y2;
+      if (xo) {
+        xo[i] = y1;
+        xo[i + half] = y2;
+      }
       if (oo) {
         oo[i] = g * y1;
         oo[i + half] = g * y2;
@@ -398,7 +400,7 @@ __global__ void __launch_bounds__(256) qk_prep_fwd_kernel(const float* raw, int6
     }
     for (int64_t d = 2 * half + lane; d < hd; d += 32) {  // dimensions past the rotary ones
       const float v = norm ? xr[d] * r : xr[d];
-      xo[d] = v;
+      if (xo) xo[d] = v;
       if (oo) oo[d] = g * v;
     }
   }

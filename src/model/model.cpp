@@ -182,8 +182,9 @@ void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, cons
   be_.linear_forward_shared(a.h1.get(), N, D, qkv);
   const double base = rope_base_at(Tn);
   const int64_t rot = cfg_.rotary_dims();
+  // q before its gain (q_rot) is kept only for the gain's gradient.
   be_.qk_prep_forward(a.q_raw.get(), B, Tn, H, hd, rot, base, cfg_.qk_norm, rms_eps<T>(), P + s.q_gain,
-                      a.rstd_q.get(), a.q_rot.get(), a.q.get());
+                      a.rstd_q.get(), backward_pass_ ? a.q_rot.get() : a.q.get(), a.q.get());
   be_.qk_prep_forward(a.k_raw.get(), B, Tn, Hkv, hd, rot, base, cfg_.qk_norm, rms_eps<T>(), nullptr, a.rstd_k.get(),
                       a.k.get(), a.k.get());
   be_.attention_forward(a.q.get(), a.k.get(), a.v.get(), B, Tn, H, Hkv, hd, a.att.get(), a.lse.get());
@@ -261,6 +262,7 @@ template <class T>
 double Model<T>::run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, double* losses, T* dz,
                      T grad_scale, bool defer_loss, int64_t score_from) {
   const bool train = dz != nullptr;
+  backward_pass_ = train;
   if (score_from < 0 || score_from >= std::max<int64_t>(Tn, 1) || (train && score_from > 0))
     throw Error("score_from " + std::to_string(score_from) + " must be in [0, " + std::to_string(Tn) +
                 ") and 0 when training");

@@ -100,6 +100,7 @@ class Model {
   // Arena, sized for (B, Tn).
   int64_t arenaB_ = 0, arenaT_ = 0;  // shape of the last pass
   int64_t head_rows_ = 0;            // rows of the last pass that reached the head (final_, logits_)
+  bool backward_pass_ = false;       // the pass in progress runs a backward too
   size_t arena_cap_ = 0;             // tokens the arena holds
   bool arena_train_ = false;
   std::vector<LayerActs> acts_;

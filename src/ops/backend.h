@@ -93,7 +93,8 @@ class Backend {
   }
   // Attention inputs from their projections, fused into one pass where a backend can: over [B, Tn, H, hd] rows,
   // x = rope(norm ? rmsnorm(raw) : raw) (rstd per row when norm), then out = g[h] x when gain is given (q);
-  // without gain (k) out is x itself and must equal it. The default composes the ops above, in this order.
+  // without gain (k) out is x itself and must equal it. With gain, out may also be x when only out is wanted (no
+  // backward follows): a backend then need not store x. The default composes the ops above, in this order.
   virtual void qk_prep_forward(const T* raw, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base,
                                bool norm, T eps, const T* gain, T* rstd, T* x, T* out) {
     const int64_t rows = B * Tn * H;

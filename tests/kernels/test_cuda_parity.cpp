@@ -587,7 +587,13 @@ TEST_CASE("cuda: fused q/k preparation (QK norm, partial rope, gain) matches the
                        gain ? gout.p() : gx.p());
     g->qk_prep_backward(gd.p(), graw.p(), grstd.p(), B, Tn, H, hd, rot, base, norm, gdraw.p());
     check_close("qk_prep_forward x" + shape, gx.get(), x, 2e-6, 2e-6);
-    if (gain) check_close("qk_prep_forward out" + shape, gout.get(), out, 2e-6, 2e-6);
+    if (gain) {
+      check_close("qk_prep_forward out" + shape, gout.get(), out, 2e-6, 2e-6);
+      // out == x: only the gained values are kept (a forward-only pass)
+      Dev gonly(*g, Vec(n));
+      g->qk_prep_forward(graw.p(), B, Tn, H, hd, rot, base, norm, 1e-6f, ggain.p(), grstd.p(), gonly.p(), gonly.p());
+      check_exact("qk_prep_forward out == x" + shape, gonly.get(), gout.get());
+    }
     if (norm) check_close("qk_prep_forward rstd" + shape, grstd.get(), rstd, 0.0, 2e-6);
     check_close("qk_prep_backward d (rotated back)" + shape, gd.get(), d, 2e-6, 0.0);
     check_close("qk_prep_backward draw" + shape, gdraw.get(), draw, 1e-5, 1e-5);  // untouched without norm
