@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <map>
 #include <stdexcept>
 #include <string>
@@ -190,6 +191,7 @@ class CudaBackend final : public Backend<float> {
     return static_cast<float*>(p);
   }
   void operand_values(const float* src, size_t n, float* dst) override {
+    require_plain(dst, "operand_values");
     if (is_operand(src))
       cuda::launch_bf16_to_float(reinterpret_cast<const uint16_t*>(src), n, dst, stream_);
     else
@@ -245,9 +247,11 @@ class CudaBackend final : public Backend<float> {
 
   // ---- model ops ----
   void embedding_forward(const float* t, const int32_t* tok, int64_t N, int64_t D, float* out) override {
+    require_plain("embedding_forward", {t, out});
     cuda::launch_embedding_forward(t, tok, N, D, out, stream_);
   }
   void embedding_backward(const float* d, const int32_t* tok, int64_t N, int64_t D, float* dt) override {
+    require_plain("embedding_backward", {d, dt});
     if (!dt) return;
     if (opt_.deterministic)
       cuda::launch_embedding_backward_sorted(d, tok, N, D, dt, ws_, stream_);
@@ -255,16 +259,19 @@ class CudaBackend final : public Backend<float> {
       cuda::launch_embedding_backward_atomic(d, tok, N, D, dt, stream_);
   }
   void rmsnorm_forward(const float* x, int64_t N, int64_t D, float eps, float* out, float* rstd) override {
+    require_plain("rmsnorm_forward", {x, rstd});
     cuda::launch_rmsnorm_forward(x, N, D, eps, out_of(out), rstd, stream_);
   }
   void rmsnorm_backward(const float* d, const float* x, const float* rstd, int64_t N, int64_t D,
                         float* dx) override {
+    require_plain("rmsnorm_backward", {d, x, rstd, dx});
     cuda::launch_rmsnorm_backward(d, x, rstd, N, D, dx, stream_);
   }
 
   // y[N, M] = x[N, K] W[M, K]^T. cuBLASLt is column-major: the row-major y is the column-major y^T (M x N), and
   // y^T = W x^T = op_T(W as col-major K x M) * op_N(x as col-major K x N).
   void linear_forward(const float* x, const float* W, int64_t N, int64_t K, int64_t M, float* y) override {
+    require_plain("linear_forward", {W, y});
     if (N <= 0 || M <= 0) return;
     if (K <= 0) {
       zero(y, static_cast<size_t>(N * M));
@@ -277,6 +284,7 @@ class CudaBackend final : public Backend<float> {
   // dW[M, K] += dy^T x:            dW^T (K x M) = x^T (col-major K x N, op N) * dy (col-major M x N, op T).
   // One operand list for all weights, so bf16 mode converts x once.
   void linear_forward_shared(const float* x, int64_t N, int64_t K, std::span<const LinearOut> outs) override {
+    for (const LinearOut& o : outs) require_plain("linear_forward_shared", {o.W, o.y});
     if (N <= 0) return;
     if (K <= 0) {
       for (const LinearOut& o : outs)
@@ -295,6 +303,8 @@ class CudaBackend final : public Backend<float> {
   }
   void linear_backward_shared_set_dx(const float* x, int64_t N, int64_t K, std::span<const LinearGrad> grads,
                                      float* dx) override {
+    require_plain("linear_backward_shared_set_dx", {dx});
+    for (const LinearGrad& g : grads) require_plain("linear_backward_shared_set_dx", {g.W, g.dW});
     if (N <= 0 || K <= 0) return;
     // operands: x, then dy_i and W_i per weight (W only for dx, x only for the dW).
     bool any_dw = false;
@@ -324,64 +334,79 @@ class CudaBackend final : public Backend<float> {
   }
   void linear_backward(const float* dy, const float* x, const float* W, int64_t N, int64_t K, int64_t M, float* dx,
                        float* dW) override {
+    require_plain("linear_backward", {W, dx, dW});
     linear_backward_impl(dy, x, W, N, K, M, dx, 1.f, dW);
   }
   void linear_backward_set_dx(const float* dy, const float* x, const float* W, int64_t N, int64_t K, int64_t M,
                               float* dx, float* dW) override {
+    require_plain("linear_backward_set_dx", {W, dx, dW});
     if (dx && (N > 0 && K > 0) && M <= 0) zero(dx, static_cast<size_t>(N * K));  // an empty sum
     linear_backward_impl(dy, x, W, N, K, M, dx, 0.f, dW);
   }
 
   void channel_scale_forward(const float* x, const float* s, int64_t N, int64_t D, float* y) override {
+    require_plain("channel_scale_forward", {x, s, y});
     cuda::launch_channel_scale_forward(x, s, N, D, y, stream_);
   }
   void scaled_residual_forward(const float* x, const float* o, const float* sc, int64_t N, int64_t D,
                                float* y) override {
+    require_plain("scaled_residual_forward", {x, o, sc, y});
     cuda::launch_scaled_residual_forward(x, o, sc, N, D, y, stream_);
   }
   void scaled_residual_rmsnorm_forward(const float* x, const float* o, const float* sc, int64_t N, int64_t D,
                                        float eps, float* y, float* h, float* rstd) override {
+    require_plain("scaled_residual_rmsnorm_forward", {x, o, sc, y, rstd});
     cuda::launch_scaled_residual_rmsnorm_forward(x, o, sc, N, D, eps, y, out_of(h), rstd, stream_);
   }
   void channel_scale_backward(const float* dy, const float* x, const float* s, int64_t N, int64_t D, float* dx,
                               float* ds) override {
+    require_plain("channel_scale_backward", {dy, x, s, ds});
     cuda::launch_channel_scale_backward(dy, x, s, N, D, out_of(dx), true, ds, ws_, stream_);
   }
   void channel_scale_backward_set_dx(const float* dy, const float* x, const float* s, int64_t N, int64_t D, float* dx,
                                      float* ds) override {
+    require_plain("channel_scale_backward_set_dx", {dy, x, s, ds});
     cuda::launch_channel_scale_backward(dy, x, s, N, D, out_of(dx), false, ds, ws_, stream_);
   }
   void head_scale_forward(const float* x, const float* g, int64_t N, int64_t H, int64_t hd, float* y) override {
+    require_plain("head_scale_forward", {x, g, y});
     cuda::launch_head_scale_forward(x, g, N, H, hd, y, stream_);
   }
   void head_scale_backward(const float* dy, const float* x, const float* g, int64_t N, int64_t H, int64_t hd,
                            float* dx, float* dg) override {
+    require_plain("head_scale_backward", {dy, x, g, dx, dg});
     cuda::launch_head_scale_backward(dy, x, g, N, H, hd, dx, true, dg, ws_, stream_);
   }
   void head_scale_backward_set_dx(const float* dy, const float* x, const float* g, int64_t N, int64_t H, int64_t hd,
                                   float* dx, float* dg) override {
+    require_plain("head_scale_backward_set_dx", {dy, x, g, dx, dg});
     cuda::launch_head_scale_backward(dy, x, g, N, H, hd, dx, false, dg, ws_, stream_);
   }
   void rope_forward(float* x, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base) override {
+    require_plain("rope_forward", {x});
     rope("rope_forward", x, B, Tn, H, hd, rot, base, false);
   }
   void rope_backward(float* dx, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base) override {
+    require_plain("rope_backward", {dx});
     rope("rope_backward", dx, B, Tn, H, hd, rot, base, true);
   }
   void qk_prep_forward(const float* raw, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base,
                        bool norm, float eps, const float* gain, float* rstd, float* x, float* out) override {
+    require_plain("qk_prep_forward", {raw, gain, rstd, x, out});
     const RopeTable* t = rope_table("qk_prep_forward", Tn, hd, rot, base);
     cuda::launch_qk_prep_forward(raw, B * Tn * H, Tn, H, hd, t ? rot : 0, norm, eps, t ? t->cos_t : nullptr,
                                  t ? t->sin_t : nullptr, gain, rstd, x, out, stream_);
   }
   void qk_prep_backward(float* d, const float* raw, const float* rstd, int64_t B, int64_t Tn, int64_t H, int64_t hd,
                         int64_t rot, double base, bool norm, float* draw) override {
+    require_plain("qk_prep_backward", {d, raw, rstd, draw});
     const RopeTable* t = rope_table("qk_prep_backward", Tn, hd, rot, base);
     cuda::launch_qk_prep_backward(d, raw, rstd, B * Tn * H, Tn, H, hd, t ? rot : 0, norm, t ? t->cos_t : nullptr,
                                   t ? t->sin_t : nullptr, draw, stream_);
   }
   void attention_forward(const float* q, const float* k, const float* v, int64_t B, int64_t Tn, int64_t H,
                          int64_t Hkv, int64_t hd, float* out, float* lse) override {
+    require_plain("attention_forward", {q, k, v, out, lse});
     // bf16 GEMM precision: the tensor-core flash kernels (bf16 operands like the GEMMs); else the fp32 ones.
     if (opt_.gemm == CudaGemmPrecision::bf16 && cuda::flash_mma_supports(hd))
       cuda::launch_flash_mma_forward(q, k, v, B, Tn, H, Hkv, hd, out, lse, stream_);
@@ -391,11 +416,13 @@ class CudaBackend final : public Backend<float> {
   void attention_backward(const float* dout, const float* q, const float* k, const float* v, const float* out,
                           const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, float* dq,
                           float* dk, float* dv) override {
+    require_plain("attention_backward", {dout, q, k, v, out, lse, dq, dk, dv});
     attention_backward_impl(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv, true);
   }
   void attention_backward_set(const float* dout, const float* q, const float* k, const float* v, const float* out,
                               const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, float* dq,
                               float* dk, float* dv) override {
+    require_plain("attention_backward_set", {dout, q, k, v, out, lse, dq, dk, dv});
     attention_backward_impl(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv, false);
   }
   void attention_backward_impl(const float* dout, const float* q, const float* k, const float* v, const float* out,
@@ -409,38 +436,48 @@ class CudaBackend final : public Backend<float> {
                                       stream_);
   }
   void activation_forward(cpu::Activation a, const float* h, int64_t n, float* out) override {
+    require_plain("activation_forward", {h});
     cuda::launch_activation_forward(a == cpu::Activation::leaky_relu2, h, n, out_of(out), stream_);
   }
   void activation_backward(cpu::Activation a, const float* dout, const float* h, int64_t n, float* dh) override {
+    require_plain("activation_backward", {dout, h});
     cuda::launch_activation_backward(a == cpu::Activation::leaky_relu2, dout, h, n, out_of(dh), true, stream_);
   }
   void activation_backward_set(cpu::Activation a, const float* dout, const float* h, int64_t n, float* dh) override {
+    require_plain("activation_backward_set", {dout, h});
     cuda::launch_activation_backward(a == cpu::Activation::leaky_relu2, dout, h, n, out_of(dh), false, stream_);
   }
   void skip_add_forward(float* x, const float* skip, const float* w, int64_t N, int64_t D) override {
+    require_plain("skip_add_forward", {x, skip, w});
     cuda::launch_skip_add_forward(x, skip, w, N, D, stream_);
   }
   void skip_add_backward(const float* dy, const float* skip, const float* w, int64_t N, int64_t D, float* dskip,
                          float* dw) override {
+    require_plain("skip_add_backward", {dy, skip, w, dskip, dw});
     cuda::launch_skip_add_backward(dy, skip, w, N, D, dskip, dw, ws_, stream_);
   }
   void gated_skip_forward(const float* x, const float* skip, const float* w, const float* g, int64_t N, int64_t D,
                           float* y) override {
+    require_plain("gated_skip_forward", {x, skip, w, g, y});
     cuda::launch_gated_skip_forward(x, skip, w, g, N, D, y, stream_);
   }
   void gated_skip_backward(const float* dy, const float* x, const float* skip, const float* w, const float* g,
                            int64_t N, int64_t D, float* dx, float* dskip, float* dw, float* dg) override {
+    require_plain("gated_skip_backward", {dy, x, skip, w, g, dx, dskip, dw, dg});
     cuda::launch_gated_skip_backward(dy, x, skip, w, g, N, D, dx, dskip, dw, dg, ws_, stream_);
   }
   void resid_mix_forward(const float* x, const float* x0, const float* m, int64_t N, int64_t D, float* y) override {
+    require_plain("resid_mix_forward", {x, x0, m, y});
     cuda::launch_resid_mix_forward(x, x0, m, N, D, y, stream_);
   }
   void resid_mix_backward(const float* dy, const float* x, const float* x0, const float* m, int64_t N, int64_t D,
                           float* dx, float* dx0, float* dm) override {
+    require_plain("resid_mix_backward", {dy, x, x0, m, dx, dx0, dm});
     cuda::launch_resid_mix_backward(dy, x, x0, m, N, D, dx, true, dx0, dm, ws_, stream_);
   }
   void resid_mix_backward_set_dx(const float* dy, const float* x, const float* x0, const float* m, int64_t N,
                                  int64_t D, float* dx, float* dx0, float* dm) override {
+    require_plain("resid_mix_backward_set_dx", {dy, x, x0, m, dx, dx0, dm});
     cuda::launch_resid_mix_backward(dy, x, x0, m, N, D, dx, false, dx0, dm, ws_, stream_);
   }
 
@@ -448,6 +485,7 @@ class CudaBackend final : public Backend<float> {
   // that every target is inside the vocabulary). The sum is taken on the host in row order (deterministic).
   double softcap_cross_entropy(const float* z, const int32_t* targets, int64_t N, int64_t V, float cap,
                                double* losses_host, float* dz, float grad_scale) override {
+    require_plain("softcap_cross_entropy", {z, dz});
     if (N < 0 || V <= 0) {
       throw std::invalid_argument("softcap_cross_entropy: bad shape N=" + std::to_string(N) +
                                   " V=" + std::to_string(V));
@@ -476,6 +514,7 @@ class CudaBackend final : public Backend<float> {
   // for bit; the order differs from the host's row order above, so the two forms may differ in the last bits).
   void softcap_cross_entropy_accumulate(const float* z, const int32_t* targets, int64_t N, int64_t V, float cap,
                                         float* dz, float grad_scale) override {
+    require_plain("softcap_cross_entropy_accumulate", {z, dz});
     if (N < 0 || V <= 0) {
       throw std::invalid_argument("softcap_cross_entropy: bad shape N=" + std::to_string(N) +
                                   " V=" + std::to_string(V));
@@ -528,17 +567,26 @@ class CudaBackend final : public Backend<float> {
     mem_.add(bytes);
     return p;
   }
-  // Whether p points into an operand buffer that holds bf16.
+  // Whether p is an operand buffer that holds bf16. A pointer into one past its start is refused: float offsets
+  // do not address its bf16 elements.
   bool is_operand(const void* p) const {
     auto it = operands_.upper_bound(p);
     if (it == operands_.begin()) return false;
     --it;
-    return static_cast<const char*>(p) < static_cast<const char*>(it->first) + it->second * sizeof(uint16_t);
+    if (static_cast<const char*>(p) >= static_cast<const char*>(it->first) + it->second * sizeof(uint16_t))
+      return false;
+    if (p != it->first)
+      throw std::invalid_argument("a pointer into the middle of a bf16 operand buffer (only its start is valid)");
+    return true;
   }
   cuda::Out out_of(float* p) const { return is_operand(p) ? cuda::Out::bf16_at(p) : cuda::Out(p); }
   void require_plain(const void* p, const char* op) const {
     if (is_operand(p))
       throw std::invalid_argument(std::string(op) + ": a bf16 operand buffer holds no floats (use operand_values)");
+  }
+  // For the ops' arguments that they read or write as floats.
+  void require_plain(const char* op, std::initializer_list<const void*> ps) const {
+    for (const void* p : ps) require_plain(p, op);
   }
 
   void device_free(void* p) {

@@ -298,7 +298,7 @@ double Model<T>::run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, 
   be_.linear_forward(final_.get(), head, R, D, V, logits_.get());
   double sum = 0;
   if (defer_loss) {
-    be_.softcap_cross_entropy_accumulate(logits_.get(), ydev_, N, V, static_cast<T>(cfg_.logit_softcap), dz, grad_scale);
+    be_.softcap_cross_entropy_accumulate(logits_.get(), ydev_, R, V, static_cast<T>(cfg_.logit_softcap), dz, grad_scale);
   } else {
     double* l = losses ? losses : loss_scratch_.data();
     sum = be_.softcap_cross_entropy(logits_.get(), ydev_, R, V, static_cast<T>(cfg_.logit_softcap), l, dz, grad_scale);

@@ -24,6 +24,10 @@ class WallClockTimer final : public OpTimer {
     if (running_) throw std::logic_error("OpTimer: take_ms() while a span is open");
     return std::exchange(ms_, {});
   }
+  void abandon() override {
+    running_ = false;
+    ms_.clear();
+  }
 
  private:
   using Clock = std::chrono::steady_clock;

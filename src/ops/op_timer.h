@@ -12,6 +12,8 @@ class OpTimer {
   virtual void start() = 0;
   virtual void stop() = 0;
   virtual std::vector<double> take_ms() = 0;
+  // Drops every span, open or closed: after a failure, so that timing can start afresh.
+  virtual void abandon() = 0;
 };
 
 // The host's clock between start() and stop(): right for a backend whose ops are done when they return (the CPU).

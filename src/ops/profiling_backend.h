@@ -4,15 +4,18 @@
 // bandwidth or its tensor-core rate (bench_train --profile).
 //
 // Traffic is the least an op must move: every input read once and every output written once (an accumulated
-// output read and written), in elements of T; temporaries and re-reads are not counted, so GB/s is a lower bound
-// on what the op achieved. FLOPs count GEMMs (2 per multiply-add) and attention's QK^T and PV products (causal:
+// output read and written), in elements of T; temporaries and re-reads are not counted. In the CUDA backend's
+// bf16 mode, operand buffers hold 2 bytes per element but count as 4 here, and the GEMMs' conversions to bf16
+// are not counted: GB/s is a rough figure there, good for ranking ops rather than for absolute bandwidth. FLOPs count GEMMs (2 per multiply-add) and attention's QK^T and PV products (causal:
 // half the square; the backward's five products against the forward's two).
 //
 // The composite ops (qk_prep_*, scaled_residual_*, *_set, *_shared) go to the inner backend whole, so a fused
 // kernel is timed as one op. Results are those of the inner backend, bit for bit.
 #pragma once
+#include <exception>
 #include <functional>
 #include <map>
+#include <stdexcept>
 #include <memory>
 #include <string>
 #include <vector>
@@ -42,7 +45,13 @@ class ProfilingBackend final : public Backend<T> {
   // Waits for the timer and returns the totals since the last reset().
   const OpProfile& profile() {
     const std::vector<double> ms = timer_->take_ms();
-    for (size_t i = 0; i < pending_.size() && i < ms.size(); ++i) {
+    if (ms.size() != pending_.size()) {
+      const std::string what = "ProfilingBackend: " + std::to_string(ms.size()) + " timed spans for " +
+                               std::to_string(pending_.size()) + " ops";
+      pending_.clear();
+      throw std::logic_error(what);
+    }
+    for (size_t i = 0; i < pending_.size(); ++i) {
       OpStats& s = profile_[pending_[i].op];
       ++s.calls;
       s.ms += ms[i];
@@ -262,22 +271,22 @@ class ProfilingBackend final : public Backend<T> {
     }
     timer_->start();
     pending_.push_back({op, bytes, flops});
-    struct Inside {
-      bool& b;
-      explicit Inside(bool& x) : b(x) { b = true; }
-      ~Inside() { b = false; }
-    };
+    std::exception_ptr op_error;
+    inside_ = true;
     try {
-      Inside in(inside_);
       f();
     } catch (...) {
-      try {
-        timer_->stop();  // close the span; the op's error is the one to report
-      } catch (...) {
-      }
-      throw;
+      op_error = std::current_exception();
     }
-    timer_->stop();
+    inside_ = false;
+    try {
+      timer_->stop();
+    } catch (...) {
+      timer_->abandon();  // the span cannot be closed: start afresh (this pass's timings are lost)
+      pending_.clear();
+      if (!op_error) throw;
+    }
+    if (op_error) std::rethrow_exception(op_error);  // the op's error is the one to report
   }
   static double attention_flops(int64_t B, int64_t Tn, int64_t H, int64_t hd, int products) {
     return 2.0 * products * static_cast<double>(B) * H * (static_cast<double>(Tn) * Tn / 2) * hd;

@@ -1121,6 +1121,40 @@ TEST_CASE("cuda: bf16 operand buffers give the bf16 mode's results bit for bit",
   }
 }
 
+// A forward that scores a suffix of each sequence (sliding eval) gives the full forward's losses and logits for
+// those positions; only the head GEMM's row count differs.
+TEST_CASE("cuda: a suffix forward scores like the full forward", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  const auto cfg = model::preset("tiny");
+  const auto L = model::make_layout(cfg);
+  const auto params = noisy_params(cfg, L, 43);
+  const int64_t B = 3, Tn = 40, from = 29, S = Tn - from, V = cfg.vocab_size;
+  std::mt19937_64 rng(47);
+  std::vector<int32_t> x(static_cast<size_t>(B * Tn)), y(x.size());
+  for (auto& t : x) t = static_cast<int32_t>(rand_int(rng, 0, V - 1));
+  for (auto& t : y) t = static_cast<int32_t>(rand_int(rng, 0, V - 1));
+  for (auto prec : {CudaGemmPrecision::fp32, CudaGemmPrecision::bf16}) {
+    auto g = gpu_backend(prec);
+    model::Model<float> m(cfg, *g);
+    m.load_params(params.data());
+    std::vector<double> all(x.size()), part(static_cast<size_t>(B * S));
+    m.forward(x.data(), y.data(), B, Tn, all.data());
+    Vec full(static_cast<size_t>(B * Tn * V)), suffix(static_cast<size_t>(B * S * V));
+    g->download(full.data(), m.logits(), full.size());
+    m.forward(x.data(), y.data(), B, Tn, part.data(), from);
+    g->download(suffix.data(), m.logits(), suffix.size());
+    Vec want_l, got_l, want_z;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = from; t < Tn; ++t) {
+        want_l.push_back(static_cast<float>(all[b * Tn + t]));
+        got_l.push_back(static_cast<float>(part[b * S + t - from]));
+        want_z.insert(want_z.end(), full.begin() + (b * Tn + t) * V, full.begin() + (b * Tn + t + 1) * V);
+      }
+    check_close("suffix forward losses" + tag_of(prec), got_l, want_l, 1e-5, 1e-5);
+    check_close("suffix forward logits" + tag_of(prec), suffix, want_z, 1e-5, 1e-5);
+  }
+}
+
 // Each op that can write an operand buffer stores there exactly the bf16 rounding of its fp32 result; the ops that
 // cannot (accumulating into it, copying or downloading it) refuse.
 TEST_CASE("cuda: ops write bf16 operand buffers as the rounded fp32 result, and misuse throws", "[gpu]") {
@@ -1172,6 +1206,10 @@ TEST_CASE("cuda: ops write bf16 operand buffers as the rounded fp32 result, and 
   CHECK_THROWS_AS(g->download(host.data(), opnd.get(), n), std::invalid_argument);
   CHECK_THROWS_AS(g->copy(plain.p(), opnd.get(), n), std::invalid_argument);
   CHECK_THROWS_AS(g->add(opnd.get(), plain.p(), n), std::invalid_argument);
+  CHECK_THROWS_AS(g->channel_scale_forward(gx.p(), gs.p(), N, D, opnd.get()), std::invalid_argument);  // fp32 out
+  CHECK_THROWS_AS(g->rmsnorm_backward(opnd.get(), gx.p(), rstd.p(), N, D, plain.p()), std::invalid_argument);  // in
+  CHECK_THROWS_AS(g->rmsnorm_forward(gx.p(), N - 1, D, eps, opnd.get() + D, rstd.p()),  // the middle of one
+                  std::invalid_argument);
 
   // Off bf16 mode an operand buffer is plain fp32 memory.
   auto t = gpu_backend(CudaGemmPrecision::tf32);

@@ -149,3 +149,41 @@ TEST_CASE("the wall-clock timer refuses spans that do not alternate", "[profile]
   CHECK(ms[0] >= 0.0);
   CHECK(timer->take_ms().empty());
 }
+
+namespace {
+// The wall clock, but stop() fails once when armed (a device error while closing a span).
+class FlakyTimer final : public OpTimer {
+ public:
+  bool fail_next_stop = false;
+  void start() override { t_->start(); }
+  void stop() override {
+    if (fail_next_stop) {
+      fail_next_stop = false;
+      throw std::runtime_error("timer failure");
+    }
+    t_->stop();
+  }
+  std::vector<double> take_ms() override { return t_->take_ms(); }
+  void abandon() override { t_->abandon(); }
+
+ private:
+  std::unique_ptr<OpTimer> t_ = make_wall_clock_timer();
+};
+}  // namespace
+
+TEST_CASE("a timer that fails to close a span costs that pass's timings, not the profiler", "[profile]") {
+  auto cpu = make_cpu_backend<float>();
+  auto timer = std::make_unique<FlakyTimer>();
+  FlakyTimer* flaky = timer.get();
+  ProfilingBackend<float> prof(*cpu, std::move(timer));
+  DeviceBuffer<float> buf(prof, 16);
+  prof.zero(buf.get(), 16);
+  flaky->fail_next_stop = true;
+  CHECK_THROWS_WITH(prof.scale(buf.get(), 2.f, 16), "timer failure");  // the op ran; its span could not close
+  prof.zero(buf.get(), 16);
+  prof.add(buf.get(), buf.get(), 16);
+  const OpProfile& p = prof.profile();  // spans and ops still pair up
+  CHECK(p.at("zero").calls == 1);       // the first zero was dropped with the failed span
+  CHECK(p.at("add").calls == 1);
+  CHECK(p.count("scale") == 0);
+}
