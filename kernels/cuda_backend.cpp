@@ -466,6 +466,11 @@ class CudaBackend final : public Backend<float> {
     require_plain("gated_skip_backward", {dy, x, skip, w, g, dx, dskip, dw, dg});
     cuda::launch_gated_skip_backward(dy, x, skip, w, g, N, D, dx, dskip, dw, dg, ws_, stream_);
   }
+  void resid_mix_rmsnorm_forward(const float* x, const float* x0, const float* m, int64_t N, int64_t D, float eps,
+                                 float* y, float* h, float* rstd) override {
+    require_plain("resid_mix_rmsnorm_forward", {x, x0, m, y, rstd});
+    cuda::launch_resid_mix_rmsnorm_forward(x, x0, m, N, D, eps, y, out_of(h), rstd, stream_);
+  }
   void resid_mix_forward(const float* x, const float* x0, const float* m, int64_t N, int64_t D, float* y) override {
     require_plain("resid_mix_forward", {x, x0, m, y});
     cuda::launch_resid_mix_forward(x, x0, m, N, D, y, stream_);

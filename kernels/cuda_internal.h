@@ -146,6 +146,9 @@ void launch_gated_skip_backward(const float* dy, const float* x, const float* sk
                                 Workspace& ws, cudaStream_t s);
 void launch_resid_mix_forward(const float* x, const float* x0, const float* m, int64_t N, int64_t D, float* y,
                               cudaStream_t s);
+// The same, then h = rmsnorm(y) with rstd per row (Backend::resid_mix_rmsnorm_forward): one warp per row.
+void launch_resid_mix_rmsnorm_forward(const float* x, const float* x0, const float* m, int64_t N, int64_t D,
+                                      float eps, float* y, Out h, float* rstd, cudaStream_t s);
 // dx may be dy (in place).
 void launch_resid_mix_backward(const float* dy, const float* x, const float* x0, const float* m, int64_t N,
                                int64_t D, float* dx, bool accumulate, float* dx0_acc, float* dm_acc, Workspace& ws,

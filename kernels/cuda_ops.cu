@@ -355,6 +355,24 @@ __global__ void __launch_bounds__(256) scaled_residual_rmsnorm_kernel(const floa
   }
 }
 
+// resid_mix_forward then rmsnorm_fwd_kernel, one warp per row: y = m0 ⊙ x + m1 ⊙ x0 (rounded as ResidMixFwdF),
+// h = y * rstd(y).
+__global__ void __launch_bounds__(256) resid_mix_rmsnorm_kernel(const float* x, const float* x0, const float* m,
+                                                                int64_t N, int64_t D, float eps, float* y, Out h,
+                                                                float* rstd) {
+  const int lane = threadIdx.x & 31;
+  const int64_t wpb = blockDim.x >> 5;
+  const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
+  for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < N; row += nwarps) {
+    const float *xr = x + row * D, *x0r = x0 + row * D;
+    float* yr = y + row * D;
+    for (int64_t d = lane; d < D; d += 32) yr[d] = __fmaf_rn(m[d], xr[d], __fmul_rn(m[D + d], x0r[d]));
+    const float r = row_rstd(yr, D, eps, lane);
+    if (lane == 0) rstd[row] = r;
+    for (int64_t d = lane; d < D; d += 32) put(h, row * D + d, yr[d] * r);
+  }
+}
+
 unsigned row_warps_grid(int64_t rows) { return grid_for(rows, 8); }  // 8 warps (rows) per 256-thread block
 
 // The rotation of one pair (x1, x2) = (x[i], x[i + rot/2]) by the angle whose cosine and sine are c and s.
@@ -628,7 +646,7 @@ struct ResidMixFwdF {
   int64_t D;
   __device__ void operator()(int64_t i) const {
     const int64_t d = i % D;
-    y[i] = m[d] * x[i] + m[D + d] * x0[i];
+    y[i] = __fmaf_rn(m[d], x[i], __fmul_rn(m[D + d], x0[i]));  // rounded as resid_mix_rmsnorm_kernel
   }
 };
 struct ResidMixBwdF {  // out 0: dm[0, :], out 1: dm[1, :]
@@ -860,6 +878,13 @@ void launch_scaled_residual_rmsnorm_forward(const float* x, const float* o, cons
   if (N <= 0 || D <= 0) return;
   PTOOL_LAUNCH(scaled_residual_rmsnorm_kernel, row_warps_grid(N), 256, 0, s)(x, o, sc, N, D, eps, y, h, rstd);
   PTOOL_CUDA_LAUNCHED("scaled_residual_rmsnorm_forward", s);
+}
+
+void launch_resid_mix_rmsnorm_forward(const float* x, const float* x0, const float* m, int64_t N, int64_t D,
+                                      float eps, float* y, Out h, float* rstd, cudaStream_t s) {
+  if (N <= 0 || D <= 0) return;
+  PTOOL_LAUNCH(resid_mix_rmsnorm_kernel, row_warps_grid(N), 256, 0, s)(x, x0, m, N, D, eps, y, h, rstd);
+  PTOOL_CUDA_LAUNCHED("resid_mix_rmsnorm_forward", s);
 }
 
 void launch_channel_scale_backward(const float* dy, const float* x, const float* sc, int64_t N, int64_t D,

@@ -171,12 +171,18 @@ void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, cons
     a.x_in = in;
   }
   a.x_mix = a.x_in;
-  if (cfg_.resid_mix) {
-    be_.resid_mix_forward(a.x_in, x0, P + s.resid_mix, N, D, a.x_mix_buf.get());
+  // Attention branch (resid_mix and a plain pre-norm in one pass).
+  if (cfg_.resid_mix && !cfg_.ln_scale && !cfg_.norm_scale) {
+    be_.resid_mix_rmsnorm_forward(a.x_in, x0, P + s.resid_mix, N, D, rms_eps<T>(), a.x_mix_buf.get(), a.h1.get(),
+                                  a.rstd1.get());
     a.x_mix = a.x_mix_buf.get();
+  } else {
+    if (cfg_.resid_mix) {
+      be_.resid_mix_forward(a.x_in, x0, P + s.resid_mix, N, D, a.x_mix_buf.get());
+      a.x_mix = a.x_mix_buf.get();
+    }
+    pre_norm_forward(v, a.x_mix, N, a.n1.get(), a.h1.get(), a.rstd1.get(), s.attn_norm_scale);
   }
-  // Attention branch.
-  pre_norm_forward(v, a.x_mix, N, a.n1.get(), a.h1.get(), a.rstd1.get(), s.attn_norm_scale);
   const typename Backend<T>::LinearOut qkv[] = {
       {P + w.c_q, D, a.q_raw.get()}, {P + w.c_k, KV, a.k_raw.get()}, {P + w.c_v, KV, a.v.get()}};
   be_.linear_forward_shared(a.h1.get(), N, D, qkv);

@@ -91,6 +91,13 @@ class Backend {
     scaled_residual_forward(x, o, s, N, D, y);
     rmsnorm_forward(y, N, D, eps, h, rstd);
   }
+  // resid_mix_forward, then rmsnorm_forward of its result: the attention branch's input and pre-norm in one
+  // pass where a backend can. The default composes the two.
+  virtual void resid_mix_rmsnorm_forward(const T* x, const T* x0, const T* m, int64_t N, int64_t D, T eps, T* y,
+                                         T* h, T* rstd) {
+    resid_mix_forward(x, x0, m, N, D, y);
+    rmsnorm_forward(y, N, D, eps, h, rstd);
+  }
   // Attention inputs from their projections, fused into one pass where a backend can: over [B, Tn, H, hd] rows,
   // x = rope(norm ? rmsnorm(raw) : raw) (rstd per row when norm), then out = g[h] x when gain is given (q);
   // without gain (k) out is x itself and must equal it. With gain, out may also be x when only out is wanted (no

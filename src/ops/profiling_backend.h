@@ -179,6 +179,11 @@ class ProfilingBackend final : public Backend<T> {
     timed("resid_mix_backward", E * (3 + (dx ? 2 : 0) + (dx0 ? 2 : 0)) * N * D, 0,
           [&] { in_.resid_mix_backward(dy, x, x0, m, N, D, dx, dx0, dm); });
   }
+  void resid_mix_rmsnorm_forward(const T* x, const T* x0, const T* m, int64_t N, int64_t D, T eps, T* y, T* h,
+                                 T* rstd) override {
+    timed("resid_mix_rmsnorm_forward", E * (4 * N * D + N), 0,
+          [&] { in_.resid_mix_rmsnorm_forward(x, x0, m, N, D, eps, y, h, rstd); });
+  }
   void qk_prep_forward(const T* raw, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base,
                        bool norm, T eps, const T* gain, T* rstd, T* x, T* out) override {
     timed("qk_prep_forward", E * B * Tn * H * (hd * (gain ? 3 : 2) + (norm ? 1 : 0)), 0,

@@ -531,6 +531,32 @@ TEST_CASE("cuda: fused residual add + rmsnorm equals the two ops", "[gpu]") {
   }
 }
 
+TEST_CASE("cuda: fused resid_mix + rmsnorm equals the two ops", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  auto g = gpu_backend();
+  std::mt19937_64 rng(53);
+  const float eps = std::numeric_limits<float>::epsilon();
+  for (int it = 0; it < 5; ++it) {
+    const int64_t N = rand_int(rng, 1, 2000), D = pick(rng, {1, 33, 64, 512});
+    const std::string shape = " N=" + std::to_string(N) + " D=" + std::to_string(D);
+    const Vec x = rand_vec(rng, N * D, -3.f, 3.f), x0 = rand_vec(rng, N * D), m = rand_vec(rng, 2 * D, -2.f, 2.f);
+    Vec y(N * D), h(N * D), rstd(N);
+    cpu->resid_mix_forward(x.data(), x0.data(), m.data(), N, D, y.data());
+    cpu->rmsnorm_forward(y.data(), N, D, eps, h.data(), rstd.data());
+    Dev gx(*g, x), gx0(*g, x0), gm(*g, m), gy(*g, Vec(N * D)), gh(*g, Vec(N * D)), gr(*g, Vec(N));
+    g->resid_mix_forward(gx.p(), gx0.p(), gm.p(), N, D, gy.p());
+    g->rmsnorm_forward(gy.p(), N, D, eps, gh.p(), gr.p());
+    Dev fy(*g, Vec(N * D)), fh(*g, Vec(N * D)), fr(*g, Vec(N));
+    g->resid_mix_rmsnorm_forward(gx.p(), gx0.p(), gm.p(), N, D, eps, fy.p(), fh.p(), fr.p());
+    check_exact("resid_mix_rmsnorm_forward y (device ops)" + shape, fy.get(), gy.get());
+    check_exact("resid_mix_rmsnorm_forward h (device ops)" + shape, fh.get(), gh.get());
+    check_exact("resid_mix_rmsnorm_forward rstd (device ops)" + shape, fr.get(), gr.get());
+    check_close("resid_mix_rmsnorm_forward y" + shape, fy.get(), y, 1e-7, 1e-6);
+    check_close("resid_mix_rmsnorm_forward h" + shape, fh.get(), h, 1e-6, 4e-6);
+  }
+}
+
 TEST_CASE("cuda: rope forward and backward (partial rotary dims)", "[gpu]") {
   SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend<float>();
@@ -1192,6 +1218,11 @@ TEST_CASE("cuda: ops write bf16 operand buffers as the rounded fp32 result, and 
     g->activation_backward_set(act, gdy.p(), gx.p(), n, opnd.get());
     check_exact("activation_backward_set into an operand buffer", values(), rounded(plain.get()));
   }
+  const Vec mix = rand_vec(rng, 2 * D);
+  Dev gmix(*g, mix), gy2(*g, Vec(n));
+  g->resid_mix_rmsnorm_forward(gx.p(), go.p(), gmix.p(), N, D, eps, gy2.p(), plain.p(), rstd.p());
+  g->resid_mix_rmsnorm_forward(gx.p(), go.p(), gmix.p(), N, D, eps, gy2.p(), opnd.get(), rstd.p());
+  check_exact("resid_mix_rmsnorm_forward h into an operand buffer", values(), rounded(plain.get()));
   g->channel_scale_backward_set_dx(gdy.p(), gx.p(), gs.p(), N, D, plain.p(), ds.p());
   g->channel_scale_backward_set_dx(gdy.p(), gx.p(), gs.p(), N, D, opnd.get(), ds.p());
   check_exact("channel_scale_backward_set_dx into an operand buffer", values(), rounded(plain.get()));

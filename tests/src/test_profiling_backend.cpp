@@ -86,8 +86,9 @@ TEST_CASE("the profile counts every op call once, with its traffic and FLOPs", "
   CHECK(p.at("linear_forward_shared").flops == L * 2.0 * N * D * (D + 2 * kv));
   CHECK(p.at("linear_forward_shared").bytes == L * 4.0 * (N * D + (D + 2 * kv) * D + N * (D + 2 * kv)));
   CHECK(p.at("attention_forward").calls == L);
-  CHECK(p.at("rmsnorm_forward").calls == L + 1);  // the embedding's and each attention pre-norm
-  CHECK(p.at("rmsnorm_forward").bytes == (L + 1) * 4.0 * (2 * N * D + N));
+  CHECK(p.at("rmsnorm_forward").calls == 1);  // the embedding's
+  CHECK(p.at("rmsnorm_forward").bytes == 4.0 * (2 * N * D + N));
+  CHECK(p.at("resid_mix_rmsnorm_forward").calls == L);  // each attention pre-norm, with its resid_mix
   CHECK(p.at("scaled_residual_rmsnorm_forward").calls == L + 1);  // each MLP pre-norm, and the final norm
   CHECK(p.at("softcap_cross_entropy").calls == 1);
   CHECK(p.count("linear_backward_set_dx") == 0);  // forward only
