@@ -337,36 +337,33 @@ __global__ void __launch_bounds__(256) rmsnorm_bwd_kernel(const float* dout, con
     rmsnorm_bwd_row(dout + row * D, x + row * D, rstd[row], D, lane, dx + row * D, true);
 }
 
-// scaled_residual_forward then rmsnorm_fwd_kernel, one warp per row: y = x + s ⊙ o (rounded as ScaledResidualF),
-// h = y * rstd(y). The second pass rereads y, which the same lane just wrote (from cache).
-__global__ void __launch_bounds__(256) scaled_residual_rmsnorm_kernel(const float* x, const float* o, const float* s,
-                                                                      int64_t N, int64_t D, float eps, float* y,
-                                                                      Out h, float* rstd) {
-  const int lane = threadIdx.x & 31;
-  const int64_t wpb = blockDim.x >> 5;
-  const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
-  for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < N; row += nwarps) {
-    const float *xr = x + row * D, *orow = o + row * D;
-    float* yr = y + row * D;
-    for (int64_t d = lane; d < D; d += 32) yr[d] = __fadd_rn(xr[d], __fmul_rn(s[d], orow[d]));
-    const float r = row_rstd(yr, D, eps, lane);
-    if (lane == 0) rstd[row] = r;
-    for (int64_t d = lane; d < D; d += 32) put(h, row * D + d, yr[d] * r);
+// A new residual-stream value from two inputs at channel d, rounded the same way wherever it is formed (the
+// element-wise ops and their forms fused with RMSNorm): scaled_residual's a + s[d] b with the product rounded on
+// its own (as the CPU's channel scale, then add), and resid_mix's m[0, d] a + m[1, d] b.
+struct ScaledSum {
+  const float* s;
+  __device__ float operator()(int64_t d, float a, float b) const { return __fadd_rn(a, __fmul_rn(s[d], b)); }
+};
+struct MixSum {
+  const float* m;
+  int64_t D;
+  __device__ float operator()(int64_t d, float a, float b) const {
+    return __fmaf_rn(m[d], a, __fmul_rn(m[D + d], b));
   }
-}
+};
 
-// resid_mix_forward then rmsnorm_fwd_kernel, one warp per row: y = m0 ⊙ x + m1 ⊙ x0 (rounded as ResidMixFwdF),
-// h = y * rstd(y).
-__global__ void __launch_bounds__(256) resid_mix_rmsnorm_kernel(const float* x, const float* x0, const float* m,
-                                                                int64_t N, int64_t D, float eps, float* y, Out h,
-                                                                float* rstd) {
+// The combination, then rmsnorm_fwd_kernel, one warp per row: y = f(a, b), h = y * rstd(y). The second pass
+// rereads y, which the same lane just wrote (from cache).
+template <class Combine>
+__global__ void __launch_bounds__(256) combine_rmsnorm_kernel(const float* a, const float* b, Combine f, int64_t N,
+                                                              int64_t D, float eps, float* y, Out h, float* rstd) {
   const int lane = threadIdx.x & 31;
   const int64_t wpb = blockDim.x >> 5;
   const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
   for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < N; row += nwarps) {
-    const float *xr = x + row * D, *x0r = x0 + row * D;
+    const float *ar = a + row * D, *br = b + row * D;
     float* yr = y + row * D;
-    for (int64_t d = lane; d < D; d += 32) yr[d] = __fmaf_rn(m[d], xr[d], __fmul_rn(m[D + d], x0r[d]));
+    for (int64_t d = lane; d < D; d += 32) yr[d] = f(d, ar[d], br[d]);
     const float r = row_rstd(yr, D, eps, lane);
     if (lane == 0) rstd[row] = r;
     for (int64_t d = lane; d < D; d += 32) put(h, row * D + d, yr[d] * r);
@@ -452,26 +449,27 @@ struct ChannelScaleFwdF {
   int64_t D;
   __device__ void operator()(int64_t i) const { y[i] = s[i % D] * x[i]; }
 };
-// y = x + s ⊙ o with the product rounded on its own (no FMA contraction), as the CPU's channel scale then add.
-struct ScaledResidualF {
-  const float* x;
-  const float* o;
-  const float* s;
+// y = f(a, b) per channel (ScaledSum, MixSum), element-wise.
+template <class Combine>
+struct CombineF {
+  const float* a;
+  const float* b;
+  Combine f;
   float* y;
   int64_t D;
-  __device__ void operator()(int64_t i) const { y[i] = __fadd_rn(x[i], __fmul_rn(s[i % D], o[i])); }
+  __device__ void operator()(int64_t i) const { y[i] = f(i % D, a[i], b[i]); }
 };
-struct ScaledResidual4F {  // four channels at a time (D % 4 == 0, x, o, y 16-byte aligned)
-  const float4* x;
-  const float4* o;
-  const float* s;
+template <class Combine>
+struct Combine4F {  // four channels at a time (D % 4 == 0, a, b, y 16-byte aligned)
+  const float4* a;
+  const float4* b;
+  Combine f;
   float4* y;
   int64_t D;
   __device__ void operator()(int64_t i) const {
     const int64_t c = (4 * i) % D;
-    const float4 a = x[i], b = o[i];
-    y[i] = float4{__fadd_rn(a.x, __fmul_rn(s[c], b.x)), __fadd_rn(a.y, __fmul_rn(s[c + 1], b.y)),
-                  __fadd_rn(a.z, __fmul_rn(s[c + 2], b.z)), __fadd_rn(a.w, __fmul_rn(s[c + 3], b.w))};
+    const float4 u = a[i], v = b[i];
+    y[i] = float4{f(c, u.x, v.x), f(c + 1, u.y, v.y), f(c + 2, u.z, v.z), f(c + 3, u.w, v.w)};
   }
 };
 struct ChannelScaleBwdF {
@@ -636,17 +634,6 @@ struct GatedSkipBwdF {  // out 0: dw, out 1: dg
     const double sd = s, gyd = gy, k = skip[i];
     v[0] = (1.0 - sd) * k * gyd;
     v[1] = sd * (1.0 - sd) * (static_cast<double>(x[i]) - static_cast<double>(w[c]) * k) * gyd;
-  }
-};
-struct ResidMixFwdF {
-  const float* x;
-  const float* x0;
-  const float* m;
-  float* y;
-  int64_t D;
-  __device__ void operator()(int64_t i) const {
-    const int64_t d = i % D;
-    y[i] = __fmaf_rn(m[d], x[i], __fmul_rn(m[D + d], x0[i]));  // rounded as resid_mix_rmsnorm_kernel
   }
 };
 struct ResidMixBwdF {  // out 0: dm[0, :], out 1: dm[1, :]
@@ -865,25 +852,27 @@ void launch_scaled_residual_forward(const float* x, const float* o, const float*
                                     cudaStream_t s) {
   if (D <= 0) return;
   if (D % 4 == 0 && aligned16(x) && aligned16(o) && aligned16(y)) {
-    launch_map(ScaledResidual4F{reinterpret_cast<const float4*>(x), reinterpret_cast<const float4*>(o), sc,
-                                reinterpret_cast<float4*>(y), D},
+    launch_map(Combine4F<ScaledSum>{reinterpret_cast<const float4*>(x), reinterpret_cast<const float4*>(o), {sc},
+                                    reinterpret_cast<float4*>(y), D},
                N * D / 4, s, "scaled_residual_forward");
   } else {
-    launch_map(ScaledResidualF{x, o, sc, y, D}, N * D, s, "scaled_residual_forward");
+    launch_map(CombineF<ScaledSum>{x, o, {sc}, y, D}, N * D, s, "scaled_residual_forward");
   }
 }
 
 void launch_scaled_residual_rmsnorm_forward(const float* x, const float* o, const float* sc, int64_t N, int64_t D,
                                             float eps, float* y, Out h, float* rstd, cudaStream_t s) {
   if (N <= 0 || D <= 0) return;
-  PTOOL_LAUNCH(scaled_residual_rmsnorm_kernel, row_warps_grid(N), 256, 0, s)(x, o, sc, N, D, eps, y, h, rstd);
+  PTOOL_LAUNCH(combine_rmsnorm_kernel<ScaledSum>, row_warps_grid(N), 256, 0, s)(x, o, ScaledSum{sc}, N, D, eps, y,
+                                                                                h, rstd);
   PTOOL_CUDA_LAUNCHED("scaled_residual_rmsnorm_forward", s);
 }
 
 void launch_resid_mix_rmsnorm_forward(const float* x, const float* x0, const float* m, int64_t N, int64_t D,
                                       float eps, float* y, Out h, float* rstd, cudaStream_t s) {
   if (N <= 0 || D <= 0) return;
-  PTOOL_LAUNCH(resid_mix_rmsnorm_kernel, row_warps_grid(N), 256, 0, s)(x, x0, m, N, D, eps, y, h, rstd);
+  PTOOL_LAUNCH(combine_rmsnorm_kernel<MixSum>, row_warps_grid(N), 256, 0, s)(x, x0, MixSum{m, D}, N, D, eps, y, h,
+                                                                             rstd);
   PTOOL_CUDA_LAUNCHED("resid_mix_rmsnorm_forward", s);
 }
 
@@ -986,7 +975,7 @@ void launch_gated_skip_backward(const float* dy, const float* x, const float* sk
 void launch_resid_mix_forward(const float* x, const float* x0, const float* m, int64_t N, int64_t D, float* y,
                               cudaStream_t s) {
   if (D <= 0) return;
-  launch_map(ResidMixFwdF{x, x0, m, y, D}, N * D, s, "resid_mix_forward");
+  launch_map(CombineF<MixSum>{x, x0, {m, D}, y, D}, N * D, s, "resid_mix_forward");
 }
 
 void launch_resid_mix_backward(const float* dy, const float* x, const float* x0, const float* m, int64_t N,

@@ -84,7 +84,7 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
   // outputs when they come straight from an RMSNorm, the activation, the final norm, and the gradients that the
   // backward hands only to a linear op as dy.
   auto operand = [&](size_t n) { return DeviceBuffer<T>(be_, n, Storage::operand); };
-  const bool plain_norms = !cfg_.ln_scale && !cfg_.norm_scale;
+  const bool plain_norms = plain_pre_norms();
   acts_.clear();
   acts_.resize(cfg_.virtual_layers());
   for (int64_t v = 0; v < cfg_.virtual_layers(); ++v) {
@@ -145,6 +145,11 @@ void Model<T>::pre_norm_backward(int64_t v, const T* x, int64_t N, const T* n, c
 }
 
 template <class T>
+bool Model<T>::plain_pre_norms() const {
+  return !cfg_.ln_scale && !cfg_.norm_scale;
+}
+
+template <class T>
 bool Model<T>::has_skip(int64_t v) const {
   const int64_t k = v - cfg_.encoder_layers();
   return k >= 0 && k < cfg_.skip_count();
@@ -172,7 +177,7 @@ void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, cons
   }
   a.x_mix = a.x_in;
   // Attention branch (resid_mix and a plain pre-norm in one pass).
-  if (cfg_.resid_mix && !cfg_.ln_scale && !cfg_.norm_scale) {
+  if (cfg_.resid_mix && plain_pre_norms()) {
     be_.resid_mix_rmsnorm_forward(a.x_in, x0, P + s.resid_mix, N, D, rms_eps<T>(), a.x_mix_buf.get(), a.h1.get(),
                                   a.rstd1.get());
     a.x_mix = a.x_mix_buf.get();
@@ -196,12 +201,12 @@ void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, cons
   be_.attention_forward(a.q.get(), a.k.get(), a.v.get(), B, Tn, H, Hkv, hd, a.att.get(), a.lse.get());
   be_.linear_forward(a.att.get(), P + w.proj, N, D, D, a.o.get());
   // MLP branch (its pre-norm fused with the residual add when it is a plain RMSNorm).
-  if (cfg_.ln_scale || cfg_.norm_scale) {
-    be_.scaled_residual_forward(a.x_mix, a.o.get(), P + s.attn_scale, N, D, a.x1.get());
-    pre_norm_forward(v, a.x1.get(), N, a.n2.get(), a.h2.get(), a.rstd2.get(), s.mlp_norm_scale);
-  } else {
+  if (plain_pre_norms()) {
     be_.scaled_residual_rmsnorm_forward(a.x_mix, a.o.get(), P + s.attn_scale, N, D, rms_eps<T>(), a.x1.get(),
                                         a.h2.get(), a.rstd2.get());
+  } else {
+    be_.scaled_residual_forward(a.x_mix, a.o.get(), P + s.attn_scale, N, D, a.x1.get());
+    pre_norm_forward(v, a.x1.get(), N, a.n2.get(), a.h2.get(), a.rstd2.get(), s.mlp_norm_scale);
   }
   be_.linear_forward(a.h2.get(), P + w.fc, N, D, Hd, a.u.get());
   be_.activation_forward(cfg_.activation, a.u.get(), N * Hd, a.a.get());

@@ -83,6 +83,9 @@ class Model {
   // last layer also writes the final norm (final_, rstdf_).
   void layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, const T* x, bool last);
   bool has_skip(int64_t v) const;
+  // The pre-norms are RMSNorm alone (no ln_scale factor, no learned scale): they can fuse with the op before them
+  // and write operand buffers.
+  bool plain_pre_norms() const;
   void layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* dx, T* dx0);
   T ln_factor(int64_t v) const;
   void pre_norm_forward(int64_t v, const T* x, int64_t N, T* n, T* h, T* rstd, int64_t scale);

@@ -17,7 +17,6 @@
 #include <memory>
 #include <random>
 #include <stdexcept>
-#include <limits>
 #include <string>
 #include <vector>
 
@@ -67,19 +66,14 @@ void flash_case(Backend<float>& cpu, Backend<float>& g, std::mt19937_64& rng, co
   check_tol("flash backward dq (accumulated)" + shape, gdq.get(), dq, tol_of(ts.dq, dq));
   check_tol("flash backward dk (accumulated)" + shape, gdk.get(), dk, tol_of(ts.dk, dk));
   check_tol("flash backward dv (accumulated)" + shape, gdv.get(), dv, tol_of(ts.dv, dv));
-  // Written instead of added (attention_backward_set): into NaN-filled buffers.
-  const float nan = std::numeric_limits<float>::quiet_NaN();
-  Vec sdq(nq, 7.f), sdk(nkv, 7.f), sdv(nkv, 7.f);
-  cpu.attention_backward_set(dout.data(), q.data(), k.data(), v.data(), out.data(), lse.data(), B, Tn, H, Hkv, hd,
-                             with_dq ? sdq.data() : nullptr, with_dkv ? sdk.data() : nullptr,
-                             with_dkv ? sdv.data() : nullptr);
-  Dev ndq(g, Vec(nq, nan)), ndk(g, Vec(nkv, nan)), ndv(g, Vec(nkv, nan));
-  g.attention_backward_set(gdout.p(), gq.p(), gk.p(), gv.p(), gout.p(), glse.p(), B, Tn, H, Hkv, hd,
-                           with_dq ? ndq.p() : nullptr, with_dkv ? ndk.p() : nullptr, with_dkv ? ndv.p() : nullptr);
-  if (with_dq) check_tol("flash backward_set dq" + shape, ndq.get(), sdq, tol_of(ts.dq, sdq));
+  // Written instead of added (attention_backward_set).
+  const auto [want, got] = gpu_test::attention_backward_set_on_both(
+      cpu, {dout.data(), q.data(), k.data(), v.data(), out.data(), lse.data()}, g,
+      {gdout.p(), gq.p(), gk.p(), gv.p(), gout.p(), glse.p()}, B, Tn, H, Hkv, hd, with_dq, with_dkv);
+  if (with_dq) check_tol("flash backward_set dq" + shape, got.dq, want.dq, tol_of(ts.dq, want.dq));
   if (with_dkv) {
-    check_tol("flash backward_set dk" + shape, ndk.get(), sdk, tol_of(ts.dk, sdk));
-    check_tol("flash backward_set dv" + shape, ndv.get(), sdv, tol_of(ts.dv, sdv));
+    check_tol("flash backward_set dk" + shape, got.dk, want.dk, tol_of(ts.dk, want.dk));
+    check_tol("flash backward_set dv" + shape, got.dv, want.dv, tol_of(ts.dv, want.dv));
   }
 }
 

@@ -667,19 +667,14 @@ void attention_case(Backend<float>& cpu, Backend<float>& g, std::mt19937_64& rng
   check_close("attention_backward dq (accumulated)" + shape, gdq.get(), dq, 1e-4, 1e-4);
   check_close("attention_backward dk (accumulated)" + shape, gdk.get(), dk, 1e-4, 1e-4);
   check_close("attention_backward dv (accumulated)" + shape, gdv.get(), dv, 1e-4, 1e-4);
-  // Written instead of added (attention_backward_set): into NaN-filled buffers.
-  const float nan = std::numeric_limits<float>::quiet_NaN();
-  Vec sdq(nq, 7.f), sdk(nkv, 7.f), sdv(nkv, 7.f);
-  cpu.attention_backward_set(dout.data(), q.data(), k.data(), v.data(), out.data(), lse.data(), B, Tn, H, Hkv, hd,
-                             with_dq ? sdq.data() : nullptr, with_dkv ? sdk.data() : nullptr,
-                             with_dkv ? sdv.data() : nullptr);
-  Dev ndq(g, Vec(nq, nan)), ndk(g, Vec(nkv, nan)), ndv(g, Vec(nkv, nan));
-  g.attention_backward_set(gdout.p(), gq.p(), gk.p(), gv.p(), gout.p(), glse.p(), B, Tn, H, Hkv, hd,
-                           with_dq ? ndq.p() : nullptr, with_dkv ? ndk.p() : nullptr, with_dkv ? ndv.p() : nullptr);
-  if (with_dq) check_close("attention_backward_set dq" + shape, ndq.get(), sdq, 1e-4, 1e-4);
+  // Written instead of added (attention_backward_set).
+  const auto [want, got] = gpu_test::attention_backward_set_on_both(
+      cpu, {dout.data(), q.data(), k.data(), v.data(), out.data(), lse.data()}, g,
+      {gdout.p(), gq.p(), gk.p(), gv.p(), gout.p(), glse.p()}, B, Tn, H, Hkv, hd, with_dq, with_dkv);
+  if (with_dq) check_close("attention_backward_set dq" + shape, got.dq, want.dq, 1e-4, 1e-4);
   if (with_dkv) {
-    check_close("attention_backward_set dk" + shape, ndk.get(), sdk, 1e-4, 1e-4);
-    check_close("attention_backward_set dv" + shape, ndv.get(), sdv, 1e-4, 1e-4);
+    check_close("attention_backward_set dk" + shape, got.dk, want.dk, 1e-4, 1e-4);
+    check_close("attention_backward_set dv" + shape, got.dv, want.dv, 1e-4, 1e-4);
   }
 }
 
