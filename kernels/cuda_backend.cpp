@@ -99,9 +99,10 @@ struct GemmKey {
   bool ta, tb;
   int64_t m, n, k, lda, ldb, ldc;
   unsigned ala, alb, alc;
+  bool c_bf16;  // C/D in bf16 (a bf16 operand buffer as the output)
   bool operator<(const GemmKey& o) const {
-    return std::tie(ta, tb, m, n, k, lda, ldb, ldc, ala, alb, alc) <
-           std::tie(o.ta, o.tb, o.m, o.n, o.k, o.lda, o.ldb, o.ldc, o.ala, o.alb, o.alc);
+    return std::tie(ta, tb, m, n, k, lda, ldb, ldc, ala, alb, alc, c_bf16) <
+           std::tie(o.ta, o.tb, o.m, o.n, o.k, o.lda, o.ldb, o.ldc, o.ala, o.alb, o.alc, o.c_bf16);
   }
 };
 
@@ -137,6 +138,8 @@ class CudaBackend final : public Backend<float> {
     PTOOL_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
     ws_.set_stream(stream_);
     ws_.set_counter(&mem_);
+    conv_ws_.set_stream(stream_);
+    conv_ws_.set_counter(&mem_);
     PTOOL_CUBLAS_CHECK(cublasLtCreate(&lt_));
     PTOOL_CUDA_CHECK(cudaMalloc(&lt_ws_, kLtWorkspace));
     mem_.add(kLtWorkspace);
@@ -189,6 +192,13 @@ class CudaBackend final : public Backend<float> {
     void* p = device_alloc(n * sizeof(uint16_t));
     if (p) operands_[p] = n;
     return static_cast<float*>(p);
+  }
+  void store_operand(float* dst, const float* src, size_t n) override {
+    require_plain(src, "store_operand");
+    if (is_operand(dst))
+      cuda::launch_to_bf16(src, n, reinterpret_cast<uint16_t*>(dst), stream_);
+    else
+      copy(dst, src, n);
   }
   void operand_values(const float* src, size_t n, float* dst) override {
     require_plain(dst, "operand_values");
@@ -271,20 +281,20 @@ class CudaBackend final : public Backend<float> {
   // y[N, M] = x[N, K] W[M, K]^T. cuBLASLt is column-major: the row-major y is the column-major y^T (M x N), and
   // y^T = W x^T = op_T(W as col-major K x M) * op_N(x as col-major K x N).
   void linear_forward(const float* x, const float* W, int64_t N, int64_t K, int64_t M, float* y) override {
-    require_plain("linear_forward", {W, y});
+    require_plain("linear_forward", {W});
     if (N <= 0 || M <= 0) return;
     if (K <= 0) {
       zero(y, static_cast<size_t>(N * M));
       return;
     }
     const auto op = operands({W, x}, {M * K, N * K});
-    gemm(true, false, M, N, K, op[0], K, op[1], K, y, M, 0.f);
+    gemm(true, false, M, N, K, op[0], K, op[1], K, out_of(y), M, 0.f);
   }
   // dx[N, K] += dy[N, M] W[M, K]:  dx^T (K x N) = W^T (col-major K x M, op N) * dy^T (col-major M x N, op N).
   // dW[M, K] += dy^T x:            dW^T (K x M) = x^T (col-major K x N, op N) * dy (col-major M x N, op T).
   // One operand list for all weights, so bf16 mode converts x once.
   void linear_forward_shared(const float* x, int64_t N, int64_t K, std::span<const LinearOut> outs) override {
-    for (const LinearOut& o : outs) require_plain("linear_forward_shared", {o.W, o.y});
+    for (const LinearOut& o : outs) require_plain("linear_forward_shared", {o.W});
     if (N <= 0) return;
     if (K <= 0) {
       for (const LinearOut& o : outs)
@@ -299,7 +309,8 @@ class CudaBackend final : public Backend<float> {
     }
     const auto op = operands(p, n);
     for (size_t i = 0; i < outs.size(); ++i)
-      if (outs[i].M > 0) gemm(true, false, outs[i].M, N, K, op[1 + i], K, op[0], K, outs[i].y, outs[i].M, 0.f);
+      if (outs[i].M > 0)
+        gemm(true, false, outs[i].M, N, K, op[1 + i], K, op[0], K, out_of(outs[i].y), outs[i].M, 0.f);
   }
   void linear_backward_shared_set_dx(const float* x, int64_t N, int64_t K, std::span<const LinearGrad> grads,
                                      float* dx) override {
@@ -339,7 +350,7 @@ class CudaBackend final : public Backend<float> {
   }
   void linear_backward_set_dx(const float* dy, const float* x, const float* W, int64_t N, int64_t K, int64_t M,
                               float* dx, float* dW) override {
-    require_plain("linear_backward_set_dx", {W, dx, dW});
+    require_plain("linear_backward_set_dx", {W, dW});
     if (dx && (N > 0 && K > 0) && M <= 0) zero(dx, static_cast<size_t>(N * K));  // an empty sum
     linear_backward_impl(dy, x, W, N, K, M, dx, 0.f, dW);
   }
@@ -392,10 +403,10 @@ class CudaBackend final : public Backend<float> {
   }
   void qk_prep_forward(const float* raw, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base,
                        bool norm, float eps, const float* gain, float* rstd, float* x, float* out) override {
-    require_plain("qk_prep_forward", {raw, gain, rstd, x, out});
+    require_plain("qk_prep_forward", {raw, gain, rstd});
     const RopeTable* t = rope_table("qk_prep_forward", Tn, hd, rot, base);
     cuda::launch_qk_prep_forward(raw, B * Tn * H, Tn, H, hd, t ? rot : 0, norm, eps, t ? t->cos_t : nullptr,
-                                 t ? t->sin_t : nullptr, gain, rstd, x, out, stream_);
+                                 t ? t->sin_t : nullptr, gain, rstd, out_of(x), out_of(out), stream_);
   }
   void qk_prep_backward(float* d, const float* raw, const float* rstd, int64_t B, int64_t Tn, int64_t H, int64_t hd,
                         int64_t rot, double base, bool norm, float* draw) override {
@@ -404,36 +415,46 @@ class CudaBackend final : public Backend<float> {
     cuda::launch_qk_prep_backward(d, raw, rstd, B * Tn * H, Tn, H, hd, t ? rot : 0, norm, t ? t->cos_t : nullptr,
                                   t ? t->sin_t : nullptr, draw, stream_);
   }
+  // bf16 GEMM precision: the tensor-core flash kernels, which read q, k, v and dO in bf16 (operand buffers as they
+  // are, the rest rounded into conv_ws_); else the fp32 kernels, which in bf16 mode read the same bf16 values
+  // (widened or rounded into conv_ws_), so that operand buffers never change a result.
   void attention_forward(const float* q, const float* k, const float* v, int64_t B, int64_t Tn, int64_t H,
                          int64_t Hkv, int64_t hd, float* out, float* lse) override {
-    require_plain("attention_forward", {q, k, v, out, lse});
-    // bf16 GEMM precision: the tensor-core flash kernels (bf16 operands like the GEMMs); else the fp32 ones.
-    if (opt_.gemm == CudaGemmPrecision::bf16 && cuda::flash_mma_supports(hd))
-      cuda::launch_flash_mma_forward(q, k, v, B, Tn, H, Hkv, hd, out, lse, stream_);
-    else
-      cuda::launch_attention_forward(q, k, v, B, Tn, H, Hkv, hd, out, lse, stream_);
+    require_plain("attention_forward", {out, lse});
+    const int64_t nq = elements(B, Tn, H, hd), nkv = elements(B, Tn, Hkv, hd);
+    if (opt_.gemm == CudaGemmPrecision::bf16 && cuda::flash_mma_supports(hd)) {
+      const auto in = operands({q, k, v}, {nq, nkv, nkv});
+      cuda::launch_flash_mma_forward(bits(in[0]), bits(in[1]), bits(in[2]), B, Tn, H, Hkv, hd, out, lse, stream_);
+    } else {
+      const auto in = attention_fp32_inputs({q, k, v}, {nq, nkv, nkv});
+      cuda::launch_attention_forward(in[0], in[1], in[2], B, Tn, H, Hkv, hd, out, lse, stream_);
+    }
   }
   void attention_backward(const float* dout, const float* q, const float* k, const float* v, const float* out,
                           const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, float* dq,
                           float* dk, float* dv) override {
-    require_plain("attention_backward", {dout, q, k, v, out, lse, dq, dk, dv});
+    require_plain("attention_backward", {out, lse, dq, dk, dv});
     attention_backward_impl(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv, true);
   }
   void attention_backward_set(const float* dout, const float* q, const float* k, const float* v, const float* out,
                               const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, float* dq,
                               float* dk, float* dv) override {
-    require_plain("attention_backward_set", {dout, q, k, v, out, lse, dq, dk, dv});
+    require_plain("attention_backward_set", {out, lse, dq, dk, dv});
     attention_backward_impl(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv, false);
   }
   void attention_backward_impl(const float* dout, const float* q, const float* k, const float* v, const float* out,
                                const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, float* dq,
                                float* dk, float* dv, bool accumulate) {
-    if (opt_.gemm == CudaGemmPrecision::bf16 && cuda::flash_mma_supports(hd))
-      cuda::launch_flash_mma_backward(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv, accumulate, ws_,
-                                      stream_);
-    else
-      cuda::launch_attention_backward(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv, accumulate, ws_,
-                                      stream_);
+    const int64_t nq = elements(B, Tn, H, hd), nkv = elements(B, Tn, Hkv, hd);
+    if (opt_.gemm == CudaGemmPrecision::bf16 && cuda::flash_mma_supports(hd)) {
+      const auto in = operands({dout, q, k, v}, {nq, nq, nkv, nkv});
+      cuda::launch_flash_mma_backward(bits(in[0]), bits(in[1]), bits(in[2]), bits(in[3]), out, lse, B, Tn, H, Hkv, hd,
+                                      dq, dk, dv, accumulate, ws_, stream_);
+    } else {
+      const auto in = attention_fp32_inputs({dout, q, k, v}, {nq, nq, nkv, nkv});
+      cuda::launch_attention_backward(in[0], in[1], in[2], in[3], out, lse, B, Tn, H, Hkv, hd, dq, dk, dv, accumulate,
+                                      ws_, stream_);
+    }
   }
   void activation_forward(cpu::Activation a, const float* h, int64_t n, float* out) override {
     require_plain("activation_forward", {h});
@@ -490,7 +511,7 @@ class CudaBackend final : public Backend<float> {
   // that every target is inside the vocabulary). The sum is taken on the host in row order (deterministic).
   double softcap_cross_entropy(const float* z, const int32_t* targets, int64_t N, int64_t V, float cap,
                                double* losses_host, float* dz, float grad_scale) override {
-    require_plain("softcap_cross_entropy", {z, dz});
+    require_plain("softcap_cross_entropy", {z});
     if (N < 0 || V <= 0) {
       throw std::invalid_argument("softcap_cross_entropy: bad shape N=" + std::to_string(N) +
                                   " V=" + std::to_string(V));
@@ -498,7 +519,8 @@ class CudaBackend final : public Backend<float> {
     if (N == 0) return 0.0;
     ensure_losses(N);
     PTOOL_CUDA_CHECK(cudaMemsetAsync(bad_row_dev_, 0x7f, sizeof(int32_t), stream_));  // 0x7f7f7f7f > any row
-    cuda::launch_softcap_cross_entropy(z, targets, N, V, cap, losses_dev_, bad_row_dev_, dz, grad_scale, stream_);
+    cuda::launch_softcap_cross_entropy(z, targets, N, V, cap, losses_dev_, bad_row_dev_, out_of(dz), grad_scale,
+                                       stream_);
     PTOOL_CUDA_CHECK(cudaMemcpyAsync(losses_host_, losses_dev_, N * sizeof(double), cudaMemcpyDeviceToHost, stream_));
     PTOOL_CUDA_CHECK(cudaMemcpyAsync(bad_row_host_, bad_row_dev_, sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
     synchronize();
@@ -519,14 +541,15 @@ class CudaBackend final : public Backend<float> {
   // for bit; the order differs from the host's row order above, so the two forms may differ in the last bits).
   void softcap_cross_entropy_accumulate(const float* z, const int32_t* targets, int64_t N, int64_t V, float cap,
                                         float* dz, float grad_scale) override {
-    require_plain("softcap_cross_entropy_accumulate", {z, dz});
+    require_plain("softcap_cross_entropy_accumulate", {z});
     if (N < 0 || V <= 0) {
       throw std::invalid_argument("softcap_cross_entropy: bad shape N=" + std::to_string(N) +
                                   " V=" + std::to_string(V));
     }
     if (N == 0) return;
     ensure_losses(N);
-    cuda::launch_softcap_cross_entropy(z, targets, N, V, cap, losses_dev_, acc_bad_row_dev_, dz, grad_scale, stream_);
+    cuda::launch_softcap_cross_entropy(z, targets, N, V, cap, losses_dev_, acc_bad_row_dev_, out_of(dz),
+                                       grad_scale, stream_);
     cuda::launch_sum_into(losses_dev_, N, loss_acc_dev_, stream_);
   }
   double take_loss_sum() override {
@@ -609,20 +632,20 @@ class CudaBackend final : public Backend<float> {
                             float* dx, float dx_beta, float* dW) {
     if (N <= 0 || K <= 0 || M <= 0 || (!dx && !dW)) return;
     const auto op = operands({dy, dx ? W : nullptr, dW ? x : nullptr}, {N * M, M * K, N * K});
-    if (dx) gemm(false, false, K, N, M, op[1], K, op[0], M, dx, K, dx_beta);
+    if (dx) gemm(false, false, K, N, M, op[1], K, op[0], M, out_of(dx), K, dx_beta);
     if (dW) gemm(false, true, K, M, N, op[2], K, op[0], M, dW, K, 1.f);
   }
 
-  // The GEMM operands (p[i], n[i] floats) in the precision's input type: the fp32 pointers themselves, or (bf16)
-  // operand buffers as they are and copies of the rest rounded to bf16, carved together from the workspace (which no other op uses until these GEMMs are
-  // queued). Null operands stay null.
+  // The GEMM (or flash attention) operands (p[i], n[i] floats) in the precision's input type: the fp32 pointers
+  // themselves, or (bf16) operand buffers as they are and copies of the rest rounded to bf16, carved together from
+  // conv_ws_ (which no other op uses until this op's kernels are queued). Null operands stay null.
   std::vector<const void*> operands(const std::vector<const float*>& p, const std::vector<int64_t>& n) {
     std::vector<const void*> out(p.begin(), p.end());
     if (opt_.gemm != CudaGemmPrecision::bf16) return out;
     cuda::Carver c;
     for (size_t i = 0; i < p.size(); ++i)
       if (p[i] && !is_operand(p[i])) c.take<uint16_t>(static_cast<size_t>(n[i]));
-    c.base = static_cast<char*>(ws_.get(c.off));
+    c.base = static_cast<char*>(conv_ws_.get(c.off));
     c.off = 0;
     for (size_t i = 0; i < p.size(); ++i) {
       if (!p[i] || is_operand(p[i])) continue;  // an operand buffer already holds bf16
@@ -633,17 +656,47 @@ class CudaBackend final : public Backend<float> {
     return out;
   }
 
+  // The fp32 attention kernels' inputs in bf16 mode: operand buffers widened and plain tensors rounded to bf16,
+  // carved from conv_ws_ (the flash kernels' inputs, as fp32). Other modes have no operand buffers and round
+  // nothing: the pointers themselves.
+  std::vector<const float*> attention_fp32_inputs(const std::vector<const float*>& p, const std::vector<int64_t>& n) {
+    std::vector<const float*> out(p.begin(), p.end());
+    if (opt_.gemm != CudaGemmPrecision::bf16) return out;
+    cuda::Carver c;
+    for (size_t i = 0; i < p.size(); ++i) c.take<float>(static_cast<size_t>(n[i]));
+    c.base = static_cast<char*>(conv_ws_.get(c.off));
+    c.off = 0;
+    for (size_t i = 0; i < p.size(); ++i) {
+      float* f = c.take<float>(static_cast<size_t>(n[i]));
+      if (!p[i] || n[i] == 0) continue;
+      if (is_operand(p[i]))
+        cuda::launch_bf16_to_float(reinterpret_cast<const uint16_t*>(p[i]), static_cast<size_t>(n[i]), f, stream_);
+      else
+        cuda::launch_round_bf16(p[i], static_cast<size_t>(n[i]), f, stream_);
+      out[i] = f;
+    }
+    return out;
+  }
+  static const uint16_t* bits(const void* p) { return static_cast<const uint16_t*>(p); }
+  // B * Tn * H * hd, or 0 for a bad shape (which the launchers then report).
+  static int64_t elements(int64_t B, int64_t Tn, int64_t H, int64_t hd) {
+    return B < 0 || Tn < 0 || H < 0 || hd < 0 ? 0 : B * Tn * H * hd;
+  }
+
   // D = alpha op(A) op(B) + beta C with C == D (column-major, m x n result, k the inner dimension). A and B are
-  // fp32, or bf16 in bf16 mode (one precision per backend, so the plan key needs no data type); C/D are fp32.
+  // fp32, or bf16 in bf16 mode (one precision per backend, so the plan key needs no input type); C/D are fp32,
+  // or in bf16 mode a bf16 operand buffer (then beta must be 0: the fp32 result is rounded once, to nearest even).
   void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void* A, int64_t lda, const void* B,
-            int64_t ldb, float* C, int64_t ldc, float beta) {
-    const GemmKey key{ta, tb, m, n, k, lda, ldb, ldc, alignment_of(A), alignment_of(B), alignment_of(C)};
+            int64_t ldb, cuda::Out C, int64_t ldc, float beta) {
+    if (C.bf16 && beta != 0.f) throw std::invalid_argument("a GEMM cannot add into a bf16 operand buffer");
+    const void* c = C.ptr();
+    const GemmKey key{ta, tb, m, n, k, lda, ldb, ldc, alignment_of(A), alignment_of(B), alignment_of(c), C.bf16 != nullptr};
     auto it = plans_.find(key);
     if (it == plans_.end()) it = plans_.emplace(key, make_plan(key)).first;
     const GemmPlan& p = it->second;
     const float alpha = 1.f;
-    PTOOL_CUBLAS_CHECK(cublasLtMatmul(lt_, p.desc, &alpha, A, p.a, B, p.b, &beta, C, p.c, C, p.c, &p.algo, lt_ws_,
-                                      kLtWorkspace, stream_));
+    PTOOL_CUBLAS_CHECK(cublasLtMatmul(lt_, p.desc, &alpha, A, p.a, B, p.b, &beta, c, p.c, const_cast<void*>(c), p.c,
+                                      &p.algo, lt_ws_, kLtWorkspace, stream_));
   }
 
   GemmPlan make_plan(const GemmKey& key) {
@@ -661,7 +714,8 @@ class CudaBackend final : public Backend<float> {
                                                     key.lda));
       PTOOL_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, in, key.tb ? key.n : key.k, key.tb ? key.k : key.n,
                                                     key.ldb));
-      PTOOL_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, key.m, key.n, key.ldc));
+      PTOOL_CUBLAS_CHECK(
+          cublasLtMatrixLayoutCreate(&p.c, key.c_bf16 ? CUDA_R_16BF : CUDA_R_32F, key.m, key.n, key.ldc));
       cublasLtMatmulPreference_t pref = nullptr;
       PTOOL_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
       cublasLtMatmulHeuristicResult_t result{};
@@ -741,6 +795,7 @@ class CudaBackend final : public Backend<float> {
   cublasLtHandle_t lt_ = nullptr;
   void* lt_ws_ = nullptr;
   Workspace ws_;
+  Workspace conv_ws_;  // operands()' bf16 copies, apart from ws_ so that an op may use both at once
   cuda::MemCounter mem_;
   std::unordered_map<void*, size_t> sizes_;  // of the buffers from device_alloc
   std::map<const void*, size_t> operands_;    // bf16 operand buffers: start -> elements

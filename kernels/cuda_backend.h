@@ -16,9 +16,10 @@
 // of the interface and this backend runs each in one kernel: scaled_residual_forward (y = x + s ⊙ o, no copy then
 // add) and its form fused with the next RMSNorm, q/k preparation, and the *_set backwards, which write the input
 // gradient instead of adding it to a zeroed buffer (cuBLASLt beta = 0 for linear dx). linear_*_shared read the
-// shared input of q, k and v once. In bf16 mode the GEMM-only tensors (operand buffers: pre-norm outputs, the
-// activation, the final norm, the gradients handed to a linear op as dy) are stored in bf16 by the ops that write
-// them, so those GEMMs convert nothing; the values are the ones the conversion would give, bit for bit.
+// shared input of q, k and v once. In bf16 mode the tensors that only GEMMs and attention read (operand buffers:
+// pre-norm outputs, attention's q, k, v, the activation, the final norm, the gradients handed to a linear op as dy
+// or to attention as dout, the logits' gradient among them) are stored in bf16 by the ops that write them (GEMMs
+// with a bf16 D), so their readers convert nothing; the values are the ones the conversion would give, bit for bit.
 // No cuBLASLt epilogue is used: the model has no biases, its activations (ReLU², LeakyReLU(0.5)²) are not
 // among the epilogues, and folding the branch scale into a per-row alpha vector would lose the unscaled output
 // that the scale's gradient needs.
@@ -30,8 +31,8 @@
 //   then run at bf16 rate and accumulate in fp32 into fp32 C/D, so activations and gradients stay fp32).
 //   Products of small integers are exact in all three modes (integers up to 256 are exact in bf16).
 // - Attention: with bf16 and head_dim 64 or 128, the tensor-core flash kernels of kernels/cuda_flash_mma.cu
-//   (bf16 tiles, fp32 accumulation and softmax, deterministic two-kernel backward); otherwise the fp32 kernels of
-//   kernels/cuda_attention.cu.
+//   (bf16 q, k, v, dO, fp32 accumulation and softmax, deterministic two-kernel backward); otherwise the fp32
+//   kernels of kernels/cuda_attention.cu, which in bf16 mode also read q, k, v and dO rounded to bf16.
 // - Everything else is fp32 arithmetic with fp32 or double accumulators (see kernels/cuda_ops.cu for the
 //   per-op notes).
 // - Deterministic: with CudaBackendOptions::deterministic (the default) every op gives bit-identical results

@@ -1,22 +1,23 @@
 // Causal GQA flash attention on the tensor cores: bf16 mma.sync.m16n8k16 with fp32 accumulation, the
 // FlashAttention-2 algorithm. Contract and layouts: kernels/cuda_flash_mma.h (those of cuda_attention.cu).
 //
-// Numerics. Global memory stays fp32; each tile is rounded to bf16 (nearest even) while it is staged into
-// shared memory. S = Q K^T and every other product accumulate in fp32. The online softmax runs in fp32
-// registers in base 2 (x = s * scale * log2 e), lse = (m + log2 l) ln 2 exactly as the fp32 kernels. P is
-// rounded to bf16 for P V (l sums the unrounded fp32 P, as FlashAttention does); dS likewise for dS K, dS^T Q.
-// D = rowsum(dO * O) uses the bf16-rounded dO (the dO that dP = dO V^T sees), so that dP - D cancels
-// consistently: with one visible key O = V and dS is then zero up to fp32 summation order.
+// Numerics. Q, K, V and dO arrive in bf16 (the backend's operand buffers, or its rounded copies of fp32
+// tensors) and are staged into shared memory as they are; out, lse and the gradients are fp32. S = Q K^T and
+// every other product accumulate in fp32. The online softmax runs in fp32 registers in base 2
+// (x = s * scale * log2 e), lse = (m + log2 l) ln 2 exactly as the fp32 kernels. P is rounded to bf16 for P V
+// (l sums the unrounded fp32 P, as FlashAttention does); dS likewise for dS K, dS^T Q. D = rowsum(dO * O) uses
+// the bf16 dO (the dO that dP = dO V^T sees), so that dP - D cancels consistently: with one visible key O = V
+// and dS is then zero up to fp32 summation order.
 //
 // Tiling. 4 warps (128 threads) per CTA; every warp owns whole 16-row m-tiles of the CTA's row tile (the M = 16
 // of the mma), so softmax statistics stay in the registers of one quad of lanes and need only two shuffles, and
 // P goes from the S accumulators straight into the A operand of the next mma (the C and A fragment layouts
 // coincide), never touching shared memory. Shared tiles are bf16 [rows][hd + 8]: the 16-byte pad makes every
-// ldmatrix phase (8 rows of 16 bytes) hit 32 distinct banks. No cp.async pipeline (staging converts
-// fp32 -> bf16 through registers); 2-3 resident CTAs per SM hide the load latency instead.
+// ldmatrix phase (8 rows of 16 bytes) hit 32 distinct banks. No cp.async pipeline (staging copies 16 bytes at a
+// time through registers); 2-3 resident CTAs per SM hide the load latency instead.
 //  - forward: 64 keys per iteration; grid (query tile, head, batch), heaviest tiles first. hd 64: 128 query
 //    rows, 32 per warp (two m-tiles share every K and V fragment: half the ldmatrix and L2 traffic per FLOP of
-//    64-row tiles, which matters because K and V are re-read from L2 as fp32 by every query tile; 235 registers,
+//    64-row tiles, which matters because K and V are re-read from L2 by every query tile; 235 registers,
 //    2 CTAs per SM). hd 128: 64 rows, 16 per warp (two m-tiles would not fit in 255 registers; 172 registers).
 //    A warp skips key tiles wholly past its rows and masks only tiles that reach past its first row.
 //  - dK, dV: one CTA per (batch, kv head, 64 keys), looping over the q heads of its GQA group and the query
@@ -32,6 +33,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 
@@ -94,7 +96,11 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
 
 // ---- launchers ----------------------------------------------------------------------------------------------
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+void check_aligned(const char* op, std::initializer_list<const void*> ps) {
+  for (const void* p : ps)
+    if ((reinterpret_cast<uintptr_t>(p) & 15u) != 0)
+      throw std::invalid_argument(std::string(op) + ": the bf16 flash kernels need 16-byte aligned q, k, v and dO");
+}
 
 void check_args(const char* op, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd) {
   if (B < 0 || Tn < 0 || hd <= 0 || H <= 0 || Hkv <= 0 || H % Hkv != 0) {
@@ -113,20 +119,20 @@ void check_args(const char* op, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, i
 }
 
 template <int HD>
-void fwd_impl(const float* q, const float* k, const float* v, int B, int T, int H, int Hkv, bool vec, float* out,
+void fwd_impl(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, int B, int T, int H, int Hkv, float* out,
               float* lse, cudaStream_t s) {
   const LaunchShape ls = fwd_shape<HD>(B, T, H);
   PTOOL_CUDA_CHECK(cudaFuncSetAttribute(flash_fwd_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(ls.smem)));
   const float scale_log2 = static_cast<float>(1.0 / std::sqrt(static_cast<double>(HD))) * kLog2e;
   PTOOL_LAUNCH(flash_fwd_kernel<HD>, dim3(ls.gx, ls.gy, ls.gz), ls.threads, ls.smem, s)(
-      q, k, v, out, lse, T, H, Hkv, vec, scale_log2);
+      q, k, v, out, lse, T, H, Hkv, scale_log2);
   PTOOL_CUDA_LAUNCHED("flash_mma_forward", s);
 }
 
 template <int HD>
-void bwd_impl(const float* dout, const float* q, const float* k, const float* v, const float* lse, const float* Dv,
-              int B, int T, int H, int Hkv, bool vec, float* dq, float* dk, float* dv, bool accumulate,
+void bwd_impl(const bf16_bits* dout, const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, const float* lse,
+              const float* Dv, int B, int T, int H, int Hkv, float* dq, float* dk, float* dv, bool accumulate,
               cudaStream_t s) {
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(HD)));
   const float scale_log2 = scale * kLog2e;
@@ -135,7 +141,7 @@ void bwd_impl(const float* dout, const float* q, const float* k, const float* v,
     PTOOL_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_dkdv_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(ls.smem)));
     PTOOL_LAUNCH(flash_bwd_dkdv_kernel<HD>, dim3(ls.gx, ls.gy, ls.gz), ls.threads, ls.smem, s)(
-        dout, q, k, v, lse, Dv, T, H, Hkv, vec, scale, scale_log2, dk, dv, accumulate);
+        dout, q, k, v, lse, Dv, T, H, Hkv, scale, scale_log2, dk, dv, accumulate);
     PTOOL_CUDA_LAUNCHED("flash_mma_backward (dk, dv)", s);
   }
   if (dq) {
@@ -143,43 +149,43 @@ void bwd_impl(const float* dout, const float* q, const float* k, const float* v,
     PTOOL_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_dq_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(ls.smem)));
     PTOOL_LAUNCH(flash_bwd_dq_kernel<HD>, dim3(ls.gx, ls.gy, ls.gz), ls.threads, ls.smem, s)(
-        dout, q, k, v, lse, Dv, T, H, Hkv, vec, scale, scale_log2, dq, accumulate);
+        dout, q, k, v, lse, Dv, T, H, Hkv, scale, scale_log2, dq, accumulate);
     PTOOL_CUDA_LAUNCHED("flash_mma_backward (dq)", s);
   }
 }
 
 }  // namespace
 
-void launch_flash_mma_forward(const float* q, const float* k, const float* v, int64_t B, int64_t Tn, int64_t H,
-                              int64_t Hkv, int64_t hd, float* out, float* lse, cudaStream_t s) {
+void launch_flash_mma_forward(const uint16_t* q, const uint16_t* k, const uint16_t* v, int64_t B, int64_t Tn,
+                              int64_t H, int64_t Hkv, int64_t hd, float* out, float* lse, cudaStream_t s) {
   check_args("attention_forward", B, Tn, H, Hkv, hd);
+  check_aligned("attention_forward", {q, k, v});
   if (B == 0 || Tn == 0) return;
-  const bool vec = aligned16(q) && aligned16(k) && aligned16(v);  // hd is a multiple of 4: rows stay aligned
   const int b = static_cast<int>(B), t = static_cast<int>(Tn), h = static_cast<int>(H), hk = static_cast<int>(Hkv);
   if (hd == 64)
-    fwd_impl<64>(q, k, v, b, t, h, hk, vec, out, lse, s);
+    fwd_impl<64>(q, k, v, b, t, h, hk, out, lse, s);
   else
-    fwd_impl<128>(q, k, v, b, t, h, hk, vec, out, lse, s);
+    fwd_impl<128>(q, k, v, b, t, h, hk, out, lse, s);
 }
 
-void launch_flash_mma_backward(const float* dout, const float* q, const float* k, const float* v, const float* out,
-                               const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd,
-                               float* dq_acc, float* dk_acc, float* dv_acc, bool accumulate, Workspace& ws,
+void launch_flash_mma_backward(const uint16_t* dout, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                               const float* out, const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv,
+                               int64_t hd, float* dq_acc, float* dk_acc, float* dv_acc, bool accumulate, Workspace& ws,
                                cudaStream_t s) {
   check_args("attention_backward", B, Tn, H, Hkv, hd);
+  check_aligned("attention_backward", {dout, q, k, v});
   if (!dq_acc && !dk_acc && !dv_acc) return;
   if (B == 0 || Tn == 0) return;
-  const bool vec = aligned16(q) && aligned16(k) && aligned16(v) && aligned16(dout);
   const int b = static_cast<int>(B), t = static_cast<int>(Tn), h = static_cast<int>(H), hk = static_cast<int>(Hkv);
   auto* Dv = static_cast<float*>(ws.get(static_cast<size_t>(B * H * Tn) * sizeof(float)));
   const int64_t rows = B * Tn * H;
   const LaunchShape ls = dot_shape(rows);
   PTOOL_LAUNCH(flash_bwd_dot_kernel, ls.gx, ls.threads, 0, s)(dout, out, rows, t, h, static_cast<int>(hd), Dv);
-  PTOOL_CUDA_LAUNCHED("flash_mma_backward (rowsum bf16(dO) * O)", s);
+  PTOOL_CUDA_LAUNCHED("flash_mma_backward (rowsum dO * O)", s);
   if (hd == 64)
-    bwd_impl<64>(dout, q, k, v, lse, Dv, b, t, h, hk, vec, dq_acc, dk_acc, dv_acc, accumulate, s);
+    bwd_impl<64>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv_acc, accumulate, s);
   else
-    bwd_impl<128>(dout, q, k, v, lse, Dv, b, t, h, hk, vec, dq_acc, dk_acc, dv_acc, accumulate, s);
+    bwd_impl<128>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv_acc, accumulate, s);
 }
 
 }  // namespace ptool::cuda

@@ -33,27 +33,25 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c0)[4],
   a[3] = pack_bf16(c1[2], c1[3]);
 }
 
-// Rows [0, valid) of a global fp32 tile (row stride rs floats, HD columns) -> bf16 shared [ROWS][HD + 8],
-// rows past `valid` zero. vec: 16-byte global loads (16-byte aligned base pointers, decided by the launcher).
+// Rows [0, valid) of a global bf16 tile (row stride rs elements, HD columns) -> shared [ROWS][HD + 8], rows past
+// `valid` zero. 16-byte copies: the launchers require 16-byte aligned base pointers, and HD, rs and every head
+// offset are multiples of 8 elements.
 template <int HD, int ROWS>
-__device__ __forceinline__ void stage(bf16_bits* sm, const float* __restrict__ g, int64_t rs, int valid, bool vec) {
-  constexpr int kV = HD / 4;
+__device__ __forceinline__ void stage(bf16_bits* sm, const bf16_bits* __restrict__ g, int64_t rs, int valid) {
+  constexpr int kV = HD / 8;
   for (int idx = threadIdx.x; idx < ROWS * kV; idx += kThreads) {
-    const int r = idx / kV, c = (idx % kV) * 4;
-    float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (r < valid) {
-      const float* src = g + r * rs + c;
-      if (vec) {
-        x = __ldg(reinterpret_cast<const float4*>(src));
-      } else {
-        x.x = __ldg(src);
-        x.y = __ldg(src + 1);
-        x.z = __ldg(src + 2);
-        x.w = __ldg(src + 3);
-      }
-    }
-    *reinterpret_cast<uint2*>(sm + r * kStride<HD> + c) = make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
+    const int r = idx / kV, c = (idx % kV) * 8;
+    uint4 x = make_uint4(0u, 0u, 0u, 0u);
+    if (r < valid) x = __ldg(reinterpret_cast<const uint4*>(g + r * rs + c));
+    *reinterpret_cast<uint4*>(sm + r * kStride<HD> + c) = x;
   }
+}
+
+__device__ __forceinline__ float bits_to_float(bf16_bits b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
 }
 
 __device__ __forceinline__ float quad_max(float v) {
@@ -125,9 +123,9 @@ inline LaunchShape dot_shape(int64_t rows) {  // one warp per row, grid-stride b
 // ---- forward ------------------------------------------------------------------------------------------------
 
 template <int HD>
-__global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const float* __restrict__ q, const float* __restrict__ k,
-                                                             const float* __restrict__ v, float* __restrict__ out,
-                                                             float* __restrict__ lse, int T, int H, int Hkv, bool vec,
+__global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const bf16_bits* __restrict__ q, const bf16_bits* __restrict__ k,
+                                                             const bf16_bits* __restrict__ v, float* __restrict__ out,
+                                                             float* __restrict__ lse, int T, int H, int Hkv,
                                                              float scale_log2) {
   constexpr int S = kStride<HD>, KC = HD / 16, DN = HD / 8, NT = kKeyTile / 8, MT = kFwdMt<HD>;
   constexpr int ROWS = kFwdRows<HD>, WROWS = 16 * MT;  // query rows per CTA and per warp
@@ -143,7 +141,7 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const float* __rest
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int64_t qs = static_cast<int64_t>(H) * HD, ks = static_cast<int64_t>(Hkv) * HD;
   stage<HD, ROWS>(Qs, q + (static_cast<int64_t>(b) * T + q0) * qs + static_cast<int64_t>(h) * HD, qs,
-                  min(ROWS, T - q0), vec);
+                  min(ROWS, T - q0));
   __syncthreads();
   // The warp owns rows [wrow0, wrow0 + WROWS); m-tile mt holds rows wrow0 + 16 mt + g and + 8 of this thread.
   const int wrow0 = q0 + warp * WROWS;
@@ -168,8 +166,8 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const float* __rest
     const int k0 = kt * kKeyTile;
     __syncthreads();  // the previous tile's Ks, Vs are consumed
     const int64_t koff = (static_cast<int64_t>(b) * T + k0) * ks + static_cast<int64_t>(kvh) * HD;
-    stage<HD, kKeyTile>(Ks, k + koff, ks, min(kKeyTile, T - k0), vec);
-    stage<HD, kKeyTile>(Vs, v + koff, ks, min(kKeyTile, T - k0), vec);
+    stage<HD, kKeyTile>(Ks, k + koff, ks, min(kKeyTile, T - k0));
+    stage<HD, kKeyTile>(Vs, v + koff, ks, min(kKeyTile, T - k0));
     __syncthreads();
     if (k0 > wrow0 + WROWS - 1) continue;  // every key of the tile is past every row of this warp
 
@@ -268,18 +266,18 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const float* __rest
 
 // ---- backward -----------------------------------------------------------------------------------------------
 
-// Dv[(b * H + h) * T + t] = sum_d bf16(dO[b, t, h, d]) * O[b, t, h, d]; one warp per (b, t, h) row.
-__global__ void __launch_bounds__(kDotThreads) flash_bwd_dot_kernel(const float* __restrict__ dout,
+// Dv[(b * H + h) * T + t] = sum_d dO[b, t, h, d] * O[b, t, h, d] (dO in bf16); one warp per (b, t, h) row.
+__global__ void __launch_bounds__(kDotThreads) flash_bwd_dot_kernel(const bf16_bits* __restrict__ dout,
                                                             const float* __restrict__ out, int64_t rows, int T, int H,
                                                             int hd, float* __restrict__ Dv) {
   const int lane = threadIdx.x & 31;
   const int64_t nwarps = static_cast<int64_t>(gridDim.x) * (blockDim.x >> 5);
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5); row < rows;
        row += nwarps) {
-    const float* a = dout + row * hd;
+    const bf16_bits* a = dout + row * hd;
     const float* c = out + row * hd;
     float s = 0.f;
-    for (int d = lane; d < hd; d += 32) s = fmaf(__bfloat162float(__float2bfloat16_rn(a[d])), c[d], s);
+    for (int d = lane; d < hd; d += 32) s = fmaf(bits_to_float(a[d]), c[d], s);
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     if (lane == 0) {
       const int64_t h = row % H, bt = row / H;
@@ -291,9 +289,9 @@ __global__ void __launch_bounds__(kDotThreads) flash_bwd_dot_kernel(const float*
 
 template <int HD>
 __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_kernel(
-    const float* __restrict__ dout, const float* __restrict__ q, const float* __restrict__ k,
-    const float* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ Dv, int T, int H, int Hkv,
-    bool vec, float scale, float scale_log2, float* dk, float* dv, bool accumulate) {
+    const bf16_bits* __restrict__ dout, const bf16_bits* __restrict__ q, const bf16_bits* __restrict__ k,
+    const bf16_bits* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ Dv, int T, int H, int Hkv,
+    float scale, float scale_log2, float* dk, float* dv, bool accumulate) {
   constexpr int BQ = kDkdvQ<HD>;
   constexpr int S = kStride<HD>, KC = HD / 16, DN = HD / 8, QN = BQ / 8;
   PTOOL_FLASH_SMEM(smem_dkdv);
@@ -310,8 +308,8 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_kernel(
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int64_t qs = static_cast<int64_t>(H) * HD, ks = static_cast<int64_t>(Hkv) * HD;
   const int64_t koff = (static_cast<int64_t>(b) * T + k0) * ks + static_cast<int64_t>(kvh) * HD;
-  stage<HD, kKeyTile>(Ks, k + koff, ks, min(kKeyTile, T - k0), vec);
-  stage<HD, kKeyTile>(Vs, v + koff, ks, min(kKeyTile, T - k0), vec);
+  stage<HD, kKeyTile>(Ks, k + koff, ks, min(kKeyTile, T - k0));
+  stage<HD, kKeyTile>(Vs, v + koff, ks, min(kKeyTile, T - k0));
 
   float dka[DN][4], dva[DN][4];
 #pragma unroll
@@ -328,8 +326,8 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_kernel(
       const int qvalid = min(BQ, T - q0);
       __syncthreads();  // the previous tile's Qs, dOs, lse_s, D_s are consumed (first time: Ks, Vs are staged)
       const int64_t qoff = (static_cast<int64_t>(b) * T + q0) * qs + static_cast<int64_t>(h) * HD;
-      stage<HD, BQ>(Qs, q + qoff, qs, qvalid, vec);
-      stage<HD, BQ>(dOs, dout + qoff, qs, qvalid, vec);
+      stage<HD, BQ>(Qs, q + qoff, qs, qvalid);
+      stage<HD, BQ>(dOs, dout + qoff, qs, qvalid);
       if (threadIdx.x < BQ) {
         const int i = threadIdx.x;
         const int64_t li = (static_cast<int64_t>(b) * H + h) * T + q0 + i;
@@ -412,9 +410,9 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_kernel(
 
 template <int HD>
 __global__ void __launch_bounds__(kThreads) flash_bwd_dq_kernel(
-    const float* __restrict__ dout, const float* __restrict__ q, const float* __restrict__ k,
-    const float* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ Dv, int T, int H, int Hkv,
-    bool vec, float scale, float scale_log2, float* dq, bool accumulate) {
+    const bf16_bits* __restrict__ dout, const bf16_bits* __restrict__ q, const bf16_bits* __restrict__ k,
+    const bf16_bits* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ Dv, int T, int H, int Hkv,
+    float scale, float scale_log2, float* dq, bool accumulate) {
   constexpr int S = kStride<HD>, KC = HD / 16, DN = HD / 8, NT = kKeyTile / 8, MT = kDqMt<HD>;
   constexpr int ROWS = kDqRows<HD>, WROWS = 16 * MT;  // query rows per CTA and per warp
   PTOOL_FLASH_SMEM(smem_dq);
@@ -430,8 +428,8 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dq_kernel(
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int64_t qs = static_cast<int64_t>(H) * HD, ks = static_cast<int64_t>(Hkv) * HD;
   const int64_t qoff = (static_cast<int64_t>(b) * T + q0) * qs + static_cast<int64_t>(h) * HD;
-  stage<HD, ROWS>(Qs, q + qoff, qs, min(ROWS, T - q0), vec);
-  stage<HD, ROWS>(dOs, dout + qoff, qs, min(ROWS, T - q0), vec);
+  stage<HD, ROWS>(Qs, q + qoff, qs, min(ROWS, T - q0));
+  stage<HD, ROWS>(dOs, dout + qoff, qs, min(ROWS, T - q0));
 
   // The warp owns rows [wrow0, wrow0 + WROWS); m-tile mt holds rows wrow0 + 16 mt + g and + 8 of this thread.
   const int wrow0 = q0 + warp * WROWS;
@@ -456,8 +454,8 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dq_kernel(
     const int k0 = kt * kKeyTile;
     __syncthreads();  // the previous tile's Ks, Vs are consumed (first time: Qs, dOs are staged)
     const int64_t koff = (static_cast<int64_t>(b) * T + k0) * ks + static_cast<int64_t>(kvh) * HD;
-    stage<HD, kKeyTile>(Ks, k + koff, ks, min(kKeyTile, T - k0), vec);
-    stage<HD, kKeyTile>(Vs, v + koff, ks, min(kKeyTile, T - k0), vec);
+    stage<HD, kKeyTile>(Ks, k + koff, ks, min(kKeyTile, T - k0));
+    stage<HD, kKeyTile>(Vs, v + koff, ks, min(kKeyTile, T - k0));
     __syncthreads();
     if (k0 > wrow0 + WROWS - 1) continue;  // every key of the tile is past every row of this warp
 

@@ -79,6 +79,7 @@ struct Out {
     o.bf16 = static_cast<uint16_t*>(p);
     return o;
   }
+  const void* ptr() const { return f32 ? static_cast<const void*>(f32) : static_cast<const void*>(bf16); }
 };
 
 // ---- cuda_ops.cu --------------------------------------------------------------------------------------------
@@ -87,6 +88,8 @@ void launch_scale(float* y, float a, size_t n, cudaStream_t s);
 // y[i] = bf16 bits of x[i], rounded to nearest even (the GEMM operands of CudaGemmPrecision::bf16).
 void launch_to_bf16(const float* x, size_t n, uint16_t* y, cudaStream_t s);
 void launch_bf16_to_float(const uint16_t* x, size_t n, float* y, cudaStream_t s);
+// y[i] = x[i] rounded to bf16 and back (exact): what a bf16 operand buffer would hold, as fp32.
+void launch_round_bf16(const float* x, size_t n, float* y, cudaStream_t s);
 
 void launch_embedding_forward(const float* table, const int32_t* tokens, int64_t N, int64_t D, float* out,
                               cudaStream_t s);
@@ -127,7 +130,7 @@ void launch_rope_apply(float* x, int64_t B, int64_t Tn, int64_t H, int64_t hd, i
 // head rows; cos/sin tables as launch_rope_table's for Tn and rot. And its backward (Backend::qk_prep_backward).
 void launch_qk_prep_forward(const float* raw, int64_t rows, int64_t Tn, int64_t H, int64_t hd, int64_t rot,
                             bool norm, float eps, const float* cos_t, const float* sin_t, const float* gain,
-                            float* rstd, float* x, float* out, cudaStream_t s);
+                            float* rstd, Out x, Out out, cudaStream_t s);
 void launch_qk_prep_backward(float* d, const float* raw, const float* rstd, int64_t rows, int64_t Tn, int64_t H,
                              int64_t hd, int64_t rot, bool norm, const float* cos_t, const float* sin_t, float* draw,
                              cudaStream_t s);
@@ -156,8 +159,9 @@ void launch_resid_mix_backward(const float* dy, const float* x, const float* x0,
 
 // One block per row. losses_dev[n] gets each row's loss (double); *bad_row gets the smallest row whose target
 // is outside [0, V) (it must hold INT32_MAX before the launch; left unchanged when all targets are valid).
+// dz: empty for no gradient; fp32 (may alias z) or a bf16 operand buffer.
 void launch_softcap_cross_entropy(const float* z, const int32_t* targets, int64_t N, int64_t V, float cap,
-                                  double* losses_dev, int32_t* bad_row, float* dz, float grad_scale,
+                                  double* losses_dev, int32_t* bad_row, Out dz, float grad_scale,
                                   cudaStream_t s);
 
 // *acc += sum of x[0..n), in a fixed order (one block: strided per-thread sums, then a tree), so reruns agree.

@@ -120,6 +120,11 @@ struct Bf16ToFloatF {
   float* y;
   __device__ void operator()(int64_t i) const { y[i] = __bfloat162float(x[i]); }
 };
+struct RoundBf16F {  // y = x rounded to bf16 (nearest even), kept as fp32
+  const float* x;
+  float* y;
+  __device__ void operator()(int64_t i) const { y[i] = __bfloat162float(__float2bfloat16_rn(x[i])); }
+};
 struct ScaleF {
   float* y;
   float a;
@@ -386,7 +391,7 @@ __device__ __forceinline__ void rotate_pair(float& x1, float& x2, float c, float
 __global__ void __launch_bounds__(256) qk_prep_fwd_kernel(const float* raw, int64_t rows, int64_t Tn, int64_t H,
                                                           int64_t hd, int64_t half, bool norm, float eps,
                                                           const float* cos_t, const float* sin_t, const float* gain,
-                                                          float* rstd, float* x, float* out) {
+                                                          float* rstd, Out x, Out out) {
   const int lane = threadIdx.x & 31;
   const int64_t wpb = blockDim.x >> 5;
   const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
@@ -399,24 +404,24 @@ __global__ void __launch_bounds__(256) qk_prep_fwd_kernel(const float* raw, int6
     }
     const int64_t t = (row / H) % Tn;
     const float g = gain ? gain[row % H] : 1.f;
-    float* oo = gain ? out + row * hd : nullptr;
-    float* xo = gain && x == out ? nullptr : x + row * hd;  // out == x with a gain: only out is kept
+    const bool keep_x = !gain || x.f32 != out.f32 || x.bf16 != out.bf16;  // out == x with a gain: only out is kept
+    const int64_t o = row * hd;
     for (int64_t i = lane; i < half; i += 32) {
       float y1 = norm ? xr[i] * r : xr[i], y2 = norm ? xr[i + half] * r : xr[i + half];
       rotate_pair(y1, y2, cos_t[t * half + i], sin_t[t * half + i]);
-      if (xo) {
-        xo[i] = y1;
-        xo[i + half] = y2;
+      if (keep_x) {
+        put(x, o + i, y1);
+        put(x, o + i + half, y2);
       }
-      if (oo) {
-        oo[i] = g * y1;
-        oo[i + half] = g * y2;
+      if (gain) {
+        put(out, o + i, g * y1);
+        put(out, o + i + half, g * y2);
       }
     }
     for (int64_t d = 2 * half + lane; d < hd; d += 32) {  // dimensions past the rotary ones
       const float v = norm ? xr[d] * r : xr[d];
-      if (xo) xo[d] = v;
-      if (oo) oo[d] = g * v;
+      if (keep_x) put(x, o + d, v);
+      if (gain) put(out, o + d, g * v);
     }
   }
 }
@@ -673,7 +678,7 @@ __device__ __forceinline__ void ms_merge(float& m, float& s, float m2, float s2)
 
 template <int kT>
 __global__ void __launch_bounds__(kT) softcap_ce_kernel(const float* z, const int32_t* targets, int64_t N, int64_t V,
-                                                        float cap, double* losses, int32_t* bad_row, float* dz,
+                                                        float cap, double* losses, int32_t* bad_row, Out dz,
                                                         float gs) {
   constexpr int kW = kT / 32;
   __shared__ float sh_m[kW], sh_s[kW], sh_fin[2];
@@ -730,8 +735,7 @@ __global__ void __launch_bounds__(kT) softcap_ce_kernel(const float* z, const in
     const float lse = sh_fin[0] + logf(sh_fin[1]);
     if (threadIdx.x == 0) losses[row] = static_cast<double>(lse) - static_cast<double>(zy);
     // Pass 2: dz = gs * (softmax - onehot) * dcap/dz.
-    if (dz) {
-      float* dr = dz + row * V;
+    if (dz.f32 || dz.bf16) {
       for (int64_t j = threadIdx.x; j < V; j += kT) {
         const float v = zr[j];
         float t = 0.f, zc = v;
@@ -741,7 +745,7 @@ __global__ void __launch_bounds__(kT) softcap_ce_kernel(const float* z, const in
         }
         float g = expf(zc - lse) - (j == y ? 1.f : 0.f);
         if (capped) g *= 1.f - t * t;
-        dr[j] = gs * g;
+        put(dz, row * V + j, gs * g);
       }
     }
     __syncthreads();  // sh_* are reused by the next row
@@ -776,6 +780,10 @@ void launch_scale(float* y, float a, size_t n, cudaStream_t s) {
 
 void launch_bf16_to_float(const uint16_t* x, size_t n, float* y, cudaStream_t s) {
   launch_map(Bf16ToFloatF{reinterpret_cast<const __nv_bfloat16*>(x), y}, static_cast<int64_t>(n), s, "bf16_to_float");
+}
+
+void launch_round_bf16(const float* x, size_t n, float* y, cudaStream_t s) {
+  launch_map(RoundBf16F{x, y}, static_cast<int64_t>(n), s, "round_bf16");
 }
 
 void launch_to_bf16(const float* x, size_t n, uint16_t* y, cudaStream_t s) {
@@ -914,7 +922,7 @@ void launch_rope_apply(float* x, int64_t B, int64_t Tn, int64_t H, int64_t hd, i
 
 void launch_qk_prep_forward(const float* raw, int64_t rows, int64_t Tn, int64_t H, int64_t hd, int64_t rot,
                             bool norm, float eps, const float* cos_t, const float* sin_t, const float* gain,
-                            float* rstd, float* x, float* out, cudaStream_t s) {
+                            float* rstd, Out x, Out out, cudaStream_t s) {
   if (rows <= 0 || hd <= 0) return;
   PTOOL_LAUNCH(qk_prep_fwd_kernel, row_warps_grid(rows), 256, 0, s)(raw, rows, Tn, H, hd, rot / 2, norm, eps, cos_t,
                                                                      sin_t, gain, rstd, x, out);
@@ -987,7 +995,7 @@ void launch_resid_mix_backward(const float* dy, const float* x, const float* x0,
 }
 
 void launch_softcap_cross_entropy(const float* z, const int32_t* targets, int64_t N, int64_t V, float cap,
-                                  double* losses_dev, int32_t* bad_row, float* dz, float grad_scale,
+                                  double* losses_dev, int32_t* bad_row, Out dz, float grad_scale,
                                   cudaStream_t s) {
   if (N <= 0) return;
   const unsigned grid = static_cast<unsigned>(std::min<int64_t>(N, int64_t{1} << 20));

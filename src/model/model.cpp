@@ -80,9 +80,10 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
   const size_t N = static_cast<size_t>(B * Tn), D = cfg_.d_model, KV = cfg_.kv_dim(), Hd = cfg_.hidden(),
                H = cfg_.n_heads, Hkv = cfg_.n_kv_heads, V = cfg_.vocab_size;
   auto buf = [&](size_t n) { return DeviceBuffer<T>(be_, n); };
-  // GEMM inputs that nothing else reads are operand buffers (bf16 on the CUDA backend's bf16 mode): the pre-norm
-  // outputs when they come straight from an RMSNorm, the activation, the final norm, and the gradients that the
-  // backward hands only to a linear op as dy.
+  // Tensors that only GEMMs and attention read are operand buffers (bf16 in the CUDA backend's bf16 mode): the
+  // pre-norm outputs when they come straight from an RMSNorm, attention's q, k, v, the activation, the final norm,
+  // and the gradients that the backward hands only to a linear op as dy or to attention as dout (the logits'
+  // gradient among them).
   auto operand = [&](size_t n) { return DeviceBuffer<T>(be_, n, Storage::operand); };
   const bool plain_norms = plain_pre_norms();
   acts_.clear();
@@ -94,7 +95,7 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
     a.h1 = plain_norms ? operand(N * D) : buf(N * D); a.rstd1 = buf(N);
     if (cfg_.norm_scale) { a.n1 = buf(N * D); a.n2 = buf(N * D); }
     a.q_raw = buf(N * D); a.rstd_q = buf(N * H); a.k_raw = buf(N * KV); a.rstd_k = buf(N * Hkv);
-    a.q_rot = buf(N * D); a.q = buf(N * D); a.k = buf(N * KV); a.v = buf(N * KV); a.att = buf(N * D);
+    a.q_rot = buf(N * D); a.q = operand(N * D); a.k = operand(N * KV); a.v = operand(N * KV); a.att = buf(N * D);
     a.lse = buf(N * H); a.o = buf(N * D); a.x1 = buf(N * D); a.h2 = plain_norms ? operand(N * D) : buf(N * D);
     a.rstd2 = buf(N); a.u = buf(N * Hd); a.a = operand(N * Hd); a.m = buf(N * D); a.x_out = buf(N * D);
   }
@@ -102,9 +103,9 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
   logits_ = buf(N * V);
   if (train) {
     g_tmp_ = buf(N * D);
-    dlogits_ = buf(N * V);
+    dlogits_ = operand(N * V);
     g_x_ = buf(N * D); g_x0_ = buf(N * D); g_h_ = buf(N * D); g_q_ = buf(N * D); g_k_ = buf(N * KV);
-    g_kraw_ = buf(N * KV); g_v_ = buf(N * KV); g_att_ = buf(N * D); g_o_ = operand(N * D); g_u_ = operand(N * Hd);
+    g_kraw_ = buf(N * KV); g_v_ = buf(N * KV); g_att_ = operand(N * D); g_o_ = operand(N * D); g_u_ = operand(N * Hd);
     g_a_ = buf(N * Hd); g_m_ = operand(N * D); g_final_ = buf(N * D);
     g_skip_.clear();
     for (int64_t i = 0; i < cfg_.encoder_layers(); ++i) g_skip_.push_back(buf(N * D));

@@ -37,13 +37,16 @@ class Backend {
   virtual void add(T* y, const T* x, size_t n) = 0;     // y += x
   virtual void scale(T* y, T a, size_t n) = 0;          // y *= a
 
-  // Operand buffers: memory for a tensor that exists only to be a GEMM input (the x or dy of the linear ops), so
-  // a backend may keep it in its GEMM input precision (the CUDA backend's bf16 mode: bf16, half the bytes, and no
-  // conversion before every GEMM that reads it). Only ops that name it as an output may write it (a backend that
-  // cannot write one there throws), only linear ops may read it, and zero() may clear it; anything else reads its
-  // values through operand_values() (into plain memory). Released with release(). Default: plain memory.
+  // Operand buffers: memory for a tensor that exists only to be a GEMM or attention input (the x or dy of the
+  // linear ops; attention's q, k, v and dout), so a backend may keep it in the precision those ops round their
+  // inputs to (the CUDA backend's bf16 mode: bf16, half the bytes, and no conversion before every op that reads
+  // it). Only ops that name it as an output may write it (a backend that cannot write one there throws), only
+  // linear ops and attention may read it, and zero() may clear it; anything else reads its values through
+  // operand_values() (into plain memory) and stores them with store_operand(). Released with release().
+  // Default: plain memory.
   virtual T* alloc_operand(size_t n) { return alloc(n); }
   virtual void operand_values(const T* src, size_t n, T* dst) { copy(dst, src, n); }
+  virtual void store_operand(T* dst, const T* src, size_t n) { copy(dst, src, n); }
 
   // Model ops (see cpu_ops.h for the contracts).
   virtual void embedding_forward(const T* table, const int32_t* tokens, int64_t N, int64_t D, T* out) = 0;

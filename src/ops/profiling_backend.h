@@ -72,6 +72,9 @@ class ProfilingBackend final : public Backend<T> {
 
   T* alloc(size_t n) override { return in_.alloc(n); }
   T* alloc_operand(size_t n) override { return in_.alloc_operand(n); }
+  void store_operand(T* dst, const T* src, size_t n) override {
+    timed("store_operand", 2 * E * n, 0, [&] { in_.store_operand(dst, src, n); });
+  }
   void operand_values(const T* src, size_t n, T* dst) override {
     timed("operand_values", 2 * E * n, 0, [&] { in_.operand_values(src, n, dst); });
   }

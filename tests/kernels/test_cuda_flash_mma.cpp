@@ -24,6 +24,7 @@
 #include "tests/kernels/gpu_test_util.h"
 #include "kernels/cuda_flash_mma.h"
 #include "src/ops/backend.h"
+#include "src/train/muon.h"
 #include "tests/kernels/flash_test_util.h"
 
 using namespace ptool;
@@ -177,6 +178,7 @@ TEST_CASE("cuda flash: backward reruns are bit-identical", "[gpu][determinism]")
   }
 }
 
+// In bf16 mode the fp32 kernels read q, k, v rounded to bf16, as the flash kernels and operand buffers would.
 TEST_CASE("cuda flash: other head dims keep the fp32 kernels; the launchers refuse them", "[gpu]") {
   SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend<float>();
@@ -185,16 +187,24 @@ TEST_CASE("cuda flash: other head dims keep the fp32 kernels; the launchers refu
   const AttnShape s{1, 100, 4, 2, 32};
   const size_t nq = static_cast<size_t>(s.B * s.Tn * s.H * s.hd), nkv = static_cast<size_t>(s.B * s.Tn * s.Hkv * s.hd);
   const Vec q = rand_vec(rng, nq), k = rand_vec(rng, nkv), v = rand_vec(rng, nkv);
+  Vec qr = q, kr = k, vr = v;
+  for (Vec* x : {&qr, &kr, &vr})
+    for (float& f : *x) f = train::round_to_bf16(f);
   Vec out(nq), lse(static_cast<size_t>(s.B * s.H * s.Tn));
-  cpu->attention_forward(q.data(), k.data(), v.data(), s.B, s.Tn, s.H, s.Hkv, s.hd, out.data(), lse.data());
+  cpu->attention_forward(qr.data(), kr.data(), vr.data(), s.B, s.Tn, s.H, s.Hkv, s.hd, out.data(), lse.data());
   Dev gq(*g, q), gk(*g, k), gv(*g, v), gout(*g, Vec(nq)), glse(*g, Vec(lse.size()));
   g->attention_forward(gq.p(), gk.p(), gv.p(), s.B, s.Tn, s.H, s.Hkv, s.hd, gout.p(), glse.p());
-  // fp32 kernels: the 2e-5 bound of test_cuda_parity.cpp, far below bf16's error.
-  check_tol("hd 32 on cuda:bf16 (fp32 kernels) out" + shape_name(s), gout.get(), out, DVec(nq, 2e-5));
-  CHECK_THROWS_AS(cuda::launch_flash_mma_forward(gq.p(), gk.p(), gv.p(), 1, 2, 2, 2, 32, gout.p(), glse.p(), nullptr),
+  // fp32 kernels on the rounded inputs: the 2e-5 bound of test_cuda_parity.cpp, far below bf16's error.
+  check_tol("hd 32 on cuda:bf16 (fp32 kernels, bf16 q k v) out" + shape_name(s), gout.get(), out, DVec(nq, 2e-5));
+  const auto* bq = reinterpret_cast<const uint16_t*>(gq.p());  // any aligned bits: the shape is refused first
+  const auto* bk = reinterpret_cast<const uint16_t*>(gk.p());
+  const auto* bv = reinterpret_cast<const uint16_t*>(gv.p());
+  CHECK_THROWS_AS(cuda::launch_flash_mma_forward(bq, bk, bv, 1, 2, 2, 2, 32, gout.p(), glse.p(), nullptr),
                   std::invalid_argument);
-  CHECK_THROWS_AS(cuda::launch_flash_mma_forward(gq.p(), gk.p(), gv.p(), 1, 2, 3, 2, 64, gout.p(), glse.p(), nullptr),
+  CHECK_THROWS_AS(cuda::launch_flash_mma_forward(bq, bk, bv, 1, 2, 3, 2, 64, gout.p(), glse.p(), nullptr),
                   std::invalid_argument);
+  CHECK_THROWS_AS(cuda::launch_flash_mma_forward(bq + 1, bk, bv, 1, 2, 2, 2, 64, gout.p(), glse.p(), nullptr),
+                  std::invalid_argument);  // not 16-byte aligned
 }
 
 TEST_CASE("cuda flash: timing at the baseline shape (printed, not asserted)", "[gpu][timing]") {

@@ -94,6 +94,12 @@ Vec rand_vec(std::mt19937_64& rng, size_t n, float lo = -1.f, float hi = 1.f) {
   return v;
 }
 
+// Each element rounded to bf16 (nearest even): what a bf16 operand buffer holds.
+Vec bf16_rounded(Vec v) {
+  for (auto& f : v) f = train::round_to_bf16(f);
+  return v;
+}
+
 Vec rand_ints(std::mt19937_64& rng, size_t n, int lo, int hi) {
   std::uniform_int_distribution<int> u(lo, hi);
   Vec v(n);
@@ -1135,9 +1141,8 @@ TEST_CASE("cuda: bf16 operand buffers give the bf16 mode's results bit for bit",
     for (auto& [w, v] : seen_off) {
       const bool pre_norm = w.find("attn.c_") != std::string::npos || w.find("mlp.fc") != std::string::npos;
       const bool operand = w.find("attn.proj") == std::string::npos && (!pre_norm || plain_norms);
-      if (operand)
-        for (auto& f : v) f = train::round_to_bf16(f);
-      check_exact(name + " calibration input " + w + (operand ? " (bf16)" : ""), seen_on.at(w), v);
+      check_exact(name + " calibration input " + w + (operand ? " (bf16)" : ""), seen_on.at(w),
+                  operand ? bf16_rounded(v) : v);
     }
   }
 }
@@ -1191,36 +1196,32 @@ TEST_CASE("cuda: ops write bf16 operand buffers as the rounded fp32 result, and 
   Dev gx(*g, x), go(*g, o2), gs(*g, s), gdy(*g, dy), plain(*g, Vec(n)), y(*g, Vec(n)), rstd(*g, Vec(N)),
       vals(*g, Vec(n)), ds(*g, Vec(D));
   DeviceBuffer<float> opnd(*g, n, Storage::operand);
-  auto rounded = [](Vec v) {
-    for (auto& f : v) f = train::round_to_bf16(f);
-    return v;
-  };
   auto values = [&] {
     g->operand_values(opnd.get(), n, vals.p());
     return vals.get();
   };
   g->rmsnorm_forward(gx.p(), N, D, eps, plain.p(), rstd.p());
   g->rmsnorm_forward(gx.p(), N, D, eps, opnd.get(), rstd.p());
-  check_exact("rmsnorm_forward into an operand buffer", values(), rounded(plain.get()));
+  check_exact("rmsnorm_forward into an operand buffer", values(), bf16_rounded(plain.get()));
   g->scaled_residual_rmsnorm_forward(gx.p(), go.p(), gs.p(), N, D, eps, y.p(), plain.p(), rstd.p());
   g->scaled_residual_rmsnorm_forward(gx.p(), go.p(), gs.p(), N, D, eps, y.p(), opnd.get(), rstd.p());
-  check_exact("scaled_residual_rmsnorm_forward h into an operand buffer", values(), rounded(plain.get()));
+  check_exact("scaled_residual_rmsnorm_forward h into an operand buffer", values(), bf16_rounded(plain.get()));
   for (auto act : {cpu::Activation::relu2, cpu::Activation::leaky_relu2}) {
     g->activation_forward(act, gx.p(), n, plain.p());
     g->activation_forward(act, gx.p(), n, opnd.get());
-    check_exact("activation_forward into an operand buffer", values(), rounded(plain.get()));
+    check_exact("activation_forward into an operand buffer", values(), bf16_rounded(plain.get()));
     g->activation_backward_set(act, gdy.p(), gx.p(), n, plain.p());
     g->activation_backward_set(act, gdy.p(), gx.p(), n, opnd.get());
-    check_exact("activation_backward_set into an operand buffer", values(), rounded(plain.get()));
+    check_exact("activation_backward_set into an operand buffer", values(), bf16_rounded(plain.get()));
   }
   const Vec mix = rand_vec(rng, 2 * D);
   Dev gmix(*g, mix), gy2(*g, Vec(n));
   g->resid_mix_rmsnorm_forward(gx.p(), go.p(), gmix.p(), N, D, eps, gy2.p(), plain.p(), rstd.p());
   g->resid_mix_rmsnorm_forward(gx.p(), go.p(), gmix.p(), N, D, eps, gy2.p(), opnd.get(), rstd.p());
-  check_exact("resid_mix_rmsnorm_forward h into an operand buffer", values(), rounded(plain.get()));
+  check_exact("resid_mix_rmsnorm_forward h into an operand buffer", values(), bf16_rounded(plain.get()));
   g->channel_scale_backward_set_dx(gdy.p(), gx.p(), gs.p(), N, D, plain.p(), ds.p());
   g->channel_scale_backward_set_dx(gdy.p(), gx.p(), gs.p(), N, D, opnd.get(), ds.p());
-  check_exact("channel_scale_backward_set_dx into an operand buffer", values(), rounded(plain.get()));
+  check_exact("channel_scale_backward_set_dx into an operand buffer", values(), bf16_rounded(plain.get()));
   g->zero(opnd.get(), n);
   check_exact("zero of an operand buffer", values(), Vec(n, 0.f));
 
@@ -1245,6 +1246,110 @@ TEST_CASE("cuda: ops write bf16 operand buffers as the rounded fp32 result, and 
   Vec back(4);
   t->download(back.data(), p32.get(), 4);
   CHECK(back == four);
+}
+
+// The same for the GEMMs with a bf16 D (y, dx), q/k preparation and the logits' gradient; store_operand rounds.
+TEST_CASE("cuda: GEMMs, q/k preparation and cross-entropy write operand buffers as the rounded fp32 result", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  CudaBackendOptions o;
+  o.gemm = CudaGemmPrecision::bf16;
+  auto g = make_cuda_backend(o);
+  std::mt19937_64 rng(53);
+  auto values = [&](const float* op, size_t n) {
+    Dev out(*g, Vec(n));
+    g->operand_values(op, n, out.p());
+    return out.get();
+  };
+  const int64_t N = 37, K = 96, M = 80;
+  const Vec x = rand_vec(rng, N * K), W = rand_vec(rng, M * K), dy = rand_vec(rng, N * M);
+  Dev gx(*g, x), gW(*g, W), gdy(*g, dy), plain(*g, Vec(N * M)), plain_dx(*g, Vec(N * K));
+  DeviceBuffer<float> y_op(*g, N * M, Storage::operand), dx_op(*g, N * K, Storage::operand);
+  g->linear_forward(gx.p(), gW.p(), N, K, M, plain.p());
+  g->linear_forward(gx.p(), gW.p(), N, K, M, y_op.get());
+  check_exact("linear_forward into an operand buffer", values(y_op.get(), N * M), bf16_rounded(plain.get()));
+  const Backend<float>::LinearOut outs[] = {{gW.p(), M, y_op.get()}};
+  g->zero(y_op.get(), N * M);
+  g->linear_forward_shared(gx.p(), N, K, outs);
+  check_exact("linear_forward_shared into an operand buffer", values(y_op.get(), N * M), bf16_rounded(plain.get()));
+  g->linear_backward_set_dx(gdy.p(), gx.p(), gW.p(), N, K, M, plain_dx.p(), nullptr);
+  g->linear_backward_set_dx(gdy.p(), gx.p(), gW.p(), N, K, M, dx_op.get(), nullptr);
+  check_exact("linear_backward_set_dx into an operand buffer", values(dx_op.get(), N * K), bf16_rounded(plain_dx.get()));
+  CHECK_THROWS_AS(g->linear_backward(gdy.p(), gx.p(), gW.p(), N, K, M, dx_op.get(), nullptr), std::invalid_argument);
+
+  // q/k preparation: the training form (x plain, out an operand), the forward-only form (x == out) and no gain.
+  const int64_t B = 2, Tn = 9, H = 3, hd = 32, rows = B * Tn * H, n = rows * hd;
+  const Vec raw = rand_vec(rng, n, -2.f, 2.f), gain = rand_vec(rng, H, 0.5f, 2.f);
+  Dev graw(*g, raw), ggain(*g, gain), rstd(*g, Vec(rows)), xp(*g, Vec(n)), outp(*g, Vec(n)), xq(*g, Vec(n));
+  DeviceBuffer<float> q_op(*g, n, Storage::operand);
+  g->qk_prep_forward(graw.p(), B, Tn, H, hd, 16, 10000.0, true, 1e-6f, ggain.p(), rstd.p(), xp.p(), outp.p());
+  g->qk_prep_forward(graw.p(), B, Tn, H, hd, 16, 10000.0, true, 1e-6f, ggain.p(), rstd.p(), xq.p(), q_op.get());
+  check_exact("qk_prep_forward x beside an operand out", xq.get(), xp.get());
+  check_exact("qk_prep_forward out into an operand buffer", values(q_op.get(), n), bf16_rounded(outp.get()));
+  g->zero(q_op.get(), n);
+  g->qk_prep_forward(graw.p(), B, Tn, H, hd, 16, 10000.0, true, 1e-6f, ggain.p(), rstd.p(), q_op.get(), q_op.get());
+  check_exact("qk_prep_forward in place (x == out) into an operand buffer", values(q_op.get(), n),
+              bf16_rounded(outp.get()));
+  g->qk_prep_forward(graw.p(), B, Tn, H, hd, 16, 10000.0, true, 1e-6f, nullptr, rstd.p(), xp.p(), xp.p());
+  g->qk_prep_forward(graw.p(), B, Tn, H, hd, 16, 10000.0, true, 1e-6f, nullptr, rstd.p(), q_op.get(), q_op.get());
+  check_exact("qk_prep_forward without a gain into an operand buffer", values(q_op.get(), n), bf16_rounded(xp.get()));
+
+  // Cross-entropy's dz, in both forms.
+  const int64_t R = 29, V = 300;
+  const Vec z = rand_vec(rng, R * V, -20.f, 20.f);
+  std::vector<int32_t> tgt(static_cast<size_t>(R));
+  for (auto& t : tgt) t = static_cast<int32_t>(rand_int(rng, 0, V - 1));
+  Dev gz(*g, z), dz(*g, Vec(R * V));
+  DevIdx gt(*g, tgt);
+  DeviceBuffer<float> dz_op(*g, R * V, Storage::operand);
+  const double want = g->softcap_cross_entropy(gz.p(), gt.p(), R, V, 15.f, nullptr, dz.p(), 0.5f);
+  CHECK(g->softcap_cross_entropy(gz.p(), gt.p(), R, V, 15.f, nullptr, dz_op.get(), 0.5f) == want);
+  check_exact("softcap_cross_entropy dz into an operand buffer", values(dz_op.get(), R * V), bf16_rounded(dz.get()));
+  g->zero(dz_op.get(), R * V);
+  g->softcap_cross_entropy_accumulate(gz.p(), gt.p(), R, V, 15.f, dz_op.get(), 0.5f);
+  g->take_loss_sum();
+  check_exact("softcap_cross_entropy_accumulate dz into an operand buffer", values(dz_op.get(), R * V),
+              bf16_rounded(dz.get()));
+
+  // store_operand rounds to nearest even; off bf16 mode it copies.
+  g->store_operand(dz_op.get(), gz.p(), R * V);
+  check_exact("store_operand", values(dz_op.get(), R * V), bf16_rounded(z));
+  CHECK_THROWS_AS(g->store_operand(plain.p(), dz_op.get(), 4), std::invalid_argument);
+}
+
+// Attention reads q, k, v and dout from operand buffers as it reads them from fp32 memory, in bf16 mode with the
+// flash kernels (hd 64) and with the fp32 kernels (hd 32): both round those inputs to bf16.
+TEST_CASE("cuda: attention gives the same results from operand buffers as from fp32 inputs", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  CudaBackendOptions o;
+  o.gemm = CudaGemmPrecision::bf16;
+  auto g = make_cuda_backend(o);
+  std::mt19937_64 rng(59);
+  for (const AttnShape& s : {AttnShape{2, 70, 4, 2, 64}, AttnShape{1, 50, 2, 1, 32}}) {
+    const std::string shape = " hd=" + std::to_string(s.hd);
+    const size_t nq = static_cast<size_t>(s.B * s.Tn * s.H * s.hd), nkv = static_cast<size_t>(s.B * s.Tn * s.Hkv * s.hd);
+    const Vec q = rand_vec(rng, nq), k = rand_vec(rng, nkv), v = rand_vec(rng, nkv), dout = rand_vec(rng, nq);
+    Dev gq(*g, q), gk(*g, k), gv(*g, v), gdout(*g, dout), out(*g, Vec(nq)), lse(*g, Vec(s.B * s.H * s.Tn));
+    DeviceBuffer<float> oq(*g, nq, Storage::operand), ok(*g, nkv, Storage::operand), ov(*g, nkv, Storage::operand),
+        odout(*g, nq, Storage::operand);
+    g->store_operand(oq.get(), gq.p(), nq);
+    g->store_operand(ok.get(), gk.p(), nkv);
+    g->store_operand(ov.get(), gv.p(), nkv);
+    g->store_operand(odout.get(), gdout.p(), nq);
+    Dev out_op(*g, Vec(nq)), lse_op(*g, Vec(s.B * s.H * s.Tn));
+    g->attention_forward(gq.p(), gk.p(), gv.p(), s.B, s.Tn, s.H, s.Hkv, s.hd, out.p(), lse.p());
+    g->attention_forward(oq.get(), ok.get(), ov.get(), s.B, s.Tn, s.H, s.Hkv, s.hd, out_op.p(), lse_op.p());
+    check_exact("attention_forward out from operand buffers" + shape, out_op.get(), out.get());
+    check_exact("attention_forward lse from operand buffers" + shape, lse_op.get(), lse.get());
+    Dev dq(*g, Vec(nq)), dk(*g, Vec(nkv)), dv(*g, Vec(nkv)), dq_op(*g, Vec(nq)), dk_op(*g, Vec(nkv)),
+        dv_op(*g, Vec(nkv));
+    g->attention_backward_set(gdout.p(), gq.p(), gk.p(), gv.p(), out.p(), lse.p(), s.B, s.Tn, s.H, s.Hkv, s.hd, dq.p(),
+                              dk.p(), dv.p());
+    g->attention_backward_set(odout.get(), oq.get(), ok.get(), ov.get(), out.p(), lse.p(), s.B, s.Tn, s.H, s.Hkv,
+                              s.hd, dq_op.p(), dk_op.p(), dv_op.p());
+    check_exact("attention_backward_set dq from operand buffers" + shape, dq_op.get(), dq.get());
+    check_exact("attention_backward_set dk from operand buffers" + shape, dk_op.get(), dk.get());
+    check_exact("attention_backward_set dv from operand buffers" + shape, dv_op.get(), dv.get());
+  }
 }
 
 TEST_CASE("cuda: deterministic mode gives bit-identical repeat runs", "[gpu][determinism]") {
