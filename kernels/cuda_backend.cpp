@@ -410,36 +410,41 @@ class CudaBackend final : public Backend<float> {
   }
   void qk_prep_backward(float* d, const float* raw, const float* rstd, int64_t B, int64_t Tn, int64_t H, int64_t hd,
                         int64_t rot, double base, bool norm, float* draw) override {
-    require_plain("qk_prep_backward", {d, raw, rstd, draw});
+    require_plain("qk_prep_backward", {d, raw, rstd});
     const RopeTable* t = rope_table("qk_prep_backward", Tn, hd, rot, base);
     cuda::launch_qk_prep_backward(d, raw, rstd, B * Tn * H, Tn, H, hd, t ? rot : 0, norm, t ? t->cos_t : nullptr,
-                                  t ? t->sin_t : nullptr, draw, stream_);
+                                  t ? t->sin_t : nullptr, out_of(draw), stream_);
   }
-  // bf16 GEMM precision: the tensor-core flash kernels, which read q, k, v and dO in bf16 (operand buffers as they
-  // are, the rest rounded into conv_ws_); else the fp32 kernels, which in bf16 mode read the same bf16 values
-  // (widened or rounded into conv_ws_), so that operand buffers never change a result.
+  // bf16 GEMM precision: the tensor-core flash kernels, which read q, k, v, dO and (backward) out in bf16 (operand
+  // buffers as they are, the rest rounded into conv_ws_) and may write out into an operand buffer; else the fp32
+  // kernels, which in bf16 mode read the same bf16 values (widened or rounded into conv_ws_) and write an operand
+  // out through an fp32 copy, so that operand buffers never change a result.
   void attention_forward(const float* q, const float* k, const float* v, int64_t B, int64_t Tn, int64_t H,
                          int64_t Hkv, int64_t hd, float* out, float* lse) override {
-    require_plain("attention_forward", {out, lse});
+    require_plain("attention_forward", {lse});
     const int64_t nq = elements(B, Tn, H, hd), nkv = elements(B, Tn, Hkv, hd);
     if (opt_.gemm == CudaGemmPrecision::bf16 && cuda::flash_mma_supports(hd)) {
       const auto in = operands({q, k, v}, {nq, nkv, nkv});
-      cuda::launch_flash_mma_forward(bits(in[0]), bits(in[1]), bits(in[2]), B, Tn, H, Hkv, hd, out, lse, stream_);
-    } else {
-      const auto in = attention_fp32_inputs({q, k, v}, {nq, nkv, nkv});
-      cuda::launch_attention_forward(in[0], in[1], in[2], B, Tn, H, Hkv, hd, out, lse, stream_);
+      cuda::launch_flash_mma_forward(bits(in[0]), bits(in[1]), bits(in[2]), B, Tn, H, Hkv, hd, out_of(out), lse,
+                                     stream_);
+      return;
     }
+    const bool op_out = is_operand(out);
+    auto in = attention_fp32_inputs({q, k, v, nullptr}, {nq, nkv, nkv, op_out ? nq : 0});
+    float* o = op_out ? const_cast<float*>(in[3]) : out;  // the fp32 scratch carved for it
+    cuda::launch_attention_forward(in[0], in[1], in[2], B, Tn, H, Hkv, hd, o, lse, stream_);
+    if (op_out) cuda::launch_to_bf16(o, static_cast<size_t>(nq), reinterpret_cast<uint16_t*>(out), stream_);
   }
   void attention_backward(const float* dout, const float* q, const float* k, const float* v, const float* out,
                           const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, float* dq,
                           float* dk, float* dv) override {
-    require_plain("attention_backward", {out, lse, dq, dk, dv});
+    require_plain("attention_backward", {lse, dq, dk, dv});
     attention_backward_impl(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv, true);
   }
   void attention_backward_set(const float* dout, const float* q, const float* k, const float* v, const float* out,
                               const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, float* dq,
                               float* dk, float* dv) override {
-    require_plain("attention_backward_set", {out, lse, dq, dk, dv});
+    require_plain("attention_backward_set", {lse, dq, dk, dv});
     attention_backward_impl(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv, false);
   }
   void attention_backward_impl(const float* dout, const float* q, const float* k, const float* v, const float* out,
@@ -447,13 +452,13 @@ class CudaBackend final : public Backend<float> {
                                float* dk, float* dv, bool accumulate) {
     const int64_t nq = elements(B, Tn, H, hd), nkv = elements(B, Tn, Hkv, hd);
     if (opt_.gemm == CudaGemmPrecision::bf16 && cuda::flash_mma_supports(hd)) {
-      const auto in = operands({dout, q, k, v}, {nq, nq, nkv, nkv});
-      cuda::launch_flash_mma_backward(bits(in[0]), bits(in[1]), bits(in[2]), bits(in[3]), out, lse, B, Tn, H, Hkv, hd,
-                                      dq, dk, dv, accumulate, ws_, stream_);
+      const auto in = operands({dout, q, k, v, out}, {nq, nq, nkv, nkv, nq});
+      cuda::launch_flash_mma_backward(bits(in[0]), bits(in[1]), bits(in[2]), bits(in[3]), bits(in[4]), lse, B, Tn, H,
+                                      Hkv, hd, dq, dk, dv, accumulate, ws_, stream_);
     } else {
-      const auto in = attention_fp32_inputs({dout, q, k, v}, {nq, nq, nkv, nkv});
-      cuda::launch_attention_backward(in[0], in[1], in[2], in[3], out, lse, B, Tn, H, Hkv, hd, dq, dk, dv, accumulate,
-                                      ws_, stream_);
+      const auto in = attention_fp32_inputs({dout, q, k, v, out}, {nq, nq, nkv, nkv, nq});
+      cuda::launch_attention_backward(in[0], in[1], in[2], in[3], in[4], lse, B, Tn, H, Hkv, hd, dq, dk, dv,
+                                      accumulate, ws_, stream_);
     }
   }
   void activation_forward(cpu::Activation a, const float* h, int64_t n, float* out) override {
@@ -657,8 +662,8 @@ class CudaBackend final : public Backend<float> {
   }
 
   // The fp32 attention kernels' inputs in bf16 mode: operand buffers widened and plain tensors rounded to bf16,
-  // carved from conv_ws_ (the flash kernels' inputs, as fp32). Other modes have no operand buffers and round
-  // nothing: the pointers themselves.
+  // carved from conv_ws_ (the flash kernels' inputs, as fp32); a null input with n[i] > 0 gets n[i] floats of
+  // scratch. Other modes have no operand buffers and round nothing: the pointers themselves.
   std::vector<const float*> attention_fp32_inputs(const std::vector<const float*>& p, const std::vector<int64_t>& n) {
     std::vector<const float*> out(p.begin(), p.end());
     if (opt_.gemm != CudaGemmPrecision::bf16) return out;
@@ -668,7 +673,11 @@ class CudaBackend final : public Backend<float> {
     c.off = 0;
     for (size_t i = 0; i < p.size(); ++i) {
       float* f = c.take<float>(static_cast<size_t>(n[i]));
-      if (!p[i] || n[i] == 0) continue;
+      if (!p[i]) {
+        if (n[i] > 0) out[i] = f;
+        continue;
+      }
+      if (n[i] == 0) continue;
       if (is_operand(p[i]))
         cuda::launch_bf16_to_float(reinterpret_cast<const uint16_t*>(p[i]), static_cast<size_t>(n[i]), f, stream_);
       else

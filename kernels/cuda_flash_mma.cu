@@ -1,13 +1,13 @@
 // Causal GQA flash attention on the tensor cores: bf16 mma.sync.m16n8k16 with fp32 accumulation, the
 // FlashAttention-2 algorithm. Contract and layouts: kernels/cuda_flash_mma.h (those of cuda_attention.cu).
 //
-// Numerics. Q, K, V and dO arrive in bf16 (the backend's operand buffers, or its rounded copies of fp32
-// tensors) and are staged into shared memory as they are; out, lse and the gradients are fp32. S = Q K^T and
-// every other product accumulate in fp32. The online softmax runs in fp32 registers in base 2
-// (x = s * scale * log2 e), lse = (m + log2 l) ln 2 exactly as the fp32 kernels. P is rounded to bf16 for P V
-// (l sums the unrounded fp32 P, as FlashAttention does); dS likewise for dS K, dS^T Q. D = rowsum(dO * O) uses
-// the bf16 dO (the dO that dP = dO V^T sees), so that dP - D cancels consistently: with one visible key O = V
-// and dS is then zero up to fp32 summation order.
+// Numerics. Q, K, V, dO and the backward's O arrive in bf16 (the backend's operand buffers, or its rounded
+// copies of fp32 tensors) and are staged into shared memory as they are; the forward writes O in fp32 or in bf16
+// (an operand buffer); lse and the gradients are fp32. S = Q K^T and every other product accumulate in fp32. The
+// online softmax runs in fp32 registers in base 2 (x = s * scale * log2 e), lse = (m + log2 l) ln 2 exactly as
+// the fp32 kernels. P is rounded to bf16 for P V (l sums the unrounded fp32 P, as FlashAttention does); dS
+// likewise for dS K, dS^T Q. D = rowsum(dO * O) uses the bf16 dO (the dO that dP = dO V^T sees) and bf16 O, so
+// that dP - D cancels consistently: with one visible key O = V and dS is then zero up to fp32 summation order.
 //
 // Tiling. 4 warps (128 threads) per CTA; every warp owns whole 16-row m-tiles of the CTA's row tile (the M = 16
 // of the mma), so softmax statistics stay in the registers of one quad of lanes and need only two shuffles, and
@@ -119,14 +119,14 @@ void check_args(const char* op, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, i
 }
 
 template <int HD>
-void fwd_impl(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, int B, int T, int H, int Hkv, float* out,
+void fwd_impl(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, int B, int T, int H, int Hkv, Out out,
               float* lse, cudaStream_t s) {
   const LaunchShape ls = fwd_shape<HD>(B, T, H);
   PTOOL_CUDA_CHECK(cudaFuncSetAttribute(flash_fwd_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(ls.smem)));
   const float scale_log2 = static_cast<float>(1.0 / std::sqrt(static_cast<double>(HD))) * kLog2e;
   PTOOL_LAUNCH(flash_fwd_kernel<HD>, dim3(ls.gx, ls.gy, ls.gz), ls.threads, ls.smem, s)(
-      q, k, v, out, lse, T, H, Hkv, scale_log2);
+      q, k, v, out.f32, out.bf16, lse, T, H, Hkv, scale_log2);
   PTOOL_CUDA_LAUNCHED("flash_mma_forward", s);
 }
 
@@ -157,7 +157,7 @@ void bwd_impl(const bf16_bits* dout, const bf16_bits* q, const bf16_bits* k, con
 }  // namespace
 
 void launch_flash_mma_forward(const uint16_t* q, const uint16_t* k, const uint16_t* v, int64_t B, int64_t Tn,
-                              int64_t H, int64_t Hkv, int64_t hd, float* out, float* lse, cudaStream_t s) {
+                              int64_t H, int64_t Hkv, int64_t hd, Out out, float* lse, cudaStream_t s) {
   check_args("attention_forward", B, Tn, H, Hkv, hd);
   check_aligned("attention_forward", {q, k, v});
   if (B == 0 || Tn == 0) return;
@@ -169,11 +169,11 @@ void launch_flash_mma_forward(const uint16_t* q, const uint16_t* k, const uint16
 }
 
 void launch_flash_mma_backward(const uint16_t* dout, const uint16_t* q, const uint16_t* k, const uint16_t* v,
-                               const float* out, const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv,
+                               const uint16_t* out, const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv,
                                int64_t hd, float* dq_acc, float* dk_acc, float* dv_acc, bool accumulate, Workspace& ws,
                                cudaStream_t s) {
   check_args("attention_backward", B, Tn, H, Hkv, hd);
-  check_aligned("attention_backward", {dout, q, k, v});
+  check_aligned("attention_backward", {dout, q, k, v, out});
   if (!dq_acc && !dk_acc && !dv_acc) return;
   if (B == 0 || Tn == 0) return;
   const int b = static_cast<int>(B), t = static_cast<int>(Tn), h = static_cast<int>(H), hk = static_cast<int>(Hkv);

@@ -1,9 +1,9 @@
 // Internal to kernels/: tensor-core (bf16 mma.sync) flash attention, the CudaGemmPrecision::bf16 path of the
 // CUDA backend's attention_forward / attention_backward. Same contract, layouts and lse convention as the fp32
 // kernels of cuda_attention.cu (src/ops/cpu_ops.h): q [B, T, H, hd], k and v [B, T, Hkv, hd], out like q, lse
-// [B, H, T] natural log-sum-exp of the scaled scores, dq/dk/dv accumulated into (null skips). Q, K, V and dO
-// come in bf16 (bits, round to nearest even: the caller's bf16 operand buffers, or its rounded copies); out,
-// lse and the gradients are fp32. P and dS are rounded to bf16 for the tensor cores, accumulation is fp32, so
+// [B, H, T] natural log-sum-exp of the scaled scores, dq/dk/dv accumulated into (null skips). Q, K, V, dO and
+// the backward's out come in bf16 (bits, round to nearest even: the caller's bf16 operand buffers, or its rounded
+// copies); the forward's out is fp32 or a bf16 operand buffer; lse and the gradients are fp32. P and dS are rounded to bf16 for the tensor cores, accumulation is fp32, so
 // results differ from the fp32 kernels by ~1e-3 relative (see tests/kernels/test_cuda_flash_mma.cpp).
 // The backward is deterministic (no atomics): bit-identical reruns. Plain C++ header (no CUDA device types).
 #pragma once
@@ -19,11 +19,11 @@ namespace ptool::cuda {
 inline bool flash_mma_supports(int64_t hd) { return hd == 64 || hd == 128; }
 
 // Throw std::invalid_argument for bad shapes (H % Hkv != 0, ...), for head dims other than 64 and 128, and for
-// q, k, v or dout not 16-byte aligned. lse may be null in the forward (no backward follows).
+// q, k, v, dout or the backward's out not 16-byte aligned. lse may be null in the forward (no backward follows).
 void launch_flash_mma_forward(const uint16_t* q, const uint16_t* k, const uint16_t* v, int64_t B, int64_t Tn,
-                              int64_t H, int64_t Hkv, int64_t hd, float* out, float* lse, cudaStream_t s);
+                              int64_t H, int64_t Hkv, int64_t hd, Out out, float* lse, cudaStream_t s);
 void launch_flash_mma_backward(const uint16_t* dout, const uint16_t* q, const uint16_t* k, const uint16_t* v,
-                               const float* out, const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv,
+                               const uint16_t* out, const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv,
                                int64_t hd, float* dq_acc, float* dk_acc, float* dv_acc, bool accumulate, Workspace& ws,
                                cudaStream_t s);
 

@@ -125,7 +125,7 @@ inline LaunchShape dot_shape(int64_t rows) {  // one warp per row, grid-stride b
 template <int HD>
 __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const bf16_bits* __restrict__ q, const bf16_bits* __restrict__ k,
                                                              const bf16_bits* __restrict__ v, float* __restrict__ out,
-                                                             float* __restrict__ lse, int T, int H, int Hkv,
+                                                             bf16_bits* __restrict__ out_b, float* __restrict__ lse, int T, int H, int Hkv,
                                                              float scale_log2) {
   constexpr int S = kStride<HD>, KC = HD / 16, DN = HD / 8, NT = kKeyTile / 8, MT = kFwdMt<HD>;
   constexpr int ROWS = kFwdRows<HD>, WROWS = 16 * MT;  // query rows per CTA and per warp
@@ -254,11 +254,16 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const bf16_bits* __
       const float lr = quad_sum(l[mt][r]);
       if (row >= T) continue;
       const float inv = 1.f / lr;
-      float* orow = out + (static_cast<int64_t>(b) * T + row) * qs + static_cast<int64_t>(h) * HD;
+      const int64_t orow = (static_cast<int64_t>(b) * T + row) * qs + static_cast<int64_t>(h) * HD;
 #pragma unroll
       for (int n = 0; n < DN; ++n) {
-        orow[n * 8 + 2 * t] = o[mt][n][2 * r] * inv;
-        orow[n * 8 + 2 * t + 1] = o[mt][n][2 * r + 1] * inv;
+        const float o0 = o[mt][n][2 * r] * inv, o1 = o[mt][n][2 * r + 1] * inv;
+        if (out_b) {  // uniform: a bf16 operand buffer gets the pair rounded, in one 4-byte store
+          *reinterpret_cast<uint32_t*>(out_b + orow + n * 8 + 2 * t) = pack_bf16(o0, o1);
+        } else {
+          out[orow + n * 8 + 2 * t] = o0;
+          out[orow + n * 8 + 2 * t + 1] = o1;
+        }
       }
       if (lse && t == 0) lse[(static_cast<int64_t>(b) * H + h) * T + row] = (m[mt][r] + log2f(lr)) * kLn2;
     }
@@ -266,18 +271,18 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const bf16_bits* __
 
 // ---- backward -----------------------------------------------------------------------------------------------
 
-// Dv[(b * H + h) * T + t] = sum_d dO[b, t, h, d] * O[b, t, h, d] (dO in bf16); one warp per (b, t, h) row.
+// Dv[(b * H + h) * T + t] = sum_d dO[b, t, h, d] * O[b, t, h, d] (both in bf16); one warp per (b, t, h) row.
 __global__ void __launch_bounds__(kDotThreads) flash_bwd_dot_kernel(const bf16_bits* __restrict__ dout,
-                                                            const float* __restrict__ out, int64_t rows, int T, int H,
+                                                            const bf16_bits* __restrict__ out, int64_t rows, int T, int H,
                                                             int hd, float* __restrict__ Dv) {
   const int lane = threadIdx.x & 31;
   const int64_t nwarps = static_cast<int64_t>(gridDim.x) * (blockDim.x >> 5);
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5); row < rows;
        row += nwarps) {
     const bf16_bits* a = dout + row * hd;
-    const float* c = out + row * hd;
+    const bf16_bits* c = out + row * hd;
     float s = 0.f;
-    for (int d = lane; d < hd; d += 32) s = fmaf(bits_to_float(a[d]), c[d], s);
+    for (int d = lane; d < hd; d += 32) s = fmaf(bits_to_float(a[d]), bits_to_float(c[d]), s);
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     if (lane == 0) {
       const int64_t h = row % H, bt = row / H;

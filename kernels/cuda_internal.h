@@ -132,7 +132,7 @@ void launch_qk_prep_forward(const float* raw, int64_t rows, int64_t Tn, int64_t 
                             bool norm, float eps, const float* cos_t, const float* sin_t, const float* gain,
                             float* rstd, Out x, Out out, cudaStream_t s);
 void launch_qk_prep_backward(float* d, const float* raw, const float* rstd, int64_t rows, int64_t Tn, int64_t H,
-                             int64_t hd, int64_t rot, bool norm, const float* cos_t, const float* sin_t, float* draw,
+                             int64_t hd, int64_t rot, bool norm, const float* cos_t, const float* sin_t, Out draw,
                              cudaStream_t s);
 
 void launch_activation_forward(bool leaky, const float* h, int64_t n, Out out, cudaStream_t s);

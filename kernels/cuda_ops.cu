@@ -307,15 +307,19 @@ __device__ __forceinline__ float row_rstd(const float* xr, int64_t D, float eps,
 }
 
 // RMSNorm's backward of one row by one warp: o = r g - r^3 x mean(g x), added to o (accumulate) or stored.
+// The row's input gradient into o at [off, off + D): added (fp32 only) or written (fp32 or bf16).
 __device__ __forceinline__ void rmsnorm_bwd_row(const float* g, const float* xr, float r, int64_t D, int lane,
-                                                float* o, bool accumulate) {
+                                                Out o, int64_t off, bool accumulate) {
   double dot = 0.0;
   for (int64_t d = lane; d < D; d += 32) dot += static_cast<double>(g[d]) * static_cast<double>(xr[d]);
   dot = warp_sum_d(dot);
   const float c = static_cast<float>(static_cast<double>(r) * r * r * dot / static_cast<double>(D));
   for (int64_t d = lane; d < D; d += 32) {
     const float v = r * g[d] - c * xr[d];
-    o[d] = accumulate ? o[d] + v : v;
+    if (accumulate)
+      o.f32[off + d] += v;
+    else
+      put(o, off + d, v);
   }
 }
 
@@ -334,12 +338,12 @@ __global__ void __launch_bounds__(256) rmsnorm_fwd_kernel(const float* x, int64_
 }
 
 __global__ void __launch_bounds__(256) rmsnorm_bwd_kernel(const float* dout, const float* x, const float* rstd,
-                                                          int64_t N, int64_t D, float* dx) {
+                                                          int64_t N, int64_t D, Out dx) {
   const int lane = threadIdx.x & 31;
   const int64_t wpb = blockDim.x >> 5;
   const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
   for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < N; row += nwarps)
-    rmsnorm_bwd_row(dout + row * D, x + row * D, rstd[row], D, lane, dx + row * D, true);
+    rmsnorm_bwd_row(dout + row * D, x + row * D, rstd[row], D, lane, dx, row * D, true);
 }
 
 // A new residual-stream value from two inputs at channel d, rounded the same way wherever it is formed (the
@@ -430,7 +434,7 @@ __global__ void __launch_bounds__(256) qk_prep_fwd_kernel(const float* raw, int6
 // row and writes rmsnorm_bwd_kernel's dx into draw (overwriting it).
 __global__ void __launch_bounds__(256) qk_prep_bwd_kernel(float* d, const float* raw, const float* rstd, int64_t rows,
                                                           int64_t Tn, int64_t H, int64_t hd, int64_t half, bool norm,
-                                                          const float* cos_t, const float* sin_t, float* draw) {
+                                                          const float* cos_t, const float* sin_t, Out draw) {
   const int lane = threadIdx.x & 31;
   const int64_t wpb = blockDim.x >> 5;
   const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
@@ -441,7 +445,7 @@ __global__ void __launch_bounds__(256) qk_prep_bwd_kernel(float* d, const float*
       rotate_pair(dr[i], dr[i + half], cos_t[t * half + i], -sin_t[t * half + i]);
     if (!norm) continue;  // uniform across the warp
     __syncwarp();         // the row's rotated elements were written by other lanes
-    rmsnorm_bwd_row(dr, raw + row * hd, rstd[row], hd, lane, draw + row * hd, false);
+    rmsnorm_bwd_row(dr, raw + row * hd, rstd[row], hd, lane, draw, row * hd, false);
   }
 }
 
@@ -930,7 +934,7 @@ void launch_qk_prep_forward(const float* raw, int64_t rows, int64_t Tn, int64_t 
 }
 
 void launch_qk_prep_backward(float* d, const float* raw, const float* rstd, int64_t rows, int64_t Tn, int64_t H,
-                             int64_t hd, int64_t rot, bool norm, const float* cos_t, const float* sin_t, float* draw,
+                             int64_t hd, int64_t rot, bool norm, const float* cos_t, const float* sin_t, Out draw,
                              cudaStream_t s) {
   if (rows <= 0 || hd <= 0 || (rot == 0 && !norm)) return;
   PTOOL_LAUNCH(qk_prep_bwd_kernel, row_warps_grid(rows), 256, 0, s)(d, raw, rstd, rows, Tn, H, hd, rot / 2, norm,

@@ -81,9 +81,9 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
                H = cfg_.n_heads, Hkv = cfg_.n_kv_heads, V = cfg_.vocab_size;
   auto buf = [&](size_t n) { return DeviceBuffer<T>(be_, n); };
   // Tensors that only GEMMs and attention read are operand buffers (bf16 in the CUDA backend's bf16 mode): the
-  // pre-norm outputs when they come straight from an RMSNorm, attention's q, k, v, the activation, the final norm,
-  // and the gradients that the backward hands only to a linear op as dy or to attention as dout (the logits'
-  // gradient among them).
+  // pre-norm outputs when they come straight from an RMSNorm, attention's q, k, v and output, the activation, the
+  // final norm, and the gradients that the backward hands only to a linear op as dy or to attention as dout (the
+  // logits' gradient among them).
   auto operand = [&](size_t n) { return DeviceBuffer<T>(be_, n, Storage::operand); };
   const bool plain_norms = plain_pre_norms();
   acts_.clear();
@@ -95,7 +95,7 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
     a.h1 = plain_norms ? operand(N * D) : buf(N * D); a.rstd1 = buf(N);
     if (cfg_.norm_scale) { a.n1 = buf(N * D); a.n2 = buf(N * D); }
     a.q_raw = buf(N * D); a.rstd_q = buf(N * H); a.k_raw = buf(N * KV); a.rstd_k = buf(N * Hkv);
-    a.q_rot = buf(N * D); a.q = operand(N * D); a.k = operand(N * KV); a.v = operand(N * KV); a.att = buf(N * D);
+    a.q_rot = buf(N * D); a.q = operand(N * D); a.k = operand(N * KV); a.v = operand(N * KV); a.att = operand(N * D);
     a.lse = buf(N * H); a.o = buf(N * D); a.x1 = buf(N * D); a.h2 = plain_norms ? operand(N * D) : buf(N * D);
     a.rstd2 = buf(N); a.u = buf(N * Hd); a.a = operand(N * Hd); a.m = buf(N * D); a.x_out = buf(N * D);
   }
@@ -105,7 +105,8 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
     g_tmp_ = buf(N * D);
     dlogits_ = operand(N * V);
     g_x_ = buf(N * D); g_x0_ = buf(N * D); g_h_ = buf(N * D); g_q_ = buf(N * D); g_k_ = buf(N * KV);
-    g_kraw_ = buf(N * KV); g_v_ = buf(N * KV); g_att_ = operand(N * D); g_o_ = operand(N * D); g_u_ = operand(N * Hd);
+    g_v_ = buf(N * KV); g_att_ = operand(N * D); g_o_ = operand(N * D); g_u_ = operand(N * Hd);
+    if (cfg_.qk_norm) { g_qraw_ = operand(N * D); g_kraw_ = operand(N * KV); }  // qk_prep_backward's draw
     g_a_ = buf(N * Hd); g_m_ = operand(N * D); g_final_ = buf(N * D);
     g_skip_.clear();
     for (int64_t i = 0; i < cfg_.encoder_layers(); ++i) g_skip_.push_back(buf(N * D));
@@ -245,10 +246,10 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
   const double base = rope_base_at(Tn);
   const int64_t rot = cfg_.rotary_dims();
   be_.qk_prep_backward(g_tmp_.get(), a.q_raw.get(), a.rstd_q.get(), B, Tn, H, hd, rot, base, cfg_.qk_norm,
-                       g_q_.get());
+                       g_qraw_.get());
   be_.qk_prep_backward(g_k_.get(), a.k_raw.get(), a.rstd_k.get(), B, Tn, Hkv, hd, rot, base, cfg_.qk_norm,
                        g_kraw_.get());
-  T* gq_raw = cfg_.qk_norm ? g_q_.get() : g_tmp_.get();
+  T* gq_raw = cfg_.qk_norm ? g_qraw_.get() : g_tmp_.get();
   T* gk_raw = cfg_.qk_norm ? g_kraw_.get() : g_k_.get();
   const typename Backend<T>::LinearGrad qkv[] = {
       {gq_raw, P + w.c_q, D, G + w.c_q}, {gk_raw, P + w.c_k, KV, G + w.c_k}, {g_v_.get(), P + w.c_v, KV, G + w.c_v}};
@@ -370,7 +371,7 @@ void Model<T>::visit_linear_inputs(const LinearInputVisitor& f) const {
     f(p + "attn.c_q.weight", h1, N, D);
     f(p + "attn.c_k.weight", h1, N, D);
     f(p + "attn.c_v.weight", h1, N, D);
-    f(p + "attn.proj.weight", a.att.get(), N, D);
+    f(p + "attn.proj.weight", values(a.att, D, N), N, D);
     f(p + "mlp.fc.weight", values(a.h2, D, N), N, D);
     f(p + "mlp.proj.weight", values(a.a, Hd, N), N, Hd);
   }

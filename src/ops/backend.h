@@ -116,7 +116,8 @@ class Backend {
     if (gain) head_scale_forward(x, gain, B * Tn, H, hd, out);
   }
   // Its backward from d = d/dx (after the gain's head_scale_backward; d is overwritten): back through the rotation,
-  // and with norm through the norm into draw (overwritten, not accumulated). Without norm the gradient of raw is d.
+  // and with norm through the norm into draw (overwritten, not accumulated; it may be an operand buffer). Without
+  // norm the gradient of raw is d.
   virtual void qk_prep_backward(T* d, const T* raw, const T* rstd, int64_t B, int64_t Tn, int64_t H, int64_t hd,
                                 int64_t rot, double base, bool norm, T* draw) {
     rope_backward(d, B, Tn, H, hd, rot, base);

@@ -1134,13 +1134,13 @@ TEST_CASE("cuda: bf16 operand buffers give the bf16 mode's results bit for bit",
         (*run)[w] = h;
       });
     }
-    // Operand buffers: the pre-norm outputs when the norms are plain, the activation and the final norm; the
-    // attention output (proj's input) stays fp32.
+    // Operand buffers: the pre-norm outputs when the norms are plain, the attention output, the activation and
+    // the final norm.
     REQUIRE(seen_on.size() == seen_off.size());
     const bool plain_norms = !cfg.ln_scale && !cfg.norm_scale;
     for (auto& [w, v] : seen_off) {
       const bool pre_norm = w.find("attn.c_") != std::string::npos || w.find("mlp.fc") != std::string::npos;
-      const bool operand = w.find("attn.proj") == std::string::npos && (!pre_norm || plain_norms);
+      const bool operand = !pre_norm || plain_norms;
       check_exact(name + " calibration input " + w + (operand ? " (bf16)" : ""), seen_on.at(w),
                   operand ? bf16_rounded(v) : v);
     }
@@ -1248,7 +1248,8 @@ TEST_CASE("cuda: ops write bf16 operand buffers as the rounded fp32 result, and 
   CHECK(back == four);
 }
 
-// The same for the GEMMs with a bf16 D (y, dx), q/k preparation and the logits' gradient; store_operand rounds.
+// The same for the GEMMs with a bf16 D (y, dx), q/k preparation (forward and backward) and the logits' gradient;
+// store_operand rounds.
 TEST_CASE("cuda: GEMMs, q/k preparation and cross-entropy write operand buffers as the rounded fp32 result", "[gpu]") {
   SKIP_WITHOUT_GPU();
   CudaBackendOptions o;
@@ -1292,6 +1293,11 @@ TEST_CASE("cuda: GEMMs, q/k preparation and cross-entropy write operand buffers 
   g->qk_prep_forward(graw.p(), B, Tn, H, hd, 16, 10000.0, true, 1e-6f, nullptr, rstd.p(), xp.p(), xp.p());
   g->qk_prep_forward(graw.p(), B, Tn, H, hd, 16, 10000.0, true, 1e-6f, nullptr, rstd.p(), q_op.get(), q_op.get());
   check_exact("qk_prep_forward without a gain into an operand buffer", values(q_op.get(), n), bf16_rounded(xp.get()));
+  const Vec d0 = rand_vec(rng, n);
+  Dev gd1(*g, d0), gd2(*g, d0), draw(*g, Vec(n));
+  g->qk_prep_backward(gd1.p(), graw.p(), rstd.p(), B, Tn, H, hd, 16, 10000.0, true, draw.p());
+  g->qk_prep_backward(gd2.p(), graw.p(), rstd.p(), B, Tn, H, hd, 16, 10000.0, true, q_op.get());
+  check_exact("qk_prep_backward draw into an operand buffer", values(q_op.get(), n), bf16_rounded(draw.get()));
 
   // Cross-entropy's dz, in both forms.
   const int64_t R = 29, V = 300;
@@ -1316,8 +1322,9 @@ TEST_CASE("cuda: GEMMs, q/k preparation and cross-entropy write operand buffers 
   CHECK_THROWS_AS(g->store_operand(plain.p(), dz_op.get(), 4), std::invalid_argument);
 }
 
-// Attention reads q, k, v and dout from operand buffers as it reads them from fp32 memory, in bf16 mode with the
-// flash kernels (hd 64) and with the fp32 kernels (hd 32): both round those inputs to bf16.
+// Attention reads q, k, v, dout and out from operand buffers as it reads them from fp32 memory, in bf16 mode with
+// the flash kernels (hd 64) and with the fp32 kernels (hd 32): both round those inputs to bf16. Its out goes into
+// an operand buffer rounded.
 TEST_CASE("cuda: attention gives the same results from operand buffers as from fp32 inputs", "[gpu]") {
   SKIP_WITHOUT_GPU();
   CudaBackendOptions o;
@@ -1340,11 +1347,16 @@ TEST_CASE("cuda: attention gives the same results from operand buffers as from f
     g->attention_forward(oq.get(), ok.get(), ov.get(), s.B, s.Tn, s.H, s.Hkv, s.hd, out_op.p(), lse_op.p());
     check_exact("attention_forward out from operand buffers" + shape, out_op.get(), out.get());
     check_exact("attention_forward lse from operand buffers" + shape, lse_op.get(), lse.get());
+    DeviceBuffer<float> oout(*g, nq, Storage::operand);
+    Dev out_vals(*g, Vec(nq));
+    g->attention_forward(oq.get(), ok.get(), ov.get(), s.B, s.Tn, s.H, s.Hkv, s.hd, oout.get(), lse_op.p());
+    g->operand_values(oout.get(), nq, out_vals.p());
+    check_exact("attention_forward out into an operand buffer" + shape, out_vals.get(), bf16_rounded(out.get()));
     Dev dq(*g, Vec(nq)), dk(*g, Vec(nkv)), dv(*g, Vec(nkv)), dq_op(*g, Vec(nq)), dk_op(*g, Vec(nkv)),
         dv_op(*g, Vec(nkv));
     g->attention_backward_set(gdout.p(), gq.p(), gk.p(), gv.p(), out.p(), lse.p(), s.B, s.Tn, s.H, s.Hkv, s.hd, dq.p(),
                               dk.p(), dv.p());
-    g->attention_backward_set(odout.get(), oq.get(), ok.get(), ov.get(), out.p(), lse.p(), s.B, s.Tn, s.H, s.Hkv,
+    g->attention_backward_set(odout.get(), oq.get(), ok.get(), ov.get(), oout.get(), lse.p(), s.B, s.Tn, s.H, s.Hkv,
                               s.hd, dq_op.p(), dk_op.p(), dv_op.p());
     check_exact("attention_backward_set dq from operand buffers" + shape, dq_op.get(), dq.get());
     check_exact("attention_backward_set dk from operand buffers" + shape, dk_op.get(), dk.get());
