@@ -438,13 +438,13 @@ class CudaBackend final : public Backend<float> {
   void attention_backward(const float* dout, const float* q, const float* k, const float* v, const float* out,
                           const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, float* dq,
                           float* dk, float* dv) override {
-    require_plain("attention_backward", {lse, dq, dk, dv});
+    require_plain("attention_backward", {lse, dq, dk, dv});  // it adds into dv
     attention_backward_impl(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv, true);
   }
   void attention_backward_set(const float* dout, const float* q, const float* k, const float* v, const float* out,
                               const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, float* dq,
                               float* dk, float* dv) override {
-    require_plain("attention_backward_set", {lse, dq, dk, dv});
+    require_plain("attention_backward_set", {lse, dq, dk});
     attention_backward_impl(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv, false);
   }
   void attention_backward_impl(const float* dout, const float* q, const float* k, const float* v, const float* out,
@@ -454,11 +454,14 @@ class CudaBackend final : public Backend<float> {
     if (opt_.gemm == CudaGemmPrecision::bf16 && cuda::flash_mma_supports(hd)) {
       const auto in = operands({dout, q, k, v, out}, {nq, nq, nkv, nkv, nq});
       cuda::launch_flash_mma_backward(bits(in[0]), bits(in[1]), bits(in[2]), bits(in[3]), bits(in[4]), lse, B, Tn, H,
-                                      Hkv, hd, dq, dk, dv, accumulate, ws_, stream_);
+                                      Hkv, hd, dq, dk, out_of(dv), accumulate, ws_, stream_);
     } else {
-      const auto in = attention_fp32_inputs({dout, q, k, v, out}, {nq, nq, nkv, nkv, nq});
-      cuda::launch_attention_backward(in[0], in[1], in[2], in[3], in[4], lse, B, Tn, H, Hkv, hd, dq, dk, dv,
+      const bool op_dv = is_operand(dv);  // written through an fp32 copy
+      const auto in = attention_fp32_inputs({dout, q, k, v, out, nullptr}, {nq, nq, nkv, nkv, nq, op_dv ? nkv : 0});
+      float* dvf = op_dv ? const_cast<float*>(in[5]) : dv;
+      cuda::launch_attention_backward(in[0], in[1], in[2], in[3], in[4], lse, B, Tn, H, Hkv, hd, dq, dk, dvf,
                                       accumulate, ws_, stream_);
+      if (op_dv) cuda::launch_to_bf16(dvf, static_cast<size_t>(nkv), reinterpret_cast<uint16_t*>(dv), stream_);
     }
   }
   void activation_forward(cpu::Activation a, const float* h, int64_t n, float* out) override {

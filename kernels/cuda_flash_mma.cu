@@ -132,16 +132,16 @@ void fwd_impl(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, int B,
 
 template <int HD>
 void bwd_impl(const bf16_bits* dout, const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, const float* lse,
-              const float* Dv, int B, int T, int H, int Hkv, float* dq, float* dk, float* dv, bool accumulate,
+              const float* Dv, int B, int T, int H, int Hkv, float* dq, float* dk, Out dv, bool accumulate,
               cudaStream_t s) {
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(HD)));
   const float scale_log2 = scale * kLog2e;
-  if (dk || dv) {
+  if (dk || dv.f32 || dv.bf16) {
     const LaunchShape ls = dkdv_shape<HD>(B, T, Hkv);
     PTOOL_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_dkdv_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(ls.smem)));
     PTOOL_LAUNCH(flash_bwd_dkdv_kernel<HD>, dim3(ls.gx, ls.gy, ls.gz), ls.threads, ls.smem, s)(
-        dout, q, k, v, lse, Dv, T, H, Hkv, scale, scale_log2, dk, dv, accumulate);
+        dout, q, k, v, lse, Dv, T, H, Hkv, scale, scale_log2, dk, dv.f32, dv.bf16, accumulate);
     PTOOL_CUDA_LAUNCHED("flash_mma_backward (dk, dv)", s);
   }
   if (dq) {
@@ -170,11 +170,12 @@ void launch_flash_mma_forward(const uint16_t* q, const uint16_t* k, const uint16
 
 void launch_flash_mma_backward(const uint16_t* dout, const uint16_t* q, const uint16_t* k, const uint16_t* v,
                                const uint16_t* out, const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv,
-                               int64_t hd, float* dq_acc, float* dk_acc, float* dv_acc, bool accumulate, Workspace& ws,
+                               int64_t hd, float* dq_acc, float* dk_acc, Out dv, bool accumulate, Workspace& ws,
                                cudaStream_t s) {
   check_args("attention_backward", B, Tn, H, Hkv, hd);
   check_aligned("attention_backward", {dout, q, k, v, out});
-  if (!dq_acc && !dk_acc && !dv_acc) return;
+  if (dv.bf16 && accumulate) throw std::invalid_argument("attention_backward: cannot add into a bf16 operand buffer");
+  if (!dq_acc && !dk_acc && !dv.f32 && !dv.bf16) return;
   if (B == 0 || Tn == 0) return;
   const int b = static_cast<int>(B), t = static_cast<int>(Tn), h = static_cast<int>(H), hk = static_cast<int>(Hkv);
   auto* Dv = static_cast<float*>(ws.get(static_cast<size_t>(B * H * Tn) * sizeof(float)));
@@ -183,9 +184,9 @@ void launch_flash_mma_backward(const uint16_t* dout, const uint16_t* q, const ui
   PTOOL_LAUNCH(flash_bwd_dot_kernel, ls.gx, ls.threads, 0, s)(dout, out, rows, t, h, static_cast<int>(hd), Dv);
   PTOOL_CUDA_LAUNCHED("flash_mma_backward (rowsum dO * O)", s);
   if (hd == 64)
-    bwd_impl<64>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv_acc, accumulate, s);
+    bwd_impl<64>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, accumulate, s);
   else
-    bwd_impl<128>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv_acc, accumulate, s);
+    bwd_impl<128>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, accumulate, s);
 }
 
 }  // namespace ptool::cuda

@@ -296,7 +296,7 @@ template <int HD>
 __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_kernel(
     const bf16_bits* __restrict__ dout, const bf16_bits* __restrict__ q, const bf16_bits* __restrict__ k,
     const bf16_bits* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ Dv, int T, int H, int Hkv,
-    float scale, float scale_log2, float* dk, float* dv, bool accumulate) {
+    float scale, float scale_log2, float* dk, float* dv, bf16_bits* dv_b, bool accumulate) {
   constexpr int BQ = kDkdvQ<HD>;
   constexpr int S = kStride<HD>, KC = HD / 16, DN = HD / 8, QN = BQ / 8;
   PTOOL_FLASH_SMEM(smem_dkdv);
@@ -408,6 +408,8 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_kernel(
       if (dv) {
         dv[off + n * 8] = accumulate ? dv[off + n * 8] + dva[n][2 * r] : dva[n][2 * r];
         dv[off + n * 8 + 1] = accumulate ? dv[off + n * 8 + 1] + dva[n][2 * r + 1] : dva[n][2 * r + 1];
+      } else if (dv_b) {  // a bf16 operand buffer, written (never accumulated): the pair in one 4-byte store
+        *reinterpret_cast<uint32_t*>(dv_b + off + n * 8) = pack_bf16(dva[n][2 * r], dva[n][2 * r + 1]);
       }
     }
   }

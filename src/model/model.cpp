@@ -83,7 +83,7 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
   // Tensors that only GEMMs and attention read are operand buffers (bf16 in the CUDA backend's bf16 mode): the
   // pre-norm outputs when they come straight from an RMSNorm, attention's q, k, v and output, the activation, the
   // final norm, and the gradients that the backward hands only to a linear op as dy or to attention as dout (the
-  // logits' gradient among them).
+  // logits', v's and q/k's raw gradients among them).
   auto operand = [&](size_t n) { return DeviceBuffer<T>(be_, n, Storage::operand); };
   const bool plain_norms = plain_pre_norms();
   acts_.clear();
@@ -105,7 +105,7 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
     g_tmp_ = buf(N * D);
     dlogits_ = operand(N * V);
     g_x_ = buf(N * D); g_x0_ = buf(N * D); g_h_ = buf(N * D); g_q_ = buf(N * D); g_k_ = buf(N * KV);
-    g_v_ = buf(N * KV); g_att_ = operand(N * D); g_o_ = operand(N * D); g_u_ = operand(N * Hd);
+    g_v_ = operand(N * KV); g_att_ = operand(N * D); g_o_ = operand(N * D); g_u_ = operand(N * Hd);
     if (cfg_.qk_norm) { g_qraw_ = operand(N * D); g_kraw_ = operand(N * KV); }  // qk_prep_backward's draw
     g_a_ = buf(N * Hd); g_m_ = operand(N * D); g_final_ = buf(N * D);
     g_skip_.clear();

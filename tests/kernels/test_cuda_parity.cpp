@@ -1323,8 +1323,8 @@ TEST_CASE("cuda: GEMMs, q/k preparation and cross-entropy write operand buffers 
 }
 
 // Attention reads q, k, v, dout and out from operand buffers as it reads them from fp32 memory, in bf16 mode with
-// the flash kernels (hd 64) and with the fp32 kernels (hd 32): both round those inputs to bf16. Its out goes into
-// an operand buffer rounded.
+// the flash kernels (hd 64) and with the fp32 kernels (hd 32): both round those inputs to bf16. Its out and dv go
+// into operand buffers rounded.
 TEST_CASE("cuda: attention gives the same results from operand buffers as from fp32 inputs", "[gpu]") {
   SKIP_WITHOUT_GPU();
   CudaBackendOptions o;
@@ -1361,6 +1361,16 @@ TEST_CASE("cuda: attention gives the same results from operand buffers as from f
     check_exact("attention_backward_set dq from operand buffers" + shape, dq_op.get(), dq.get());
     check_exact("attention_backward_set dk from operand buffers" + shape, dk_op.get(), dk.get());
     check_exact("attention_backward_set dv from operand buffers" + shape, dv_op.get(), dv.get());
+    DeviceBuffer<float> odv(*g, nkv, Storage::operand);
+    Dev dv_vals(*g, Vec(nkv));
+    g->attention_backward_set(odout.get(), oq.get(), ok.get(), ov.get(), oout.get(), lse.p(), s.B, s.Tn, s.H, s.Hkv,
+                              s.hd, dq_op.p(), dk_op.p(), odv.get());
+    g->operand_values(odv.get(), nkv, dv_vals.p());
+    check_exact("attention_backward_set dv into an operand buffer" + shape, dv_vals.get(), bf16_rounded(dv.get()));
+    check_exact("attention_backward_set dq beside an operand dv" + shape, dq_op.get(), dq.get());
+    CHECK_THROWS_AS(g->attention_backward(odout.get(), oq.get(), ok.get(), ov.get(), oout.get(), lse.p(), s.B, s.Tn,
+                                          s.H, s.Hkv, s.hd, dq_op.p(), dk_op.p(), odv.get()),
+                    std::invalid_argument);
   }
 }
 
