@@ -148,7 +148,8 @@ step "ptool train baseline cuda:bf16" 90 "$OUT/ptool_train.txt" "$BUILD/ptool" t
 step "ptool quantize gptq --device cuda" 60 "$OUT/ptool_train.txt" "$BUILD/ptool" quantize "$T/m.ptc" --preset gptq \
   --calib "$T/shards/c_train_*.bin" "${CALIB[@]}" --device cuda --dry-run
 
-# ---- 4. the fp32 reference precision, if time is left --------------------------------------------------------
+# ---- 4. bf16 GEMMs with fp32 activations (what bf16 activation storage buys), the fp32 reference, if time is left
+bt baseline bf16-gemm 60
 bt baseline fp32 90
 bt "$RECURRENT" fp32 120
 rm -rf "$T"

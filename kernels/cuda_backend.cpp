@@ -186,9 +186,15 @@ class CudaBackend final : public Backend<float> {
   void release(float* p) override { device_free(p); }
   int32_t* alloc_index(size_t n) override { return static_cast<int32_t*>(device_alloc(n * sizeof(int32_t))); }
   void release_index(int32_t* p) override { device_free(p); }
-  // In bf16 mode operand buffers hold bf16 (operands_ knows them); elsewhere they are plain fp32 memory.
+  // In bf16 mode operand buffers hold bf16, and so do activation buffers unless opt_.bf16_activations is off
+  // (operands_ knows them all); elsewhere they are plain fp32 memory.
   float* alloc_operand(size_t n) override {
-    if (opt_.gemm != CudaGemmPrecision::bf16 || !opt_.bf16_operands) return alloc(n);
+    return opt_.gemm == CudaGemmPrecision::bf16 && opt_.bf16_operands ? alloc_bf16(n) : alloc(n);
+  }
+  float* alloc_activation(size_t n) override {
+    return opt_.gemm == CudaGemmPrecision::bf16 && opt_.bf16_activations ? alloc_bf16(n) : alloc(n);
+  }
+  float* alloc_bf16(size_t n) {
     void* p = device_alloc(n * sizeof(uint16_t));
     if (p) operands_[p] = n;
     return static_cast<float*>(p);
@@ -274,8 +280,8 @@ class CudaBackend final : public Backend<float> {
   }
   void rmsnorm_backward(const float* d, const float* x, const float* rstd, int64_t N, int64_t D,
                         float* dx) override {
-    require_plain("rmsnorm_backward", {d, x, rstd, dx});
-    cuda::launch_rmsnorm_backward(d, x, rstd, N, D, dx, stream_);
+    require_plain("rmsnorm_backward", {x, rstd, dx});
+    cuda::launch_rmsnorm_backward(in_of(d), x, rstd, N, D, dx, stream_);
   }
 
   // y[N, M] = x[N, K] W[M, K]^T. cuBLASLt is column-major: the row-major y is the column-major y^T (M x N), and
@@ -361,23 +367,23 @@ class CudaBackend final : public Backend<float> {
   }
   void scaled_residual_forward(const float* x, const float* o, const float* sc, int64_t N, int64_t D,
                                float* y) override {
-    require_plain("scaled_residual_forward", {x, o, sc, y});
-    cuda::launch_scaled_residual_forward(x, o, sc, N, D, y, stream_);
+    require_plain("scaled_residual_forward", {x, sc, y});
+    cuda::launch_scaled_residual_forward(x, in_of(o), sc, N, D, y, stream_);
   }
   void scaled_residual_rmsnorm_forward(const float* x, const float* o, const float* sc, int64_t N, int64_t D,
                                        float eps, float* y, float* h, float* rstd) override {
-    require_plain("scaled_residual_rmsnorm_forward", {x, o, sc, y, rstd});
-    cuda::launch_scaled_residual_rmsnorm_forward(x, o, sc, N, D, eps, y, out_of(h), rstd, stream_);
+    require_plain("scaled_residual_rmsnorm_forward", {x, sc, y, rstd});
+    cuda::launch_scaled_residual_rmsnorm_forward(x, in_of(o), sc, N, D, eps, y, out_of(h), rstd, stream_);
   }
   void channel_scale_backward(const float* dy, const float* x, const float* s, int64_t N, int64_t D, float* dx,
                               float* ds) override {
-    require_plain("channel_scale_backward", {dy, x, s, ds});
-    cuda::launch_channel_scale_backward(dy, x, s, N, D, out_of(dx), true, ds, ws_, stream_);
+    require_plain("channel_scale_backward", {dy, s, ds});
+    cuda::launch_channel_scale_backward(dy, in_of(x), s, N, D, out_of(dx), true, ds, ws_, stream_);
   }
   void channel_scale_backward_set_dx(const float* dy, const float* x, const float* s, int64_t N, int64_t D, float* dx,
                                      float* ds) override {
-    require_plain("channel_scale_backward_set_dx", {dy, x, s, ds});
-    cuda::launch_channel_scale_backward(dy, x, s, N, D, out_of(dx), false, ds, ws_, stream_);
+    require_plain("channel_scale_backward_set_dx", {dy, s, ds});
+    cuda::launch_channel_scale_backward(dy, in_of(x), s, N, D, out_of(dx), false, ds, ws_, stream_);
   }
   void head_scale_forward(const float* x, const float* g, int64_t N, int64_t H, int64_t hd, float* y) override {
     require_plain("head_scale_forward", {x, g, y});
@@ -403,16 +409,16 @@ class CudaBackend final : public Backend<float> {
   }
   void qk_prep_forward(const float* raw, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base,
                        bool norm, float eps, const float* gain, float* rstd, float* x, float* out) override {
-    require_plain("qk_prep_forward", {raw, gain, rstd});
+    require_plain("qk_prep_forward", {gain, rstd});
     const RopeTable* t = rope_table("qk_prep_forward", Tn, hd, rot, base);
-    cuda::launch_qk_prep_forward(raw, B * Tn * H, Tn, H, hd, t ? rot : 0, norm, eps, t ? t->cos_t : nullptr,
+    cuda::launch_qk_prep_forward(in_of(raw), B * Tn * H, Tn, H, hd, t ? rot : 0, norm, eps, t ? t->cos_t : nullptr,
                                  t ? t->sin_t : nullptr, gain, rstd, out_of(x), out_of(out), stream_);
   }
   void qk_prep_backward(float* d, const float* raw, const float* rstd, int64_t B, int64_t Tn, int64_t H, int64_t hd,
                         int64_t rot, double base, bool norm, float* draw) override {
-    require_plain("qk_prep_backward", {d, raw, rstd});
+    require_plain("qk_prep_backward", {d, rstd});
     const RopeTable* t = rope_table("qk_prep_backward", Tn, hd, rot, base);
-    cuda::launch_qk_prep_backward(d, raw, rstd, B * Tn * H, Tn, H, hd, t ? rot : 0, norm, t ? t->cos_t : nullptr,
+    cuda::launch_qk_prep_backward(d, in_of(raw), rstd, B * Tn * H, Tn, H, hd, t ? rot : 0, norm, t ? t->cos_t : nullptr,
                                   t ? t->sin_t : nullptr, out_of(draw), stream_);
   }
   // bf16 GEMM precision: the tensor-core flash kernels, which read q, k, v, dO and (backward) out in bf16 (operand
@@ -465,16 +471,15 @@ class CudaBackend final : public Backend<float> {
     }
   }
   void activation_forward(cpu::Activation a, const float* h, int64_t n, float* out) override {
-    require_plain("activation_forward", {h});
-    cuda::launch_activation_forward(a == cpu::Activation::leaky_relu2, h, n, out_of(out), stream_);
+    cuda::launch_activation_forward(a == cpu::Activation::leaky_relu2, in_of(h), n, out_of(out), stream_);
   }
   void activation_backward(cpu::Activation a, const float* dout, const float* h, int64_t n, float* dh) override {
-    require_plain("activation_backward", {dout, h});
-    cuda::launch_activation_backward(a == cpu::Activation::leaky_relu2, dout, h, n, out_of(dh), true, stream_);
+    cuda::launch_activation_backward(a == cpu::Activation::leaky_relu2, in_of(dout), in_of(h), n, out_of(dh), true,
+                                     stream_);
   }
   void activation_backward_set(cpu::Activation a, const float* dout, const float* h, int64_t n, float* dh) override {
-    require_plain("activation_backward_set", {dout, h});
-    cuda::launch_activation_backward(a == cpu::Activation::leaky_relu2, dout, h, n, out_of(dh), false, stream_);
+    cuda::launch_activation_backward(a == cpu::Activation::leaky_relu2, in_of(dout), in_of(h), n, out_of(dh), false,
+                                     stream_);
   }
   void skip_add_forward(float* x, const float* skip, const float* w, int64_t N, int64_t D) override {
     require_plain("skip_add_forward", {x, skip, w});
@@ -616,6 +621,7 @@ class CudaBackend final : public Backend<float> {
     return true;
   }
   cuda::Out out_of(float* p) const { return is_operand(p) ? cuda::Out::bf16_at(p) : cuda::Out(p); }
+  cuda::In in_of(const float* p) const { return is_operand(p) ? cuda::In::bf16_at(p) : cuda::In(p); }
   void require_plain(const void* p, const char* op) const {
     if (is_operand(p))
       throw std::invalid_argument(std::string(op) + ": a bf16 operand buffer holds no floats (use operand_values)");
@@ -810,7 +816,7 @@ class CudaBackend final : public Backend<float> {
   Workspace conv_ws_;  // operands()' bf16 copies, apart from ws_ so that an op may use both at once
   cuda::MemCounter mem_;
   std::unordered_map<void*, size_t> sizes_;  // of the buffers from device_alloc
-  std::map<const void*, size_t> operands_;    // bf16 operand buffers: start -> elements
+  std::map<const void*, size_t> operands_;    // bf16 buffers (operand and activation): start -> elements
   std::map<GemmKey, GemmPlan> plans_;
   std::map<std::tuple<int64_t, int64_t, uint64_t>, RopeTable> rope_;
   double* losses_host_ = nullptr;  // pinned

@@ -5,8 +5,8 @@
 // only when the build found nvcc (PTOOL_HAVE_CUDA=1); a build with nvcc but no GPU at run time still links,
 // and cuda_device_available() then says false.
 //
-// Version 1: fp32 storage for everything (the interface is Backend<float>), one CUDA stream per backend, all
-// memory from cudaMalloc. Ops are asynchronous on that stream; download(), softcap_cross_entropy() (which
+// The interface is Backend<float>: fp32 storage, except the operand and activation buffers of the bf16 mode
+// (below); one CUDA stream per backend, all memory from cudaMalloc. Ops are asynchronous on that stream; download(), softcap_cross_entropy() (which
 // returns per-token losses to the host) and take_loss_sum() are the only calls that wait for the device. The
 // trainer's step uses softcap_cross_entropy_accumulate(), so it waits once per step, for its loss; token
 // batches go up through pinned staging buffers (a copy from pageable memory would wait for the stream).
@@ -20,6 +20,10 @@
 // pre-norm outputs, attention's q, k, v, the activation, the final norm, the gradients handed to a linear op as dy
 // or to attention as dout, the logits' gradient among them) are stored in bf16 by the ops that write them (GEMMs
 // with a bf16 D), so their readers convert nothing; the values are the ones the conversion would give, bit for bit.
+// Activation buffers (the GEMM outputs that element-wise ops read: q/k before their preparation, the branch outputs,
+// the MLP pre-activation, and the gradients of the activation and the MLP pre-norm) hold bf16 too unless
+// bf16_activations is off: that rounds values, as PyTorch's autocast does, and halves their traffic. The ops that
+// read them widen each element to fp32 as they load it.
 // No cuBLASLt epilogue is used: the model has no biases, its activations (ReLU², LeakyReLU(0.5)²) are not
 // among the epilogues, and folding the branch scale into a per-row alpha vector would lose the unscaled output
 // that the scale's gradient needs.
@@ -64,6 +68,9 @@ struct CudaBackendOptions {
   // bf16 mode: operand buffers (Backend::alloc_operand) hold bf16, written by their producers, so their GEMMs need
   // no conversion. false keeps them fp32 and converts before each GEMM; the results are the same bit for bit.
   bool bf16_operands = true;
+  // bf16 mode: activation buffers (Backend::alloc_activation: the model's GEMM outputs and their gradients that
+  // element-wise ops read) hold bf16, as under PyTorch's autocast: half the bytes, values rounded. false: fp32.
+  bool bf16_activations = true;
 };
 
 // Throws ptool::Error when no usable device exists (say which CUDA call failed and why).

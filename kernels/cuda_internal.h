@@ -67,19 +67,39 @@ struct Carver {
   }
 };
 
-// An op's output: fp32 memory, or a bf16 operand buffer (Backend::alloc_operand in bf16 mode), whose elements are
-// stored rounded to nearest even. At most one is set. A float* converts to it, so fp32 callers need no change.
+#ifdef __CUDACC__
+#define PTOOL_HOST_DEVICE __host__ __device__
+#else
+#define PTOOL_HOST_DEVICE
+#endif
+
+// An op's output: fp32 memory, or a bf16 buffer (an operand or activation buffer of the bf16 mode), whose elements
+// are stored rounded to nearest even. At most one is set. A float* converts to it, so fp32 callers need no change.
 struct Out {
   float* f32 = nullptr;
   uint16_t* bf16 = nullptr;
   Out() = default;
-  Out(float* p) : f32(p) {}  // implicit on purpose
+  PTOOL_HOST_DEVICE Out(float* p) : f32(p) {}  // implicit on purpose
   static Out bf16_at(void* p) {
     Out o;
     o.bf16 = static_cast<uint16_t*>(p);
     return o;
   }
   const void* ptr() const { return f32 ? static_cast<const void*>(f32) : static_cast<const void*>(bf16); }
+};
+
+// An op's input that may be a bf16 activation buffer (Backend::alloc_activation in bf16 mode): fp32 memory or bf16
+// bits, at most one set; a const float* converts to it.
+struct In {
+  const float* f32 = nullptr;
+  const uint16_t* bf16 = nullptr;
+  In() = default;
+  PTOOL_HOST_DEVICE In(const float* p) : f32(p) {}  // implicit on purpose
+  static In bf16_at(const void* p) {
+    In i;
+    i.bf16 = static_cast<const uint16_t*>(p);
+    return i;
+  }
 };
 
 // ---- cuda_ops.cu --------------------------------------------------------------------------------------------
@@ -102,19 +122,19 @@ void launch_embedding_backward_sorted(const float* dout, const int32_t* tokens, 
 
 void launch_rmsnorm_forward(const float* x, int64_t N, int64_t D, float eps, Out out, float* rstd,
                             cudaStream_t s);
-void launch_rmsnorm_backward(const float* dout, const float* x, const float* rstd, int64_t N, int64_t D,
+void launch_rmsnorm_backward(In dout, const float* x, const float* rstd, int64_t N, int64_t D,
                              float* dx_acc, cudaStream_t s);
 
 void launch_channel_scale_forward(const float* x, const float* sc, int64_t N, int64_t D, float* y, cudaStream_t s);
 // y = x + sc ⊙ o (Backend::scaled_residual_forward), rounded as channel_scale_forward then add.
-void launch_scaled_residual_forward(const float* x, const float* o, const float* sc, int64_t N, int64_t D, float* y,
+void launch_scaled_residual_forward(const float* x, In o, const float* sc, int64_t N, int64_t D, float* y,
                                     cudaStream_t s);
 // The same, then h = rmsnorm(y) with rstd per row (Backend::scaled_residual_rmsnorm_forward): one warp per row.
-void launch_scaled_residual_rmsnorm_forward(const float* x, const float* o, const float* sc, int64_t N, int64_t D,
+void launch_scaled_residual_rmsnorm_forward(const float* x, In o, const float* sc, int64_t N, int64_t D,
                                             float eps, float* y, Out h, float* rstd, cudaStream_t s);
 // The backwards below add into their input gradient (dx, dh) when accumulate, else overwrite it (a bf16 one
 // only so: accumulating into it throws std::invalid_argument); parameter gradients (ds, dg) always accumulate.
-void launch_channel_scale_backward(const float* dy, const float* x, const float* sc, int64_t N, int64_t D,
+void launch_channel_scale_backward(const float* dy, In x, const float* sc, int64_t N, int64_t D,
                                    Out dx, bool accumulate, float* ds_acc, Workspace& ws, cudaStream_t s);
 void launch_head_scale_forward(const float* x, const float* g, int64_t N, int64_t H, int64_t hd, float* y,
                                cudaStream_t s);
@@ -128,15 +148,15 @@ void launch_rope_apply(float* x, int64_t B, int64_t Tn, int64_t H, int64_t hd, i
 
 // RMSNorm (when norm), RoPE and the per-head gain (when gain) of Backend::qk_prep_forward over rows = B * Tn * H
 // head rows; cos/sin tables as launch_rope_table's for Tn and rot. And its backward (Backend::qk_prep_backward).
-void launch_qk_prep_forward(const float* raw, int64_t rows, int64_t Tn, int64_t H, int64_t hd, int64_t rot,
+void launch_qk_prep_forward(In raw, int64_t rows, int64_t Tn, int64_t H, int64_t hd, int64_t rot,
                             bool norm, float eps, const float* cos_t, const float* sin_t, const float* gain,
                             float* rstd, Out x, Out out, cudaStream_t s);
-void launch_qk_prep_backward(float* d, const float* raw, const float* rstd, int64_t rows, int64_t Tn, int64_t H,
+void launch_qk_prep_backward(float* d, In raw, const float* rstd, int64_t rows, int64_t Tn, int64_t H,
                              int64_t hd, int64_t rot, bool norm, const float* cos_t, const float* sin_t, Out draw,
                              cudaStream_t s);
 
-void launch_activation_forward(bool leaky, const float* h, int64_t n, Out out, cudaStream_t s);
-void launch_activation_backward(bool leaky, const float* dout, const float* h, int64_t n, Out dh, bool accumulate,
+void launch_activation_forward(bool leaky, In h, int64_t n, Out out, cudaStream_t s);
+void launch_activation_backward(bool leaky, In dout, In h, int64_t n, Out dh, bool accumulate,
                                 cudaStream_t s);
 
 void launch_skip_add_forward(float* x, const float* skip, const float* w, int64_t N, int64_t D, cudaStream_t s);

@@ -69,6 +69,11 @@ __device__ __forceinline__ void put(const Out& o, int64_t i, float v) {
     o.f32[i] = v;
 }
 
+// An input element, widened from bf16 when the input is a bf16 activation buffer.
+__device__ __forceinline__ float get(const In& x, int64_t i) {
+  return x.bf16 ? __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(x.bf16)[i]) : x.f32[i];
+}
+
 // ---- generic element-wise map -------------------------------------------------------------------------------
 
 template <class F>
@@ -295,27 +300,29 @@ __global__ void embed_bwd_segments(const float* dout, const int32_t* keys, const
 
 // ---- RMSNorm ------------------------------------------------------------------------------------------------
 
-// 1 / sqrt(mean(x^2) + eps) of one row, by the 32 lanes of a warp (every lane gets it); the sum in double.
-__device__ __forceinline__ float row_rstd(const float* xr, int64_t D, float eps, int lane) {
+// 1 / sqrt(mean(x^2) + eps) of the row at x[off, off + D), by the 32 lanes of a warp (every lane gets it); the sum
+// in double.
+__device__ __forceinline__ float row_rstd(In x, int64_t off, int64_t D, float eps, int lane) {
   double ss = 0.0;
   for (int64_t d = lane; d < D; d += 32) {
-    const double v = xr[d];
+    const double v = get(x, off + d);
     ss += v * v;
   }
   ss = warp_sum_d(ss);
   return static_cast<float>(1.0 / sqrt(ss / static_cast<double>(D) + static_cast<double>(eps)));
 }
 
-// RMSNorm's backward of one row by one warp: o = r g - r^3 x mean(g x), added to o (accumulate) or stored.
-// The row's input gradient into o at [off, off + D): added (fp32 only) or written (fp32 or bf16).
-__device__ __forceinline__ void rmsnorm_bwd_row(const float* g, const float* xr, float r, int64_t D, int lane,
-                                                Out o, int64_t off, bool accumulate) {
+// RMSNorm's backward of the row at [off, off + D) of g, x and o, by one warp: o = r g - r^3 x mean(g x), added to
+// o (accumulate, fp32 only) or written (fp32 or bf16).
+__device__ __forceinline__ void rmsnorm_bwd_row(In g, In x, int64_t off, float r, int64_t D, int lane, Out o,
+                                                bool accumulate) {
   double dot = 0.0;
-  for (int64_t d = lane; d < D; d += 32) dot += static_cast<double>(g[d]) * static_cast<double>(xr[d]);
+  for (int64_t d = lane; d < D; d += 32)
+    dot += static_cast<double>(get(g, off + d)) * static_cast<double>(get(x, off + d));
   dot = warp_sum_d(dot);
   const float c = static_cast<float>(static_cast<double>(r) * r * r * dot / static_cast<double>(D));
   for (int64_t d = lane; d < D; d += 32) {
-    const float v = r * g[d] - c * xr[d];
+    const float v = r * get(g, off + d) - c * get(x, off + d);
     if (accumulate)
       o.f32[off + d] += v;
     else
@@ -330,20 +337,20 @@ __global__ void __launch_bounds__(256) rmsnorm_fwd_kernel(const float* x, int64_
   const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
   for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < N; row += nwarps) {
     const float* xr = x + row * D;
-    const float r = row_rstd(xr, D, eps, lane);
+    const float r = row_rstd(x, row * D, D, eps, lane);
     if (lane == 0) rstd[row] = r;
     // out may alias x (fp32): each element is read and written by the same lane
     for (int64_t d = lane; d < D; d += 32) put(out, row * D + d, xr[d] * r);
   }
 }
 
-__global__ void __launch_bounds__(256) rmsnorm_bwd_kernel(const float* dout, const float* x, const float* rstd,
-                                                          int64_t N, int64_t D, Out dx) {
+__global__ void __launch_bounds__(256) rmsnorm_bwd_kernel(In dout, const float* x, const float* rstd, int64_t N,
+                                                          int64_t D, Out dx) {
   const int lane = threadIdx.x & 31;
   const int64_t wpb = blockDim.x >> 5;
   const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
   for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < N; row += nwarps)
-    rmsnorm_bwd_row(dout + row * D, x + row * D, rstd[row], D, lane, dx, row * D, true);
+    rmsnorm_bwd_row(dout, x, row * D, rstd[row], D, lane, dx, true);
 }
 
 // A new residual-stream value from two inputs at channel d, rounded the same way wherever it is formed (the
@@ -364,16 +371,16 @@ struct MixSum {
 // The combination, then rmsnorm_fwd_kernel, one warp per row: y = f(a, b), h = y * rstd(y). The second pass
 // rereads y, which the same lane just wrote (from cache).
 template <class Combine>
-__global__ void __launch_bounds__(256) combine_rmsnorm_kernel(const float* a, const float* b, Combine f, int64_t N,
-                                                              int64_t D, float eps, float* y, Out h, float* rstd) {
+__global__ void __launch_bounds__(256) combine_rmsnorm_kernel(const float* a, In b, Combine f, int64_t N, int64_t D,
+                                                              float eps, float* y, Out h, float* rstd) {
   const int lane = threadIdx.x & 31;
   const int64_t wpb = blockDim.x >> 5;
   const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
   for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < N; row += nwarps) {
-    const float *ar = a + row * D, *br = b + row * D;
+    const float* ar = a + row * D;
     float* yr = y + row * D;
-    for (int64_t d = lane; d < D; d += 32) yr[d] = f(d, ar[d], br[d]);
-    const float r = row_rstd(yr, D, eps, lane);
+    for (int64_t d = lane; d < D; d += 32) yr[d] = f(d, ar[d], get(b, row * D + d));
+    const float r = row_rstd(y, row * D, D, eps, lane);
     if (lane == 0) rstd[row] = r;
     for (int64_t d = lane; d < D; d += 32) put(h, row * D + d, yr[d] * r);
   }
@@ -392,7 +399,7 @@ __device__ __forceinline__ void rotate_pair(float& x1, float& x2, float c, float
 // One warp per head row (row = (b * Tn + t) * H + h), the arithmetic of rmsnorm_fwd_kernel, RopeApplyF and
 // HeadScaleFwdF in that order. x may alias raw: every element is read before it is written, by the same lane.
 
-__global__ void __launch_bounds__(256) qk_prep_fwd_kernel(const float* raw, int64_t rows, int64_t Tn, int64_t H,
+__global__ void __launch_bounds__(256) qk_prep_fwd_kernel(In raw, int64_t rows, int64_t Tn, int64_t H,
                                                           int64_t hd, int64_t half, bool norm, float eps,
                                                           const float* cos_t, const float* sin_t, const float* gain,
                                                           float* rstd, Out x, Out out) {
@@ -400,18 +407,18 @@ __global__ void __launch_bounds__(256) qk_prep_fwd_kernel(const float* raw, int6
   const int64_t wpb = blockDim.x >> 5;
   const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
   for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < rows; row += nwarps) {
-    const float* xr = raw + row * hd;
+    const int64_t o = row * hd;
     float r = 1.f;
     if (norm) {  // uniform across the warp
-      r = row_rstd(xr, hd, eps, lane);
+      r = row_rstd(raw, o, hd, eps, lane);
       if (lane == 0) rstd[row] = r;
     }
     const int64_t t = (row / H) % Tn;
     const float g = gain ? gain[row % H] : 1.f;
     const bool keep_x = !gain || x.f32 != out.f32 || x.bf16 != out.bf16;  // out == x with a gain: only out is kept
-    const int64_t o = row * hd;
     for (int64_t i = lane; i < half; i += 32) {
-      float y1 = norm ? xr[i] * r : xr[i], y2 = norm ? xr[i + half] * r : xr[i + half];
+      const float r1 = get(raw, o + i), r2 = get(raw, o + i + half);
+      float y1 = norm ? r1 * r : r1, y2 = norm ? r2 * r : r2;
       rotate_pair(y1, y2, cos_t[t * half + i], sin_t[t * half + i]);
       if (keep_x) {
         put(x, o + i, y1);
@@ -423,7 +430,7 @@ __global__ void __launch_bounds__(256) qk_prep_fwd_kernel(const float* raw, int6
       }
     }
     for (int64_t d = 2 * half + lane; d < hd; d += 32) {  // dimensions past the rotary ones
-      const float v = norm ? xr[d] * r : xr[d];
+      const float v = norm ? get(raw, o + d) * r : get(raw, o + d);
       if (keep_x) put(x, o + d, v);
       if (gain) put(out, o + d, g * v);
     }
@@ -432,7 +439,7 @@ __global__ void __launch_bounds__(256) qk_prep_fwd_kernel(const float* raw, int6
 
 // Its backward: d is rotated back in place (RopeApplyF, inverse); with norm, the warp then reads the whole rotated
 // row and writes rmsnorm_bwd_kernel's dx into draw (overwriting it).
-__global__ void __launch_bounds__(256) qk_prep_bwd_kernel(float* d, const float* raw, const float* rstd, int64_t rows,
+__global__ void __launch_bounds__(256) qk_prep_bwd_kernel(float* d, In raw, const float* rstd, int64_t rows,
                                                           int64_t Tn, int64_t H, int64_t hd, int64_t half, bool norm,
                                                           const float* cos_t, const float* sin_t, Out draw) {
   const int lane = threadIdx.x & 31;
@@ -445,7 +452,7 @@ __global__ void __launch_bounds__(256) qk_prep_bwd_kernel(float* d, const float*
       rotate_pair(dr[i], dr[i + half], cos_t[t * half + i], -sin_t[t * half + i]);
     if (!norm) continue;  // uniform across the warp
     __syncwarp();         // the row's rotated elements were written by other lanes
-    rmsnorm_bwd_row(dr, raw + row * hd, rstd[row], hd, lane, draw, row * hd, false);
+    rmsnorm_bwd_row(d, raw, row * hd, rstd[row], hd, lane, draw, false);
   }
 }
 
@@ -462,11 +469,11 @@ struct ChannelScaleFwdF {
 template <class Combine>
 struct CombineF {
   const float* a;
-  const float* b;
+  In b;
   Combine f;
   float* y;
   int64_t D;
-  __device__ void operator()(int64_t i) const { y[i] = f(i % D, a[i], b[i]); }
+  __device__ void operator()(int64_t i) const { y[i] = f(i % D, a[i], get(b, i)); }
 };
 template <class Combine>
 struct Combine4F {  // four channels at a time (D % 4 == 0, a, b, y 16-byte aligned)
@@ -484,7 +491,7 @@ struct Combine4F {  // four channels at a time (D % 4 == 0, a, b, y 16-byte alig
 struct ChannelScaleBwdF {
   static constexpr int kOut = 1;
   const float* dy;
-  const float* x;
+  In x;
   const float* s;
   Out dx;
   int64_t D;
@@ -496,7 +503,7 @@ struct ChannelScaleBwdF {
       dx.f32[i] += s[c] * g;
     else if (dx.f32 || dx.bf16)
       put(dx, i, s[c] * g);
-    v[0] = static_cast<double>(g) * static_cast<double>(x[i]);
+    v[0] = static_cast<double>(g) * static_cast<double>(get(x, i));
   }
 };
 struct HeadScaleFwdF {
@@ -557,22 +564,22 @@ struct RopeApplyF {
 
 template <bool kLeaky>
 struct ActFwdF {
-  const float* h;
+  In h;
   Out out;
   __device__ void operator()(int64_t i) const {
-    const float v = h[i];
+    const float v = get(h, i);
     const float r = v > 0.f ? v : (kLeaky ? 0.5f * v : 0.f);
     put(out, i, r * r);
   }
 };
 template <bool kLeaky>
 struct ActBwdF {
-  const float* dout;
-  const float* h;
+  In dout;
+  In h;
   Out dh;
   bool accumulate;  // dh += (else dh =; a bf16 dh is only written)
   __device__ void operator()(int64_t i) const {
-    const float v = h[i];
+    const float v = get(h, i);
     float d;
     if (kLeaky) {
       d = v > 0.f ? 2.f * v : 0.5f * v;
@@ -580,9 +587,9 @@ struct ActBwdF {
       d = 2.f * (v > 0.f ? v : 0.f);
     }
     if (accumulate)
-      dh.f32[i] += d * dout[i];
+      dh.f32[i] += d * get(dout, i);
     else
-      put(dh, i, d * dout[i]);
+      put(dh, i, d * get(dout, i));
   }
 };
 
@@ -848,7 +855,7 @@ void launch_rmsnorm_forward(const float* x, int64_t N, int64_t D, float eps, Out
   PTOOL_CUDA_LAUNCHED("rmsnorm_forward", s);
 }
 
-void launch_rmsnorm_backward(const float* dout, const float* x, const float* rstd, int64_t N, int64_t D,
+void launch_rmsnorm_backward(In dout, const float* x, const float* rstd, int64_t N, int64_t D,
                              float* dx_acc, cudaStream_t s) {
   if (N <= 0 || dx_acc == nullptr) return;
   PTOOL_LAUNCH(rmsnorm_bwd_kernel, row_warps_grid(N), 256, 0, s)(dout, x, rstd, N, D, dx_acc);
@@ -860,11 +867,11 @@ void launch_channel_scale_forward(const float* x, const float* sc, int64_t N, in
   launch_map(ChannelScaleFwdF{x, sc, y, D}, N * D, s, "channel_scale_forward");
 }
 
-void launch_scaled_residual_forward(const float* x, const float* o, const float* sc, int64_t N, int64_t D, float* y,
+void launch_scaled_residual_forward(const float* x, In o, const float* sc, int64_t N, int64_t D, float* y,
                                     cudaStream_t s) {
   if (D <= 0) return;
-  if (D % 4 == 0 && aligned16(x) && aligned16(o) && aligned16(y)) {
-    launch_map(Combine4F<ScaledSum>{reinterpret_cast<const float4*>(x), reinterpret_cast<const float4*>(o), {sc},
+  if (D % 4 == 0 && o.f32 && aligned16(x) && aligned16(o.f32) && aligned16(y)) {
+    launch_map(Combine4F<ScaledSum>{reinterpret_cast<const float4*>(x), reinterpret_cast<const float4*>(o.f32), {sc},
                                     reinterpret_cast<float4*>(y), D},
                N * D / 4, s, "scaled_residual_forward");
   } else {
@@ -872,7 +879,7 @@ void launch_scaled_residual_forward(const float* x, const float* o, const float*
   }
 }
 
-void launch_scaled_residual_rmsnorm_forward(const float* x, const float* o, const float* sc, int64_t N, int64_t D,
+void launch_scaled_residual_rmsnorm_forward(const float* x, In o, const float* sc, int64_t N, int64_t D,
                                             float eps, float* y, Out h, float* rstd, cudaStream_t s) {
   if (N <= 0 || D <= 0) return;
   PTOOL_LAUNCH(combine_rmsnorm_kernel<ScaledSum>, row_warps_grid(N), 256, 0, s)(x, o, ScaledSum{sc}, N, D, eps, y,
@@ -888,7 +895,7 @@ void launch_resid_mix_rmsnorm_forward(const float* x, const float* x0, const flo
   PTOOL_CUDA_LAUNCHED("resid_mix_rmsnorm_forward", s);
 }
 
-void launch_channel_scale_backward(const float* dy, const float* x, const float* sc, int64_t N, int64_t D,
+void launch_channel_scale_backward(const float* dy, In x, const float* sc, int64_t N, int64_t D,
                                    Out dx, bool accumulate, float* ds_acc, Workspace& ws, cudaStream_t s) {
   if (!dx.f32 && !dx.bf16 && !ds_acc) return;
   require_writable(dx, accumulate, "channel_scale_backward");
@@ -924,7 +931,7 @@ void launch_rope_apply(float* x, int64_t B, int64_t Tn, int64_t H, int64_t hd, i
              inverse ? "rope_backward" : "rope_forward");
 }
 
-void launch_qk_prep_forward(const float* raw, int64_t rows, int64_t Tn, int64_t H, int64_t hd, int64_t rot,
+void launch_qk_prep_forward(In raw, int64_t rows, int64_t Tn, int64_t H, int64_t hd, int64_t rot,
                             bool norm, float eps, const float* cos_t, const float* sin_t, const float* gain,
                             float* rstd, Out x, Out out, cudaStream_t s) {
   if (rows <= 0 || hd <= 0) return;
@@ -933,7 +940,7 @@ void launch_qk_prep_forward(const float* raw, int64_t rows, int64_t Tn, int64_t 
   PTOOL_CUDA_LAUNCHED("qk_prep_forward", s);
 }
 
-void launch_qk_prep_backward(float* d, const float* raw, const float* rstd, int64_t rows, int64_t Tn, int64_t H,
+void launch_qk_prep_backward(float* d, In raw, const float* rstd, int64_t rows, int64_t Tn, int64_t H,
                              int64_t hd, int64_t rot, bool norm, const float* cos_t, const float* sin_t, Out draw,
                              cudaStream_t s) {
   if (rows <= 0 || hd <= 0 || (rot == 0 && !norm)) return;
@@ -942,14 +949,14 @@ void launch_qk_prep_backward(float* d, const float* raw, const float* rstd, int6
   PTOOL_CUDA_LAUNCHED("qk_prep_backward", s);
 }
 
-void launch_activation_forward(bool leaky, const float* h, int64_t n, Out out, cudaStream_t s) {
+void launch_activation_forward(bool leaky, In h, int64_t n, Out out, cudaStream_t s) {
   if (leaky)
     launch_map(ActFwdF<true>{h, out}, n, s, "activation_forward");
   else
     launch_map(ActFwdF<false>{h, out}, n, s, "activation_forward");
 }
 
-void launch_activation_backward(bool leaky, const float* dout, const float* h, int64_t n, Out dh, bool accumulate,
+void launch_activation_backward(bool leaky, In dout, In h, int64_t n, Out dh, bool accumulate,
                                 cudaStream_t s) {
   if (!dh.f32 && !dh.bf16) return;
   require_writable(dh, accumulate, "activation_backward");

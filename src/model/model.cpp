@@ -83,8 +83,11 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
   // Tensors that only GEMMs and attention read are operand buffers (bf16 in the CUDA backend's bf16 mode): the
   // pre-norm outputs when they come straight from an RMSNorm, attention's q, k, v and output, the activation, the
   // final norm, and the gradients that the backward hands only to a linear op as dy or to attention as dout (the
-  // logits', v's and q/k's raw gradients among them).
+  // logits', v's and q/k's raw gradients among them). GEMM outputs that element-wise ops read (q/k before their
+  // preparation, the branch outputs o and m, the MLP's pre-activation u, and the gradients of the activation and
+  // of the plain MLP pre-norm) are activation buffers (bf16 there too, rounded as under PyTorch's autocast).
   auto operand = [&](size_t n) { return DeviceBuffer<T>(be_, n, Storage::operand); };
+  auto activation = [&](size_t n) { return DeviceBuffer<T>(be_, n, Storage::activation); };
   const bool plain_norms = plain_pre_norms();
   acts_.clear();
   acts_.resize(cfg_.virtual_layers());
@@ -94,10 +97,10 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
     if (cfg_.resid_mix) a.x_mix_buf = buf(N * D);
     a.h1 = plain_norms ? operand(N * D) : buf(N * D); a.rstd1 = buf(N);
     if (cfg_.norm_scale) { a.n1 = buf(N * D); a.n2 = buf(N * D); }
-    a.q_raw = buf(N * D); a.rstd_q = buf(N * H); a.k_raw = buf(N * KV); a.rstd_k = buf(N * Hkv);
+    a.q_raw = activation(N * D); a.rstd_q = buf(N * H); a.k_raw = activation(N * KV); a.rstd_k = buf(N * Hkv);
     a.q_rot = buf(N * D); a.q = operand(N * D); a.k = operand(N * KV); a.v = operand(N * KV); a.att = operand(N * D);
-    a.lse = buf(N * H); a.o = buf(N * D); a.x1 = buf(N * D); a.h2 = plain_norms ? operand(N * D) : buf(N * D);
-    a.rstd2 = buf(N); a.u = buf(N * Hd); a.a = operand(N * Hd); a.m = buf(N * D); a.x_out = buf(N * D);
+    a.lse = buf(N * H); a.o = activation(N * D); a.x1 = buf(N * D); a.h2 = plain_norms ? operand(N * D) : buf(N * D);
+    a.rstd2 = buf(N); a.u = activation(N * Hd); a.a = operand(N * Hd); a.m = activation(N * D); a.x_out = buf(N * D);
   }
   emb_ = buf(N * D); x0_ = buf(N * D); rstd0_ = buf(N); final_ = operand(N * D); rstdf_ = buf(N);
   logits_ = buf(N * V);
@@ -107,7 +110,8 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
     g_x_ = buf(N * D); g_x0_ = buf(N * D); g_h_ = buf(N * D); g_q_ = buf(N * D); g_k_ = buf(N * KV);
     g_v_ = operand(N * KV); g_att_ = operand(N * D); g_o_ = operand(N * D); g_u_ = operand(N * Hd);
     if (cfg_.qk_norm) { g_qraw_ = operand(N * D); g_kraw_ = operand(N * KV); }  // qk_prep_backward's draw
-    g_a_ = buf(N * Hd); g_m_ = operand(N * D); g_final_ = buf(N * D);
+    g_a_ = activation(N * Hd); g_m_ = operand(N * D); g_final_ = buf(N * D);
+    g_h2_ = plain_norms ? activation(N * D) : buf(N * D);
     g_skip_.clear();
     for (int64_t i = 0; i < cfg_.encoder_layers(); ++i) g_skip_.push_back(buf(N * D));
   }
@@ -133,13 +137,14 @@ void Model<T>::pre_norm_forward(int64_t v, const T* x, int64_t N, T* n, T* h, T*
   if (cfg_.norm_scale) be_.channel_scale_forward(normed, fwd_ + scale, N, D, h);
 }
 
-// Reads the gradient w.r.t. h from g_h_ and accumulates the gradient w.r.t. x into dx.
+// Reads the gradient w.r.t. h from g (an activation buffer only with plain pre-norms) and accumulates the gradient
+// w.r.t. x into dx.
 template <class T>
-void Model<T>::pre_norm_backward(int64_t v, const T* x, int64_t N, const T* n, const T* rstd, int64_t scale, T* dx) {
+void Model<T>::pre_norm_backward(int64_t v, T* g, const T* x, int64_t N, const T* n, const T* rstd, int64_t scale,
+                                 T* dx) {
   const int64_t D = cfg_.d_model;
-  T* g = g_h_.get();
   if (cfg_.norm_scale) {
-    be_.channel_scale_backward_set_dx(g_h_.get(), n, fwd_ + scale, N, D, g_tmp_.get(), grads_.get() + scale);
+    be_.channel_scale_backward_set_dx(g, n, fwd_ + scale, N, D, g_tmp_.get(), grads_.get() + scale);
     g = g_tmp_.get();
   }
   if (cfg_.ln_scale) be_.scale(g, ln_factor(v), N * D);
@@ -235,8 +240,8 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
   be_.channel_scale_backward_set_dx(dx, a.m.get(), P + s.mlp_scale, N, D, g_m_.get(), G + s.mlp_scale);
   be_.linear_backward_set_dx(g_m_.get(), a.a.get(), P + w.mproj, N, Hd, D, g_a_.get(), G + w.mproj);
   be_.activation_backward_set(cfg_.activation, g_a_.get(), a.u.get(), N * Hd, g_u_.get());
-  be_.linear_backward_set_dx(g_u_.get(), a.h2.get(), P + w.fc, N, D, Hd, g_h_.get(), G + w.fc);
-  pre_norm_backward(v, a.x1.get(), N, a.n2.get(), a.rstd2.get(), s.mlp_norm_scale, dx);  // dx: now d/dx1
+  be_.linear_backward_set_dx(g_u_.get(), a.h2.get(), P + w.fc, N, D, Hd, g_h2_.get(), G + w.fc);
+  pre_norm_backward(v, g_h2_.get(), a.x1.get(), N, a.n2.get(), a.rstd2.get(), s.mlp_norm_scale, dx);  // dx: d/dx1
   // Attention branch: x1 = x_mix + attn_scale * proj(attention(...)).
   be_.channel_scale_backward_set_dx(dx, a.o.get(), P + s.attn_scale, N, D, g_o_.get(), G + s.attn_scale);
   be_.linear_backward_set_dx(g_o_.get(), a.att.get(), P + w.proj, N, D, D, g_att_.get(), G + w.proj);
@@ -254,7 +259,7 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
   const typename Backend<T>::LinearGrad qkv[] = {
       {gq_raw, P + w.c_q, D, G + w.c_q}, {gk_raw, P + w.c_k, KV, G + w.c_k}, {g_v_.get(), P + w.c_v, KV, G + w.c_v}};
   be_.linear_backward_shared_set_dx(a.h1.get(), N, D, qkv, g_h_.get());
-  pre_norm_backward(v, a.x_mix, N, a.n1.get(), a.rstd1.get(), s.attn_norm_scale, dx);  // dx: now d/dx_mix
+  pre_norm_backward(v, g_h_.get(), a.x_mix, N, a.n1.get(), a.rstd1.get(), s.attn_norm_scale, dx);  // d/dx_mix
   if (cfg_.resid_mix) be_.resid_mix_backward_set_dx(dx, a.x_in, x0, P + s.resid_mix, N, D, dx, dx0, G + s.resid_mix);
   // dx: now d/dx_in. Undo the skip connection.
   if (has_skip(v)) {

@@ -47,6 +47,13 @@ class Backend {
   virtual T* alloc_operand(size_t n) { return alloc(n); }
   virtual void operand_values(const T* src, size_t n, T* dst) { copy(dst, src, n); }
   virtual void store_operand(T* dst, const T* src, size_t n) { copy(dst, src, n); }
+  // Activation buffers: like operand buffers, but for GEMM outputs and gradients that element-wise ops read too, so
+  // a backend that stores them in a lower precision rounds values (the CUDA backend's bf16 mode: bf16, as PyTorch's
+  // autocast keeps linear outputs). Readable by the ops that say so: activation_forward/backward (h, dout),
+  // scaled_residual(_rmsnorm)_forward (o), channel_scale_backward(_set_dx) (x), qk_prep_forward/backward (raw),
+  // rmsnorm_backward (dout), and the linear ops and attention; written only by ops that name them as outputs
+  // (linear ops with a written, not accumulated, output). Values through operand_values()/store_operand().
+  virtual T* alloc_activation(size_t n) { return alloc(n); }
 
   // Model ops (see cpu_ops.h for the contracts).
   virtual void embedding_forward(const T* table, const int32_t* tokens, int64_t N, int64_t D, T* out) = 0;
@@ -218,15 +225,16 @@ class Backend {
 template <class T>
 std::unique_ptr<Backend<T>> make_cpu_backend();
 
-// Owning handle to backend memory: plain, or an operand buffer (Backend::alloc_operand).
-enum class Storage { plain, operand };
+// Owning handle to backend memory: plain, an operand buffer (Backend::alloc_operand) or an activation buffer
+// (Backend::alloc_activation).
+enum class Storage { plain, operand, activation };
 
 template <class T>
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;
   DeviceBuffer(Backend<T>& b, size_t n, Storage s = Storage::plain)
-      : b_(&b), p_(n ? (s == Storage::operand ? b.alloc_operand(n) : b.alloc(n)) : nullptr), n_(n) {}
+      : b_(&b), p_(n ? alloc(b, n, s) : nullptr), n_(n) {}
   DeviceBuffer(DeviceBuffer&& o) noexcept : b_(o.b_), p_(o.p_), n_(o.n_) { o.p_ = nullptr; o.n_ = 0; }
   DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
     if (this != &o) { reset(); b_ = o.b_; p_ = o.p_; n_ = o.n_; o.p_ = nullptr; o.n_ = 0; }
@@ -240,6 +248,13 @@ class DeviceBuffer {
 
  private:
   void reset() { if (p_) b_->release(p_); p_ = nullptr; }
+  static T* alloc(Backend<T>& b, size_t n, Storage s) {
+    switch (s) {
+      case Storage::operand: return b.alloc_operand(n);
+      case Storage::activation: return b.alloc_activation(n);
+      default: return b.alloc(n);
+    }
+  }
   Backend<T>* b_ = nullptr;
   T* p_ = nullptr;
   size_t n_ = 0;

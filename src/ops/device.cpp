@@ -12,7 +12,15 @@ std::unique_ptr<Backend<float>> make_backend(const std::string& device) {
   if (device == "cuda" || device.starts_with("cuda:")) {
 #ifdef PTOOL_HAVE_CUDA
     CudaBackendOptions o;
-    if (device != "cuda") o.gemm = parse_gemm_precision(device.substr(5));
+    const std::string p = device == "cuda" ? "tf32" : device.substr(5);
+    if (p == "bf16-gemm") {
+      o.gemm = CudaGemmPrecision::bf16;
+      o.bf16_activations = false;
+    } else if (p == "tf32" || p == "bf16" || p == "fp32") {
+      o.gemm = parse_gemm_precision(p);
+    } else {
+      throw Error("--device must be " + std::string(kDeviceHelp) + ", got '" + device + "'");
+    }
     if (!cuda_device_available()) throw Error("--device " + device + ": no CUDA device was found on this machine");
     return make_cuda_backend(o);
 #else

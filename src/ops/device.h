@@ -2,7 +2,9 @@
 //   cpu          the reference (fp32)
 //   cuda         kernels/ with TF32 GEMMs (the default precision)
 //   cuda:tf32    the same, spelled out
-//   cuda:bf16    bf16 GEMM inputs, fp32 accumulation and fp32 activations
+//   cuda:bf16    bf16 GEMM and attention inputs, fp32 accumulation, the residual stream and parameters in fp32,
+//                GEMM outputs that element-wise ops read stored in bf16 (as PyTorch's autocast keeps them)
+//   cuda:bf16-gemm  the same with those GEMM outputs kept in fp32 (CudaBackendOptions::bf16_activations off)
 //   cuda:fp32    full fp32 GEMMs (slow; for checking)
 // The precision rides on the device string so that every command with --device takes it without a new flag.
 // Errors say what is missing (a CUDA build, a device) or which spellings exist.
@@ -17,6 +19,7 @@ namespace ptool {
 std::unique_ptr<Backend<float>> make_backend(const std::string& device);
 
 // One line for --help texts: the spellings make_backend accepts.
-inline constexpr const char* kDeviceHelp = "cpu, or cuda[:tf32|bf16|fp32] (GEMM precision; plain cuda = tf32)";
+inline constexpr const char* kDeviceHelp =
+    "cpu, or cuda[:tf32|bf16|bf16-gemm|fp32] (GEMM precision; plain cuda = tf32)";
 
 }  // namespace ptool

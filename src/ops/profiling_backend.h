@@ -72,6 +72,7 @@ class ProfilingBackend final : public Backend<T> {
 
   T* alloc(size_t n) override { return in_.alloc(n); }
   T* alloc_operand(size_t n) override { return in_.alloc_operand(n); }
+  T* alloc_activation(size_t n) override { return in_.alloc_activation(n); }
   void store_operand(T* dst, const T* src, size_t n) override {
     timed("store_operand", 2 * E * n, 0, [&] { in_.store_operand(dst, src, n); });
   }

@@ -27,12 +27,12 @@ TEST_CASE("make_backend: cpu and unknown devices", "[device]") {
   CHECK(std::string(make_backend("cpu")->name()) == "cpu");
   for (const char* bad : {"gpu", "CUDA", "cpu:bf16", ""}) {
     INFO(bad);
-    CHECK_THAT(error_of(bad), Catch::Contains("cuda[:tf32|bf16|fp32]"));
+    CHECK_THAT(error_of(bad), Catch::Contains("cuda[:tf32|bf16|bf16-gemm|fp32]"));
   }
 }
 
 TEST_CASE("make_backend: cuda spellings", "[device]") {
-  for (const char* ok : {"cuda", "cuda:tf32", "cuda:bf16", "cuda:fp32"}) {
+  for (const char* ok : {"cuda", "cuda:tf32", "cuda:bf16", "cuda:bf16-gemm", "cuda:fp32"}) {
     INFO(ok);
     const std::string err = error_of(ok);
     // built and present: a backend; otherwise the error names what is missing
@@ -40,8 +40,9 @@ TEST_CASE("make_backend: cuda spellings", "[device]") {
            err.find("built without CUDA") != std::string::npos));
   }
 #ifdef PTOOL_HAVE_CUDA
-  CHECK_THAT(error_of("cuda:fp16"), Catch::Contains("fp32, tf32 or bf16, got 'fp16'"));
-  CHECK_THAT(error_of("cuda:"), Catch::Contains("got ''"));
+  CHECK_THAT(error_of("cuda:fp16"), Catch::Contains("cuda[:tf32|bf16|bf16-gemm|fp32]"));
+  CHECK_THAT(error_of("cuda:fp16"), Catch::Contains("got 'cuda:fp16'"));
+  CHECK_THAT(error_of("cuda:"), Catch::Contains("got 'cuda:'"));
 #else
   CHECK_THAT(error_of("cuda:bf16"), Catch::Contains("built without CUDA"));
 #endif
