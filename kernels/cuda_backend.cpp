@@ -194,6 +194,7 @@ class CudaBackend final : public Backend<float> {
   float* alloc_activation(size_t n) override {
     return opt_.gemm == CudaGemmPrecision::bf16 && opt_.bf16_activations ? alloc_bf16(n) : alloc(n);
   }
+  size_t element_bytes(const float* p) const override { return is_operand(p) ? sizeof(uint16_t) : sizeof(float); }
   float* alloc_bf16(size_t n) {
     void* p = device_alloc(n * sizeof(uint16_t));
     if (p) operands_[p] = n;

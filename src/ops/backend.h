@@ -54,6 +54,8 @@ class Backend {
   // rmsnorm_backward (dout), and the linear ops and attention; written only by ops that name them as outputs
   // (linear ops with a written, not accumulated, output). Values through operand_values()/store_operand().
   virtual T* alloc_activation(size_t n) { return alloc(n); }
+  // Bytes per element of the buffer at p as this backend stores it (for traffic estimates).
+  virtual size_t element_bytes(const T*) const { return sizeof(T); }
 
   // Model ops (see cpu_ops.h for the contracts).
   virtual void embedding_forward(const T* table, const int32_t* tokens, int64_t N, int64_t D, T* out) = 0;

@@ -4,10 +4,11 @@
 // bandwidth or its tensor-core rate (bench_train --profile).
 //
 // Traffic is the least an op must move: every input read once and every output written once (an accumulated
-// output read and written), in elements of T; temporaries and re-reads are not counted. In the CUDA backend's
-// bf16 mode, operand buffers hold 2 bytes per element but count as 4 here, and the GEMMs' conversions to bf16
-// are not counted: GB/s is a rough figure there, good for ranking ops rather than for absolute bandwidth. FLOPs count GEMMs (2 per multiply-add) and attention's QK^T and PV products (causal:
-// half the square; the backward's five products against the forward's two).
+// output read and written), each tensor at the bytes per element the inner backend stores it in
+// (Backend::element_bytes: 2 for the CUDA backend's bf16 buffers); temporaries, re-reads and the bf16 mode's
+// conversions of fp32 GEMM operands (the weights) are not counted. FLOPs count GEMMs (2 per multiply-add) and
+// attention's QK^T and PV products (causal: half the square; the backward's five products against the forward's
+// two).
 //
 // The composite ops (qk_prep_*, scaled_residual_*, *_set, *_shared) go to the inner backend whole, so a fused
 // kernel is timed as one op. Results are those of the inner backend, bit for bit.
@@ -73,11 +74,12 @@ class ProfilingBackend final : public Backend<T> {
   T* alloc(size_t n) override { return in_.alloc(n); }
   T* alloc_operand(size_t n) override { return in_.alloc_operand(n); }
   T* alloc_activation(size_t n) override { return in_.alloc_activation(n); }
+  size_t element_bytes(const T* p) const override { return in_.element_bytes(p); }
   void store_operand(T* dst, const T* src, size_t n) override {
-    timed("store_operand", 2 * E * n, 0, [&] { in_.store_operand(dst, src, n); });
+    timed("store_operand", b(src, n) + b(dst, n), 0, [&] { in_.store_operand(dst, src, n); });
   }
   void operand_values(const T* src, size_t n, T* dst) override {
-    timed("operand_values", 2 * E * n, 0, [&] { in_.operand_values(src, n, dst); });
+    timed("operand_values", b(src, n) + b(dst, n), 0, [&] { in_.operand_values(src, n, dst); });
   }
   void release(T* p) override { in_.release(p); }
   int32_t* alloc_index(size_t n) override { return in_.alloc_index(n); }
@@ -91,7 +93,7 @@ class ProfilingBackend final : public Backend<T> {
   void upload_index(int32_t* dst, const int32_t* host, size_t n) override {
     timed("upload_index", 4.0 * n, 0, [&] { in_.upload_index(dst, host, n); });
   }
-  void zero(T* p, size_t n) override { timed("zero", E * n, 0, [&] { in_.zero(p, n); }); }
+  void zero(T* p, size_t n) override { timed("zero", b(p, n), 0, [&] { in_.zero(p, n); }); }
   void copy(T* dst, const T* src, size_t n) override { timed("copy", 2 * E * n, 0, [&] { in_.copy(dst, src, n); }); }
   void add(T* y, const T* x, size_t n) override { timed("add", 3 * E * n, 0, [&] { in_.add(y, x, n); }); }
   void scale(T* y, T a, size_t n) override { timed("scale", 2 * E * n, 0, [&] { in_.scale(y, a, n); }); }
@@ -104,24 +106,26 @@ class ProfilingBackend final : public Backend<T> {
           [&] { in_.embedding_backward(dout, tokens, N, D, dtable); });
   }
   void rmsnorm_forward(const T* x, int64_t N, int64_t D, T eps, T* out, T* rstd) override {
-    timed("rmsnorm_forward", E * (2 * N * D + N), 0, [&] { in_.rmsnorm_forward(x, N, D, eps, out, rstd); });
+    timed("rmsnorm_forward", b(x, N * D) + b(out, N * D) + E * N, 0,
+          [&] { in_.rmsnorm_forward(x, N, D, eps, out, rstd); });
   }
   void rmsnorm_backward(const T* dout, const T* x, const T* rstd, int64_t N, int64_t D, T* dx) override {
-    timed("rmsnorm_backward", E * (4 * N * D + N), 0, [&] { in_.rmsnorm_backward(dout, x, rstd, N, D, dx); });
+    timed("rmsnorm_backward", b(dout, N * D) + E * (3 * N * D + N), 0,
+          [&] { in_.rmsnorm_backward(dout, x, rstd, N, D, dx); });
   }
   void linear_forward(const T* x, const T* W, int64_t N, int64_t K, int64_t M, T* y) override {
-    timed("linear_forward", E * (N * K + M * K + N * M), 2.0 * N * K * M,
+    timed("linear_forward", b(x, N * K) + E * M * K + b(y, N * M), 2.0 * N * K * M,
           [&] { in_.linear_forward(x, W, N, K, M, y); });
   }
   void linear_backward(const T* dy, const T* x, const T* W, int64_t N, int64_t K, int64_t M, T* dx, T* dW) override {
-    timed("linear_backward", linear_backward_bytes(N, K, M, dx, dW, true), linear_backward_flops(N, K, M, dx, dW),
-          [&] { in_.linear_backward(dy, x, W, N, K, M, dx, dW); });
+    timed("linear_backward", linear_backward_bytes(dy, x, N, K, M, dx, dW, true),
+          linear_backward_flops(N, K, M, dx, dW), [&] { in_.linear_backward(dy, x, W, N, K, M, dx, dW); });
   }
   void channel_scale_forward(const T* x, const T* s, int64_t N, int64_t D, T* y) override {
     timed("channel_scale_forward", E * 2 * N * D, 0, [&] { in_.channel_scale_forward(x, s, N, D, y); });
   }
   void channel_scale_backward(const T* dy, const T* x, const T* s, int64_t N, int64_t D, T* dx, T* ds) override {
-    timed("channel_scale_backward", E * (dx ? 4 : 2) * N * D, 0,
+    timed("channel_scale_backward", E * N * D + b(x, N * D) + (dx ? 2 * E * N * D : 0), 0,
           [&] { in_.channel_scale_backward(dy, x, s, N, D, dx, ds); });
   }
   void head_scale_forward(const T* x, const T* g, int64_t N, int64_t H, int64_t hd, T* y) override {
@@ -140,25 +144,31 @@ class ProfilingBackend final : public Backend<T> {
   }
   void attention_forward(const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t H, int64_t Hkv,
                          int64_t hd, T* out, T* lse) override {
-    timed("attention_forward", E * B * Tn * (2 * H * hd + 2 * Hkv * hd + H), attention_flops(B, Tn, H, hd, 2),
+    const int64_t nq = B * Tn * H * hd, nkv = B * Tn * Hkv * hd;
+    timed("attention_forward", b(q, nq) + b(k, nkv) + b(v, nkv) + b(out, nq) + E * B * Tn * H,
+          attention_flops(B, Tn, H, hd, 2),
           [&] { in_.attention_forward(q, k, v, B, Tn, H, Hkv, hd, out, lse); });
   }
   void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* out, const T* lse, int64_t B,
                           int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, T* dq, T* dk, T* dv) override {
-    timed("attention_backward", E * B * Tn * (5 * H * hd + 6 * Hkv * hd + H), attention_flops(B, Tn, H, hd, 5),
+    timed("attention_backward", attention_backward_bytes(dout, q, k, v, out, B, Tn, H, Hkv, hd, dq, dk, dv, true),
+          attention_flops(B, Tn, H, hd, 5),
           [&] { in_.attention_backward(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv); });
   }
   void attention_backward_set(const T* dout, const T* q, const T* k, const T* v, const T* out, const T* lse,
                               int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, T* dq, T* dk,
                               T* dv) override {
-    timed("attention_backward_set", E * B * Tn * (4 * H * hd + 4 * Hkv * hd + H), attention_flops(B, Tn, H, hd, 5),
+    timed("attention_backward_set",
+          attention_backward_bytes(dout, q, k, v, out, B, Tn, H, Hkv, hd, dq, dk, dv, false),
+          attention_flops(B, Tn, H, hd, 5),
           [&] { in_.attention_backward_set(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv); });
   }
   void activation_forward(cpu::Activation a, const T* h, int64_t n, T* out) override {
-    timed("activation_forward", E * 2 * n, 0, [&] { in_.activation_forward(a, h, n, out); });
+    timed("activation_forward", b(h, n) + b(out, n), 0, [&] { in_.activation_forward(a, h, n, out); });
   }
   void activation_backward(cpu::Activation a, const T* dout, const T* h, int64_t n, T* dh) override {
-    timed("activation_backward", E * 4 * n, 0, [&] { in_.activation_backward(a, dout, h, n, dh); });
+    timed("activation_backward", b(dout, n) + b(h, n) + 2 * E * n, 0,
+          [&] { in_.activation_backward(a, dout, h, n, dh); });
   }
   void skip_add_forward(T* x, const T* skip, const T* w, int64_t N, int64_t D) override {
     timed("skip_add_forward", E * 3 * N * D, 0, [&] { in_.skip_add_forward(x, skip, w, N, D); });
@@ -185,35 +195,40 @@ class ProfilingBackend final : public Backend<T> {
   }
   void resid_mix_rmsnorm_forward(const T* x, const T* x0, const T* m, int64_t N, int64_t D, T eps, T* y, T* h,
                                  T* rstd) override {
-    timed("resid_mix_rmsnorm_forward", E * (4 * N * D + N), 0,
+    timed("resid_mix_rmsnorm_forward", E * (3 * N * D + N) + b(h, N * D), 0,
           [&] { in_.resid_mix_rmsnorm_forward(x, x0, m, N, D, eps, y, h, rstd); });
   }
   void qk_prep_forward(const T* raw, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base,
                        bool norm, T eps, const T* gain, T* rstd, T* x, T* out) override {
-    timed("qk_prep_forward", E * B * Tn * H * (hd * (gain ? 3 : 2) + (norm ? 1 : 0)), 0,
+    const int64_t n = B * Tn * H * hd, rows = B * Tn * H;
+    const bool both = gain && x != out;  // x == out with a gain: only out is written
+    timed("qk_prep_forward",
+          b(raw, n) + (gain ? b(out, n) : 0) + (both || !gain ? b(x, n) : 0) + (norm ? E * rows : 0), 0,
           [&] { in_.qk_prep_forward(raw, B, Tn, H, hd, rot, base, norm, eps, gain, rstd, x, out); });
   }
   void qk_prep_backward(T* d, const T* raw, const T* rstd, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot,
                         double base, bool norm, T* draw) override {
-    timed("qk_prep_backward", E * B * Tn * H * (norm ? 3 * hd + 1 : 2 * hd), 0,
+    const int64_t n = B * Tn * H * hd;
+    timed("qk_prep_backward", norm ? E * n + b(raw, n) + b(draw, n) + E * B * Tn * H : 2 * E * n, 0,
           [&] { in_.qk_prep_backward(d, raw, rstd, B, Tn, H, hd, rot, base, norm, draw); });
   }
   void scaled_residual_forward(const T* x, const T* o, const T* s, int64_t N, int64_t D, T* y) override {
-    timed("scaled_residual_forward", E * 3 * N * D, 0, [&] { in_.scaled_residual_forward(x, o, s, N, D, y); });
+    timed("scaled_residual_forward", 2 * E * N * D + b(o, N * D), 0,
+          [&] { in_.scaled_residual_forward(x, o, s, N, D, y); });
   }
   void scaled_residual_rmsnorm_forward(const T* x, const T* o, const T* s, int64_t N, int64_t D, T eps, T* y, T* h,
                                        T* rstd) override {
-    timed("scaled_residual_rmsnorm_forward", E * (4 * N * D + N), 0,
+    timed("scaled_residual_rmsnorm_forward", E * (2 * N * D + N) + b(o, N * D) + b(h, N * D), 0,
           [&] { in_.scaled_residual_rmsnorm_forward(x, o, s, N, D, eps, y, h, rstd); });
   }
   void linear_backward_set_dx(const T* dy, const T* x, const T* W, int64_t N, int64_t K, int64_t M, T* dx,
                               T* dW) override {
-    timed("linear_backward_set_dx", linear_backward_bytes(N, K, M, dx, dW, false),
+    timed("linear_backward_set_dx", linear_backward_bytes(dy, x, N, K, M, dx, dW, false),
           linear_backward_flops(N, K, M, dx, dW), [&] { in_.linear_backward_set_dx(dy, x, W, N, K, M, dx, dW); });
   }
   void channel_scale_backward_set_dx(const T* dy, const T* x, const T* s, int64_t N, int64_t D, T* dx,
                                      T* ds) override {
-    timed("channel_scale_backward_set_dx", E * (dx ? 3 : 2) * N * D, 0,
+    timed("channel_scale_backward_set_dx", E * N * D + b(x, N * D) + b(dx, N * D), 0,
           [&] { in_.channel_scale_backward_set_dx(dy, x, s, N, D, dx, ds); });
   }
   void head_scale_backward_set_dx(const T* dy, const T* x, const T* g, int64_t N, int64_t H, int64_t hd, T* dx,
@@ -222,7 +237,8 @@ class ProfilingBackend final : public Backend<T> {
           [&] { in_.head_scale_backward_set_dx(dy, x, g, N, H, hd, dx, dg); });
   }
   void activation_backward_set(cpu::Activation a, const T* dout, const T* h, int64_t n, T* dh) override {
-    timed("activation_backward_set", E * 3 * n, 0, [&] { in_.activation_backward_set(a, dout, h, n, dh); });
+    timed("activation_backward_set", b(dout, n) + b(h, n) + b(dh, n), 0,
+          [&] { in_.activation_backward_set(a, dout, h, n, dh); });
   }
   void resid_mix_backward_set_dx(const T* dy, const T* x, const T* x0, const T* m, int64_t N, int64_t D, T* dx,
                                  T* dx0, T* dm) override {
@@ -231,36 +247,36 @@ class ProfilingBackend final : public Backend<T> {
   }
   void linear_forward_shared(const T* x, int64_t N, int64_t K,
                              std::span<const typename Backend<T>::LinearOut> outs) override {
-    double bytes = E * N * K, flops = 0;
+    double bytes = b(x, N * K), flops = 0;
     for (const auto& o : outs) {
-      bytes += E * (o.M * K + N * o.M);
+      bytes += E * o.M * K + b(o.y, N * o.M);
       flops += 2.0 * N * K * o.M;
     }
     timed("linear_forward_shared", bytes, flops, [&] { in_.linear_forward_shared(x, N, K, outs); });
   }
   void linear_backward_shared_set_dx(const T* x, int64_t N, int64_t K,
                                      std::span<const typename Backend<T>::LinearGrad> grads, T* dx) override {
-    double bytes = E * N * K * (dx ? 1 : 0), flops = 0;
+    double bytes = b(dx, N * K), flops = 0;
     bool any_dw = false;
     for (const auto& g : grads) {
-      bytes += E * N * g.M + (dx ? E * g.M * K : 0) + (g.dW ? 2 * E * g.M * K : 0);
+      bytes += b(g.dy, N * g.M) + (dx ? E * g.M * K : 0) + (g.dW ? 2 * E * g.M * K : 0);
       flops += (dx ? 2.0 : 0.0) * N * K * g.M + (g.dW ? 2.0 : 0.0) * N * K * g.M;
       any_dw = any_dw || g.dW;
     }
-    if (any_dw) bytes += E * N * K;
+    if (any_dw) bytes += b(x, N * K);
     timed("linear_backward_shared_set_dx", bytes, flops, [&] { in_.linear_backward_shared_set_dx(x, N, K, grads, dx); });
   }
 
   double softcap_cross_entropy(const T* z, const int32_t* targets, int64_t N, int64_t V, T cap, double* losses_host,
                                T* dz, T grad_scale) override {
     double r = 0;
-    timed("softcap_cross_entropy", E * N * V * (dz ? 2 : 1), 0,
+    timed("softcap_cross_entropy", E * N * V + b(dz, N * V), 0,
           [&] { r = in_.softcap_cross_entropy(z, targets, N, V, cap, losses_host, dz, grad_scale); });
     return r;
   }
   void softcap_cross_entropy_accumulate(const T* z, const int32_t* targets, int64_t N, int64_t V, T cap, T* dz,
                                         T grad_scale) override {
-    timed("softcap_cross_entropy", E * N * V * (dz ? 2 : 1), 0,
+    timed("softcap_cross_entropy", E * N * V + b(dz, N * V), 0,
           [&] { in_.softcap_cross_entropy_accumulate(z, targets, N, V, cap, dz, grad_scale); });
   }
   double take_loss_sum() override { return in_.take_loss_sum(); }
@@ -300,11 +316,22 @@ class ProfilingBackend final : public Backend<T> {
   static double attention_flops(int64_t B, int64_t Tn, int64_t H, int64_t hd, int products) {
     return 2.0 * products * static_cast<double>(B) * H * (static_cast<double>(Tn) * Tn / 2) * hd;
   }
-  static double linear_backward_bytes(int64_t N, int64_t K, int64_t M, const T* dx, const T* dW, bool dx_read) {
-    double b = E * N * M;
-    if (dx) b += E * (M * K + (dx_read ? 2 : 1) * N * K);
-    if (dW) b += E * (N * K + 2 * M * K);
-    return b;
+  // n elements of the tensor at p, in the bytes the inner backend stores them in (0 for a null tensor).
+  double b(const T* p, int64_t n) const { return p ? static_cast<double>(in_.element_bytes(p)) * n : 0.0; }
+  double linear_backward_bytes(const T* dy, const T* x, int64_t N, int64_t K, int64_t M, const T* dx, const T* dW,
+                               bool dx_read) const {
+    double r = b(dy, N * M);
+    if (dx) r += E * M * K + (dx_read ? 2 : 1) * b(dx, N * K);
+    if (dW) r += b(x, N * K) + 2 * E * M * K;
+    return r;
+  }
+  // Inputs read once, dq, dk, dv written (and read when accumulated), lse read.
+  double attention_backward_bytes(const T* dout, const T* q, const T* k, const T* v, const T* out, int64_t B,
+                                  int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, const T* dq, const T* dk,
+                                  const T* dv, bool accumulate) const {
+    const int64_t nq = B * Tn * H * hd, nkv = B * Tn * Hkv * hd, w = accumulate ? 2 : 1;
+    return b(dout, nq) + b(q, nq) + b(k, nkv) + b(v, nkv) + b(out, nq) + E * B * Tn * H +
+           w * (b(dq, nq) + b(dk, nkv) + b(dv, nkv));
   }
   static double linear_backward_flops(int64_t N, int64_t K, int64_t M, const T* dx, const T* dW) {
     return ((dx ? 2.0 : 0.0) + (dW ? 2.0 : 0.0)) * N * K * M;

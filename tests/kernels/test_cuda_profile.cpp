@@ -84,3 +84,28 @@ TEST_CASE("cuda: a profiled CUDA backend gives the same results, timed by events
     CHECK(cuda_memory(prof).peak_bytes > 0);  // the helpers reach the backend under the wrapper
   }
 }
+
+// Traffic counts each tensor at the bytes it is stored in: 2 per element for the bf16 mode's operand and
+// activation buffers, 4 for plain memory (a GEMM's y and x here).
+TEST_CASE("cuda: a profile counts bf16 buffers at 2 bytes per element", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  CudaBackendOptions o;
+  o.gemm = CudaGemmPrecision::bf16;
+  auto inner = make_cuda_backend(o);
+  ProfilingBackend<float> prof(*inner, make_cuda_op_timer(*inner));
+  const int64_t N = 8, K = 16, M = 24;
+  DeviceBuffer<float> x(prof, N * K), W(prof, M * K), y(prof, N * M), y_op(prof, N * M, Storage::operand),
+      u(prof, N * M, Storage::activation);
+  prof.zero(x.get(), N * K);
+  prof.zero(W.get(), M * K);
+  prof.linear_forward(x.get(), W.get(), N, K, M, y.get());
+  CHECK(prof.element_bytes(y_op.get()) == 2);
+  CHECK(prof.element_bytes(u.get()) == 2);
+  CHECK(prof.element_bytes(y.get()) == 4);
+  prof.reset();
+  prof.linear_forward(x.get(), W.get(), N, K, M, y_op.get());
+  CHECK(prof.profile().at("linear_forward").bytes == 4.0 * (N * K + M * K) + 2.0 * N * M);
+  prof.reset();
+  prof.activation_forward(cpu::Activation::relu2, u.get(), N * M, y.get());
+  CHECK(prof.profile().at("activation_forward").bytes == 2.0 * N * M + 4.0 * N * M);
+}
