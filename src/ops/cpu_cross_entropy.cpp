@@ -36,21 +36,25 @@ template <class T> double softcap_cross_entropy(const T* z, const int32_t* targe
       zbuf.resize(static_cast<size_t>(V));
     }
     Eigen::Map<Eigen::ArrayXd> t(tbuf.data(), V);   // tanh(z / c), kept for the derivative
-    Eigen::Map<Eigen::ArrayXd> zc(zbuf.data(), V);  // capped logits, then probabilities
+    Eigen::Map<Eigen::ArrayXd> zc(zbuf.data(), V);  // capped logits, then their exp, then probabilities
     const T* zr = z + n * V;
     for (int64_t j = 0; j < V; ++j) zc[j] = static_cast<double>(zr[j]);
     if (capped) {
-      t = (zc / c).tanh();
+      // tanh(x) = 1 - 2 / (1 + e^2x): Eigen vectorizes exp but not tanh for double; within 4e-16 of std::tanh.
+      t = 1.0 - 2.0 / (1.0 + (zc * (2.0 / c)).exp());
       zc = c * t;
     }
     const int64_t y = targets[n];
     const double m = zc.maxCoeff();
-    const double lse = m + std::log((zc - m).exp().sum());
-    const double loss = lse - zc[y];
+    const double zy = zc[y];
+    zc = (zc - m).exp();
+    const double sum = zc.sum();
+    const double lse = m + std::log(sum);
+    const double loss = lse - zy;
     if (losses) losses[n] = loss;
     total += loss;
     if (dz) {
-      zc = (zc - lse).exp();  // softmax
+      zc /= sum;  // softmax
       zc[y] -= 1.0;
       if (capped) zc *= (1.0 - t.square());
       T* dr = dz + n * V;  // z row has been fully read above, so dz may alias z
