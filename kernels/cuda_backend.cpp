@@ -515,6 +515,15 @@ class CudaBackend final : public Backend<float> {
     require_plain("resid_mix_backward", {dy, x, x0, m, dx, dx0, dm});
     cuda::launch_resid_mix_backward(dy, x, x0, m, N, D, dx, true, dx0, dm, ws_, stream_);
   }
+  void rmsnorm_resid_mix_backward(const float* dh, const float* y, const float* rstd, const float* x, const float* x0,
+                                  const float* m, int64_t N, int64_t D, float* dx, float* dx0, float* dm) override {
+    require_plain("rmsnorm_resid_mix_backward", {y, rstd, x, x0, m, dx, dx0, dm});
+    if (!cuda::rmsnorm_resid_mix_fused(D) || !dx0 || !dm) {
+      Backend<float>::rmsnorm_resid_mix_backward(dh, y, rstd, x, x0, m, N, D, dx, dx0, dm);
+      return;
+    }
+    cuda::launch_rmsnorm_resid_mix_backward(in_of(dh), y, rstd, x, x0, m, N, D, dx, dx0, dm, ws_, stream_);
+  }
   void resid_mix_backward_set_dx(const float* dy, const float* x, const float* x0, const float* m, int64_t N,
                                  int64_t D, float* dx, float* dx0, float* dm) override {
     require_plain("resid_mix_backward_set_dx", {dy, x, x0, m, dx, dx0, dm});

@@ -177,6 +177,13 @@ void launch_resid_mix_backward(const float* dy, const float* x, const float* x0,
                                int64_t D, float* dx, bool accumulate, float* dx0_acc, float* dm_acc, Workspace& ws,
                                cudaStream_t s);
 
+// Backend::rmsnorm_resid_mix_backward in one pass, for the D that rmsnorm_resid_mix_fused accepts (others throw
+// std::invalid_argument: compose rmsnorm_backward and resid_mix_backward instead). dx0 and dm_acc are added to.
+bool rmsnorm_resid_mix_fused(int64_t D);
+void launch_rmsnorm_resid_mix_backward(In dh, const float* y, const float* rstd, const float* x, const float* x0,
+                                       const float* m, int64_t N, int64_t D, float* dx, float* dx0, float* dm_acc,
+                                       Workspace& ws, cudaStream_t s);
+
 // One block per row. losses_dev[n] gets each row's loss (double); *bad_row gets the smallest row whose target
 // is outside [0, V) (it must hold INT32_MAX before the launch; left unchanged when all targets are valid).
 // dz: empty for no gradient; fp32 (may alias z) or a bf16 operand buffer.

@@ -313,18 +313,23 @@ __device__ __forceinline__ float row_rstd(In x, int64_t off, int64_t D, float ep
 }
 
 // RMSNorm's backward of the row at [off, off + D) of g, x and o, by one warp: o = r g - r^3 x mean(g x), added to
-// o (accumulate, fp32 only) or written (fp32 or bf16).
+// o (accumulate, fp32 only) or written (fp32 or bf16). rmsnorm_grad_coef and rmsnorm_grad are its two halves.
+__device__ __forceinline__ float rmsnorm_grad_coef(double dot, float r, int64_t D) {  // dot: the warp's sum of g x
+  return static_cast<float>(static_cast<double>(r) * r * r * dot / static_cast<double>(D));
+}
+__device__ __forceinline__ float rmsnorm_grad(float r, float g, float c, float x) {  // no contraction: as the CPU
+  return __fsub_rn(__fmul_rn(r, g), __fmul_rn(c, x));
+}
 __device__ __forceinline__ void rmsnorm_bwd_row(In g, In x, int64_t off, float r, int64_t D, int lane, Out o,
                                                 bool accumulate) {
   double dot = 0.0;
   for (int64_t d = lane; d < D; d += 32)
     dot += static_cast<double>(get(g, off + d)) * static_cast<double>(get(x, off + d));
-  dot = warp_sum_d(dot);
-  const float c = static_cast<float>(static_cast<double>(r) * r * r * dot / static_cast<double>(D));
+  const float c = rmsnorm_grad_coef(warp_sum_d(dot), r, D);
   for (int64_t d = lane; d < D; d += 32) {
-    const float v = r * get(g, off + d) - c * get(x, off + d);
+    const float v = rmsnorm_grad(r, get(g, off + d), c, get(x, off + d));
     if (accumulate)
-      o.f32[off + d] += v;
+      o.f32[off + d] = __fadd_rn(o.f32[off + d], v);
     else
       put(o, off + d, v);
   }
@@ -665,12 +670,65 @@ struct ResidMixBwdF {  // out 0: dm[0, :], out 1: dm[1, :]
   __device__ void operator()(int64_t n, int64_t c, double* v) const {
     const int64_t i = n * D + c;
     const float gy = dy[i];
-    if (dx) dx[i] = accumulate ? dx[i] + m[c] * gy : m[c] * gy;
-    if (dx0) dx0[i] += m[D + c] * gy;
+    if (dx) dx[i] = accumulate ? __fadd_rn(dx[i], __fmul_rn(m[c], gy)) : __fmul_rn(m[c], gy);
+    if (dx0) dx0[i] = __fadd_rn(dx0[i], __fmul_rn(m[D + c], gy));
     v[0] = static_cast<double>(x[i]) * gy;
     v[1] = static_cast<double>(x0[i]) * gy;
   }
 };
+
+// RMSNorm's backward then resid_mix's (Backend::rmsnorm_resid_mix_backward), one warp per row with the row's
+// D = 32 CPL columns in registers (lane owns columns lane + 32 j): t = dx + rmsnorm_grad(dh, y), then dx = m0 t,
+// dx0 += m1 t with resid_mix's rounding. Each warp keeps the double column sums of t x and t x0 over its
+// rows_per_warp rows; the block adds its 8 warps' sums in warp order into partial[(block * 2 + k) * D + c] for
+// colreduce_finalize (a fixed order: deterministic). Saves the write and re-read of the intermediate gradient that
+// the two ops pass through memory. 256 threads per block, at most 128 registers (2 blocks per SM; at D = 512 the
+// double sums take 64 of them and ptxas spills a few words).
+template <int CPL>
+__global__ void __launch_bounds__(256, 2) rmsnorm_resid_mix_bwd_kernel(In dh, const float* y, const float* rstd,
+                                                                    const float* x, const float* x0, const float* m,
+                                                                    int64_t N, int64_t rows_per_warp, float* dx,
+                                                                    float* dx0, double* partial) {
+  constexpr int64_t D = 32 * CPL;
+  const int lane = threadIdx.x & 31;
+  const int64_t w = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int64_t r0 = w * rows_per_warp, r1 = r0 + rows_per_warp < N ? r0 + rows_per_warp : N;
+  double s0[CPL], s1[CPL];
+#pragma unroll
+  for (int j = 0; j < CPL; ++j) s0[j] = s1[j] = 0.0;
+  for (int64_t row = r0; row < r1; ++row) {
+    const int64_t off = row * D;
+    double dot = 0.0;
+#pragma unroll
+    for (int j = 0; j < CPL; ++j)
+      dot += static_cast<double>(get(dh, off + lane + 32 * j)) * static_cast<double>(y[off + lane + 32 * j]);
+    const float r = rstd[row];
+    const float c = rmsnorm_grad_coef(warp_sum_d(dot), r, D);
+    // dh and y are read again (from L1: the warp just read them) rather than held: fewer registers, more warps.
+#pragma unroll
+    for (int j = 0; j < CPL; ++j) {
+      const int64_t col = lane + 32 * j, i = off + col;
+      const float t = __fadd_rn(dx[i], rmsnorm_grad(r, get(dh, i), c, y[i]));
+      dx[i] = __fmul_rn(m[col], t);
+      dx0[i] = __fadd_rn(dx0[i], __fmul_rn(m[D + col], t));
+      s0[j] += static_cast<double>(x[i]) * t;
+      s1[j] += static_cast<double>(x0[i]) * t;
+    }
+  }
+  __shared__ double sh[8][D];
+  const int warp = threadIdx.x >> 5;
+  for (int k = 0; k < 2; ++k) {
+    __syncthreads();  // sh is free (k = 1: the block has read k = 0's sums)
+#pragma unroll
+    for (int j = 0; j < CPL; ++j) sh[warp][lane + 32 * j] = k == 0 ? s0[j] : s1[j];
+    __syncthreads();
+    for (int64_t col = threadIdx.x; col < D; col += blockDim.x) {
+      double t = 0.0;
+      for (int v = 0; v < 8; ++v) t += sh[v][col];
+      partial[(static_cast<int64_t>(blockIdx.x) * 2 + k) * D + col] = t;
+    }
+  }
+}
 
 // ---- softcap cross-entropy ----------------------------------------------------------------------------------
 
@@ -1003,6 +1061,35 @@ void launch_resid_mix_backward(const float* dy, const float* x, const float* x0,
   if (!dx && !dx0_acc && !dm_acc) return;
   launch_colreduce(ResidMixBwdF{dy, x, x0, m, dx, dx0_acc, D, accumulate}, N, D, 1, dm_acc, dm_acc ? dm_acc + D : nullptr,
                    ws, s, "resid_mix_backward");
+}
+
+bool rmsnorm_resid_mix_fused(int64_t D) { return D == 64 || D == 128 || D == 256 || D == 512; }
+
+void launch_rmsnorm_resid_mix_backward(In dh, const float* y, const float* rstd, const float* x, const float* x0,
+                                       const float* m, int64_t N, int64_t D, float* dx, float* dx0, float* dm_acc,
+                                       Workspace& ws, cudaStream_t s) {
+  if (!rmsnorm_resid_mix_fused(D))
+    throw std::invalid_argument("rmsnorm_resid_mix_backward: no fused kernel for D = " + std::to_string(D));
+  if (N <= 0) return;
+  // At most 4096 warps (512 blocks, a few waves on an H100) and at least 4 rows a warp: few block partials.
+  const int64_t rows_per_warp = std::max<int64_t>(4, (N + 4095) / 4096);
+  const int64_t warps = (N + rows_per_warp - 1) / rows_per_warp, blocks = (warps + 7) / 8;
+  auto* partial = static_cast<double*>(ws.get(static_cast<size_t>(blocks * 2 * D) * sizeof(double)));
+  const unsigned g = static_cast<unsigned>(blocks);
+  switch (D) {
+    case 64: PTOOL_LAUNCH(rmsnorm_resid_mix_bwd_kernel<2>, g, 256, 0, s)(dh, y, rstd, x, x0, m, N, rows_per_warp, dx,
+                                                                          dx0, partial); break;
+    case 128: PTOOL_LAUNCH(rmsnorm_resid_mix_bwd_kernel<4>, g, 256, 0, s)(dh, y, rstd, x, x0, m, N, rows_per_warp, dx,
+                                                                           dx0, partial); break;
+    case 256: PTOOL_LAUNCH(rmsnorm_resid_mix_bwd_kernel<8>, g, 256, 0, s)(dh, y, rstd, x, x0, m, N, rows_per_warp, dx,
+                                                                           dx0, partial); break;
+    default: PTOOL_LAUNCH(rmsnorm_resid_mix_bwd_kernel<16>, g, 256, 0, s)(dh, y, rstd, x, x0, m, N, rows_per_warp, dx,
+                                                                           dx0, partial); break;
+  }
+  PTOOL_CUDA_LAUNCHED("rmsnorm_resid_mix_backward", s);
+  PTOOL_LAUNCH(colreduce_finalize<2>, dim3(static_cast<unsigned>(D), 2), 256, 0, s)(partial, blocks, D, 1, dm_acc,
+                                                                                   dm_acc + D);
+  PTOOL_CUDA_LAUNCHED("rmsnorm_resid_mix_backward", s);
 }
 
 void launch_softcap_cross_entropy(const float* z, const int32_t* targets, int64_t N, int64_t V, float cap,

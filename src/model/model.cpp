@@ -259,8 +259,14 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
   const typename Backend<T>::LinearGrad qkv[] = {
       {gq_raw, P + w.c_q, D, G + w.c_q}, {gk_raw, P + w.c_k, KV, G + w.c_k}, {g_v_.get(), P + w.c_v, KV, G + w.c_v}};
   be_.linear_backward_shared_set_dx(a.h1.get(), N, D, qkv, g_h_.get());
-  pre_norm_backward(v, g_h_.get(), a.x_mix, N, a.n1.get(), a.rstd1.get(), s.attn_norm_scale, dx);  // d/dx_mix
-  if (cfg_.resid_mix) be_.resid_mix_backward_set_dx(dx, a.x_in, x0, P + s.resid_mix, N, D, dx, dx0, G + s.resid_mix);
+  if (cfg_.resid_mix && plain_pre_norms()) {  // both backwards in one pass
+    be_.rmsnorm_resid_mix_backward(g_h_.get(), a.x_mix, a.rstd1.get(), a.x_in, x0, P + s.resid_mix, N, D, dx, dx0,
+                                   G + s.resid_mix);
+  } else {
+    pre_norm_backward(v, g_h_.get(), a.x_mix, N, a.n1.get(), a.rstd1.get(), s.attn_norm_scale, dx);  // d/dx_mix
+    if (cfg_.resid_mix)
+      be_.resid_mix_backward_set_dx(dx, a.x_in, x0, P + s.resid_mix, N, D, dx, dx0, G + s.resid_mix);
+  }
   // dx: now d/dx_in. Undo the skip connection.
   if (has_skip(v)) {
     const int64_t e = n_enc - 1 - k;

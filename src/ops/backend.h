@@ -177,6 +177,16 @@ class Backend {
     resid_mix_backward(dy, x, x0, m, N, D, out, dx0, dm);
     if (dx == dy) copy(dx, out, n);
   }
+  // The backward of h = rmsnorm(y), y = resid_mix(x, x0, m) (the attention branch's plain pre-norm), in one pass
+  // where a backend can: dx holds the gradient that reaches y along the residual stream; rmsnorm's backward of dh
+  // (y and rstd from the forward) is added to it, then dx is overwritten with the gradient of x and the gradients
+  // of x0 and m are added to dx0 and dm, as resid_mix_backward_set_dx(dx, ..., dx, dx0, dm). dh may be an
+  // activation buffer. The default composes those two ops.
+  virtual void rmsnorm_resid_mix_backward(const T* dh, const T* y, const T* rstd, const T* x, const T* x0, const T* m,
+                                          int64_t N, int64_t D, T* dx, T* dx0, T* dm) {
+    rmsnorm_backward(dh, y, rstd, N, D, dx);
+    resid_mix_backward_set_dx(dx, x, x0, m, N, D, dx, dx0, dm);
+  }
 
   // Several linears of one input (attention's q, k and v projections): y_i = x W_i^T. A backend can prepare x once
   // for all of them (bf16 GEMMs round it to bf16 once, not once per weight). The default calls linear_forward.

@@ -245,6 +245,11 @@ class ProfilingBackend final : public Backend<T> {
     timed("resid_mix_backward_set_dx", E * (3 + (dx ? 1 : 0) + (dx0 ? 2 : 0)) * N * D, 0,
           [&] { in_.resid_mix_backward_set_dx(dy, x, x0, m, N, D, dx, dx0, dm); });
   }
+  void rmsnorm_resid_mix_backward(const T* dh, const T* y, const T* rstd, const T* x, const T* x0, const T* m,
+                                  int64_t N, int64_t D, T* dx, T* dx0, T* dm) override {
+    timed("rmsnorm_resid_mix_backward", b(dh, N * D) + E * (7 * N * D + N), 0,
+          [&] { in_.rmsnorm_resid_mix_backward(dh, y, rstd, x, x0, m, N, D, dx, dx0, dm); });
+  }
   void linear_forward_shared(const T* x, int64_t N, int64_t K,
                              std::span<const typename Backend<T>::LinearOut> outs) override {
     double bytes = b(x, N * K), flops = 0;

@@ -1181,6 +1181,55 @@ TEST_CASE("cuda: a suffix forward scores like the full forward", "[gpu]") {
   }
 }
 
+// rmsnorm_resid_mix_backward: the fused kernel (D 64 .. 512) gives the composed ops' dx and dx0 bit for bit and
+// their dm up to summation order, from fp32 and from a bf16 activation dh; other D compose; the CPU agrees.
+TEST_CASE("cuda: the fused RMSNorm + resid_mix backward matches the two ops", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  CudaBackendOptions o;
+  o.gemm = CudaGemmPrecision::bf16;
+  auto g = make_cuda_backend(o);
+  std::mt19937_64 rng(67);
+  for (const int64_t D : {64, 512, 96}) {
+    for (const int64_t N : {1, 300, 5000}) {
+      const std::string shape = " N=" + std::to_string(N) + " D=" + std::to_string(D);
+      const Vec x = rand_vec(rng, N * D, -2.f, 2.f), x0 = rand_vec(rng, N * D, -2.f, 2.f), m = rand_vec(rng, 2 * D),
+                dh = bf16_rounded(rand_vec(rng, N * D)), dx_in = rand_vec(rng, N * D), dx0_in = rand_vec(rng, N * D),
+                dm_in = rand_vec(rng, 2 * D);
+      Vec y(N * D), h(N * D), rstd(N);
+      cpu->resid_mix_forward(x.data(), x0.data(), m.data(), N, D, y.data());
+      cpu->rmsnorm_forward(y.data(), N, D, 1e-6f, h.data(), rstd.data());
+      Dev gx(*g, x), gx0(*g, x0), gm(*g, m), gy(*g, y), grstd(*g, rstd), gdh(*g, dh);
+      DeviceBuffer<float> dh_act(*g, N * D, Storage::activation);
+      g->store_operand(dh_act.get(), gdh.p(), N * D);
+      // composed on the device
+      Dev dx1(*g, dx_in), dx01(*g, dx0_in), dm1(*g, dm_in);
+      g->rmsnorm_backward(gdh.p(), gy.p(), grstd.p(), N, D, dx1.p());
+      g->resid_mix_backward_set_dx(dx1.p(), gx.p(), gx0.p(), gm.p(), N, D, dx1.p(), dx01.p(), dm1.p());
+      for (const bool act : {false, true}) {
+        const std::string tag = shape + (act ? " (dh bf16 activation)" : "");
+        Dev dx2(*g, dx_in), dx02(*g, dx0_in), dm2(*g, dm_in);
+        g->rmsnorm_resid_mix_backward(act ? dh_act.get() : gdh.p(), gy.p(), grstd.p(), gx.p(), gx0.p(), gm.p(), N, D,
+                                      dx2.p(), dx02.p(), dm2.p());
+        check_exact("fused rmsnorm + resid_mix backward dx" + tag, dx2.get(), dx1.get());
+        check_exact("fused rmsnorm + resid_mix backward dx0" + tag, dx02.get(), dx01.get());
+        check_close("fused rmsnorm + resid_mix backward dm" + tag, dm2.get(), dm1.get(), 1e-6, 1e-6);
+      }
+      Vec cdx = dx_in, cdx0 = dx0_in, cdm = dm_in;
+      cpu->rmsnorm_resid_mix_backward(dh.data(), y.data(), rstd.data(), x.data(), x0.data(), m.data(), N, D,
+                                      cdx.data(), cdx0.data(), cdm.data());
+      check_close("fused rmsnorm + resid_mix backward dx, cpu" + shape, dx1.get(), cdx, 1e-6, 1e-5);
+      check_close("fused rmsnorm + resid_mix backward dx0, cpu" + shape, dx01.get(), cdx0, 1e-6, 1e-5);
+      Vec t = dx_in;  // the gradient at y, whose products with x and x0 the dm columns sum
+      cpu->rmsnorm_backward(dh.data(), y.data(), rstd.data(), N, D, t.data());
+      auto sc = col_abs_sum(t, x, N, D, Vec(dm_in.begin(), dm_in.begin() + D));
+      const auto s1 = col_abs_sum(t, x0, N, D, Vec(dm_in.begin() + D, dm_in.end()));
+      sc.insert(sc.end(), s1.begin(), s1.end());
+      check_close("fused rmsnorm + resid_mix backward dm, cpu" + shape, dm1.get(), cdm, 1e-5, 0.0, &sc);
+    }
+  }
+}
+
 // Each op that can write an operand buffer stores there exactly the bf16 rounding of its fp32 result; the ops that
 // cannot (accumulating into it, copying or downloading it) refuse.
 TEST_CASE("cuda: ops write bf16 operand buffers as the rounded fp32 result, and misuse throws", "[gpu]") {
