@@ -422,6 +422,14 @@ class CudaBackend final : public Backend<float> {
     cuda::launch_qk_prep_backward(d, in_of(raw), rstd, B * Tn * H, Tn, H, hd, t ? rot : 0, norm, t ? t->cos_t : nullptr,
                                   t ? t->sin_t : nullptr, out_of(draw), stream_);
   }
+  void qk_prep_backward_gain(const float* dq, const float* x, const float* gain, float* dg, const float* raw,
+                             const float* rstd, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base,
+                             bool norm, float* draw) override {
+    require_plain("qk_prep_backward_gain", {dq, x, gain, dg, rstd});
+    const RopeTable* t = rope_table("qk_prep_backward_gain", Tn, hd, rot, base);
+    cuda::launch_qk_prep_backward_gain(dq, x, gain, dg, in_of(raw), rstd, B * Tn, Tn, H, hd, t ? rot : 0, norm,
+                                       t ? t->cos_t : nullptr, t ? t->sin_t : nullptr, out_of(draw), ws_, stream_);
+  }
   // bf16 GEMM precision: the tensor-core flash kernels, which read q, k, v, dO and (backward) out in bf16 (operand
   // buffers as they are, the rest rounded into conv_ws_) and may write out into an operand buffer; else the fp32
   // kernels, which in bf16 mode read the same bf16 values (widened or rounded into conv_ws_) and write an operand

@@ -177,6 +177,13 @@ void launch_resid_mix_backward(const float* dy, const float* x, const float* x0,
                                int64_t D, float* dx, bool accumulate, float* dx0_acc, float* dm_acc, Workspace& ws,
                                cudaStream_t s);
 
+// Backend::qk_prep_backward_gain in one pass over rows = tokens * H head rows (hd <= 128, else
+// std::invalid_argument); cos/sin as launch_qk_prep_backward's; dg_acc (may be null) is added to.
+void launch_qk_prep_backward_gain(const float* dq, const float* x, const float* gain, float* dg_acc, In raw,
+                                  const float* rstd, int64_t tokens, int64_t Tn, int64_t H, int64_t hd, int64_t rot,
+                                  bool norm, const float* cos_t, const float* sin_t, Out draw, Workspace& ws,
+                                  cudaStream_t s);
+
 // Backend::rmsnorm_resid_mix_backward in one pass, for the D that rmsnorm_resid_mix_fused accepts (others throw
 // std::invalid_argument: compose rmsnorm_backward and resid_mix_backward instead). dx0 and dm_acc are added to.
 bool rmsnorm_resid_mix_fused(int64_t D);

@@ -320,14 +320,16 @@ __device__ __forceinline__ float rmsnorm_grad_coef(double dot, float r, int64_t 
 __device__ __forceinline__ float rmsnorm_grad(float r, float g, float c, float x) {  // no contraction: as the CPU
   return __fsub_rn(__fmul_rn(r, g), __fmul_rn(c, x));
 }
+// g's row may sit elsewhere: at goff (a warp's row in shared memory), else at off.
 __device__ __forceinline__ void rmsnorm_bwd_row(In g, In x, int64_t off, float r, int64_t D, int lane, Out o,
-                                                bool accumulate) {
+                                                bool accumulate, int64_t goff = -1) {
+  if (goff < 0) goff = off;
   double dot = 0.0;
   for (int64_t d = lane; d < D; d += 32)
-    dot += static_cast<double>(get(g, off + d)) * static_cast<double>(get(x, off + d));
+    dot += static_cast<double>(get(g, goff + d)) * static_cast<double>(get(x, off + d));
   const float c = rmsnorm_grad_coef(warp_sum_d(dot), r, D);
   for (int64_t d = lane; d < D; d += 32) {
-    const float v = rmsnorm_grad(r, get(g, off + d), c, get(x, off + d));
+    const float v = rmsnorm_grad(r, get(g, goff + d), c, get(x, off + d));
     if (accumulate)
       o.f32[off + d] = __fadd_rn(o.f32[off + d], v);
     else
@@ -395,7 +397,8 @@ unsigned row_warps_grid(int64_t rows) { return grid_for(rows, 8); }  // 8 warps 
 
 // The rotation of one pair (x1, x2) = (x[i], x[i + rot/2]) by the angle whose cosine and sine are c and s.
 __device__ __forceinline__ void rotate_pair(float& x1, float& x2, float c, float s) {
-  const float y1 = x1 * c + x2 * s, y2 = -x1 * s + x2 * c;
+  // no contraction into FMAs: the CPU's roundings, the same in every kernel that rotates
+  const float y1 = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x2, s)), y2 = __fadd_rn(__fmul_rn(-x1, s), __fmul_rn(x2, c));
   x1 = y1;
   x2 = y2;
 }
@@ -459,6 +462,49 @@ __global__ void __launch_bounds__(256) qk_prep_bwd_kernel(float* d, In raw, cons
     __syncwarp();         // the row's rotated elements were written by other lanes
     rmsnorm_bwd_row(d, raw, row * hd, rstd[row], hd, lane, draw, false);
   }
+}
+
+// q's backward with its gain in front (Backend::qk_prep_backward_gain): the warp's row of d = g[h] dq goes to shared
+// memory (never to global), is rotated back there, and RMSNorm's backward of it is written into draw (or the
+// rotated d itself without norm). Warp w owns head h = w % H over tokens_per_warp tokens of chunk w / H, so its
+// double sum of dq x is head h's share of dg from that chunk: partial[w] = partial[(chunk * 1 + 0) * H + h], the
+// layout colreduce_finalize<1> adds up in chunk order (deterministic). Each lane does the element-wise
+// arithmetic of HeadScaleBwdF, RopeApplyF and rmsnorm_bwd_row: draw equals the three ops' bit for bit.
+constexpr int kMaxPrepHd = 128;
+__global__ void __launch_bounds__(256) qk_prep_bwd_gain_kernel(const float* dq, const float* x, const float* gain,
+                                                               In raw, const float* rstd, int64_t tokens, int64_t Tn,
+                                                               int64_t H, int64_t hd, int64_t half, bool norm,
+                                                               const float* cos_t, const float* sin_t,
+                                                               int64_t tokens_per_warp, int64_t warps, Out draw,
+                                                               double* partial) {
+  __shared__ float rows[8][kMaxPrepHd];
+  const int lane = threadIdx.x & 31;
+  const int64_t w = static_cast<int64_t>(blockIdx.x) * 8 + (threadIdx.x >> 5);
+  if (w >= warps) return;  // no block barrier below
+  float* d = rows[threadIdx.x >> 5];
+  const int64_t h = w % H, t0 = (w / H) * tokens_per_warp;
+  const int64_t t1 = t0 + tokens_per_warp < tokens ? t0 + tokens_per_warp : tokens;
+  const float g = gain[h];
+  double acc = 0.0;
+  for (int64_t tok = t0; tok < t1; ++tok) {
+    const int64_t off = (tok * H + h) * hd, t = tok % Tn;
+    for (int64_t i = lane; i < hd; i += 32) {
+      const float gy = dq[off + i];
+      acc += static_cast<double>(gy) * static_cast<double>(x[off + i]);
+      d[i] = __fmul_rn(g, gy);
+    }
+    __syncwarp();
+    for (int64_t i = lane; i < half; i += 32) rotate_pair(d[i], d[i + half], cos_t[t * half + i], -sin_t[t * half + i]);
+    __syncwarp();
+    if (norm) {
+      rmsnorm_bwd_row(d, raw, off, rstd[tok * H + h], hd, lane, draw, false, 0);
+    } else {
+      for (int64_t i = lane; i < hd; i += 32) put(draw, off + i, d[i]);
+    }
+    __syncwarp();  // the row is read before the next one overwrites it
+  }
+  acc = warp_sum_d(acc);
+  if (lane == 0) partial[w] = acc;
 }
 
 // ---- scales -------------------------------------------------------------------------------------------------
@@ -1061,6 +1107,27 @@ void launch_resid_mix_backward(const float* dy, const float* x, const float* x0,
   if (!dx && !dx0_acc && !dm_acc) return;
   launch_colreduce(ResidMixBwdF{dy, x, x0, m, dx, dx0_acc, D, accumulate}, N, D, 1, dm_acc, dm_acc ? dm_acc + D : nullptr,
                    ws, s, "resid_mix_backward");
+}
+
+void launch_qk_prep_backward_gain(const float* dq, const float* x, const float* gain, float* dg_acc, In raw,
+                                  const float* rstd, int64_t tokens, int64_t Tn, int64_t H, int64_t hd, int64_t rot,
+                                  bool norm, const float* cos_t, const float* sin_t, Out draw, Workspace& ws,
+                                  cudaStream_t s) {
+  if (hd > kMaxPrepHd) throw std::invalid_argument("qk_prep_backward_gain: head_dim over 128");
+  if (tokens <= 0 || H <= 0 || hd <= 0) return;
+  // About 4096 warps, whole chunks of H heads.
+  const int64_t chunks_wanted = std::max<int64_t>(1, 4096 / H);
+  const int64_t tokens_per_warp = (tokens + chunks_wanted - 1) / chunks_wanted;
+  const int64_t chunks = (tokens + tokens_per_warp - 1) / tokens_per_warp, warps = chunks * H;
+  auto* partial = static_cast<double*>(ws.get(static_cast<size_t>(warps) * sizeof(double)));
+  PTOOL_LAUNCH(qk_prep_bwd_gain_kernel, static_cast<unsigned>((warps + 7) / 8), 256, 0, s)(
+      dq, x, gain, raw, rstd, tokens, Tn, H, hd, rot / 2, norm, cos_t, sin_t, tokens_per_warp, warps, draw, partial);
+  PTOOL_CUDA_LAUNCHED("qk_prep_backward_gain", s);
+  if (dg_acc) {
+    PTOOL_LAUNCH(colreduce_finalize<1>, dim3(static_cast<unsigned>(H), 1), 256, 0, s)(partial, chunks, H, 1, dg_acc,
+                                                                                     nullptr);
+    PTOOL_CUDA_LAUNCHED("qk_prep_backward_gain", s);
+  }
 }
 
 bool rmsnorm_resid_mix_fused(int64_t D) { return D == 64 || D == 128 || D == 256 || D == 512; }

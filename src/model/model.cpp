@@ -109,7 +109,8 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
     dlogits_ = operand(N * V);
     g_x_ = buf(N * D); g_x0_ = buf(N * D); g_h_ = buf(N * D); g_q_ = buf(N * D); g_k_ = buf(N * KV);
     g_v_ = operand(N * KV); g_att_ = operand(N * D); g_o_ = operand(N * D); g_u_ = operand(N * Hd);
-    if (cfg_.qk_norm) { g_qraw_ = operand(N * D); g_kraw_ = operand(N * KV); }  // qk_prep_backward's draw
+    g_qraw_ = operand(N * D);                        // qk_prep_backward_gain's draw
+    if (cfg_.qk_norm) g_kraw_ = operand(N * KV);  // qk_prep_backward's
     g_a_ = activation(N * Hd); g_m_ = operand(N * D); g_final_ = buf(N * D);
     g_h2_ = plain_norms ? activation(N * D) : buf(N * D);
     g_skip_.clear();
@@ -247,14 +248,13 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
   be_.linear_backward_set_dx(g_o_.get(), a.att.get(), P + w.proj, N, D, D, g_att_.get(), G + w.proj);
   be_.attention_backward_set(g_att_.get(), a.q.get(), a.k.get(), a.v.get(), a.att.get(), a.lse.get(), B, Tn, H, Hkv, hd,
                          g_q_.get(), g_k_.get(), g_v_.get());
-  be_.head_scale_backward_set_dx(g_q_.get(), a.q_rot.get(), P + s.q_gain, N, H, hd, g_tmp_.get(), G + s.q_gain);
   const double base = rope_base_at(Tn);
   const int64_t rot = cfg_.rotary_dims();
-  be_.qk_prep_backward(g_tmp_.get(), a.q_raw.get(), a.rstd_q.get(), B, Tn, H, hd, rot, base, cfg_.qk_norm,
-                       g_qraw_.get());
+  be_.qk_prep_backward_gain(g_q_.get(), a.q_rot.get(), P + s.q_gain, G + s.q_gain, a.q_raw.get(), a.rstd_q.get(), B,
+                            Tn, H, hd, rot, base, cfg_.qk_norm, g_qraw_.get());
   be_.qk_prep_backward(g_k_.get(), a.k_raw.get(), a.rstd_k.get(), B, Tn, Hkv, hd, rot, base, cfg_.qk_norm,
                        g_kraw_.get());
-  T* gq_raw = cfg_.qk_norm ? g_qraw_.get() : g_tmp_.get();
+  T* gq_raw = g_qraw_.get();
   T* gk_raw = cfg_.qk_norm ? g_kraw_.get() : g_k_.get();
   const typename Backend<T>::LinearGrad qkv[] = {
       {gq_raw, P + w.c_q, D, G + w.c_q}, {gk_raw, P + w.c_k, KV, G + w.c_k}, {g_v_.get(), P + w.c_v, KV, G + w.c_v}};
