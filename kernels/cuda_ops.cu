@@ -16,6 +16,10 @@
 //   blocks of 32 columns x 8 row lanes over a fixed chunk of rows and writes double partial sums per chunk;
 //   pass 2 (one block per output) adds the chunks in a fixed order and adds the total to the accumulator. The
 //   chunking depends only on (N, columns), so results are bit-identical run to run. No atomics.
+// - Row-wise backwards with column sums (RMSNorm + resid_mix; q's gain + q/k preparation): one warp per row does
+//   the row's reduction and element-wise work in registers or shared memory, and keeps its double column sums;
+//   blocks (or warps) write them as chunk partials in a fixed layout that pass 2 above adds up. Deterministic.
+// - Inputs and outputs may be bf16 buffers (cuda::In, cuda::Out): widened on load, rounded to nearest even on store.
 // - Embedding backward: deterministic by default (stable radix sort of the token ids, then one block per
 //   distinct id adds its rows in position order onto the existing dtable value: the CPU's exact order, so the
 //   result equals the CPU's bit for bit); or atomicAdd (CudaBackendOptions::deterministic = false).
