@@ -99,7 +99,7 @@ struct GemmKey {
   bool ta, tb;
   int64_t m, n, k, lda, ldb, ldc;
   unsigned ala, alb, alc;
-  bool c_bf16;  // C/D in bf16 (a bf16 operand buffer as the output)
+  bool c_bf16;  // C/D in bf16 (a bf16 buffer as the output)
   bool operator<(const GemmKey& o) const {
     return std::tie(ta, tb, m, n, k, lda, ldb, ldc, ala, alb, alc, c_bf16) <
            std::tie(o.ta, o.tb, o.m, o.n, o.k, o.lda, o.ldb, o.ldc, o.ala, o.alb, o.alc, o.c_bf16);
@@ -187,29 +187,29 @@ class CudaBackend final : public Backend<float> {
   int32_t* alloc_index(size_t n) override { return static_cast<int32_t*>(device_alloc(n * sizeof(int32_t))); }
   void release_index(int32_t* p) override { device_free(p); }
   // In bf16 mode operand buffers hold bf16, and so do activation buffers unless opt_.bf16_activations is off
-  // (operands_ knows them all); elsewhere they are plain fp32 memory.
+  // (bf16_buffers_ knows them all); elsewhere they are plain fp32 memory.
   float* alloc_operand(size_t n) override {
     return opt_.gemm == CudaGemmPrecision::bf16 && opt_.bf16_operands ? alloc_bf16(n) : alloc(n);
   }
   float* alloc_activation(size_t n) override {
     return opt_.gemm == CudaGemmPrecision::bf16 && opt_.bf16_activations ? alloc_bf16(n) : alloc(n);
   }
-  size_t element_bytes(const float* p) const override { return is_operand(p) ? sizeof(uint16_t) : sizeof(float); }
+  size_t element_bytes(const float* p) const override { return is_bf16(p) ? sizeof(uint16_t) : sizeof(float); }
   float* alloc_bf16(size_t n) {
     void* p = device_alloc(n * sizeof(uint16_t));
-    if (p) operands_[p] = n;
+    if (p) bf16_buffers_[p] = n;
     return static_cast<float*>(p);
   }
   void store_operand(float* dst, const float* src, size_t n) override {
     require_plain(src, "store_operand");
-    if (is_operand(dst))
+    if (is_bf16(dst))
       cuda::launch_to_bf16(src, n, reinterpret_cast<uint16_t*>(dst), stream_);
     else
       copy(dst, src, n);
   }
   void operand_values(const float* src, size_t n, float* dst) override {
     require_plain(dst, "operand_values");
-    if (is_operand(src))
+    if (is_bf16(src))
       cuda::launch_bf16_to_float(reinterpret_cast<const uint16_t*>(src), n, dst, stream_);
     else
       copy(dst, src, n);
@@ -244,7 +244,7 @@ class CudaBackend final : public Backend<float> {
     PTOOL_CUDA_CHECK(cudaEventRecord(st.done, stream_));
   }
   void zero(float* p, size_t n) override {
-    if (n) PTOOL_CUDA_CHECK(cudaMemsetAsync(p, 0, n * (is_operand(p) ? sizeof(uint16_t) : sizeof(float)), stream_));
+    if (n) PTOOL_CUDA_CHECK(cudaMemsetAsync(p, 0, n * (is_bf16(p) ? sizeof(uint16_t) : sizeof(float)), stream_));
   }
   void copy(float* dst, const float* src, size_t n) override {
     require_plain(dst, "copy");
@@ -444,7 +444,7 @@ class CudaBackend final : public Backend<float> {
                                      stream_);
       return;
     }
-    const bool op_out = is_operand(out);
+    const bool op_out = is_bf16(out);
     auto in = attention_fp32_inputs({q, k, v, nullptr}, {nq, nkv, nkv, op_out ? nq : 0});
     float* o = op_out ? const_cast<float*>(in[3]) : out;  // the fp32 scratch carved for it
     cuda::launch_attention_forward(in[0], in[1], in[2], B, Tn, H, Hkv, hd, o, lse, stream_);
@@ -471,7 +471,7 @@ class CudaBackend final : public Backend<float> {
       cuda::launch_flash_mma_backward(bits(in[0]), bits(in[1]), bits(in[2]), bits(in[3]), bits(in[4]), lse, B, Tn, H,
                                       Hkv, hd, dq, dk, out_of(dv), accumulate, ws_, stream_);
     } else {
-      const bool op_dv = is_operand(dv);  // written through an fp32 copy
+      const bool op_dv = is_bf16(dv);  // written through an fp32 copy
       const auto in = attention_fp32_inputs({dout, q, k, v, out, nullptr}, {nq, nq, nkv, nkv, nq, op_dv ? nkv : 0});
       float* dvf = op_dv ? const_cast<float*>(in[5]) : dv;
       cuda::launch_attention_backward(in[0], in[1], in[2], in[3], in[4], lse, B, Tn, H, Hkv, hd, dq, dk, dvf,
@@ -626,23 +626,23 @@ class CudaBackend final : public Backend<float> {
     mem_.add(bytes);
     return p;
   }
-  // Whether p is an operand buffer that holds bf16. A pointer into one past its start is refused: float offsets
-  // do not address its bf16 elements.
-  bool is_operand(const void* p) const {
-    auto it = operands_.upper_bound(p);
-    if (it == operands_.begin()) return false;
+  // Whether p is a bf16 buffer (an operand or activation buffer of the bf16 mode). A pointer into one past its
+  // start is refused: float offsets do not address its bf16 elements.
+  bool is_bf16(const void* p) const {
+    auto it = bf16_buffers_.upper_bound(p);
+    if (it == bf16_buffers_.begin()) return false;
     --it;
     if (static_cast<const char*>(p) >= static_cast<const char*>(it->first) + it->second * sizeof(uint16_t))
       return false;
     if (p != it->first)
-      throw std::invalid_argument("a pointer into the middle of a bf16 operand buffer (only its start is valid)");
+      throw std::invalid_argument("a pointer into the middle of a bf16 buffer (only its start is valid)");
     return true;
   }
-  cuda::Out out_of(float* p) const { return is_operand(p) ? cuda::Out::bf16_at(p) : cuda::Out(p); }
-  cuda::In in_of(const float* p) const { return is_operand(p) ? cuda::In::bf16_at(p) : cuda::In(p); }
+  cuda::Out out_of(float* p) const { return is_bf16(p) ? cuda::Out::bf16_at(p) : cuda::Out(p); }
+  cuda::In in_of(const float* p) const { return is_bf16(p) ? cuda::In::bf16_at(p) : cuda::In(p); }
   void require_plain(const void* p, const char* op) const {
-    if (is_operand(p))
-      throw std::invalid_argument(std::string(op) + ": a bf16 operand buffer holds no floats (use operand_values)");
+    if (is_bf16(p))
+      throw std::invalid_argument(std::string(op) + ": a bf16 buffer holds no floats (use operand_values)");
   }
   // For the ops' arguments that they read or write as floats.
   void require_plain(const char* op, std::initializer_list<const void*> ps) const {
@@ -651,7 +651,7 @@ class CudaBackend final : public Backend<float> {
 
   void device_free(void* p) {
     if (!p) return;
-    operands_.erase(p);
+    bf16_buffers_.erase(p);
     PTOOL_CUDA_CHECK(cudaFree(p));
     const auto it = sizes_.find(p);
     if (it == sizes_.end()) return;
@@ -669,18 +669,18 @@ class CudaBackend final : public Backend<float> {
   }
 
   // The GEMM (or flash attention) operands (p[i], n[i] floats) in the precision's input type: the fp32 pointers
-  // themselves, or (bf16) operand buffers as they are and copies of the rest rounded to bf16, carved together from
+  // themselves, or (bf16) bf16 buffers as they are and copies of the rest rounded to bf16, carved together from
   // conv_ws_ (which no other op uses until this op's kernels are queued). Null operands stay null.
   std::vector<const void*> operands(const std::vector<const float*>& p, const std::vector<int64_t>& n) {
     std::vector<const void*> out(p.begin(), p.end());
     if (opt_.gemm != CudaGemmPrecision::bf16) return out;
     cuda::Carver c;
     for (size_t i = 0; i < p.size(); ++i)
-      if (p[i] && !is_operand(p[i])) c.take<uint16_t>(static_cast<size_t>(n[i]));
+      if (p[i] && !is_bf16(p[i])) c.take<uint16_t>(static_cast<size_t>(n[i]));
     c.base = static_cast<char*>(conv_ws_.get(c.off));
     c.off = 0;
     for (size_t i = 0; i < p.size(); ++i) {
-      if (!p[i] || is_operand(p[i])) continue;  // an operand buffer already holds bf16
+      if (!p[i] || is_bf16(p[i])) continue;  // a bf16 buffer is used as it is
       uint16_t* b = c.take<uint16_t>(static_cast<size_t>(n[i]));
       cuda::launch_to_bf16(p[i], static_cast<size_t>(n[i]), b, stream_);
       out[i] = b;
@@ -688,9 +688,9 @@ class CudaBackend final : public Backend<float> {
     return out;
   }
 
-  // The fp32 attention kernels' inputs in bf16 mode: operand buffers widened and plain tensors rounded to bf16,
+  // The fp32 attention kernels' inputs in bf16 mode: bf16 buffers widened and plain tensors rounded to bf16,
   // carved from conv_ws_ (the flash kernels' inputs, as fp32); a null input with n[i] > 0 gets n[i] floats of
-  // scratch. Other modes have no operand buffers and round nothing: the pointers themselves.
+  // scratch. Other modes have no bf16 buffers and round nothing: the pointers themselves.
   std::vector<const float*> attention_fp32_inputs(const std::vector<const float*>& p, const std::vector<int64_t>& n) {
     std::vector<const float*> out(p.begin(), p.end());
     if (opt_.gemm != CudaGemmPrecision::bf16) return out;
@@ -705,7 +705,7 @@ class CudaBackend final : public Backend<float> {
         continue;
       }
       if (n[i] == 0) continue;
-      if (is_operand(p[i]))
+      if (is_bf16(p[i]))
         cuda::launch_bf16_to_float(reinterpret_cast<const uint16_t*>(p[i]), static_cast<size_t>(n[i]), f, stream_);
       else
         cuda::launch_round_bf16(p[i], static_cast<size_t>(n[i]), f, stream_);
@@ -721,10 +721,10 @@ class CudaBackend final : public Backend<float> {
 
   // D = alpha op(A) op(B) + beta C with C == D (column-major, m x n result, k the inner dimension). A and B are
   // fp32, or bf16 in bf16 mode (one precision per backend, so the plan key needs no input type); C/D are fp32,
-  // or in bf16 mode a bf16 operand buffer (then beta must be 0: the fp32 result is rounded once, to nearest even).
+  // or in bf16 mode a bf16 buffer (then beta must be 0: the fp32 result is rounded once, to nearest even).
   void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void* A, int64_t lda, const void* B,
             int64_t ldb, cuda::Out C, int64_t ldc, float beta) {
-    if (C.bf16 && beta != 0.f) throw std::invalid_argument("a GEMM cannot add into a bf16 operand buffer");
+    if (C.bf16 && beta != 0.f) throw std::invalid_argument("a GEMM cannot add into a bf16 buffer");
     const void* c = C.ptr();
     const GemmKey key{ta, tb, m, n, k, lda, ldb, ldc, alignment_of(A), alignment_of(B), alignment_of(c), C.bf16 != nullptr};
     auto it = plans_.find(key);
@@ -834,7 +834,7 @@ class CudaBackend final : public Backend<float> {
   Workspace conv_ws_;  // operands()' bf16 copies, apart from ws_ so that an op may use both at once
   cuda::MemCounter mem_;
   std::unordered_map<void*, size_t> sizes_;  // of the buffers from device_alloc
-  std::map<const void*, size_t> operands_;    // bf16 buffers (operand and activation): start -> elements
+  std::map<const void*, size_t> bf16_buffers_;    // bf16 buffers (operand and activation): start -> elements
   std::map<GemmKey, GemmPlan> plans_;
   std::map<std::tuple<int64_t, int64_t, uint64_t>, RopeTable> rope_;
   double* losses_host_ = nullptr;  // pinned

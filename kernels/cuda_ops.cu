@@ -56,7 +56,7 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) ==
 
 void require_writable(const Out& o, bool accumulate, const char* op) {
   if (o.bf16 && accumulate)
-    throw std::invalid_argument(std::string(op) + ": cannot add into a bf16 operand buffer (it is only written)");
+    throw std::invalid_argument(std::string(op) + ": cannot add into a bf16 buffer (it is only written)");
 }
 
 __device__ __forceinline__ double warp_sum_d(double v) {
@@ -64,7 +64,7 @@ __device__ __forceinline__ double warp_sum_d(double v) {
   return v;
 }
 
-// An output element: fp32, or bf16 rounded to nearest even when the output is a bf16 operand buffer (the value
+// An output element: fp32, or bf16 rounded to nearest even when the output is a bf16 buffer (the value
 // the bf16 GEMMs would otherwise get from launch_to_bf16).
 __device__ __forceinline__ void put(const Out& o, int64_t i, float v) {
   if (o.bf16)
