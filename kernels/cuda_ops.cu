@@ -316,18 +316,17 @@ __device__ __forceinline__ float row_rstd(In x, int64_t off, int64_t D, float ep
   return static_cast<float>(1.0 / sqrt(ss / static_cast<double>(D) + static_cast<double>(eps)));
 }
 
-// RMSNorm's backward of the row at [off, off + D) of g, x and o, by one warp: o = r g - r^3 x mean(g x), added to
-// o (accumulate, fp32 only) or written (fp32 or bf16). rmsnorm_grad_coef and rmsnorm_grad are its two halves.
+// RMSNorm's backward of one row by one warp: g's row at [goff, goff + D) (a warp's row in shared memory, or the
+// same offset as x's), x's and o's at [off, off + D); o = r g - r^3 x mean(g x), added to o (accumulate, fp32
+// only) or written (fp32 or bf16). rmsnorm_grad_coef and rmsnorm_grad are its two halves.
 __device__ __forceinline__ float rmsnorm_grad_coef(double dot, float r, int64_t D) {  // dot: the warp's sum of g x
   return static_cast<float>(static_cast<double>(r) * r * r * dot / static_cast<double>(D));
 }
 __device__ __forceinline__ float rmsnorm_grad(float r, float g, float c, float x) {  // no contraction: as the CPU
   return __fsub_rn(__fmul_rn(r, g), __fmul_rn(c, x));
 }
-// g's row may sit elsewhere: at goff (a warp's row in shared memory), else at off.
-__device__ __forceinline__ void rmsnorm_bwd_row(In g, In x, int64_t off, float r, int64_t D, int lane, Out o,
-                                                bool accumulate, int64_t goff = -1) {
-  if (goff < 0) goff = off;
+__device__ __forceinline__ void rmsnorm_bwd_row(In g, int64_t goff, In x, int64_t off, float r, int64_t D, int lane,
+                                                Out o, bool accumulate) {
   double dot = 0.0;
   for (int64_t d = lane; d < D; d += 32)
     dot += static_cast<double>(get(g, goff + d)) * static_cast<double>(get(x, off + d));
@@ -361,7 +360,7 @@ __global__ void __launch_bounds__(256) rmsnorm_bwd_kernel(In dout, const float* 
   const int64_t wpb = blockDim.x >> 5;
   const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
   for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < N; row += nwarps)
-    rmsnorm_bwd_row(dout, x, row * D, rstd[row], D, lane, dx, true);
+    rmsnorm_bwd_row(dout, row * D, x, row * D, rstd[row], D, lane, dx, true);
 }
 
 // A new residual-stream value from two inputs at channel d, rounded the same way wherever it is formed (the
@@ -464,7 +463,7 @@ __global__ void __launch_bounds__(256) qk_prep_bwd_kernel(float* d, In raw, cons
       rotate_pair(dr[i], dr[i + half], cos_t[t * half + i], -sin_t[t * half + i]);
     if (!norm) continue;  // uniform across the warp
     __syncwarp();         // the row's rotated elements were written by other lanes
-    rmsnorm_bwd_row(d, raw, row * hd, rstd[row], hd, lane, draw, false);
+    rmsnorm_bwd_row(d, row * hd, raw, row * hd, rstd[row], hd, lane, draw, false);
   }
 }
 
@@ -501,7 +500,7 @@ __global__ void __launch_bounds__(256) qk_prep_bwd_gain_kernel(const float* dq, 
     for (int64_t i = lane; i < half; i += 32) rotate_pair(d[i], d[i + half], cos_t[t * half + i], -sin_t[t * half + i]);
     __syncwarp();
     if (norm) {
-      rmsnorm_bwd_row(d, raw, off, rstd[tok * H + h], hd, lane, draw, false, 0);
+      rmsnorm_bwd_row(d, 0, raw, off, rstd[tok * H + h], hd, lane, draw, false);
     } else {
       for (int64_t i = lane; i < hd; i += 32) put(draw, off + i, d[i]);
     }

@@ -254,10 +254,9 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
                             Tn, H, hd, rot, base, cfg_.qk_norm, g_qraw_.get());
   be_.qk_prep_backward(g_k_.get(), a.k_raw.get(), a.rstd_k.get(), B, Tn, Hkv, hd, rot, base, cfg_.qk_norm,
                        g_kraw_.get());
-  T* gq_raw = g_qraw_.get();
   T* gk_raw = cfg_.qk_norm ? g_kraw_.get() : g_k_.get();
   const typename Backend<T>::LinearGrad qkv[] = {
-      {gq_raw, P + w.c_q, D, G + w.c_q}, {gk_raw, P + w.c_k, KV, G + w.c_k}, {g_v_.get(), P + w.c_v, KV, G + w.c_v}};
+      {g_qraw_.get(), P + w.c_q, D, G + w.c_q}, {gk_raw, P + w.c_k, KV, G + w.c_k}, {g_v_.get(), P + w.c_v, KV, G + w.c_v}};
   be_.linear_backward_shared_set_dx(a.h1.get(), N, D, qkv, g_h_.get());
   if (cfg_.resid_mix && plain_pre_norms()) {  // both backwards in one pass
     be_.rmsnorm_resid_mix_backward(g_h_.get(), a.x_mix, a.rstd1.get(), a.x_in, x0, P + s.resid_mix, N, D, dx, dx0,
