@@ -1186,9 +1186,7 @@ TEST_CASE("cuda: a suffix forward scores like the full forward", "[gpu]") {
 TEST_CASE("cuda: q's backward through its gain in one pass matches the composed ops", "[gpu]") {
   SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend<float>();
-  CudaBackendOptions o;
-  o.gemm = CudaGemmPrecision::bf16;
-  auto g = make_cuda_backend(o);
+  auto g = gpu_backend(CudaGemmPrecision::bf16);
   std::mt19937_64 rng(71);
   struct Case {
     int64_t B, Tn, H, hd, rot;
@@ -1232,9 +1230,7 @@ TEST_CASE("cuda: q's backward through its gain in one pass matches the composed 
 TEST_CASE("cuda: the fused RMSNorm + resid_mix backward matches the two ops", "[gpu]") {
   SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend<float>();
-  CudaBackendOptions o;
-  o.gemm = CudaGemmPrecision::bf16;
-  auto g = make_cuda_backend(o);
+  auto g = gpu_backend(CudaGemmPrecision::bf16);
   std::mt19937_64 rng(67);
   for (const int64_t D : {64, 512, 96}) {
     for (const int64_t N : {1, 300, 5000}) {
@@ -1280,9 +1276,7 @@ TEST_CASE("cuda: the fused RMSNorm + resid_mix backward matches the two ops", "[
 // cannot (accumulating into it, copying or downloading it) refuse.
 TEST_CASE("cuda: ops write bf16 operand buffers as the rounded fp32 result, and misuse throws", "[gpu]") {
   SKIP_WITHOUT_GPU();
-  CudaBackendOptions o;
-  o.gemm = CudaGemmPrecision::bf16;
-  auto g = make_cuda_backend(o);
+  auto g = gpu_backend(CudaGemmPrecision::bf16);
   std::mt19937_64 rng(41);
   const int64_t N = 37, D = 96, n = N * D;
   const float eps = std::numeric_limits<float>::epsilon();
@@ -1347,9 +1341,7 @@ TEST_CASE("cuda: ops write bf16 operand buffers as the rounded fp32 result, and 
 // store_operand rounds.
 TEST_CASE("cuda: GEMMs, q/k preparation and cross-entropy write operand buffers as the rounded fp32 result", "[gpu]") {
   SKIP_WITHOUT_GPU();
-  CudaBackendOptions o;
-  o.gemm = CudaGemmPrecision::bf16;
-  auto g = make_cuda_backend(o);
+  auto g = gpu_backend(CudaGemmPrecision::bf16);
   std::mt19937_64 rng(53);
   auto values = [&](const float* op, size_t n) {
     Dev out(*g, Vec(n));
@@ -1422,9 +1414,7 @@ TEST_CASE("cuda: GEMMs, q/k preparation and cross-entropy write operand buffers 
 // into operand buffers rounded.
 TEST_CASE("cuda: attention gives the same results from operand buffers as from fp32 inputs", "[gpu]") {
   SKIP_WITHOUT_GPU();
-  CudaBackendOptions o;
-  o.gemm = CudaGemmPrecision::bf16;
-  auto g = make_cuda_backend(o);
+  auto g = gpu_backend(CudaGemmPrecision::bf16);
   std::mt19937_64 rng(59);
   for (const AttnShape& s : {AttnShape{2, 70, 4, 2, 64}, AttnShape{1, 50, 2, 1, 32}}) {
     const std::string shape = " hd=" + std::to_string(s.hd);
@@ -1473,9 +1463,7 @@ TEST_CASE("cuda: attention gives the same results from operand buffers as from f
 // values in fp32 memory. With bf16_activations off they are plain fp32 memory.
 TEST_CASE("cuda: ops read bf16 activation buffers as their rounded values", "[gpu]") {
   SKIP_WITHOUT_GPU();
-  CudaBackendOptions o;
-  o.gemm = CudaGemmPrecision::bf16;
-  auto g = make_cuda_backend(o);
+  auto g = gpu_backend(CudaGemmPrecision::bf16);
   std::mt19937_64 rng(61);
   const int64_t N = 37, D = 96, n = N * D;
   const float eps = 1e-6f;
@@ -1543,7 +1531,8 @@ TEST_CASE("cuda: ops read bf16 activation buffers as their rounded values", "[gp
   g->operand_values(zact.get(), N * 40, zv.p());
   check_exact("linear_forward into an activation buffer", zv.get(), bf16_rounded(z2.get()));
 
-  CudaBackendOptions off = o;
+  CudaBackendOptions off;
+  off.gemm = CudaGemmPrecision::bf16;
   off.bf16_activations = false;
   auto g32 = make_cuda_backend(off);
   DeviceBuffer<float> a32(*g32, 4, Storage::activation);
