@@ -35,7 +35,7 @@
 //   operands are rounded to bf16, 7 mantissa bits, by a conversion kernel into the workspace; the tensor cores
 //   then run at bf16 rate and accumulate in fp32 into fp32 C/D, so activations and gradients stay fp32).
 //   Products of small integers are exact in all three modes (integers up to 256 are exact in bf16).
-// - Attention: with bf16 and head_dim 64 or 128, the tensor-core flash kernels of kernels/cuda_flash_mma.cu
+// - Attention: with bf16 and head_dim 16, 32, 64, 96 or 128, the tensor-core flash kernels of kernels/cuda_flash_mma.cu
 //   (bf16 q, k, v, dO, fp32 accumulation and softmax, deterministic two-kernel backward); otherwise the fp32
 //   kernels of kernels/cuda_attention.cu, which in bf16 mode also read q, k, v and dO rounded to bf16.
 // - Everything else is fp32 arithmetic with fp32 or double accumulators (see kernels/cuda_ops.cu for the

@@ -17,7 +17,7 @@
 // time through registers); 2-3 resident CTAs per SM hide the load latency instead.
 //  - forward: 64 keys per iteration; grid (query tile, head, batch), heaviest tiles first. hd 64: 128 query
 //    rows, 32 per warp (two m-tiles share every K and V fragment: half the ldmatrix and L2 traffic per FLOP of
-//    64-row tiles, which matters because K and V are re-read from L2 by every query tile; 235 registers,
+//    64-row tiles, which matters because K and V are re-read from L2 by every query tile; 231 registers,
 //    2 CTAs per SM). hd 128: 64 rows, 16 per warp (two m-tiles would not fit in 255 registers; 172 registers).
 //    A warp skips key tiles wholly past its rows and masks only tiles that reach past its first row.
 //  - dK, dV: one CTA per (batch, kv head, 64 keys), looping over the q heads of its GQA group and the query
@@ -26,9 +26,12 @@
 //    saved lse, dS^T = P^T (dP^T - D) scale, then dV += P^T dO and dK += dS^T Q from registers. A kv row is
 //    owned by one warp of one CTA, so the += into dk/dv is race-free and its order fixed: deterministic.
 //  - dQ: one CTA per (batch, head, query tile), looping over 64-key tiles up to the diagonal: S, dP, dS as
-//    above (row-wise), dQ += dS K. Query tiles as in the forward: 128 rows (two m-tiles per warp, 249
-//    registers) at hd 64, 64 rows (180 registers) at hd 128. S and dP are recomputed in both kernels (7 tile
+//    above (row-wise), dQ += dS K. Query tiles as in the forward: 128 rows (two m-tiles per warp, 252
+//    registers) at hd 64, 64 rows (176 registers) at hd 128. S and dP are recomputed in both kernels (7 tile
 //    GEMMs instead of 5) to avoid floating-point atomics on dQ.
+//  - other head dims: every multiple of 16 up to 128 fits the same code; 16 and 32 are tiled as 64, 96 as 128
+//    except in dK/dV (64 queries), and these five are compiled. ptxas (sm_90a, CUDA 13): no kernel spills; the
+//    most registers are dQ's 252 at hd 64.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -109,7 +112,7 @@ void check_args(const char* op, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, i
                                 std::to_string(hd) + " (need H % Hkv == 0)");
   }
   if (!flash_mma_supports(hd)) {
-    throw std::invalid_argument(std::string(op) + ": the bf16 flash kernels support head_dim 64 and 128, got " +
+    throw std::invalid_argument(std::string(op) + ": the bf16 flash kernels support head_dim 16, 32, 64, 96 and 128, got " +
                                 std::to_string(hd));
   }
   if (Tn > (int64_t{1} << 30) || H > 65535 || B > 65535) {
@@ -162,10 +165,13 @@ void launch_flash_mma_forward(const uint16_t* q, const uint16_t* k, const uint16
   check_aligned("attention_forward", {q, k, v});
   if (B == 0 || Tn == 0) return;
   const int b = static_cast<int>(B), t = static_cast<int>(Tn), h = static_cast<int>(H), hk = static_cast<int>(Hkv);
-  if (hd == 64)
-    fwd_impl<64>(q, k, v, b, t, h, hk, out, lse, s);
-  else
-    fwd_impl<128>(q, k, v, b, t, h, hk, out, lse, s);
+  switch (hd) {
+    case 16: return fwd_impl<16>(q, k, v, b, t, h, hk, out, lse, s);
+    case 32: return fwd_impl<32>(q, k, v, b, t, h, hk, out, lse, s);
+    case 64: return fwd_impl<64>(q, k, v, b, t, h, hk, out, lse, s);
+    case 96: return fwd_impl<96>(q, k, v, b, t, h, hk, out, lse, s);
+    default: return fwd_impl<128>(q, k, v, b, t, h, hk, out, lse, s);
+  }
 }
 
 void launch_flash_mma_backward(const uint16_t* dout, const uint16_t* q, const uint16_t* k, const uint16_t* v,
@@ -183,10 +189,13 @@ void launch_flash_mma_backward(const uint16_t* dout, const uint16_t* q, const ui
   const LaunchShape ls = dot_shape(rows);
   PTOOL_LAUNCH(flash_bwd_dot_kernel, ls.gx, ls.threads, 0, s)(dout, out, rows, t, h, static_cast<int>(hd), Dv);
   PTOOL_CUDA_LAUNCHED("flash_mma_backward (rowsum dO * O)", s);
-  if (hd == 64)
-    bwd_impl<64>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, accumulate, s);
-  else
-    bwd_impl<128>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, accumulate, s);
+  switch (hd) {
+    case 16: return bwd_impl<16>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, accumulate, s);
+    case 32: return bwd_impl<32>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, accumulate, s);
+    case 64: return bwd_impl<64>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, accumulate, s);
+    case 96: return bwd_impl<96>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, accumulate, s);
+    default: return bwd_impl<128>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, accumulate, s);
+  }
 }
 
 }  // namespace ptool::cuda

@@ -17,9 +17,9 @@
 namespace ptool::cuda {
 
 // head_dim values the kernels are compiled for.
-inline bool flash_mma_supports(int64_t hd) { return hd == 64 || hd == 128; }
+inline bool flash_mma_supports(int64_t hd) { return hd == 16 || hd == 32 || hd == 64 || hd == 96 || hd == 128; }
 
-// Throw std::invalid_argument for bad shapes (H % Hkv != 0, ...), for head dims other than 64 and 128, and for
+// Throw std::invalid_argument for bad shapes (H % Hkv != 0, ...), for head dims other than 16, 32, 64, 96 and 128, and for
 // q, k, v, dout or the backward's out not 16-byte aligned. lse may be null in the forward (no backward follows).
 void launch_flash_mma_forward(const uint16_t* q, const uint16_t* k, const uint16_t* v, int64_t B, int64_t Tn,
                               int64_t H, int64_t Hkv, int64_t hd, Out out, float* lse, cudaStream_t s);

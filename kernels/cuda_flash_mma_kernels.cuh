@@ -13,6 +13,9 @@ constexpr float kLn2 = 0.69314718055994531f;
 
 template <int HD>
 constexpr int kStride = HD + 8;  // bf16 elements per shared row (16-byte pad: conflict-free ldmatrix)
+// Head dims: whole 16-column k-chunks of the mma, and an even count of 8-column n-tiles for ldmatrix x4.
+template <int HD>
+constexpr bool kHeadDimOk = HD % 16 == 0 && HD >= 16 && HD <= 128;
 
 // Per-lane offsets of a 16x16 block for ldsm_x4, as (row, column) in the stored row-major matrix.
 // Pattern X: matrices (rows 0-7, cols 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15). Non-transposed it yields
@@ -63,11 +66,11 @@ __device__ __forceinline__ float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-// Forward: 16-row m-tiles per warp. Two at hd 64 (128 query rows per CTA: every K/V fragment feeds two mma, which
-// halves the shared-memory and L2 traffic per FLOP; ~200 registers, 2 CTAs per SM); one at hd 128, where two
-// would not fit in 255 registers (64 rows per CTA).
+// Forward: 16-row m-tiles per warp. Two at hd 16 to 64 (128 query rows per CTA: every K/V fragment feeds two
+// mma, which halves the shared-memory and L2 traffic per FLOP; ~230 registers at hd 64, 2 CTAs per SM); one at
+// hd 96 and 128, where two would not fit in 255 registers (64 rows per CTA).
 template <int HD>
-constexpr int kFwdMt = HD == 64 ? 2 : 1;
+constexpr int kFwdMt = HD <= 64 ? 2 : 1;
 template <int HD>
 constexpr int kFwdRows = 16 * kWarps * kFwdMt<HD>;
 
@@ -79,9 +82,9 @@ template <int HD, int BQ>
 constexpr size_t dkdv_smem_bytes() {
   return sizeof(bf16_bits) * (2 * kKeyTile + 2 * BQ) * kStride<HD> + 2 * BQ * sizeof(float);
 }
-// dQ: 16-row m-tiles per warp, as the forward (128 rows per CTA at hd 64, 64 at hd 128).
+// dQ: 16-row m-tiles per warp, as the forward (128 rows per CTA up to hd 64, 64 at hd 96 and 128).
 template <int HD>
-constexpr int kDqMt = HD == 64 ? 2 : 1;
+constexpr int kDqMt = HD <= 64 ? 2 : 1;
 template <int HD>
 constexpr int kDqRows = 16 * kWarps * kDqMt<HD>;
 template <int HD>
@@ -127,6 +130,7 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const bf16_bits* __
                                                              const bf16_bits* __restrict__ v, float* __restrict__ out,
                                                              bf16_bits* __restrict__ out_b, float* __restrict__ lse, int T, int H, int Hkv,
                                                              float scale_log2) {
+  static_assert(kHeadDimOk<HD>, "head_dim: a multiple of 16 up to 128");
   constexpr int S = kStride<HD>, KC = HD / 16, DN = HD / 8, NT = kKeyTile / 8, MT = kFwdMt<HD>;
   constexpr int ROWS = kFwdRows<HD>, WROWS = 16 * MT;  // query rows per CTA and per warp
   PTOOL_FLASH_SMEM(smem_fwd);
@@ -297,6 +301,7 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_kernel(
     const bf16_bits* __restrict__ dout, const bf16_bits* __restrict__ q, const bf16_bits* __restrict__ k,
     const bf16_bits* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ Dv, int T, int H, int Hkv,
     float scale, float scale_log2, float* dk, float* dv, bf16_bits* dv_b, bool accumulate) {
+  static_assert(kHeadDimOk<HD>, "head_dim: a multiple of 16 up to 128");
   constexpr int BQ = kDkdvQ<HD>;
   constexpr int S = kStride<HD>, KC = HD / 16, DN = HD / 8, QN = BQ / 8;
   PTOOL_FLASH_SMEM(smem_dkdv);
@@ -420,6 +425,7 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dq_kernel(
     const bf16_bits* __restrict__ dout, const bf16_bits* __restrict__ q, const bf16_bits* __restrict__ k,
     const bf16_bits* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ Dv, int T, int H, int Hkv,
     float scale, float scale_log2, float* dq, bool accumulate) {
+  static_assert(kHeadDimOk<HD>, "head_dim: a multiple of 16 up to 128");
   constexpr int S = kStride<HD>, KC = HD / 16, DN = HD / 8, NT = kKeyTile / 8, MT = kDqMt<HD>;
   constexpr int ROWS = kDqRows<HD>, WROWS = 16 * MT;  // query rows per CTA and per warp
   PTOOL_FLASH_SMEM(smem_dq);

@@ -85,16 +85,18 @@ TEST_CASE("cuda flash: bf16 forward and backward follow the CPU reference", "[gp
   auto cpu = make_cpu_backend<float>();
   auto g = bf16_backend();
   std::mt19937_64 rng(21);
-  // T = 1; T not a multiple of the 128-row, 64-key or 32-query tiles; GQA ratios 1, 2, 4; hd 64 and 128.
+  // T = 1; T not a multiple of the 128-row, 64-key or 32-query tiles; GQA ratios 1, 2, 4; every compiled hd.
   const AttnShape shapes[] = {
-      {1, 1, 1, 1, 64},    {1, 1, 4, 1, 128},  {1, 2, 2, 1, 64},    {1, 3, 4, 1, 64},    {2, 65, 4, 2, 64},
-      {1, 130, 2, 1, 128}, {1, 129, 2, 1, 128}, {1, 200, 8, 2, 64}, {1, 300, 8, 4, 64},  {1, 257, 4, 1, 128},
-      {2, 64, 4, 4, 64},   {1, 128, 2, 2, 128}, {2, 191, 4, 4, 128},
+      {1, 1, 1, 1, 64},    {1, 1, 4, 1, 128},   {1, 2, 2, 1, 64},   {1, 3, 4, 1, 64},   {2, 65, 4, 2, 64},
+      {1, 130, 2, 1, 128}, {1, 129, 2, 1, 128}, {1, 200, 8, 2, 64}, {1, 300, 8, 4, 64}, {1, 257, 4, 1, 128},
+      {2, 64, 4, 4, 64},   {1, 128, 2, 2, 128}, {2, 191, 4, 4, 128}, {1, 1, 2, 1, 16},  {2, 150, 4, 2, 16},
+      {1, 3, 2, 2, 32},    {1, 190, 8, 2, 32},  {1, 1, 2, 1, 96},   {1, 97, 4, 1, 96},  {2, 140, 2, 2, 96},
   };
   for (const auto& s : shapes) flash_case(*cpu, *g, rng, s, 1.f, true, true);
   // Peaked softmax (large scores), and partial gradient requests.
   flash_case(*cpu, *g, rng, {1, 150, 4, 2, 64}, 8.f, true, true);
   flash_case(*cpu, *g, rng, {1, 150, 4, 2, 128}, 8.f, true, true);
+  flash_case(*cpu, *g, rng, {1, 150, 4, 2, 96}, 8.f, true, true);
   flash_case(*cpu, *g, rng, {2, 90, 4, 2, 64}, 1.f, true, false);
   flash_case(*cpu, *g, rng, {2, 90, 4, 2, 128}, 1.f, false, true);
   // Random shapes.
@@ -103,7 +105,7 @@ TEST_CASE("cuda flash: bf16 forward and backward follow the CPU reference", "[gp
     const int64_t ratio = int64_t{1} << std::uniform_int_distribution<int>(0, 2)(rng);
     const int64_t B = std::uniform_int_distribution<int64_t>(1, 2)(rng);
     const int64_t T = std::uniform_int_distribution<int64_t>(1, 400)(rng);
-    const int64_t hd = std::uniform_int_distribution<int>(0, 1)(rng) ? 128 : 64;
+    const int64_t hd = 32 * std::uniform_int_distribution<int64_t>(1, 4)(rng);
     flash_case(*cpu, *g, rng, {B, T, Hkv * ratio, Hkv, hd}, 1.f, true, true);
   }
 }
@@ -123,8 +125,8 @@ TEST_CASE("cuda flash: uniform attention (q = 0, integer v) is exact", "[gpu]") 
   SKIP_WITHOUT_GPU();
   auto g = bf16_backend();
   std::mt19937_64 rng(22);
-  const AttnShape shapes[] = {{1, 1, 2, 1, 64}, {2, 129, 4, 2, 64}, {1, 300, 8, 2, 128}, {2, 70, 4, 4, 128},
-                              {1, 1000, 4, 1, 64}};
+  const AttnShape shapes[] = {{1, 1, 2, 1, 64},    {2, 129, 4, 2, 64}, {1, 300, 8, 2, 128}, {2, 70, 4, 4, 128},
+                              {1, 1000, 4, 1, 64}, {1, 77, 2, 1, 16},  {1, 140, 4, 2, 32},  {1, 90, 2, 1, 96}};
   std::uniform_int_distribution<int> iv(-8, 8);
   for (const auto& s : shapes) {
     const int64_t B = s.B, T = s.Tn, H = s.H, Hkv = s.Hkv, hd = s.hd, group = H / Hkv;
@@ -156,7 +158,7 @@ TEST_CASE("cuda flash: backward reruns are bit-identical", "[gpu][determinism]")
   SKIP_WITHOUT_GPU();
   auto g = bf16_backend();
   std::mt19937_64 rng(23);
-  for (const AttnShape s : {AttnShape{2, 333, 8, 2, 64}, AttnShape{1, 200, 4, 1, 128}}) {
+  for (const AttnShape s : {AttnShape{2, 333, 8, 2, 64}, AttnShape{1, 200, 4, 1, 128}, AttnShape{1, 150, 4, 2, 96}}) {
     const int64_t B = s.B, T = s.Tn, H = s.H, Hkv = s.Hkv, hd = s.hd;
     const size_t nq = static_cast<size_t>(B * T * H * hd), nkv = static_cast<size_t>(B * T * Hkv * hd);
     const Vec q = rand_vec(rng, nq), k = rand_vec(rng, nkv), v = rand_vec(rng, nkv), dout = rand_vec(rng, nq);
@@ -184,7 +186,7 @@ TEST_CASE("cuda flash: other head dims keep the fp32 kernels; the launchers refu
   auto cpu = make_cpu_backend<float>();
   auto g = bf16_backend();
   std::mt19937_64 rng(24);
-  const AttnShape s{1, 100, 4, 2, 32};
+  const AttnShape s{1, 100, 4, 2, 40};
   const size_t nq = static_cast<size_t>(s.B * s.Tn * s.H * s.hd), nkv = static_cast<size_t>(s.B * s.Tn * s.Hkv * s.hd);
   const Vec q = rand_vec(rng, nq), k = rand_vec(rng, nkv), v = rand_vec(rng, nkv);
   Vec qr = q, kr = k, vr = v;
@@ -195,12 +197,13 @@ TEST_CASE("cuda flash: other head dims keep the fp32 kernels; the launchers refu
   Dev gq(*g, q), gk(*g, k), gv(*g, v), gout(*g, Vec(nq)), glse(*g, Vec(lse.size()));
   g->attention_forward(gq.p(), gk.p(), gv.p(), s.B, s.Tn, s.H, s.Hkv, s.hd, gout.p(), glse.p());
   // fp32 kernels on the rounded inputs: the 2e-5 bound of test_cuda_parity.cpp, far below bf16's error.
-  check_tol("hd 32 on cuda:bf16 (fp32 kernels, bf16 q k v) out" + shape_name(s), gout.get(), out, DVec(nq, 2e-5));
+  check_tol("hd 40 on cuda:bf16 (fp32 kernels, bf16 q k v) out" + shape_name(s), gout.get(), out, DVec(nq, 2e-5));
   const auto* bq = reinterpret_cast<const uint16_t*>(gq.p());  // any aligned bits: the shape is refused first
   const auto* bk = reinterpret_cast<const uint16_t*>(gk.p());
   const auto* bv = reinterpret_cast<const uint16_t*>(gv.p());
-  CHECK_THROWS_AS(cuda::launch_flash_mma_forward(bq, bk, bv, 1, 2, 2, 2, 32, gout.p(), glse.p(), nullptr),
-                  std::invalid_argument);
+  for (const int64_t hd : {8, 40, 48, 256})
+    CHECK_THROWS_AS(cuda::launch_flash_mma_forward(bq, bk, bv, 1, 2, 2, 2, hd, gout.p(), glse.p(), nullptr),
+                    std::invalid_argument);
   CHECK_THROWS_AS(cuda::launch_flash_mma_forward(bq, bk, bv, 1, 2, 3, 2, 64, gout.p(), glse.p(), nullptr),
                   std::invalid_argument);
   CHECK_THROWS_AS(cuda::launch_flash_mma_forward(bq + 1, bk, bv, 1, 2, 2, 2, 64, gout.p(), glse.p(), nullptr),
