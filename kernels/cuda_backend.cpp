@@ -319,36 +319,14 @@ class CudaBackend final : public Backend<float> {
       if (outs[i].M > 0)
         gemm(true, false, outs[i].M, N, K, op[1 + i], K, op[0], K, out_of(outs[i].y), outs[i].M, 0.f);
   }
-  void linear_backward_shared_set_dx(const float* x, int64_t N, int64_t K, std::span<const LinearGrad> grads,
-                                     float* dx) override {
-    require_plain("linear_backward_shared_set_dx", {dx});
-    for (const LinearGrad& g : grads) require_plain("linear_backward_shared_set_dx", {g.W, g.dW});
-    if (N <= 0 || K <= 0) return;
-    // operands: x, then dy_i and W_i per weight (W only for dx, x only for the dW).
-    bool any_dw = false;
-    std::vector<const float*> p{nullptr};
-    std::vector<int64_t> n{N * K};
-    for (const LinearGrad& g : grads) {
-      const bool live = g.M > 0;
-      any_dw = any_dw || (live && g.dW);
-      p.push_back(live ? g.dy : nullptr);
-      n.push_back(N * g.M);
-      p.push_back(live && dx ? g.W : nullptr);
-      n.push_back(g.M * K);
+  void concat_columns(std::span<const Columns> srcs, int64_t N, float* dst) override {
+    int64_t W = 0;
+    for (const Columns& c : srcs) W += c.width;
+    int64_t off = 0;
+    for (const Columns& c : srcs) {
+      cuda::launch_copy_columns(in_of(c.x), N, c.width, out_of(dst), W, off, stream_);
+      off += c.width;
     }
-    if (any_dw) p[0] = x;
-    const auto op = operands(p, n);
-    float beta = 0.f;  // the first product into dx overwrites it, the rest add
-    for (size_t i = 0; i < grads.size(); ++i) {
-      const LinearGrad& g = grads[i];
-      if (g.M <= 0) continue;
-      if (dx) {
-        gemm(false, false, K, N, g.M, op[2 + 2 * i], K, op[1 + 2 * i], g.M, dx, K, beta);
-        beta = 1.f;
-      }
-      if (g.dW) gemm(false, true, K, g.M, N, op[0], K, op[1 + 2 * i], g.M, g.dW, K, 1.f);
-    }
-    if (dx && beta == 0.f) zero(dx, static_cast<size_t>(N * K));  // no product: an empty sum
   }
   void linear_backward(const float* dy, const float* x, const float* W, int64_t N, int64_t K, int64_t M, float* dx,
                        float* dW) override {

@@ -870,6 +870,13 @@ __global__ void __launch_bounds__(kT) softcap_ce_kernel(const float* z, const in
   }
 }
 
+// A block per row (grid-stride over rows), its threads along the row: coalesced on both sides.
+__global__ void __launch_bounds__(256) copy_columns_kernel(In src, int64_t N, int64_t w, Out dst, int64_t ld,
+                                                           int64_t off) {
+  for (int64_t n = blockIdx.x; n < N; n += gridDim.x)
+    for (int64_t j = threadIdx.x; j < w; j += blockDim.x) put(dst, n * ld + off + j, get(src, n * w + j));
+}
+
 }  // namespace
 
 // ---- launchers ----------------------------------------------------------------------------------------------
@@ -902,6 +909,13 @@ void launch_bf16_to_float(const uint16_t* x, size_t n, float* y, cudaStream_t s)
 
 void launch_round_bf16(const float* x, size_t n, float* y, cudaStream_t s) {
   launch_map(RoundBf16F{x, y}, static_cast<int64_t>(n), s, "round_bf16");
+}
+
+void launch_copy_columns(In src, int64_t N, int64_t w, Out dst, int64_t ld, int64_t off, cudaStream_t s) {
+  if (N <= 0 || w <= 0) return;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(N, int64_t{1} << 20));
+  PTOOL_LAUNCH(copy_columns_kernel, blocks, kThreads, 0, s)(src, N, w, dst, ld, off);
+  PTOOL_CUDA_LAUNCHED("copy_columns", s);
 }
 
 void launch_to_bf16(const float* x, size_t n, uint16_t* y, cudaStream_t s) {

@@ -34,6 +34,10 @@ Model<T>::Model(const ModelConfig& config, Backend<T>& backend)
     block_.push_back({layout_.at(p + "attn.c_q.weight").offset, layout_.at(p + "attn.c_k.weight").offset,
                       layout_.at(p + "attn.c_v.weight").offset, layout_.at(p + "attn.proj.weight").offset,
                       layout_.at(p + "mlp.fc.weight").offset, layout_.at(p + "mlp.proj.weight").offset});
+    // The backward treats q, k and v's projections as one [D + 2 KV, D] matrix (layer_backward).
+    const Names& w = block_.back();
+    if (w.c_k != w.c_q + cfg_.d_model * cfg_.d_model || w.c_v != w.c_k + cfg_.kv_dim() * cfg_.d_model)
+      throw Error("parameter layout: block " + std::to_string(b) + "'s c_q, c_k and c_v are not consecutive");
   }
   for (int64_t s = 0; s < cfg_.scalar_sets(); ++s) {
     const std::string p = (cfg_.per_virtual_scalars ? "layers." : "blocks.") + std::to_string(s) + ".";
@@ -85,7 +89,7 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
   // final norm, and the gradients that the backward hands only to a linear op as dy or to attention as dout (the
   // logits', v's and q/k's raw gradients among them). GEMM outputs that element-wise ops read (q/k before their
   // preparation, the branch outputs o and m, the MLP's pre-activation u, and the gradients of the activation and
-  // of the plain MLP pre-norm) are activation buffers (bf16 there too, rounded as under PyTorch's autocast).
+  // of the plain pre-norms) are activation buffers (bf16 there too, rounded as under PyTorch's autocast).
   auto operand = [&](size_t n) { return DeviceBuffer<T>(be_, n, Storage::operand); };
   auto activation = [&](size_t n) { return DeviceBuffer<T>(be_, n, Storage::activation); };
   const bool plain_norms = plain_pre_norms();
@@ -107,12 +111,13 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
   if (train) {
     g_tmp_ = buf(N * D);
     dlogits_ = operand(N * V);
-    g_x_ = buf(N * D); g_x0_ = buf(N * D); g_h_ = buf(N * D); g_q_ = buf(N * D); g_k_ = buf(N * KV);
+    g_x_ = buf(N * D); g_x0_ = buf(N * D); g_q_ = buf(N * D); g_k_ = buf(N * KV);
+    g_qkv_ = operand(N * (D + 2 * KV));                        // q, k and v's raw gradients side by side
     g_v_ = operand(N * KV); g_att_ = operand(N * D); g_o_ = operand(N * D); g_u_ = operand(N * Hd);
     g_qraw_ = operand(N * D);                        // qk_prep_backward_gain's draw
     if (cfg_.qk_norm) g_kraw_ = operand(N * KV);  // qk_prep_backward's
     g_a_ = activation(N * Hd); g_m_ = operand(N * D); g_final_ = buf(N * D);
-    g_h2_ = plain_norms ? activation(N * D) : buf(N * D);
+    g_h_ = plain_norms ? activation(N * D) : buf(N * D); g_h2_ = plain_norms ? activation(N * D) : buf(N * D);
     g_skip_.clear();
     for (int64_t i = 0; i < cfg_.encoder_layers(); ++i) g_skip_.push_back(buf(N * D));
   }
@@ -255,9 +260,10 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
   be_.qk_prep_backward(g_k_.get(), a.k_raw.get(), a.rstd_k.get(), B, Tn, Hkv, hd, rot, base, cfg_.qk_norm,
                        g_kraw_.get());
   T* gk_raw = cfg_.qk_norm ? g_kraw_.get() : g_k_.get();
-  const typename Backend<T>::LinearGrad qkv[] = {
-      {g_qraw_.get(), P + w.c_q, D, G + w.c_q}, {gk_raw, P + w.c_k, KV, G + w.c_k}, {g_v_.get(), P + w.c_v, KV, G + w.c_v}};
-  be_.linear_backward_shared_set_dx(a.h1.get(), N, D, qkv, g_h_.get());
+  // q, k and v's projections as one matrix (consecutive in the layout): one GEMM for dx, one for dW.
+  const typename Backend<T>::Columns qkv[] = {{g_qraw_.get(), D}, {gk_raw, KV}, {g_v_.get(), KV}};
+  be_.concat_columns(qkv, N, g_qkv_.get());
+  be_.linear_backward_set_dx(g_qkv_.get(), a.h1.get(), P + w.c_q, N, D, D + 2 * KV, g_h_.get(), G + w.c_q);
   if (cfg_.resid_mix && plain_pre_norms()) {  // both backwards in one pass
     be_.rmsnorm_resid_mix_backward(g_h_.get(), a.x_mix, a.rstd1.get(), a.x_in, x0, P + s.resid_mix, N, D, dx, dx0,
                                    G + s.resid_mix);

@@ -41,7 +41,7 @@ class Backend {
   // linear ops; attention's q, k, v and dout), so a backend may keep it in the precision those ops round their
   // inputs to (the CUDA backend's bf16 mode: bf16, half the bytes, and no conversion before every op that reads
   // it). Only ops that name it as an output may write it (a backend that cannot write one there throws), only
-  // linear ops and attention may read it, and zero() may clear it; anything else reads its values through
+  // linear ops, attention and concat_columns may read it, and zero() may clear it; anything else reads its values through
   // operand_values() (into plain memory) and stores them with store_operand(). Released with release().
   // Default: plain memory.
   virtual T* alloc_operand(size_t n) { return alloc(n); }
@@ -51,7 +51,8 @@ class Backend {
   // a backend that stores them in a lower precision rounds values (the CUDA backend's bf16 mode: bf16, as PyTorch's
   // autocast keeps linear outputs). Readable by the ops that say so: activation_forward/backward (h, dout),
   // scaled_residual(_rmsnorm)_forward (o), channel_scale_backward(_set_dx) (x), qk_prep_forward/backward (raw),
-  // rmsnorm_backward (dout), and the linear ops and attention; written only by ops that name them as outputs
+  // rmsnorm_backward (dout), rmsnorm_resid_mix_backward (dh), concat_columns, and the linear ops and attention;
+  // written only by ops that name them as outputs
   // (linear ops with a written, not accumulated, output). Values through operand_values()/store_operand().
   virtual T* alloc_activation(size_t n) { return alloc(n); }
   // Bytes per element of the buffer at p as this backend stores it (for traffic estimates).
@@ -213,28 +214,16 @@ class Backend {
   virtual void linear_forward_shared(const T* x, int64_t N, int64_t K, std::span<const LinearOut> outs) {
     for (const LinearOut& o : outs) linear_forward(x, o.W, N, K, o.M, o.y);
   }
-  // Their backward: dx = sum_i dy_i W_i, written (as linear_backward_set_dx), and dW_i += dy_i^T x. The default
-  // calls linear_backward_set_dx for the first and linear_backward for the rest.
-  struct LinearGrad {
-    const T* dy;
-    const T* W;
-    int64_t M;
-    T* dW;
+  // Their backward goes through one GEMM when the weights lie one after another ([W_1; W_2; ...] is one matrix):
+  // the gradients dy_i side by side (concat_columns) are the dy of that matrix.
+  // Rows side by side: dst[n, off_i + j] = srcs[i].x[n, j] for j < srcs[i].width, where off_i sums the widths
+  // before i (dst is [N, the sum of the widths]). Sources may be operand or activation buffers and dst may be an
+  // operand buffer: values are copied as stored, rounded where dst keeps fewer bits.
+  struct Columns {
+    const T* x;
+    int64_t width;
   };
-  virtual void linear_backward_shared_set_dx(const T* x, int64_t N, int64_t K, std::span<const LinearGrad> grads,
-                                             T* dx) {
-    if (grads.empty()) {
-      if (dx) zero(dx, static_cast<size_t>(N * K));
-      return;
-    }
-    for (size_t i = 0; i < grads.size(); ++i) {
-      const LinearGrad& g = grads[i];
-      if (i == 0)
-        linear_backward_set_dx(g.dy, x, g.W, N, K, g.M, dx, g.dW);
-      else
-        linear_backward(g.dy, x, g.W, N, K, g.M, dx, g.dW);
-    }
-  }
+  virtual void concat_columns(std::span<const Columns> srcs, int64_t N, T* dst) = 0;
 
   // Per-token losses land in host memory (double); returns their sum.
   virtual double softcap_cross_entropy(const T* z, const int32_t* targets, int64_t N, int64_t V, T cap,

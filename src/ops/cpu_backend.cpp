@@ -61,6 +61,15 @@ class CpuBackend final : public Backend<T> {
                        T* dW) override {
     cpu::linear_backward(dy, x, W, N, K, M, dx, dW);
   }
+  void concat_columns(std::span<const typename Backend<T>::Columns> srcs, int64_t N, T* dst) override {
+    int64_t W = 0;
+    for (const auto& c : srcs) W += c.width;
+    int64_t off = 0;
+    for (const auto& c : srcs) {
+      for (int64_t n = 0; n < N; ++n) std::copy_n(c.x + n * c.width, c.width, dst + n * W + off);
+      off += c.width;
+    }
+  }
   void channel_scale_forward(const T* x, const T* s, int64_t N, int64_t D, T* y) override {
     cpu::channel_scale_forward(x, s, N, D, y);
   }

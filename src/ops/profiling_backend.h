@@ -266,17 +266,14 @@ class ProfilingBackend final : public Backend<T> {
     }
     timed("linear_forward_shared", bytes, flops, [&] { in_.linear_forward_shared(x, N, K, outs); });
   }
-  void linear_backward_shared_set_dx(const T* x, int64_t N, int64_t K,
-                                     std::span<const typename Backend<T>::LinearGrad> grads, T* dx) override {
-    double bytes = b(dx, N * K), flops = 0;
-    bool any_dw = false;
-    for (const auto& g : grads) {
-      bytes += b(g.dy, N * g.M) + (dx ? E * g.M * K : 0) + (g.dW ? 2 * E * g.M * K : 0);
-      flops += (dx ? 2.0 : 0.0) * N * K * g.M + (g.dW ? 2.0 : 0.0) * N * K * g.M;
-      any_dw = any_dw || g.dW;
+  void concat_columns(std::span<const typename Backend<T>::Columns> srcs, int64_t N, T* dst) override {
+    double bytes = 0;
+    int64_t W = 0;
+    for (const auto& c : srcs) {
+      bytes += b(c.x, N * c.width);
+      W += c.width;
     }
-    if (any_dw) bytes += b(x, N * K);
-    timed("linear_backward_shared_set_dx", bytes, flops, [&] { in_.linear_backward_shared_set_dx(x, N, K, grads, dx); });
+    timed("concat_columns", bytes + b(dst, N * W), 0, [&] { in_.concat_columns(srcs, N, dst); });
   }
 
   double softcap_cross_entropy(const T* z, const int32_t* targets, int64_t N, int64_t V, T cap, double* losses_host,

@@ -318,14 +318,13 @@ TEST_CASE("cuda: linear on random floats", "[gpu]") {
 }
 
 // Three weights of one input, as q, k and v: exact against the CPU on small integers, and bit-identical to the
-// separate calls on floats (the same conversions and GEMMs). dx starts as NaN: the first product overwrites it.
+// separate calls on floats (the same conversions and GEMMs).
 TEST_CASE("cuda: linears sharing one input match separate calls", "[gpu]") {
   SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend<float>();
   std::mt19937_64 rng(19);
   const float nan = std::numeric_limits<float>::quiet_NaN();
   using Out = Backend<float>::LinearOut;
-  using Grad = Backend<float>::LinearGrad;
   for (auto prec : kAllPrecisions) {
     auto g = gpu_backend(prec);
     const std::string mode = tag_of(prec);
@@ -337,105 +336,94 @@ TEST_CASE("cuda: linears sharing one input match separate calls", "[gpu]") {
                                 std::to_string(Ms[1]) + "," + std::to_string(Ms[2]);
       auto values = [&](int64_t n) { return ints ? rand_ints(rng, n, -8, 8) : rand_vec(rng, n); };
       const Vec x = values(N * K);
-      std::vector<Vec> W, dy, dW0;
-      for (int64_t M : Ms) {
-        W.push_back(values(M * K));
-        dy.push_back(values(N * M));
-        dW0.push_back(rand_ints(rng, M * K, -100, 100));
-      }
-      // CPU: the defaults (separate calls)
-      std::vector<Vec> y, dW = dW0;
-      Vec dx(N * K, 7.f);
+      std::vector<Vec> W, y;
       std::vector<Out> outs;
-      std::vector<Grad> grads;
+      for (int64_t M : Ms) W.push_back(values(M * K));
       for (int i = 0; i < 3; ++i) {
         y.emplace_back(N * Ms[i]);
         outs.push_back({W[i].data(), Ms[i], y[i].data()});
-        grads.push_back({dy[i].data(), W[i].data(), Ms[i], dW[i].data()});
       }
       cpu->linear_forward_shared(x.data(), N, K, outs);
-      cpu->linear_backward_shared_set_dx(x.data(), N, K, grads, dx.data());
-      // device: shared, and separate
-      Dev gx(*g, x), gdx(*g, Vec(N * K, nan)), sdx(*g, Vec(N * K, 0.f));
-      std::deque<Dev> gW, gdy, gy, gdW, sy, sdW;
+      Dev gx(*g, x);
+      std::deque<Dev> gW, gy, sy;
       std::vector<Out> gouts;
-      std::vector<Grad> ggrads;
       for (int i = 0; i < 3; ++i) {
         gW.emplace_back(*g, W[i]);
-        gdy.emplace_back(*g, dy[i]);
         gy.emplace_back(*g, Vec(N * Ms[i], nan));
-        gdW.emplace_back(*g, dW0[i]);
         sy.emplace_back(*g, Vec(N * Ms[i]));
-        sdW.emplace_back(*g, dW0[i]);
         gouts.push_back({gW[i].p(), Ms[i], gy[i].p()});
-        ggrads.push_back({gdy[i].p(), gW[i].p(), Ms[i], gdW[i].p()});
         g->linear_forward(gx.p(), gW[i].p(), N, K, Ms[i], sy[i].p());
-        g->linear_backward(gdy[i].p(), gx.p(), gW[i].p(), N, K, Ms[i], sdx.p(), sdW[i].p());
       }
       g->linear_forward_shared(gx.p(), N, K, gouts);
-      g->linear_backward_shared_set_dx(gx.p(), N, K, ggrads, gdx.p());
       for (int i = 0; i < 3; ++i) {
         const std::string w = " W" + std::to_string(i) + mode + shape;
         check_exact("linear_forward_shared y vs separate" + w, gy[i].get(), sy[i].get());
-        check_exact("linear_backward_shared_set_dx dW vs separate" + w, gdW[i].get(), sdW[i].get());
-        if (ints) {
-          check_exact("linear_forward_shared y" + w, gy[i].get(), y[i]);
-          check_exact("linear_backward_shared_set_dx dW (accumulated)" + w, gdW[i].get(), dW[i]);
-        }
+        if (ints) check_exact("linear_forward_shared y" + w, gy[i].get(), y[i]);
       }
-      // exact, but an overwritten all-(-0) sum stays -0 where 0 + (-0) is +0
-      check_close("linear_backward_shared_set_dx dx vs separate" + mode + shape, gdx.get(), sdx.get(), 0.0, 0.0);
-      if (ints) check_close("linear_backward_shared_set_dx dx" + mode + shape, gdx.get(), dx, 0.0, 0.0);
     }
   }
-  // An empty first weight (M = 0), weights at odd offsets (unaligned, as parameter slices can be), and dx with
-  // and without the dW: exact against the CPU on small integers.
+  // An empty first weight (M = 0) and weights at odd offsets (unaligned, as parameter slices can be).
   for (auto prec : kAllPrecisions) {
     auto g = gpu_backend(prec);
     const int64_t N = 33, K = 20, Ms[3] = {0, 7, 12};
     const Vec x = rand_ints(rng, N * K, -8, 8);
-    std::vector<Vec> Wb, dy;
-    for (int64_t M : Ms) {
-      Wb.push_back(rand_ints(rng, M * K + 1, -8, 8));
-      dy.push_back(rand_ints(rng, N * M, -8, 8));
+    std::vector<Vec> Wb, y;
+    std::vector<Out> outs;
+    for (int64_t M : Ms) Wb.push_back(rand_ints(rng, M * K + 1, -8, 8));
+    for (int i = 0; i < 3; ++i) y.emplace_back(N * Ms[i], 0.f);
+    for (int i = 0; i < 3; ++i) outs.push_back({Wb[i].data() + 1, Ms[i], y[i].data()});
+    cpu->linear_forward_shared(x.data(), N, K, outs);
+    Dev gx(*g, x);
+    std::deque<Dev> gW, gy;
+    std::vector<Out> gouts;
+    for (int i = 0; i < 3; ++i) {
+      gW.emplace_back(*g, Wb[i]);
+      gy.emplace_back(*g, Vec(N * Ms[i], nan));
+      gouts.push_back({gW[i].p() + 1, Ms[i], gy[i].p()});
     }
-    for (int variant = 0; variant < 2; ++variant) {  // 0: dx and dW, 1: dx only
-      const std::string what = std::string(variant ? " (dx only)" : " (dx and dW)") + tag_of(prec);
-      Vec dx(N * K, 7.f);
-      std::vector<Vec> dW, y;
-      std::vector<Grad> grads;
-      std::vector<Out> outs;
-      for (int i = 0; i < 3; ++i) {
-        dW.emplace_back(Ms[i] * K, 0.f);
-        y.emplace_back(N * Ms[i], 0.f);
-      }
-      for (int i = 0; i < 3; ++i) {
-        grads.push_back({dy[i].data(), Wb[i].data() + 1, Ms[i], variant ? nullptr : dW[i].data()});
-        outs.push_back({Wb[i].data() + 1, Ms[i], y[i].data()});
-      }
-      cpu->linear_backward_shared_set_dx(x.data(), N, K, grads, dx.data());
-      cpu->linear_forward_shared(x.data(), N, K, outs);
+    g->linear_forward_shared(gx.p(), N, K, gouts);
+    for (int i = 1; i < 3; ++i)
+      check_exact("linear_forward_shared y, unaligned W" + std::to_string(i) + tag_of(prec), gy[i].get(), y[i]);
+  }
+}
 
-      Dev gx(*g, x), gdx(*g, Vec(N * K, nan));
-      std::deque<Dev> gW, gdy, gdW, gy;
-      std::vector<Grad> ggrads;
-      std::vector<Out> gouts;
-      for (int i = 0; i < 3; ++i) {
-        gW.emplace_back(*g, Wb[i]);
-        gdy.emplace_back(*g, dy[i]);
-        gdW.emplace_back(*g, Vec(Ms[i] * K, 0.f));
-        gy.emplace_back(*g, Vec(N * Ms[i], nan));
-        ggrads.push_back({gdy[i].p(), gW[i].p() + 1, Ms[i], variant ? nullptr : gdW[i].p()});
-        gouts.push_back({gW[i].p() + 1, Ms[i], gy[i].p()});
-      }
-      g->linear_backward_shared_set_dx(gx.p(), N, K, ggrads, gdx.p());
-      g->linear_forward_shared(gx.p(), N, K, gouts);
-      check_close("linear_backward_shared_set_dx dx, empty first weight" + what, gdx.get(), dx, 0.0, 0.0);
-      for (int i = 1; i < 3; ++i) {
-        check_exact("linear_forward_shared y, unaligned W" + std::to_string(i) + what, gy[i].get(), y[i]);
-        if (!variant) check_exact("linear_backward_shared_set_dx dW" + std::to_string(i) + what, gdW[i].get(), dW[i]);
-      }
+// concat_columns copies each source's rows into its columns of dst: exactly on plain memory, and as stored from
+// operand and activation buffers (bf16 in the bf16 mode) into an operand buffer, rounding a plain source there.
+TEST_CASE("cuda: concat_columns places each source's rows side by side", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  std::mt19937_64 rng(67);
+  using Columns = Backend<float>::Columns;
+  for (const int64_t N : {int64_t{1}, int64_t{37}, int64_t{300}}) {
+    const int64_t widths[3] = {64, 1, 33}, W = 98;
+    std::vector<Vec> src;
+    for (int64_t w : widths) src.push_back(rand_vec(rng, N * w));
+    Vec want(N * W), got(N * W);
+    for (int64_t n = 0, off = 0; n < N; ++n, off = 0)
+      for (int i = 0; i < 3; off += widths[i++])
+        for (int64_t j = 0; j < widths[i]; ++j) want[n * W + off + j] = src[i][n * widths[i] + j];
+    const std::string shape = " N=" + std::to_string(N);
+    const Columns cols[] = {{src[0].data(), widths[0]}, {src[1].data(), widths[1]}, {src[2].data(), widths[2]}};
+    cpu->concat_columns(cols, N, got.data());
+    check_exact("concat_columns on the CPU" + shape, got, want);
+    {
+      auto g = gpu_backend();
+      Dev a(*g, src[0]), b(*g, src[1]), c(*g, src[2]), dst(*g, Vec(N * W, 5.f));
+      const Columns gcols[] = {{a.p(), widths[0]}, {b.p(), widths[1]}, {c.p(), widths[2]}};
+      g->concat_columns(gcols, N, dst.p());
+      check_exact("concat_columns, plain memory" + shape, dst.get(), want);
     }
+    auto g = gpu_backend(CudaGemmPrecision::bf16);
+    DeviceBuffer<float> op(*g, N * widths[0], Storage::operand), act(*g, N * widths[1], Storage::activation),
+        dst(*g, N * W, Storage::operand);
+    Dev a(*g, src[0]), b(*g, src[1]), c(*g, src[2]), vals(*g, Vec(N * W));
+    g->store_operand(op.get(), a.p(), N * widths[0]);
+    g->store_operand(act.get(), b.p(), N * widths[1]);
+    const Columns gcols[] = {{op.get(), widths[0]}, {act.get(), widths[1]}, {c.p(), widths[2]}};
+    g->concat_columns(gcols, N, dst.get());
+    g->operand_values(dst.get(), N * W, vals.p());
+    check_exact("concat_columns, bf16 buffers and a plain source into an operand buffer" + shape, vals.get(),
+                bf16_rounded(want));
   }
 }
 
