@@ -504,11 +504,22 @@ class CudaBackend final : public Backend<float> {
   void rmsnorm_resid_mix_backward(const float* dh, const float* y, const float* rstd, const float* x, const float* x0,
                                   const float* m, int64_t N, int64_t D, float* dx, float* dx0, float* dm) override {
     require_plain("rmsnorm_resid_mix_backward", {y, rstd, x, x0, m, dx, dx0, dm});
-    if (!cuda::rmsnorm_resid_mix_fused(D) || !dx0 || !dm) {
+    if (!cuda::rmsnorm_fused_backward(D) || !dx0 || !dm) {
       Backend<float>::rmsnorm_resid_mix_backward(dh, y, rstd, x, x0, m, N, D, dx, dx0, dm);
       return;
     }
     cuda::launch_rmsnorm_resid_mix_backward(in_of(dh), y, rstd, x, x0, m, N, D, dx, dx0, dm, ws_, stream_);
+  }
+  void rmsnorm_channel_scale_backward(const float* dh, const float* y, const float* rstd, const float* o,
+                                      const float* s, int64_t N, int64_t D, float* dx, float* dout,
+                                      float* ds) override {
+    require_plain("rmsnorm_channel_scale_backward", {y, rstd, s, dx, ds});
+    if (!cuda::rmsnorm_fused_backward(D) || !dout || !ds) {
+      Backend<float>::rmsnorm_channel_scale_backward(dh, y, rstd, o, s, N, D, dx, dout, ds);
+      return;
+    }
+    cuda::launch_rmsnorm_channel_scale_backward(in_of(dh), y, rstd, in_of(o), s, N, D, dx, out_of(dout), ds, ws_,
+                                                stream_);
   }
   void resid_mix_backward_set_dx(const float* dy, const float* x, const float* x0, const float* m, int64_t N,
                                  int64_t D, float* dx, float* dx0, float* dm) override {

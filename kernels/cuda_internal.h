@@ -186,12 +186,16 @@ void launch_qk_prep_backward_gain(const float* dq, const float* x, const float* 
                                   bool norm, const float* cos_t, const float* sin_t, Out draw, Workspace& ws,
                                   cudaStream_t s);
 
-// Backend::rmsnorm_resid_mix_backward in one pass, for the D that rmsnorm_resid_mix_fused accepts (others throw
-// std::invalid_argument: compose rmsnorm_backward and resid_mix_backward instead). dx0 and dm_acc are added to.
-bool rmsnorm_resid_mix_fused(int64_t D);
+// Backend::rmsnorm_resid_mix_backward and rmsnorm_channel_scale_backward in one pass each, for the D that
+// rmsnorm_fused_backward accepts (others throw std::invalid_argument: compose the ops instead). dx0, dm_acc and
+// ds_acc are added to; dout is written.
+bool rmsnorm_fused_backward(int64_t D);
 void launch_rmsnorm_resid_mix_backward(In dh, const float* y, const float* rstd, const float* x, const float* x0,
                                        const float* m, int64_t N, int64_t D, float* dx, float* dx0, float* dm_acc,
                                        Workspace& ws, cudaStream_t s);
+void launch_rmsnorm_channel_scale_backward(In dh, const float* y, const float* rstd, In o, const float* sc,
+                                           int64_t N, int64_t D, float* dx, Out dout, float* ds_acc, Workspace& ws,
+                                           cudaStream_t s);
 
 // One block per row. losses_dev[n] gets each row's loss (double); *bad_row gets the smallest row whose target
 // is outside [0, V) (it must hold INT32_MAX before the launch; left unchanged when all targets are valid).

@@ -726,25 +726,35 @@ struct ResidMixBwdF {  // out 0: dm[0, :], out 1: dm[1, :]
   }
 };
 
-// RMSNorm's backward then resid_mix's (Backend::rmsnorm_resid_mix_backward), one warp per row with the row's
-// D = 32 CPL columns in registers (lane owns columns lane + 32 j): t = dx + rmsnorm_grad(dh, y), then dx = m0 t,
-// dx0 += m1 t with resid_mix's rounding. Each warp keeps the double column sums of t x and t x0 over its
-// rows_per_warp rows; the block adds its 8 warps' sums in warp order into partial[(block * 2 + k) * D + c] for
-// colreduce_finalize (a fixed order: deterministic). Saves the write and re-read of the intermediate gradient that
-// the two ops pass through memory. 256 threads per block, at most 128 registers (2 blocks per SM; at D = 512 the
-// double sums take 64 of them and ptxas spills a few words).
-template <int CPL>
-__global__ void __launch_bounds__(256, 2) rmsnorm_resid_mix_bwd_kernel(In dh, const float* y, const float* rstd,
-                                                                    const float* x, const float* x0, const float* m,
-                                                                    int64_t N, int64_t rows_per_warp, float* dx,
-                                                                    float* dx0, double* partial) {
+// RMSNorm's backward followed by a per-element op in one pass (Backend::rmsnorm_resid_mix_backward and
+// rmsnorm_channel_scale_backward): one warp per row with the row's D = 32 CPL columns in registers (lane owns
+// columns lane + 32 j). t = dx + rmsnorm_grad(dh, y), the gradient at y, goes to F(i, col, t, v), which writes its
+// outputs and returns its F::kOut column-sum terms in v. Each warp keeps the double column sums over its
+// rows_per_warp rows; the block adds its 8 warps' sums in warp order into partial[(block * kOut + k) * D + c] for
+// colreduce_finalize (a fixed order: deterministic). Saves the write and re-read of t that composed ops pass
+// through memory. 256 threads per block, at most 128 registers (2 blocks per SM; at D = 512 the double sums of
+// resid_mix take 64 of them and ptxas spills a few words).
+// Its template argument: the columns per lane and the element op, as one type (PTOOL_LAUNCH takes no commas).
+template <int C, class Op>
+struct BwdThen {
+  static constexpr int kCpl = C;
+  using F = Op;
+};
+template <class Cfg>
+__global__ void __launch_bounds__(256, 2) rmsnorm_bwd_then_kernel(typename Cfg::F f, In dh, const float* y,
+                                                                  const float* rstd, const float* dx, int64_t N,
+                                                                  int64_t rows_per_warp, double* partial) {
+  constexpr int CPL = Cfg::kCpl;
   constexpr int64_t D = 32 * CPL;
+  constexpr int K = Cfg::F::kOut;
   const int lane = threadIdx.x & 31;
   const int64_t w = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
   const int64_t r0 = w * rows_per_warp, r1 = r0 + rows_per_warp < N ? r0 + rows_per_warp : N;
-  double s0[CPL], s1[CPL];
+  double sums[K][CPL];
 #pragma unroll
-  for (int j = 0; j < CPL; ++j) s0[j] = s1[j] = 0.0;
+  for (int k = 0; k < K; ++k)
+#pragma unroll
+    for (int j = 0; j < CPL; ++j) sums[k][j] = 0.0;
   for (int64_t row = r0; row < r1; ++row) {
     const int64_t off = row * D;
     double dot = 0.0;
@@ -757,27 +767,54 @@ __global__ void __launch_bounds__(256, 2) rmsnorm_resid_mix_bwd_kernel(In dh, co
 #pragma unroll
     for (int j = 0; j < CPL; ++j) {
       const int64_t col = lane + 32 * j, i = off + col;
-      const float t = __fadd_rn(dx[i], rmsnorm_grad(r, get(dh, i), c, y[i]));
-      dx[i] = __fmul_rn(m[col], t);
-      dx0[i] = __fadd_rn(dx0[i], __fmul_rn(m[D + col], t));
-      s0[j] += static_cast<double>(x[i]) * t;
-      s1[j] += static_cast<double>(x0[i]) * t;
+      double v[K];
+      f(i, col, __fadd_rn(dx[i], rmsnorm_grad(r, get(dh, i), c, y[i])), v);
+#pragma unroll
+      for (int k = 0; k < K; ++k) sums[k][j] += v[k];
     }
   }
   __shared__ double sh[8][D];
   const int warp = threadIdx.x >> 5;
-  for (int k = 0; k < 2; ++k) {
-    __syncthreads();  // sh is free (k = 1: the block has read k = 0's sums)
+  for (int k = 0; k < K; ++k) {
+    __syncthreads();  // sh is free (k > 0: the block has read k - 1's sums)
 #pragma unroll
-    for (int j = 0; j < CPL; ++j) sh[warp][lane + 32 * j] = k == 0 ? s0[j] : s1[j];
+    for (int j = 0; j < CPL; ++j) sh[warp][lane + 32 * j] = sums[k][j];
     __syncthreads();
     for (int64_t col = threadIdx.x; col < D; col += blockDim.x) {
       double t = 0.0;
       for (int v = 0; v < 8; ++v) t += sh[v][col];
-      partial[(static_cast<int64_t>(blockIdx.x) * 2 + k) * D + col] = t;
+      partial[(static_cast<int64_t>(blockIdx.x) * K + k) * D + col] = t;
     }
   }
 }
+
+// resid_mix's backward of t (with its rounding): dx = m0 t, dx0 += m1 t; column sums of t x and t x0.
+struct ResidMixOfGradF {
+  static constexpr int kOut = 2;
+  const float *x, *x0, *m;
+  float *dx, *dx0;
+  int64_t D;
+  __device__ void operator()(int64_t i, int64_t col, float t, double* v) const {
+    dx[i] = __fmul_rn(m[col], t);
+    dx0[i] = __fadd_rn(dx0[i], __fmul_rn(m[D + col], t));
+    v[0] = static_cast<double>(x[i]) * t;
+    v[1] = static_cast<double>(x0[i]) * t;
+  }
+};
+
+// The channel scale's backward of t: dx = t (the residual gradient goes on), dout = s t; column sums of t o.
+struct ChannelScaleOfGradF {
+  static constexpr int kOut = 1;
+  In o;
+  const float* sc;
+  float* dx;
+  Out dout;
+  __device__ void operator()(int64_t i, int64_t col, float t, double* v) const {
+    dx[i] = t;
+    put(dout, i, __fmul_rn(sc[col], t));
+    v[0] = static_cast<double>(t) * static_cast<double>(get(o, i));
+  }
+};
 
 // ---- softcap cross-entropy ----------------------------------------------------------------------------------
 
@@ -1147,33 +1184,55 @@ void launch_qk_prep_backward_gain(const float* dq, const float* x, const float* 
   }
 }
 
-bool rmsnorm_resid_mix_fused(int64_t D) { return D == 64 || D == 128 || D == 256 || D == 512; }
+bool rmsnorm_fused_backward(int64_t D) { return D == 64 || D == 128 || D == 256 || D == 512; }
+
+namespace {
+
+template <class F>
+void launch_rmsnorm_bwd_then(const F& f, In dh, const float* y, const float* rstd, const float* dx, int64_t N,
+                             int64_t D, float* sum0, float* sum1, Workspace& ws, cudaStream_t s, const char* name) {
+  if (!rmsnorm_fused_backward(D))
+    throw std::invalid_argument(std::string(name) + ": no fused kernel for D = " + std::to_string(D));
+  if (N <= 0) return;
+  constexpr int K = F::kOut;
+  // At most 4096 warps (512 blocks, a few waves on an H100) and at least 4 rows a warp: few block partials.
+  const int64_t rows_per_warp = std::max<int64_t>(4, (N + 4095) / 4096);
+  const int64_t warps = (N + rows_per_warp - 1) / rows_per_warp, blocks = (warps + 7) / 8;
+  auto* partial = static_cast<double*>(ws.get(static_cast<size_t>(blocks * K * D) * sizeof(double)));
+  const unsigned g = static_cast<unsigned>(blocks);
+  using C2 = BwdThen<2, F>;
+  using C4 = BwdThen<4, F>;
+  using C8 = BwdThen<8, F>;
+  using C16 = BwdThen<16, F>;
+  switch (D) {
+    case 64: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C2>, g, 256, 0, s)(f, dh, y, rstd, dx, N, rows_per_warp, partial);
+      break;
+    case 128: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C4>, g, 256, 0, s)(f, dh, y, rstd, dx, N, rows_per_warp, partial);
+      break;
+    case 256: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C8>, g, 256, 0, s)(f, dh, y, rstd, dx, N, rows_per_warp, partial);
+      break;
+    default: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C16>, g, 256, 0, s)(f, dh, y, rstd, dx, N, rows_per_warp, partial);
+  }
+  PTOOL_CUDA_LAUNCHED(name, s);
+  PTOOL_LAUNCH(colreduce_finalize<K>, dim3(static_cast<unsigned>(D), K), 256, 0, s)(partial, blocks, D, 1, sum0,
+                                                                                   sum1);
+  PTOOL_CUDA_LAUNCHED(name, s);
+}
+
+}  // namespace
 
 void launch_rmsnorm_resid_mix_backward(In dh, const float* y, const float* rstd, const float* x, const float* x0,
                                        const float* m, int64_t N, int64_t D, float* dx, float* dx0, float* dm_acc,
                                        Workspace& ws, cudaStream_t s) {
-  if (!rmsnorm_resid_mix_fused(D))
-    throw std::invalid_argument("rmsnorm_resid_mix_backward: no fused kernel for D = " + std::to_string(D));
-  if (N <= 0) return;
-  // At most 4096 warps (512 blocks, a few waves on an H100) and at least 4 rows a warp: few block partials.
-  const int64_t rows_per_warp = std::max<int64_t>(4, (N + 4095) / 4096);
-  const int64_t warps = (N + rows_per_warp - 1) / rows_per_warp, blocks = (warps + 7) / 8;
-  auto* partial = static_cast<double*>(ws.get(static_cast<size_t>(blocks * 2 * D) * sizeof(double)));
-  const unsigned g = static_cast<unsigned>(blocks);
-  switch (D) {
-    case 64: PTOOL_LAUNCH(rmsnorm_resid_mix_bwd_kernel<2>, g, 256, 0, s)(dh, y, rstd, x, x0, m, N, rows_per_warp, dx,
-                                                                          dx0, partial); break;
-    case 128: PTOOL_LAUNCH(rmsnorm_resid_mix_bwd_kernel<4>, g, 256, 0, s)(dh, y, rstd, x, x0, m, N, rows_per_warp, dx,
-                                                                           dx0, partial); break;
-    case 256: PTOOL_LAUNCH(rmsnorm_resid_mix_bwd_kernel<8>, g, 256, 0, s)(dh, y, rstd, x, x0, m, N, rows_per_warp, dx,
-                                                                           dx0, partial); break;
-    default: PTOOL_LAUNCH(rmsnorm_resid_mix_bwd_kernel<16>, g, 256, 0, s)(dh, y, rstd, x, x0, m, N, rows_per_warp, dx,
-                                                                           dx0, partial); break;
-  }
-  PTOOL_CUDA_LAUNCHED("rmsnorm_resid_mix_backward", s);
-  PTOOL_LAUNCH(colreduce_finalize<2>, dim3(static_cast<unsigned>(D), 2), 256, 0, s)(partial, blocks, D, 1, dm_acc,
-                                                                                   dm_acc + D);
-  PTOOL_CUDA_LAUNCHED("rmsnorm_resid_mix_backward", s);
+  launch_rmsnorm_bwd_then(ResidMixOfGradF{x, x0, m, dx, dx0, D}, dh, y, rstd, dx, N, D, dm_acc, dm_acc + D, ws, s,
+                          "rmsnorm_resid_mix_backward");
+}
+
+void launch_rmsnorm_channel_scale_backward(In dh, const float* y, const float* rstd, In o, const float* sc,
+                                           int64_t N, int64_t D, float* dx, Out dout, float* ds_acc, Workspace& ws,
+                                           cudaStream_t s) {
+  launch_rmsnorm_bwd_then(ChannelScaleOfGradF{o, sc, dx, dout}, dh, y, rstd, dx, N, D, ds_acc, nullptr, ws, s,
+                          "rmsnorm_channel_scale_backward");
 }
 
 void launch_softcap_cross_entropy(const float* z, const int32_t* targets, int64_t N, int64_t V, float cap,

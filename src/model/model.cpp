@@ -247,9 +247,14 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
   be_.linear_backward_set_dx(g_m_.get(), a.a.get(), P + w.mproj, N, Hd, D, g_a_.get(), G + w.mproj);
   be_.activation_backward_set(cfg_.activation, g_a_.get(), a.u.get(), N * Hd, g_u_.get());
   be_.linear_backward_set_dx(g_u_.get(), a.h2.get(), P + w.fc, N, D, Hd, g_h2_.get(), G + w.fc);
-  pre_norm_backward(v, g_h2_.get(), a.x1.get(), N, a.n2.get(), a.rstd2.get(), s.mlp_norm_scale, dx);  // dx: d/dx1
-  // Attention branch: x1 = x_mix + attn_scale * proj(attention(...)).
-  be_.channel_scale_backward_set_dx(dx, a.o.get(), P + s.attn_scale, N, D, g_o_.get(), G + s.attn_scale);
+  // Then the attention branch: x1 = x_mix + attn_scale * proj(attention(...)). dx becomes d/dx1.
+  if (plain_pre_norms()) {  // the MLP pre-norm's backward and attn_scale's in one pass
+    be_.rmsnorm_channel_scale_backward(g_h2_.get(), a.x1.get(), a.rstd2.get(), a.o.get(), P + s.attn_scale, N, D, dx,
+                                       g_o_.get(), G + s.attn_scale);
+  } else {
+    pre_norm_backward(v, g_h2_.get(), a.x1.get(), N, a.n2.get(), a.rstd2.get(), s.mlp_norm_scale, dx);
+    be_.channel_scale_backward_set_dx(dx, a.o.get(), P + s.attn_scale, N, D, g_o_.get(), G + s.attn_scale);
+  }
   be_.linear_backward_set_dx(g_o_.get(), a.att.get(), P + w.proj, N, D, D, g_att_.get(), G + w.proj);
   be_.attention_backward_set(g_att_.get(), a.q.get(), a.k.get(), a.v.get(), a.att.get(), a.lse.get(), B, Tn, H, Hkv, hd,
                          g_q_.get(), g_k_.get(), g_v_.get());

@@ -51,9 +51,9 @@ class Backend {
   // a backend that stores them in a lower precision rounds values (the CUDA backend's bf16 mode: bf16, as PyTorch's
   // autocast keeps linear outputs). Readable by the ops that say so: activation_forward/backward (h, dout),
   // scaled_residual(_rmsnorm)_forward (o), channel_scale_backward(_set_dx) (x), qk_prep_forward/backward (raw),
-  // rmsnorm_backward (dout), rmsnorm_resid_mix_backward (dh), concat_columns, and the linear ops and attention;
-  // written only by ops that name them as outputs
-  // (linear ops with a written, not accumulated, output). Values through operand_values()/store_operand().
+  // rmsnorm_backward (dout), rmsnorm_resid_mix_backward (dh), rmsnorm_channel_scale_backward (dh, o),
+  // concat_columns, and the linear ops and attention; written only by ops that name them as outputs (linear ops
+  // with a written, not accumulated, output). Values through operand_values()/store_operand().
   virtual T* alloc_activation(size_t n) { return alloc(n); }
   // Bytes per element of the buffer at p as this backend stores it (for traffic estimates).
   virtual size_t element_bytes(const T*) const { return sizeof(T); }
@@ -202,6 +202,16 @@ class Backend {
                                           int64_t N, int64_t D, T* dx, T* dx0, T* dm) {
     rmsnorm_backward(dh, y, rstd, N, D, dx);
     resid_mix_backward_set_dx(dx, x, x0, m, N, D, dx, dx0, dm);
+  }
+  // The backward of h = rmsnorm(y) (the MLP branch's plain pre-norm; y = x + s ⊙ o, the attention branch's scaled
+  // residual) on into that channel scale, in one pass where a backend can: rmsnorm's backward of dh is added to dx
+  // (the gradient at y, which stays the residual stream's), then as channel_scale_backward_set_dx(dx, o, s, N, D,
+  // dout, ds): dout = s ⊙ dx is written and the column sums of dx ⊙ o are added to ds. dh and o may be activation
+  // buffers and dout an operand buffer. The default composes those two ops.
+  virtual void rmsnorm_channel_scale_backward(const T* dh, const T* y, const T* rstd, const T* o, const T* s,
+                                              int64_t N, int64_t D, T* dx, T* dout, T* ds) {
+    rmsnorm_backward(dh, y, rstd, N, D, dx);
+    channel_scale_backward_set_dx(dx, o, s, N, D, dout, ds);
   }
 
   // Several linears of one input (attention's q, k and v projections): y_i = x W_i^T. A backend can prepare x once

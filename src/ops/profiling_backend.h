@@ -257,6 +257,11 @@ class ProfilingBackend final : public Backend<T> {
     timed("rmsnorm_resid_mix_backward", b(dh, N * D) + E * (7 * N * D + N), 0,
           [&] { in_.rmsnorm_resid_mix_backward(dh, y, rstd, x, x0, m, N, D, dx, dx0, dm); });
   }
+  void rmsnorm_channel_scale_backward(const T* dh, const T* y, const T* rstd, const T* o, const T* s, int64_t N,
+                                      int64_t D, T* dx, T* dout, T* ds) override {
+    timed("rmsnorm_channel_scale_backward", b(dh, N * D) + b(o, N * D) + b(dout, N * D) + E * (3 * N * D + N + 3 * D),
+          0, [&] { in_.rmsnorm_channel_scale_backward(dh, y, rstd, o, s, N, D, dx, dout, ds); });
+  }
   void linear_forward_shared(const T* x, int64_t N, int64_t K,
                              std::span<const typename Backend<T>::LinearOut> outs) override {
     double bytes = b(x, N * K), flops = 0;

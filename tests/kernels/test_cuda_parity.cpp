@@ -1260,6 +1260,56 @@ TEST_CASE("cuda: the fused RMSNorm + resid_mix backward matches the two ops", "[
   }
 }
 
+// rmsnorm_channel_scale_backward: the fused kernel (D 64 .. 512) gives the composed ops' dx and dout bit for bit
+// (dout in fp32 memory and in an operand buffer) and their ds up to summation order, from fp32 and from bf16
+// activation dh and o; other D compose; the CPU agrees.
+TEST_CASE("cuda: the fused RMSNorm + channel-scale backward matches the two ops", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  auto g = gpu_backend(CudaGemmPrecision::bf16);
+  std::mt19937_64 rng(71);
+  for (const int64_t D : {128, 512, 96}) {
+    for (const int64_t N : {1, 300, 5000}) {
+      const std::string shape = " N=" + std::to_string(N) + " D=" + std::to_string(D);
+      const Vec y = rand_vec(rng, N * D, -2.f, 2.f), o = bf16_rounded(rand_vec(rng, N * D)),
+                sc = rand_vec(rng, D, 0.5f, 1.5f), dh = bf16_rounded(rand_vec(rng, N * D)),
+                dx_in = rand_vec(rng, N * D), ds_in = rand_vec(rng, D);
+      Vec h(N * D), rstd(N);
+      cpu->rmsnorm_forward(y.data(), N, D, 1e-6f, h.data(), rstd.data());
+      Dev gy(*g, y), go(*g, o), gsc(*g, sc), grstd(*g, rstd), gdh(*g, dh);
+      DeviceBuffer<float> dh_act(*g, N * D, Storage::activation), o_act(*g, N * D, Storage::activation);
+      g->store_operand(dh_act.get(), gdh.p(), N * D);
+      g->store_operand(o_act.get(), go.p(), N * D);
+      // composed on the device
+      Dev dx1(*g, dx_in), dout1(*g, Vec(N * D)), ds1(*g, ds_in);
+      g->rmsnorm_backward(gdh.p(), gy.p(), grstd.p(), N, D, dx1.p());
+      g->channel_scale_backward_set_dx(dx1.p(), go.p(), gsc.p(), N, D, dout1.p(), ds1.p());
+      for (const bool act : {false, true}) {
+        const std::string tag = shape + (act ? " (dh, o bf16 activations; dout an operand buffer)" : "");
+        Dev dx2(*g, dx_in), dout2(*g, Vec(N * D)), ds2(*g, ds_in), vals(*g, Vec(N * D));
+        DeviceBuffer<float> dout_op(*g, N * D, Storage::operand);
+        g->rmsnorm_channel_scale_backward(act ? dh_act.get() : gdh.p(), gy.p(), grstd.p(), act ? o_act.get() : go.p(),
+                                          gsc.p(), N, D, dx2.p(), act ? dout_op.get() : dout2.p(), ds2.p());
+        check_exact("fused rmsnorm + channel scale backward dx" + tag, dx2.get(), dx1.get());
+        if (act) {
+          g->operand_values(dout_op.get(), N * D, vals.p());
+          check_exact("fused rmsnorm + channel scale backward dout" + tag, vals.get(), bf16_rounded(dout1.get()));
+        } else {
+          check_exact("fused rmsnorm + channel scale backward dout" + tag, dout2.get(), dout1.get());
+        }
+        check_close("fused rmsnorm + channel scale backward ds" + tag, ds2.get(), ds1.get(), 1e-6, 1e-6);
+      }
+      Vec cdx = dx_in, cdout(N * D), cds = ds_in;
+      cpu->rmsnorm_channel_scale_backward(dh.data(), y.data(), rstd.data(), o.data(), sc.data(), N, D, cdx.data(),
+                                          cdout.data(), cds.data());
+      check_close("fused rmsnorm + channel scale backward dx, cpu" + shape, dx1.get(), cdx, 1e-6, 1e-5);
+      check_close("fused rmsnorm + channel scale backward dout, cpu" + shape, dout1.get(), cdout, 1e-6, 1e-5);
+      const auto sums = col_abs_sum(cdx, o, N, D, ds_in);
+      check_close("fused rmsnorm + channel scale backward ds, cpu" + shape, ds1.get(), cds, 1e-5, 0.0, &sums);
+    }
+  }
+}
+
 // Each op that can write an operand buffer stores there exactly the bf16 rounding of its fp32 result; the ops that
 // cannot (accumulating into it, copying or downloading it) refuse.
 TEST_CASE("cuda: ops write bf16 operand buffers as the rounded fp32 result, and misuse throws", "[gpu]") {
