@@ -282,7 +282,12 @@ class CudaBackend final : public Backend<float> {
   void rmsnorm_backward(const float* d, const float* x, const float* rstd, int64_t N, int64_t D,
                         float* dx) override {
     require_plain("rmsnorm_backward", {x, rstd, dx});
-    cuda::launch_rmsnorm_backward(in_of(d), x, rstd, N, D, dx, stream_);
+    cuda::launch_rmsnorm_backward(in_of(d), x, rstd, N, D, dx, true, stream_);
+  }
+  void rmsnorm_backward_set(const float* d, const float* x, const float* rstd, int64_t N, int64_t D,
+                            float* dx) override {
+    require_plain("rmsnorm_backward_set", {x, rstd, dx});
+    cuda::launch_rmsnorm_backward(in_of(d), x, rstd, N, D, dx, false, stream_);
   }
 
   // y[N, M] = x[N, K] W[M, K]^T. cuBLASLt is column-major: the row-major y is the column-major y^T (M x N), and
@@ -475,7 +480,12 @@ class CudaBackend final : public Backend<float> {
   void skip_add_backward(const float* dy, const float* skip, const float* w, int64_t N, int64_t D, float* dskip,
                          float* dw) override {
     require_plain("skip_add_backward", {dy, skip, w, dskip, dw});
-    cuda::launch_skip_add_backward(dy, skip, w, N, D, dskip, dw, ws_, stream_);
+    cuda::launch_skip_add_backward(dy, skip, w, N, D, dskip, true, dw, ws_, stream_);
+  }
+  void skip_add_backward_set(const float* dy, const float* skip, const float* w, int64_t N, int64_t D, float* dskip,
+                             float* dw) override {
+    require_plain("skip_add_backward_set", {dy, skip, w, dskip, dw});
+    cuda::launch_skip_add_backward(dy, skip, w, N, D, dskip, false, dw, ws_, stream_);
   }
   void gated_skip_forward(const float* x, const float* skip, const float* w, const float* g, int64_t N, int64_t D,
                           float* y) override {

@@ -124,8 +124,9 @@ void launch_embedding_backward_sorted(const float* dout, const int32_t* tokens, 
 
 void launch_rmsnorm_forward(const float* x, int64_t N, int64_t D, float eps, Out out, float* rstd,
                             cudaStream_t s);
-void launch_rmsnorm_backward(In dout, const float* x, const float* rstd, int64_t N, int64_t D,
-                             float* dx_acc, cudaStream_t s);
+// dx += (accumulate) or dx = RMSNorm's backward of dout.
+void launch_rmsnorm_backward(In dout, const float* x, const float* rstd, int64_t N, int64_t D, float* dx,
+                             bool accumulate, cudaStream_t s);
 
 void launch_channel_scale_forward(const float* x, const float* sc, int64_t N, int64_t D, float* y, cudaStream_t s);
 // y = x + sc ⊙ o (Backend::scaled_residual_forward), rounded as channel_scale_forward then add.
@@ -163,7 +164,7 @@ void launch_activation_backward(bool leaky, In dout, In h, int64_t n, Out dh, bo
 
 void launch_skip_add_forward(float* x, const float* skip, const float* w, int64_t N, int64_t D, cudaStream_t s);
 void launch_skip_add_backward(const float* dy, const float* skip, const float* w, int64_t N, int64_t D,
-                              float* dskip_acc, float* dw_acc, Workspace& ws, cudaStream_t s);
+                              float* dskip, bool accumulate, float* dw_acc, Workspace& ws, cudaStream_t s);
 void launch_gated_skip_forward(const float* x, const float* skip, const float* w, const float* g, int64_t N,
                                int64_t D, float* y, cudaStream_t s);
 void launch_gated_skip_backward(const float* dy, const float* x, const float* skip, const float* w, const float* g,

@@ -355,12 +355,12 @@ __global__ void __launch_bounds__(256) rmsnorm_fwd_kernel(const float* x, int64_
 }
 
 __global__ void __launch_bounds__(256) rmsnorm_bwd_kernel(In dout, const float* x, const float* rstd, int64_t N,
-                                                          int64_t D, Out dx) {
+                                                          int64_t D, float* dx, bool accumulate) {
   const int lane = threadIdx.x & 31;
   const int64_t wpb = blockDim.x >> 5;
   const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
   for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < N; row += nwarps)
-    rmsnorm_bwd_row(dout, row * D, x, row * D, rstd[row], D, lane, dx, true);
+    rmsnorm_bwd_row(dout, row * D, x, row * D, rstd[row], D, lane, dx, accumulate);
 }
 
 // A new residual-stream value from two inputs at channel d, rounded the same way wherever it is formed (the
@@ -665,10 +665,11 @@ struct SkipAddBwdF {
   const float* w;
   float* dskip;
   int64_t D;
+  bool accumulate;  // dskip += (else dskip =)
   __device__ void operator()(int64_t n, int64_t c, double* v) const {
     const int64_t i = n * D + c;
     const float g = dy[i];
-    if (dskip) dskip[i] += w[c] * g;
+    if (dskip) dskip[i] = accumulate ? __fadd_rn(dskip[i], __fmul_rn(w[c], g)) : __fmul_rn(w[c], g);
     v[0] = static_cast<double>(g) * static_cast<double>(skip[i]);
   }
 };
@@ -1013,10 +1014,10 @@ void launch_rmsnorm_forward(const float* x, int64_t N, int64_t D, float eps, Out
   PTOOL_CUDA_LAUNCHED("rmsnorm_forward", s);
 }
 
-void launch_rmsnorm_backward(In dout, const float* x, const float* rstd, int64_t N, int64_t D,
-                             float* dx_acc, cudaStream_t s) {
-  if (N <= 0 || dx_acc == nullptr) return;
-  PTOOL_LAUNCH(rmsnorm_bwd_kernel, row_warps_grid(N), 256, 0, s)(dout, x, rstd, N, D, dx_acc);
+void launch_rmsnorm_backward(In dout, const float* x, const float* rstd, int64_t N, int64_t D, float* dx,
+                             bool accumulate, cudaStream_t s) {
+  if (N <= 0 || dx == nullptr) return;
+  PTOOL_LAUNCH(rmsnorm_bwd_kernel, row_warps_grid(N), 256, 0, s)(dout, x, rstd, N, D, dx, accumulate);
   PTOOL_CUDA_LAUNCHED("rmsnorm_backward", s);
 }
 
@@ -1130,9 +1131,10 @@ void launch_skip_add_forward(float* x, const float* skip, const float* w, int64_
 }
 
 void launch_skip_add_backward(const float* dy, const float* skip, const float* w, int64_t N, int64_t D,
-                              float* dskip_acc, float* dw_acc, Workspace& ws, cudaStream_t s) {
-  if (!dskip_acc && !dw_acc) return;
-  launch_colreduce(SkipAddBwdF{dy, skip, w, dskip_acc, D}, N, D, 1, dw_acc, nullptr, ws, s, "skip_add_backward");
+                              float* dskip, bool accumulate, float* dw_acc, Workspace& ws, cudaStream_t s) {
+  if (!dskip && !dw_acc) return;
+  launch_colreduce(SkipAddBwdF{dy, skip, w, dskip, D, accumulate}, N, D, 1, dw_acc, nullptr, ws, s,
+                   "skip_add_backward");
 }
 
 void launch_gated_skip_forward(const float* x, const float* skip, const float* w, const float* g, int64_t N,

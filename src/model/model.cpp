@@ -163,6 +163,12 @@ bool Model<T>::plain_pre_norms() const {
 }
 
 template <class T>
+bool Model<T>::skip_source(int64_t v) const {  // an encoder layer whose output a decoder layer's skip reads
+  const int64_t n_enc = cfg_.encoder_layers();
+  return v < n_enc && v >= n_enc - cfg_.skip_count();
+}
+
+template <class T>
 bool Model<T>::has_skip(int64_t v) const {
   const int64_t k = v - cfg_.encoder_layers();
   return k >= 0 && k < cfg_.skip_count();
@@ -241,7 +247,7 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
   T* G = grads_.get();
   LayerActs& a = acts_[v];
   const int64_t n_enc = cfg_.encoder_layers(), k = v - n_enc;
-  if (v < n_enc && v < static_cast<int64_t>(g_skip_.size())) be_.add(dx, g_skip_[v].get(), N * D);
+  if (skip_source(v)) be_.add(dx, g_skip_[v].get(), N * D);
   // MLP branch: x_out = x1 + mlp_scale * proj(act(fc(norm(x1)))).
   be_.channel_scale_backward_set_dx(dx, a.m.get(), P + s.mlp_scale, N, D, g_m_.get(), G + s.mlp_scale);
   be_.linear_backward_set_dx(g_m_.get(), a.a.get(), P + w.mproj, N, Hd, D, g_a_.get(), G + w.mproj);
@@ -287,7 +293,7 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
                               g_skip_[e].get(), G + skip_w_ + k * D, G + skip_g_ + k * D);
       be_.copy(dx, g_tmp_.get(), N * D);
     } else {
-      be_.skip_add_backward(dx, skip, P + skip_w_ + k * D, N, D, g_skip_[e].get(), G + skip_w_ + k * D);
+      be_.skip_add_backward_set(dx, skip, P + skip_w_ + k * D, N, D, g_skip_[e].get(), G + skip_w_ + k * D);
     }
   }
 }
@@ -340,17 +346,16 @@ double Model<T>::run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, 
   if (!train) return sum;
 
   T* G = grads_.get();
-  for (auto& g : g_skip_) be_.zero(g.get(), N * D);
+  if (cfg_.skips == SkipKind::gated)  // gated_skip_backward adds into them; skip_add_backward_set writes them
+    for (auto& g : g_skip_) be_.zero(g.get(), N * D);
   be_.linear_backward_set_dx(dz, final_.get(), head, N, D, V, g_final_.get(),
                       G + (cfg_.tie_embeddings ? tok_emb_ : lm_head_));
-  be_.zero(g_x_.get(), N * D);
-  be_.rmsnorm_backward(g_final_.get(), acts_.back().x_out.get(), rstdf_.get(), N, D, g_x_.get());
+  be_.rmsnorm_backward_set(g_final_.get(), acts_.back().x_out.get(), rstdf_.get(), N, D, g_x_.get());
   be_.zero(g_x0_.get(), N * D);
   for (int64_t v = cfg_.virtual_layers() - 1; v >= 0; --v)
     layer_backward(v, B, Tn, x0_.get(), g_x_.get(), g_x0_.get());
   be_.add(g_x0_.get(), g_x_.get(), N * D);
-  be_.zero(g_tmp_.get(), N * D);
-  be_.rmsnorm_backward(g_x0_.get(), emb_.get(), rstd0_.get(), N, D, g_tmp_.get());
+  be_.rmsnorm_backward_set(g_x0_.get(), emb_.get(), rstd0_.get(), N, D, g_tmp_.get());
   be_.embedding_backward(g_tmp_.get(), xdev_, N, D, G + tok_emb_);
   return sum;
 }

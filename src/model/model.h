@@ -83,6 +83,7 @@ class Model {
   // last layer also writes the final norm (final_, rstdf_).
   void layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, const T* x, bool last);
   bool has_skip(int64_t v) const;
+  bool skip_source(int64_t v) const;
   // The pre-norms are RMSNorm alone (no ln_scale factor, no learned scale): they can fuse with the op before them
   // and write operand buffers.
   bool plain_pre_norms() const;

@@ -170,6 +170,14 @@ class Backend {
     if (dx) zero(dx, static_cast<size_t>(N * H * hd));
     head_scale_backward(dy, x, g, N, H, hd, dx, dg);
   }
+  virtual void rmsnorm_backward_set(const T* dout, const T* x, const T* rstd, int64_t N, int64_t D, T* dx) {
+    zero(dx, static_cast<size_t>(N * D));
+    rmsnorm_backward(dout, x, rstd, N, D, dx);
+  }
+  virtual void skip_add_backward_set(const T* dy, const T* skip, const T* w, int64_t N, int64_t D, T* dskip, T* dw) {
+    if (dskip) zero(dskip, static_cast<size_t>(N * D));
+    skip_add_backward(dy, skip, w, N, D, dskip, dw);
+  }
   virtual void activation_backward_set(cpu::Activation a, const T* dout, const T* h, int64_t n, T* dh) {
     if (!dh) return;
     zero(dh, static_cast<size_t>(n));

@@ -243,6 +243,15 @@ class ProfilingBackend final : public Backend<T> {
     timed("head_scale_backward_set_dx", E * (dx ? 3 : 2) * N * H * hd, 0,
           [&] { in_.head_scale_backward_set_dx(dy, x, g, N, H, hd, dx, dg); });
   }
+  void rmsnorm_backward_set(const T* dout, const T* x, const T* rstd, int64_t N, int64_t D, T* dx) override {
+    timed("rmsnorm_backward_set", b(dout, N * D) + E * (2 * N * D + N), 0,
+          [&] { in_.rmsnorm_backward_set(dout, x, rstd, N, D, dx); });
+  }
+  void skip_add_backward_set(const T* dy, const T* skip, const T* w, int64_t N, int64_t D, T* dskip,
+                             T* dw) override {
+    timed("skip_add_backward_set", E * (dskip ? 3 : 2) * N * D, 0,
+          [&] { in_.skip_add_backward_set(dy, skip, w, N, D, dskip, dw); });
+  }
   void activation_backward_set(cpu::Activation a, const T* dout, const T* h, int64_t n, T* dh) override {
     timed("activation_backward_set", b(dout, n) + b(h, n) + b(dh, n), 0,
           [&] { in_.activation_backward_set(a, dout, h, n, dh); });

@@ -784,6 +784,17 @@ TEST_CASE("cuda: backwards that overwrite the input gradient", "[gpu]") {
         for (int64_t i = 0; i < hd; ++i) sch[h] += std::abs(dy[(n * H + h) * hd + i] * x[(n * H + h) * hd + i]);
     }
     check_close("head_scale_backward_set_dx dg (accumulated)" + shape, gdg.get(), dg, 1e-5, 0.0, &sch);
+    // RMSNorm's (x as its input) and skip_add's (x as the skip, s as its weights)
+    Vec h(N * D), rstd(N), dxr(N * D, 7.f), dskip(N * D, 7.f), dw = ds0;
+    cpu->rmsnorm_forward(x.data(), N, D, 1e-6f, h.data(), rstd.data());
+    cpu->rmsnorm_backward_set(dy.data(), x.data(), rstd.data(), N, D, dxr.data());
+    cpu->skip_add_backward_set(dy.data(), x.data(), s.data(), N, D, dskip.data(), dw.data());
+    Dev grstd(*g, rstd), gdxr(*g, Vec(N * D, nan)), gdskip(*g, Vec(N * D, nan)), gdw(*g, ds0);
+    g->rmsnorm_backward_set(gdy.p(), gx.p(), grstd.p(), N, D, gdxr.p());
+    g->skip_add_backward_set(gdy.p(), gx.p(), gs.p(), N, D, gdskip.p(), gdw.p());
+    check_close("rmsnorm_backward_set dx" + shape, gdxr.get(), dxr, 1e-6, 2e-6);
+    check_close("skip_add_backward_set dskip" + shape, gdskip.get(), dskip, 0.0, 1e-7);
+    check_close("skip_add_backward_set dw (accumulated)" + shape, gdw.get(), dw, 1e-5, 0.0, &sc);
   }
   for (auto act : {cpu::Activation::relu2, cpu::Activation::leaky_relu2}) {
     const int64_t n = rand_int(rng, 1, 100000);
