@@ -333,6 +333,10 @@ class CudaBackend final : public Backend<float> {
       off += c.width;
     }
   }
+  void gather_rows(const float* src, int64_t B, int64_t Tn, int64_t from, int64_t D, float* dst) override {
+    if (from < 0 || from > Tn) throw std::invalid_argument("gather_rows: from outside [0, Tn]");
+    cuda::launch_gather_rows(in_of(src), B, Tn, from, D, out_of(dst), stream_);
+  }
   void linear_backward(const float* dy, const float* x, const float* W, int64_t N, int64_t K, int64_t M, float* dx,
                        float* dW) override {
     require_plain("linear_backward", {W, dx, dW});

@@ -112,6 +112,8 @@ void launch_bf16_to_float(const uint16_t* x, size_t n, float* y, cudaStream_t s)
 void launch_round_bf16(const float* x, size_t n, float* y, cudaStream_t s);
 // dst[n, off + j] = src[n, j] for n < N, j < w, dst's rows ld elements apart (Backend::concat_columns, one source).
 void launch_copy_columns(In src, int64_t N, int64_t w, Out dst, int64_t ld, int64_t off, cudaStream_t s);
+// dst[b, s, :] = src[b, from + s, :] for b < B, s < Tn - from, rows D wide (Backend::gather_rows).
+void launch_gather_rows(In src, int64_t B, int64_t Tn, int64_t from, int64_t D, Out dst, cudaStream_t s);
 
 void launch_embedding_forward(const float* table, const int32_t* tokens, int64_t N, int64_t D, float* out,
                               cudaStream_t s);

@@ -914,6 +914,13 @@ __global__ void __launch_bounds__(256) copy_columns_kernel(In src, int64_t N, in
   for (int64_t n = blockIdx.x; n < N; n += gridDim.x)
     for (int64_t j = threadIdx.x; j < w; j += blockDim.x) put(dst, n * ld + off + j, get(src, n * w + j));
 }
+__global__ void __launch_bounds__(256) gather_rows_kernel(In src, int64_t rows, int64_t S, int64_t Tn, int64_t from,
+                                                          int64_t D, Out dst) {
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const int64_t from_row = (r / S) * Tn + from + r % S;
+    for (int64_t j = threadIdx.x; j < D; j += blockDim.x) put(dst, r * D + j, get(src, from_row * D + j));
+  }
+}
 
 }  // namespace
 
@@ -954,6 +961,14 @@ void launch_copy_columns(In src, int64_t N, int64_t w, Out dst, int64_t ld, int6
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(N, int64_t{1} << 20));
   PTOOL_LAUNCH(copy_columns_kernel, blocks, kThreads, 0, s)(src, N, w, dst, ld, off);
   PTOOL_CUDA_LAUNCHED("copy_columns", s);
+}
+
+void launch_gather_rows(In src, int64_t B, int64_t Tn, int64_t from, int64_t D, Out dst, cudaStream_t s) {
+  const int64_t S = Tn - from, rows = B * S;
+  if (rows <= 0 || D <= 0) return;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(rows, int64_t{1} << 20));
+  PTOOL_LAUNCH(gather_rows_kernel, blocks, kThreads, 0, s)(src, rows, S, Tn, from, D, dst);
+  PTOOL_CUDA_LAUNCHED("gather_rows", s);
 }
 
 void launch_to_bf16(const float* x, size_t n, uint16_t* y, cudaStream_t s) {

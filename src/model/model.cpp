@@ -175,7 +175,8 @@ bool Model<T>::has_skip(int64_t v) const {
 }
 
 template <class T>
-void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, const T* x, bool last) {
+void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, const T* x, bool last,
+                             int64_t score_from) {
   const int64_t N = B * Tn, D = cfg_.d_model, KV = cfg_.kv_dim(), Hd = cfg_.hidden(), H = cfg_.n_heads,
                 Hkv = cfg_.n_kv_heads, hd = cfg_.head_dim();
   const Names& w = block_[cfg_.schedule[v]];
@@ -218,23 +219,35 @@ void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, cons
   be_.qk_prep_forward(a.k_raw.get(), B, Tn, Hkv, hd, rot, base, cfg_.qk_norm, rms_eps<T>(), nullptr, a.rstd_k.get(),
                       a.k.get(), a.k.get());
   be_.attention_forward(a.q.get(), a.k.get(), a.v.get(), B, Tn, H, Hkv, hd, a.att.get(), a.lse.get());
-  be_.linear_forward(a.att.get(), P + w.proj, N, D, D, a.o.get());
+  // Nothing past attention mixes positions: the last layer of a pass that scores only each sequence's suffix goes
+  // on with those R rows alone (attention's output packed into q's buffer, free now, the residual into scored_).
+  const T* att = a.att.get();
+  const T* x_mix = a.x_mix;
+  int64_t R = N;
+  if (last && score_from > 0) {
+    R = B * (Tn - score_from);
+    be_.gather_rows(att, B, Tn, score_from, D, a.q.get());
+    be_.gather_rows(x_mix, B, Tn, score_from, D, scored_.get());
+    att = a.q.get();
+    x_mix = scored_.get();
+  }
+  be_.linear_forward(att, P + w.proj, R, D, D, a.o.get());
   // MLP branch (its pre-norm fused with the residual add when it is a plain RMSNorm).
   if (plain_pre_norms()) {
-    be_.scaled_residual_rmsnorm_forward(a.x_mix, a.o.get(), P + s.attn_scale, N, D, rms_eps<T>(), a.x1.get(),
+    be_.scaled_residual_rmsnorm_forward(x_mix, a.o.get(), P + s.attn_scale, R, D, rms_eps<T>(), a.x1.get(),
                                         a.h2.get(), a.rstd2.get());
   } else {
-    be_.scaled_residual_forward(a.x_mix, a.o.get(), P + s.attn_scale, N, D, a.x1.get());
-    pre_norm_forward(v, a.x1.get(), N, a.n2.get(), a.h2.get(), a.rstd2.get(), s.mlp_norm_scale);
+    be_.scaled_residual_forward(x_mix, a.o.get(), P + s.attn_scale, R, D, a.x1.get());
+    pre_norm_forward(v, a.x1.get(), R, a.n2.get(), a.h2.get(), a.rstd2.get(), s.mlp_norm_scale);
   }
-  be_.linear_forward(a.h2.get(), P + w.fc, N, D, Hd, a.u.get());
-  be_.activation_forward(cfg_.activation, a.u.get(), N * Hd, a.a.get());
-  be_.linear_forward(a.a.get(), P + w.mproj, N, Hd, D, a.m.get());
+  be_.linear_forward(a.h2.get(), P + w.fc, R, D, Hd, a.u.get());
+  be_.activation_forward(cfg_.activation, a.u.get(), R * Hd, a.a.get());
+  be_.linear_forward(a.a.get(), P + w.mproj, R, Hd, D, a.m.get());
   if (last)  // the model's final norm, fused with the last residual add
-    be_.scaled_residual_rmsnorm_forward(a.x1.get(), a.m.get(), P + s.mlp_scale, N, D, rms_eps<T>(), a.x_out.get(),
+    be_.scaled_residual_rmsnorm_forward(a.x1.get(), a.m.get(), P + s.mlp_scale, R, D, rms_eps<T>(), a.x_out.get(),
                                         final_.get(), rstdf_.get());
   else
-    be_.scaled_residual_forward(a.x1.get(), a.m.get(), P + s.mlp_scale, N, D, a.x_out.get());
+    be_.scaled_residual_forward(a.x1.get(), a.m.get(), P + s.mlp_scale, R, D, a.x_out.get());
 }
 
 template <class T>
@@ -324,15 +337,11 @@ double Model<T>::run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, 
   const T* P = fwd_;
   be_.embedding_forward(P + tok_emb_, xdev_, N, D, emb_.get());
   be_.rmsnorm_forward(emb_.get(), N, D, rms_eps<T>(), x0_.get(), rstd0_.get());
+  if (score_from > 0 && scored_.size() < static_cast<size_t>(R * D))
+    scored_ = DeviceBuffer<T>(be_, static_cast<size_t>(N * D));
   const int64_t L = cfg_.virtual_layers();  // >= 1 (a schedule is never empty)
   for (int64_t v = 0; v < L; ++v)
-    layer_forward(v, B, Tn, x0_.get(), v == 0 ? x0_.get() : acts_[v - 1].x_out.get(), v == L - 1 && score_from == 0);
-  if (score_from > 0) {  // the final norm of the scored rows only
-    if (scored_.size() < static_cast<size_t>(R * D)) scored_ = DeviceBuffer<T>(be_, static_cast<size_t>(N * D));
-    const T* out = acts_.back().x_out.get();
-    for (int64_t b = 0; b < B; ++b) be_.copy(scored_.get() + b * S * D, out + (b * Tn + score_from) * D, S * D);
-    be_.rmsnorm_forward(scored_.get(), R, D, rms_eps<T>(), final_.get(), rstdf_.get());
-  }
+    layer_forward(v, B, Tn, x0_.get(), v == 0 ? x0_.get() : acts_[v - 1].x_out.get(), v == L - 1, score_from);
   head_rows_ = R;
   const T* head = P + (cfg_.tie_embeddings ? tok_emb_ : lm_head_);
   be_.linear_forward(final_.get(), head, R, D, V, logits_.get());

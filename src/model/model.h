@@ -81,7 +81,9 @@ class Model {
              bool defer_loss = false, int64_t score_from = 0);
   // Runs virtual layer v on the residual stream x (x0: the normed embedding); its output is acts_[v].x_out. The
   // last layer also writes the final norm (final_, rstdf_).
-  void layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, const T* x, bool last);
+  // last: the model's last layer (it also applies the final norm); score_from > 0 (forward only): only each
+  // sequence's positions from score_from on reach the head.
+  void layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, const T* x, bool last, int64_t score_from);
   bool has_skip(int64_t v) const;
   bool skip_source(int64_t v) const;
   // The pre-norms are RMSNorm alone (no ln_scale factor, no learned scale): they can fuse with the op before them
@@ -108,7 +110,7 @@ class Model {
   size_t arena_cap_ = 0;             // tokens the arena holds
   bool arena_train_ = false;
   std::vector<LayerActs> acts_;
-  DeviceBuffer<T> scored_;  // eval: the last layer's output rows of the scored positions
+  DeviceBuffer<T> scored_;  // eval: the last layer's residual input rows of the scored positions
   DeviceBuffer<T> emb_, x0_, rstd0_, final_, rstdf_, logits_, dlogits_;
   DeviceBuffer<T> g_x_, g_x0_, g_h_, g_qkv_, g_q_, g_k_, g_qraw_, g_kraw_, g_h2_, g_v_, g_att_, g_o_, g_u_, g_a_, g_m_, g_tmp_, g_final_;
   std::vector<DeviceBuffer<T>> g_skip_;  // gradient flowing back into each encoder output

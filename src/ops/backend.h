@@ -41,7 +41,7 @@ class Backend {
   // linear ops; attention's q, k, v and dout), so a backend may keep it in the precision those ops round their
   // inputs to (the CUDA backend's bf16 mode: bf16, half the bytes, and no conversion before every op that reads
   // it). Only ops that name it as an output may write it (a backend that cannot write one there throws), only
-  // linear ops, attention and concat_columns may read it, and zero() may clear it; anything else reads its values through
+  // linear ops, attention, concat_columns and gather_rows may read it, and zero() may clear it; anything else reads its values through
   // operand_values() (into plain memory) and stores them with store_operand(). Released with release().
   // Default: plain memory.
   virtual T* alloc_operand(size_t n) { return alloc(n); }
@@ -52,8 +52,8 @@ class Backend {
   // autocast keeps linear outputs). Readable by the ops that say so: activation_forward/backward (h, dout),
   // scaled_residual(_rmsnorm)_forward (o), channel_scale_backward(_set_dx) (x), qk_prep_forward/backward (raw),
   // rmsnorm_backward (dout), rmsnorm_resid_mix_backward (dh), rmsnorm_channel_scale_backward (dh, o),
-  // concat_columns, and the linear ops and attention; written only by ops that name them as outputs (linear ops
-  // with a written, not accumulated, output). Values through operand_values()/store_operand().
+  // concat_columns, gather_rows, and the linear ops and attention; written only by ops that name them as outputs
+  // (linear ops with a written, not accumulated, output). Values through operand_values()/store_operand().
   virtual T* alloc_activation(size_t n) { return alloc(n); }
   // Bytes per element of the buffer at p as this backend stores it (for traffic estimates).
   virtual size_t element_bytes(const T*) const { return sizeof(T); }
@@ -242,6 +242,10 @@ class Backend {
     int64_t width;
   };
   virtual void concat_columns(std::span<const Columns> srcs, int64_t N, T* dst) = 0;
+  // The rows from position `from` on of each of B sequences of Tn rows (D wide), packed: dst[b, s, :] =
+  // src[b, from + s, :] for s < Tn - from. src may be an operand or activation buffer and dst an operand buffer
+  // (values copied as stored, rounded where dst keeps fewer bits).
+  virtual void gather_rows(const T* src, int64_t B, int64_t Tn, int64_t from, int64_t D, T* dst) = 0;
 
   // Per-token losses land in host memory (double); returns their sum.
   virtual double softcap_cross_entropy(const T* z, const int32_t* targets, int64_t N, int64_t V, T cap,

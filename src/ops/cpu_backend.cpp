@@ -70,6 +70,10 @@ class CpuBackend final : public Backend<T> {
       off += c.width;
     }
   }
+  void gather_rows(const T* src, int64_t B, int64_t Tn, int64_t from, int64_t D, T* dst) override {
+    const int64_t S = Tn - from;
+    for (int64_t b = 0; b < B; ++b) std::copy_n(src + (b * Tn + from) * D, S * D, dst + b * S * D);
+  }
   void channel_scale_forward(const T* x, const T* s, int64_t N, int64_t D, T* y) override {
     cpu::channel_scale_forward(x, s, N, D, y);
   }

@@ -290,6 +290,11 @@ class ProfilingBackend final : public Backend<T> {
     timed("concat_columns", bytes + b(dst, N * W), 0, [&] { in_.concat_columns(srcs, N, dst); });
   }
 
+  void gather_rows(const T* src, int64_t B, int64_t Tn, int64_t from, int64_t D, T* dst) override {
+    const int64_t n = B * (Tn - from) * D;
+    timed("gather_rows", b(src, n) + b(dst, n), 0, [&] { in_.gather_rows(src, B, Tn, from, D, dst); });
+  }
+
   double softcap_cross_entropy(const T* z, const int32_t* targets, int64_t N, int64_t V, T cap, double* losses_host,
                                T* dz, T grad_scale) override {
     double r = 0;

@@ -1147,7 +1147,7 @@ TEST_CASE("cuda: bf16 operand buffers give the bf16 mode's results bit for bit",
 }
 
 // A forward that scores a suffix of each sequence (sliding eval) gives the full forward's losses and logits for
-// those positions; only the head GEMM's row count differs.
+// those positions: its last layer runs past attention on the scored rows alone.
 TEST_CASE("cuda: a suffix forward scores like the full forward", "[gpu]") {
   SKIP_WITHOUT_GPU();
   const auto cfg = model::preset("tiny");
@@ -1317,6 +1317,46 @@ TEST_CASE("cuda: the fused RMSNorm + channel-scale backward matches the two ops"
       check_close("fused rmsnorm + channel scale backward dout, cpu" + shape, dout1.get(), cdout, 1e-6, 1e-5);
       const auto sums = col_abs_sum(cdx, o, N, D, ds_in);
       check_close("fused rmsnorm + channel scale backward ds, cpu" + shape, ds1.get(), cds, 1e-5, 0.0, &sums);
+    }
+  }
+}
+
+// gather_rows packs each sequence's rows from `from` on: exactly on plain memory (CPU and device against the
+// definition), and as stored from an operand or activation buffer into an operand buffer.
+TEST_CASE("cuda: gather_rows packs each sequence's suffix rows", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  std::mt19937_64 rng(73);
+  struct Case {
+    int64_t B, Tn, from, D;
+  };
+  for (const Case c : {Case{1, 1, 0, 8}, Case{3, 70, 6, 64}, Case{32, 128, 64, 96}, Case{2, 5, 5, 16}}) {
+    const int64_t S = c.Tn - c.from, n = c.B * S * c.D;
+    const std::string shape = " B=" + std::to_string(c.B) + " Tn=" + std::to_string(c.Tn) +
+                              " from=" + std::to_string(c.from) + " D=" + std::to_string(c.D);
+    const Vec src = rand_vec(rng, c.B * c.Tn * c.D);
+    Vec want(n), got(n);
+    for (int64_t b = 0; b < c.B; ++b)
+      for (int64_t t = 0; t < S; ++t)
+        for (int64_t d = 0; d < c.D; ++d) want[(b * S + t) * c.D + d] = src[(b * c.Tn + c.from + t) * c.D + d];
+    cpu->gather_rows(src.data(), c.B, c.Tn, c.from, c.D, got.data());
+    check_exact("gather_rows on the CPU" + shape, got, want);
+    {
+      auto g = gpu_backend();
+      Dev gsrc(*g, src), gdst(*g, Vec(n, 5.f));
+      g->gather_rows(gsrc.p(), c.B, c.Tn, c.from, c.D, gdst.p());
+      check_exact("gather_rows, plain memory" + shape, gdst.get(), want);
+    }
+    auto g = gpu_backend(CudaGemmPrecision::bf16);
+    Dev gsrc(*g, src), vals(*g, Vec(n));
+    for (const Storage st : {Storage::operand, Storage::activation}) {
+      DeviceBuffer<float> in(*g, src.size(), st), out(*g, n, Storage::operand);
+      g->store_operand(in.get(), gsrc.p(), src.size());
+      g->gather_rows(in.get(), c.B, c.Tn, c.from, c.D, out.get());
+      g->operand_values(out.get(), n, vals.p());
+      check_exact(std::string("gather_rows from an ") + (st == Storage::operand ? "operand" : "activation") +
+                      " buffer into an operand buffer" + shape,
+                  vals.get(), bf16_rounded(want));
     }
   }
 }
