@@ -501,6 +501,12 @@ class CudaBackend final : public Backend<float> {
     require_plain("gated_skip_backward", {dy, x, skip, w, g, dx, dskip, dw, dg});
     cuda::launch_gated_skip_backward(dy, x, skip, w, g, N, D, dx, dskip, dw, dg, ws_, stream_);
   }
+  void layer_entry_forward(const float* a, const float* b, const float* s, const float* skip, const float* w,
+                           const float* x0, const float* m, int64_t N, int64_t D, float eps, float* x, float* xs,
+                           float* y, float* h, float* rstd) override {
+    require_plain("layer_entry_forward", {a, s, skip, w, x0, m, x, xs, y, rstd});
+    cuda::launch_layer_entry_forward(a, in_of(b), s, skip, w, x0, m, N, D, eps, x, xs, y, out_of(h), rstd, stream_);
+  }
   void resid_mix_rmsnorm_forward(const float* x, const float* x0, const float* m, int64_t N, int64_t D, float eps,
                                  float* y, float* h, float* rstd) override {
     require_plain("resid_mix_rmsnorm_forward", {x, x0, m, y, rstd});

@@ -175,6 +175,10 @@ void launch_gated_skip_backward(const float* dy, const float* x, const float* sk
 void launch_resid_mix_forward(const float* x, const float* x0, const float* m, int64_t N, int64_t D, float* y,
                               cudaStream_t s);
 // The same, then h = rmsnorm(y) with rstd per row (Backend::resid_mix_rmsnorm_forward): one warp per row.
+// Backend::layer_entry_forward: one warp per row; x, xs may be null (not written); skip null: no skip add.
+void launch_layer_entry_forward(const float* a, In b, const float* sc, const float* skip, const float* w,
+                                const float* x0, const float* m, int64_t N, int64_t D, float eps, float* x, float* xs,
+                                float* y, Out h, float* rstd, cudaStream_t s);
 void launch_resid_mix_rmsnorm_forward(const float* x, const float* x0, const float* m, int64_t N, int64_t D,
                                       float eps, float* y, Out h, float* rstd, cudaStream_t s);
 // dx may be dy (in place).

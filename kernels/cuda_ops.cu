@@ -396,6 +396,32 @@ __global__ void __launch_bounds__(256) combine_rmsnorm_kernel(const float* a, In
   }
 }
 
+// Backend::layer_entry_forward, one warp per row, with the roundings of the composed ops: x = ScaledSum(a, b),
+// xs = ScaledSum(x, skip) with the skip weights, y = MixSum(xs, x0), then rmsnorm_fwd_kernel's h and rstd.
+__global__ void __launch_bounds__(256) layer_entry_kernel(const float* a, In b, ScaledSum branch, const float* skip,
+                                                          ScaledSum skip_add, const float* x0, MixSum mix, int64_t N,
+                                                          int64_t D, float eps, float* x, float* xs, float* y, Out h,
+                                                          float* rstd) {
+  const int lane = threadIdx.x & 31;
+  const int64_t wpb = blockDim.x >> 5;
+  const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
+  for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < N; row += nwarps) {
+    for (int64_t d = lane; d < D; d += 32) {
+      const int64_t i = row * D + d;
+      float v = branch(d, a[i], get(b, i));
+      if (x) x[i] = v;
+      if (skip) {
+        v = skip_add(d, v, skip[i]);
+        if (xs) xs[i] = v;
+      }
+      y[i] = mix(d, v, x0[i]);
+    }
+    const float r = row_rstd(y, row * D, D, eps, lane);
+    if (lane == 0) rstd[row] = r;
+    for (int64_t d = lane; d < D; d += 32) put(h, row * D + d, y[row * D + d] * r);
+  }
+}
+
 unsigned row_warps_grid(int64_t rows) { return grid_for(rows, 8); }  // 8 warps (rows) per 256-thread block
 
 // The rotation of one pair (x1, x2) = (x[i], x[i + rot/2]) by the angle whose cosine and sine are c and s.
@@ -1059,6 +1085,15 @@ void launch_scaled_residual_rmsnorm_forward(const float* x, In o, const float* s
   PTOOL_LAUNCH(combine_rmsnorm_kernel<ScaledSum>, row_warps_grid(N), 256, 0, s)(x, o, ScaledSum{sc}, N, D, eps, y,
                                                                                 h, rstd);
   PTOOL_CUDA_LAUNCHED("scaled_residual_rmsnorm_forward", s);
+}
+
+void launch_layer_entry_forward(const float* a, In b, const float* sc, const float* skip, const float* w,
+                                const float* x0, const float* m, int64_t N, int64_t D, float eps, float* x, float* xs,
+                                float* y, Out h, float* rstd, cudaStream_t s) {
+  if (N <= 0 || D <= 0) return;
+  PTOOL_LAUNCH(layer_entry_kernel, row_warps_grid(N), 256, 0, s)(a, b, ScaledSum{sc}, skip, ScaledSum{w}, x0,
+                                                                 MixSum{m, D}, N, D, eps, x, xs, y, h, rstd);
+  PTOOL_CUDA_LAUNCHED("layer_entry_forward", s);
 }
 
 void launch_resid_mix_rmsnorm_forward(const float* x, const float* x0, const float* m, int64_t N, int64_t D,

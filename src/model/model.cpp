@@ -163,6 +163,11 @@ bool Model<T>::plain_pre_norms() const {
 }
 
 template <class T>
+bool Model<T>::fused_layer_entries() const {  // what layer_entry_forward computes: plain skips, resid_mix, plain norms
+  return cfg_.resid_mix && plain_pre_norms() && cfg_.skips != SkipKind::gated;
+}
+
+template <class T>
 bool Model<T>::skip_source(int64_t v) const {  // an encoder layer whose output a decoder layer's skip reads
   const int64_t n_enc = cfg_.encoder_layers();
   return v < n_enc && v >= n_enc - cfg_.skip_count();
@@ -174,18 +179,13 @@ bool Model<T>::has_skip(int64_t v) const {
   return k >= 0 && k < cfg_.skip_count();
 }
 
+// Layer v's entry from x (x0 or layer v - 1's output) as separate ops: the skip, resid_mix and the pre-norm.
 template <class T>
-void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, const T* x, bool last,
-                             int64_t score_from) {
-  const int64_t N = B * Tn, D = cfg_.d_model, KV = cfg_.kv_dim(), Hd = cfg_.hidden(), H = cfg_.n_heads,
-                Hkv = cfg_.n_kv_heads, hd = cfg_.head_dim();
-  const Names& w = block_[cfg_.schedule[v]];
+void Model<T>::layer_entry(int64_t v, int64_t N, const T* x0, const T* x) {
+  const int64_t D = cfg_.d_model, n_enc = cfg_.encoder_layers(), k = v - n_enc;
   const Scalars& s = scal_[cfg_.scalar_index(v)];
   const T* P = fwd_;
   LayerActs& a = acts_[v];
-  const int64_t n_enc = cfg_.encoder_layers(), k = v - n_enc;
-  a.x_pre = x;
-  a.x_in = x;
   if (has_skip(v)) {
     const T* skip = acts_[n_enc - 1 - k].x_out.get();
     T* in = a.x_in_buf.get();
@@ -207,6 +207,35 @@ void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, cons
       a.x_mix = a.x_mix_buf.get();
     }
     pre_norm_forward(v, a.x_mix, N, a.n1.get(), a.h1.get(), a.rstd1.get(), s.attn_norm_scale);
+  }
+}
+
+template <class T>
+void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, const T* x, bool last,
+                             int64_t score_from) {
+  const int64_t N = B * Tn, D = cfg_.d_model, KV = cfg_.kv_dim(), Hd = cfg_.hidden(), H = cfg_.n_heads,
+                Hkv = cfg_.n_kv_heads, hd = cfg_.head_dim();
+  const Names& w = block_[cfg_.schedule[v]];
+  const Scalars& s = scal_[cfg_.scalar_index(v)];
+  const T* P = fwd_;
+  LayerActs& a = acts_[v];
+  const int64_t n_enc = cfg_.encoder_layers(), k = v - n_enc;
+  a.x_pre = x;
+  a.x_in = x;
+  if (v > 0 && fused_layer_entries()) {
+    // Layer v - 1's MLP residual add (x = its output), this layer's skip, resid_mix and pre-norm in one pass. A
+    // forward-only pass keeps x only where a skip reads it, and never x + w ⊙ skip (only the backward reads it).
+    const LayerActs& p = acts_[v - 1];
+    const T* skip = has_skip(v) ? acts_[n_enc - 1 - k].x_out.get() : nullptr;
+    const bool keep_x = backward_pass_ || skip_source(v - 1), keep_xs = backward_pass_ && skip;
+    be_.layer_entry_forward(p.x1.get(), p.m.get(), P + scal_[cfg_.scalar_index(v - 1)].mlp_scale, skip,
+                            skip ? P + skip_w_ + k * D : nullptr, x0, P + s.resid_mix, N, D, rms_eps<T>(),
+                            keep_x ? p.x_out.get() : nullptr, keep_xs ? a.x_in_buf.get() : nullptr,
+                            a.x_mix_buf.get(), a.h1.get(), a.rstd1.get());
+    if (keep_xs) a.x_in = a.x_in_buf.get();
+    a.x_mix = a.x_mix_buf.get();
+  } else {
+    layer_entry(v, N, x0, x);
   }
   const typename Backend<T>::LinearOut qkv[] = {
       {P + w.c_q, D, a.q_raw.get()}, {P + w.c_k, KV, a.k_raw.get()}, {P + w.c_v, KV, a.v.get()}};
@@ -246,7 +275,7 @@ void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, cons
   if (last)  // the model's final norm, fused with the last residual add
     be_.scaled_residual_rmsnorm_forward(a.x1.get(), a.m.get(), P + s.mlp_scale, R, D, rms_eps<T>(), a.x_out.get(),
                                         final_.get(), rstdf_.get());
-  else
+  else if (!fused_layer_entries())  // else the next layer's entry adds it
     be_.scaled_residual_forward(a.x1.get(), a.m.get(), P + s.mlp_scale, R, D, a.x_out.get());
 }
 

@@ -86,6 +86,8 @@ class Model {
   void layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, const T* x, bool last, int64_t score_from);
   bool has_skip(int64_t v) const;
   bool skip_source(int64_t v) const;
+  bool fused_layer_entries() const;
+  void layer_entry(int64_t v, int64_t N, const T* x0, const T* x);
   // The pre-norms are RMSNorm alone (no ln_scale factor, no learned scale): they can fuse with the op before them
   // and write operand buffers.
   bool plain_pre_norms() const;

@@ -50,7 +50,8 @@ class Backend {
   // Activation buffers: like operand buffers, but for GEMM outputs and gradients that element-wise ops read too, so
   // a backend that stores them in a lower precision rounds values (the CUDA backend's bf16 mode: bf16, as PyTorch's
   // autocast keeps linear outputs). Readable by the ops that say so: activation_forward/backward (h, dout),
-  // scaled_residual(_rmsnorm)_forward (o), channel_scale_backward(_set_dx) (x), qk_prep_forward/backward (raw),
+  // scaled_residual(_rmsnorm)_forward (o), layer_entry_forward (b), channel_scale_backward(_set_dx) (x),
+  // qk_prep_forward/backward (raw),
   // rmsnorm_backward (dout), rmsnorm_resid_mix_backward (dh), rmsnorm_channel_scale_backward (dh, o),
   // concat_columns, gather_rows, and the linear ops and attention; written only by ops that name them as outputs
   // (linear ops with a written, not accumulated, output). Values through operand_values()/store_operand().
@@ -111,6 +112,14 @@ class Backend {
     resid_mix_forward(x, x0, m, N, D, y);
     rmsnorm_forward(y, N, D, eps, h, rstd);
   }
+  // The residual stream from one layer into the next, in one pass where a backend can: x = a + s ⊙ b (the
+  // previous layer's MLP branch joining, as scaled_residual_forward), then with a skip xs = x + w ⊙ skip (a U-Net
+  // skip, likewise; without one xs is x), then the next layer's entry y = resid_mix(xs, x0, m) and its pre-norm
+  // h = rmsnorm(y) with rstd. y, h and rstd are written; x and xs where given (the backward and later skips read
+  // them; a forward-only pass may pass null for what nothing reads). b may be an activation buffer and h an
+  // operand buffer; the outputs must not alias the inputs.
+  virtual void layer_entry_forward(const T* a, const T* b, const T* s, const T* skip, const T* w, const T* x0,
+                                   const T* m, int64_t N, int64_t D, T eps, T* x, T* xs, T* y, T* h, T* rstd) = 0;
   // Attention inputs from their projections, fused into one pass where a backend can: over [B, Tn, H, hd] rows,
   // x = rope(norm ? rmsnorm(raw) : raw) (rstd per row when norm), then out = g[h] x when gain is given (q);
   // without gain (k) out is x itself and must equal it. With gain, out may also be x when only out is wanted (no

@@ -193,6 +193,13 @@ class ProfilingBackend final : public Backend<T> {
     timed("resid_mix_backward", E * (3 + (dx ? 2 : 0) + (dx0 ? 2 : 0)) * N * D, 0,
           [&] { in_.resid_mix_backward(dy, x, x0, m, N, D, dx, dx0, dm); });
   }
+  void layer_entry_forward(const T* a, const T* b_, const T* s, const T* skip, const T* w, const T* x0, const T* m,
+                           int64_t N, int64_t D, T eps, T* x, T* xs, T* y, T* h, T* rstd) override {
+    const int64_t n = N * D;
+    const double bytes = E * n * (2 + (skip ? 1 : 0) + (x ? 1 : 0) + (xs ? 1 : 0) + 1) + b(b_, n) + b(h, n) + E * N;
+    timed("layer_entry_forward", bytes, 0,
+          [&] { in_.layer_entry_forward(a, b_, s, skip, w, x0, m, N, D, eps, x, xs, y, h, rstd); });
+  }
   void resid_mix_rmsnorm_forward(const T* x, const T* x0, const T* m, int64_t N, int64_t D, T eps, T* y, T* h,
                                  T* rstd) override {
     timed("resid_mix_rmsnorm_forward", E * (3 * N * D + N) + b(h, N * D), 0,

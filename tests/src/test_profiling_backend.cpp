@@ -88,7 +88,9 @@ TEST_CASE("the profile counts every op call once, with its traffic and FLOPs", "
   CHECK(p.at("attention_forward").calls == L);
   CHECK(p.at("rmsnorm_forward").calls == 1);  // the embedding's
   CHECK(p.at("rmsnorm_forward").bytes == 4.0 * (2 * N * D + N));
-  CHECK(p.at("resid_mix_rmsnorm_forward").calls == L);  // each attention pre-norm, with its resid_mix
+  CHECK(p.at("resid_mix_rmsnorm_forward").calls == 1);  // the first layer's entry
+  CHECK(p.at("layer_entry_forward").calls == L - 1);    // each later entry, with the residual add before it
+  CHECK(p.count("scaled_residual_forward") == 0);
   CHECK(p.at("scaled_residual_rmsnorm_forward").calls == L + 1);  // each MLP pre-norm, and the final norm
   CHECK(p.at("softcap_cross_entropy").calls == 1);
   CHECK(p.count("linear_backward_set_dx") == 0);  // forward only
