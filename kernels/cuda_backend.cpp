@@ -528,7 +528,7 @@ class CudaBackend final : public Backend<float> {
       Backend<float>::rmsnorm_resid_mix_backward(dh, y, rstd, x, x0, m, N, D, dx, dx0, dm);
       return;
     }
-    cuda::launch_rmsnorm_resid_mix_backward(in_of(dh), y, rstd, x, x0, m, N, D, dx, dx0, dm, ws_, stream_);
+    cuda::launch_rmsnorm_resid_mix_backward(in_of(dh), rstd, x, x0, m, N, D, dx, dx0, dm, ws_, stream_);
   }
   void rmsnorm_channel_scale_backward(const float* dh, const float* y, const float* rstd, const float* o,
                                       const float* s, int64_t N, int64_t D, float* dx, float* dout,

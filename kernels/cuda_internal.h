@@ -197,9 +197,10 @@ void launch_qk_prep_backward_gain(const float* dq, const float* x, const float* 
 // rmsnorm_fused_backward accepts (others throw std::invalid_argument: compose the ops instead). dx0, dm_acc and
 // ds_acc are added to; dout is written.
 bool rmsnorm_fused_backward(int64_t D);
-void launch_rmsnorm_resid_mix_backward(In dh, const float* y, const float* rstd, const float* x, const float* x0,
-                                       const float* m, int64_t N, int64_t D, float* dx, float* dx0, float* dm_acc,
-                                       Workspace& ws, cudaStream_t s);
+// The resid_mix form recomputes the norm's input y = resid_mix(x, x0, m) as resid_mix_forward forms it.
+void launch_rmsnorm_resid_mix_backward(In dh, const float* rstd, const float* x, const float* x0, const float* m,
+                                       int64_t N, int64_t D, float* dx, float* dx0, float* dm_acc, Workspace& ws,
+                                       cudaStream_t s);
 void launch_rmsnorm_channel_scale_backward(In dh, const float* y, const float* rstd, In o, const float* sc,
                                            int64_t N, int64_t D, float* dx, Out dout, float* ds_acc, Workspace& ws,
                                            cudaStream_t s);

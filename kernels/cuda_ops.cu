@@ -755,7 +755,8 @@ struct ResidMixBwdF {  // out 0: dm[0, :], out 1: dm[1, :]
 
 // RMSNorm's backward followed by a per-element op in one pass (Backend::rmsnorm_resid_mix_backward and
 // rmsnorm_channel_scale_backward): one warp per row with the row's D = 32 CPL columns in registers (lane owns
-// columns lane + 32 j). t = dx + rmsnorm_grad(dh, y), the gradient at y, goes to F(i, col, t, v), which writes its
+// columns lane + 32 j). The norm's input y comes from F::y(i, col). t = dx + rmsnorm_grad(dh, y), the gradient at
+// y, goes to F(i, col, t, v), which writes its
 // outputs and returns its F::kOut column-sum terms in v. Each warp keeps the double column sums over its
 // rows_per_warp rows; the block adds its 8 warps' sums in warp order into partial[(block * kOut + k) * D + c] for
 // colreduce_finalize (a fixed order: deterministic). Saves the write and re-read of t that composed ops pass
@@ -768,9 +769,9 @@ struct BwdThen {
   using F = Op;
 };
 template <class Cfg>
-__global__ void __launch_bounds__(256, 2) rmsnorm_bwd_then_kernel(typename Cfg::F f, In dh, const float* y,
-                                                                  const float* rstd, const float* dx, int64_t N,
-                                                                  int64_t rows_per_warp, double* partial) {
+__global__ void __launch_bounds__(256, 2) rmsnorm_bwd_then_kernel(typename Cfg::F f, In dh, const float* rstd,
+                                                                  const float* dx, int64_t N, int64_t rows_per_warp,
+                                                                  double* partial) {
   constexpr int CPL = Cfg::kCpl;
   constexpr int64_t D = 32 * CPL;
   constexpr int K = Cfg::F::kOut;
@@ -787,7 +788,8 @@ __global__ void __launch_bounds__(256, 2) rmsnorm_bwd_then_kernel(typename Cfg::
     double dot = 0.0;
 #pragma unroll
     for (int j = 0; j < CPL; ++j)
-      dot += static_cast<double>(get(dh, off + lane + 32 * j)) * static_cast<double>(y[off + lane + 32 * j]);
+      dot += static_cast<double>(get(dh, off + lane + 32 * j)) *
+             static_cast<double>(f.y(off + lane + 32 * j, lane + 32 * j));
     const float r = rstd[row];
     const float c = rmsnorm_grad_coef(warp_sum_d(dot), r, D);
     // dh and y are read again (from L1: the warp just read them) rather than held: fewer registers, more warps.
@@ -795,7 +797,7 @@ __global__ void __launch_bounds__(256, 2) rmsnorm_bwd_then_kernel(typename Cfg::
     for (int j = 0; j < CPL; ++j) {
       const int64_t col = lane + 32 * j, i = off + col;
       double v[K];
-      f(i, col, __fadd_rn(dx[i], rmsnorm_grad(r, get(dh, i), c, y[i])), v);
+      f(i, col, __fadd_rn(dx[i], rmsnorm_grad(r, get(dh, i), c, f.y(i, col))), v);
 #pragma unroll
       for (int k = 0; k < K; ++k) sums[k][j] += v[k];
     }
@@ -815,12 +817,14 @@ __global__ void __launch_bounds__(256, 2) rmsnorm_bwd_then_kernel(typename Cfg::
   }
 }
 
-// resid_mix's backward of t (with its rounding): dx = m0 t, dx0 += m1 t; column sums of t x and t x0.
+// resid_mix's backward of t (with its rounding): dx = m0 t, dx0 += m1 t; column sums of t x and t x0. The norm's
+// input y = resid_mix(x, x0) is recomputed (MixSum, as the forward formed it) from the x and x0 it reads anyway.
 struct ResidMixOfGradF {
   static constexpr int kOut = 2;
   const float *x, *x0, *m;
   float *dx, *dx0;
   int64_t D;
+  __device__ float y(int64_t i, int64_t col) const { return MixSum{m, D}(col, x[i], x0[i]); }
   __device__ void operator()(int64_t i, int64_t col, float t, double* v) const {
     dx[i] = __fmul_rn(m[col], t);
     dx0[i] = __fadd_rn(dx0[i], __fmul_rn(m[D + col], t));
@@ -832,10 +836,12 @@ struct ResidMixOfGradF {
 // The channel scale's backward of t: dx = t (the residual gradient goes on), dout = s t; column sums of t o.
 struct ChannelScaleOfGradF {
   static constexpr int kOut = 1;
+  const float* yv;  // the norm's input
   In o;
   const float* sc;
   float* dx;
   Out dout;
+  __device__ float y(int64_t i, int64_t) const { return yv[i]; }
   __device__ void operator()(int64_t i, int64_t col, float t, double* v) const {
     dx[i] = t;
     put(dout, i, __fmul_rn(sc[col], t));
@@ -1241,8 +1247,8 @@ bool rmsnorm_fused_backward(int64_t D) { return D == 64 || D == 128 || D == 256 
 namespace {
 
 template <class F>
-void launch_rmsnorm_bwd_then(const F& f, In dh, const float* y, const float* rstd, const float* dx, int64_t N,
-                             int64_t D, float* sum0, float* sum1, Workspace& ws, cudaStream_t s, const char* name) {
+void launch_rmsnorm_bwd_then(const F& f, In dh, const float* rstd, const float* dx, int64_t N, int64_t D,
+                             float* sum0, float* sum1, Workspace& ws, cudaStream_t s, const char* name) {
   if (!rmsnorm_fused_backward(D))
     throw std::invalid_argument(std::string(name) + ": no fused kernel for D = " + std::to_string(D));
   if (N <= 0) return;
@@ -1257,13 +1263,13 @@ void launch_rmsnorm_bwd_then(const F& f, In dh, const float* y, const float* rst
   using C8 = BwdThen<8, F>;
   using C16 = BwdThen<16, F>;
   switch (D) {
-    case 64: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C2>, g, 256, 0, s)(f, dh, y, rstd, dx, N, rows_per_warp, partial);
+    case 64: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C2>, g, 256, 0, s)(f, dh, rstd, dx, N, rows_per_warp, partial);
       break;
-    case 128: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C4>, g, 256, 0, s)(f, dh, y, rstd, dx, N, rows_per_warp, partial);
+    case 128: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C4>, g, 256, 0, s)(f, dh, rstd, dx, N, rows_per_warp, partial);
       break;
-    case 256: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C8>, g, 256, 0, s)(f, dh, y, rstd, dx, N, rows_per_warp, partial);
+    case 256: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C8>, g, 256, 0, s)(f, dh, rstd, dx, N, rows_per_warp, partial);
       break;
-    default: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C16>, g, 256, 0, s)(f, dh, y, rstd, dx, N, rows_per_warp, partial);
+    default: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C16>, g, 256, 0, s)(f, dh, rstd, dx, N, rows_per_warp, partial);
   }
   PTOOL_CUDA_LAUNCHED(name, s);
   PTOOL_LAUNCH(colreduce_finalize<K>, dim3(static_cast<unsigned>(D), K), 256, 0, s)(partial, blocks, D, 1, sum0,
@@ -1273,17 +1279,17 @@ void launch_rmsnorm_bwd_then(const F& f, In dh, const float* y, const float* rst
 
 }  // namespace
 
-void launch_rmsnorm_resid_mix_backward(In dh, const float* y, const float* rstd, const float* x, const float* x0,
-                                       const float* m, int64_t N, int64_t D, float* dx, float* dx0, float* dm_acc,
-                                       Workspace& ws, cudaStream_t s) {
-  launch_rmsnorm_bwd_then(ResidMixOfGradF{x, x0, m, dx, dx0, D}, dh, y, rstd, dx, N, D, dm_acc, dm_acc + D, ws, s,
+void launch_rmsnorm_resid_mix_backward(In dh, const float* rstd, const float* x, const float* x0, const float* m,
+                                       int64_t N, int64_t D, float* dx, float* dx0, float* dm_acc, Workspace& ws,
+                                       cudaStream_t s) {
+  launch_rmsnorm_bwd_then(ResidMixOfGradF{x, x0, m, dx, dx0, D}, dh, rstd, dx, N, D, dm_acc, dm_acc + D, ws, s,
                           "rmsnorm_resid_mix_backward");
 }
 
 void launch_rmsnorm_channel_scale_backward(In dh, const float* y, const float* rstd, In o, const float* sc,
                                            int64_t N, int64_t D, float* dx, Out dout, float* ds_acc, Workspace& ws,
                                            cudaStream_t s) {
-  launch_rmsnorm_bwd_then(ChannelScaleOfGradF{o, sc, dx, dout}, dh, y, rstd, dx, N, D, ds_acc, nullptr, ws, s,
+  launch_rmsnorm_bwd_then(ChannelScaleOfGradF{y, o, sc, dx, dout}, dh, rstd, dx, N, D, ds_acc, nullptr, ws, s,
                           "rmsnorm_channel_scale_backward");
 }
 

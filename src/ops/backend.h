@@ -212,9 +212,10 @@ class Backend {
   }
   // The backward of h = rmsnorm(y), y = resid_mix(x, x0, m) (the attention branch's plain pre-norm), in one pass
   // where a backend can: dx holds the gradient that reaches y along the residual stream; rmsnorm's backward of dh
-  // (y and rstd from the forward) is added to it, then dx is overwritten with the gradient of x and the gradients
-  // of x0 and m are added to dx0 and dm, as resid_mix_backward_set_dx(dx, ..., dx, dx0, dm). dh may be an
-  // activation buffer. The default composes those two ops.
+  // (y and rstd from the forward; a backend may recompute y = resid_mix(x, x0, m) instead of reading it) is added
+  // to it, then dx is overwritten with the gradient of x and the gradients of x0 and m are added to dx0 and dm, as
+  // resid_mix_backward_set_dx(dx, ..., dx, dx0, dm). dh may be an activation buffer. The default composes those
+  // two ops.
   virtual void rmsnorm_resid_mix_backward(const T* dh, const T* y, const T* rstd, const T* x, const T* x0, const T* m,
                                           int64_t N, int64_t D, T* dx, T* dx0, T* dm) {
     rmsnorm_backward(dh, y, rstd, N, D, dx);

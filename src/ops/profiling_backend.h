@@ -270,7 +270,8 @@ class ProfilingBackend final : public Backend<T> {
   }
   void rmsnorm_resid_mix_backward(const T* dh, const T* y, const T* rstd, const T* x, const T* x0, const T* m,
                                   int64_t N, int64_t D, T* dx, T* dx0, T* dm) override {
-    timed("rmsnorm_resid_mix_backward", b(dh, N * D) + E * (7 * N * D + N), 0,
+    // y is not counted: a fused backward recomputes it from x and x0
+    timed("rmsnorm_resid_mix_backward", b(dh, N * D) + E * (6 * N * D + N), 0,
           [&] { in_.rmsnorm_resid_mix_backward(dh, y, rstd, x, x0, m, N, D, dx, dx0, dm); });
   }
   void rmsnorm_channel_scale_backward(const T* dh, const T* y, const T* rstd, const T* o, const T* s, int64_t N,

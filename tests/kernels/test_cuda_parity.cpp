@@ -1241,6 +1241,7 @@ TEST_CASE("cuda: the fused RMSNorm + resid_mix backward matches the two ops", "[
       cpu->resid_mix_forward(x.data(), x0.data(), m.data(), N, D, y.data());
       cpu->rmsnorm_forward(y.data(), N, D, 1e-6f, h.data(), rstd.data());
       Dev gx(*g, x), gx0(*g, x0), gm(*g, m), gy(*g, y), grstd(*g, rstd), gdh(*g, dh);
+      g->resid_mix_forward(gx.p(), gx0.p(), gm.p(), N, D, gy.p());  // y as the fused kernel recomputes it
       DeviceBuffer<float> dh_act(*g, N * D, Storage::activation);
       g->store_operand(dh_act.get(), gdh.p(), N * D);
       // composed on the device
