@@ -409,12 +409,16 @@ class CudaBackend final : public Backend<float> {
     cuda::launch_qk_prep_backward(d, in_of(raw), rstd, B * Tn * H, Tn, H, hd, t ? rot : 0, norm, t ? t->cos_t : nullptr,
                                   t ? t->sin_t : nullptr, out_of(draw), stream_);
   }
-  void qk_prep_backward_gain(const float* dq, const float* x, const float* gain, float* dg, const float* raw,
-                             const float* rstd, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base,
-                             bool norm, float* draw) override {
-    require_plain("qk_prep_backward_gain", {dq, x, gain, dg, rstd});
+  void qk_prep_backward_gain(const float* dq, const float* gain, float* dg, const float* raw, const float* rstd,
+                             int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base, bool norm,
+                             float eps, float* draw) override {
+    require_plain("qk_prep_backward_gain", {dq, gain, dg, rstd});
+    if (hd > cuda::kMaxPrepHd) {
+      Backend<float>::qk_prep_backward_gain(dq, gain, dg, raw, rstd, B, Tn, H, hd, rot, base, norm, eps, draw);
+      return;
+    }
     const RopeTable* t = rope_table("qk_prep_backward_gain", Tn, hd, rot, base);
-    cuda::launch_qk_prep_backward_gain(dq, x, gain, dg, in_of(raw), rstd, B * Tn, Tn, H, hd, t ? rot : 0, norm,
+    cuda::launch_qk_prep_backward_gain(dq, gain, dg, in_of(raw), rstd, B * Tn, Tn, H, hd, t ? rot : 0, norm,
                                        t ? t->cos_t : nullptr, t ? t->sin_t : nullptr, out_of(draw), ws_, stream_);
   }
   // bf16 GEMM precision: the tensor-core flash kernels, which read q, k, v, dO and (backward) out in bf16 (operand

@@ -186,12 +186,13 @@ void launch_resid_mix_backward(const float* dy, const float* x, const float* x0,
                                int64_t D, float* dx, bool accumulate, float* dx0_acc, float* dm_acc, Workspace& ws,
                                cudaStream_t s);
 
-// Backend::qk_prep_backward_gain in one pass over rows = tokens * H head rows (hd <= 128, else
-// std::invalid_argument); cos/sin as launch_qk_prep_backward's; dg_acc (may be null) is added to.
-void launch_qk_prep_backward_gain(const float* dq, const float* x, const float* gain, float* dg_acc, In raw,
-                                  const float* rstd, int64_t tokens, int64_t Tn, int64_t H, int64_t hd, int64_t rot,
-                                  bool norm, const float* cos_t, const float* sin_t, Out draw, Workspace& ws,
-                                  cudaStream_t s);
+// Backend::qk_prep_backward_gain in one pass over rows = tokens * H head rows (hd <= kMaxPrepHd, else
+// std::invalid_argument), x formed again from raw and rstd as launch_qk_prep_forward forms it; cos/sin as
+// launch_qk_prep_backward's; dg_acc (may be null) is added to.
+constexpr int64_t kMaxPrepHd = 128;
+void launch_qk_prep_backward_gain(const float* dq, const float* gain, float* dg_acc, In raw, const float* rstd,
+                                  int64_t tokens, int64_t Tn, int64_t H, int64_t hd, int64_t rot, bool norm,
+                                  const float* cos_t, const float* sin_t, Out draw, Workspace& ws, cudaStream_t s);
 
 // Backend::rmsnorm_resid_mix_backward and rmsnorm_channel_scale_backward in one pass each, for the D that
 // rmsnorm_fused_backward accepts (others throw std::invalid_argument: compose the ops instead). dx0, dm_acc and

@@ -495,13 +495,14 @@ __global__ void __launch_bounds__(256) qk_prep_bwd_kernel(float* d, In raw, cons
 
 // q's backward with its gain in front (Backend::qk_prep_backward_gain): the warp's row of d = g[h] dq goes to shared
 // memory (never to global), is rotated back there, and RMSNorm's backward of it is written into draw (or the
-// rotated d itself without norm). Warp w owns head h = w % H over tokens_per_warp tokens of chunk w / H, so its
-// double sum of dq x is head h's share of dg from that chunk: partial[w] = partial[(chunk * 1 + 0) * H + h], the
-// layout colreduce_finalize<1> adds up in chunk order (deterministic). Each lane does the element-wise
-// arithmetic of HeadScaleBwdF, RopeApplyF and rmsnorm_bwd_row: draw equals the three ops' bit for bit.
-constexpr int kMaxPrepHd = 128;
-__global__ void __launch_bounds__(256) qk_prep_bwd_gain_kernel(const float* dq, const float* x, const float* gain,
-                                                               In raw, const float* rstd, int64_t tokens, int64_t Tn,
+// rotated d itself without norm). The gain's gradient needs x = rope(norm(raw)): each lane forms its elements
+// again with qk_prep_fwd_kernel's arithmetic (the stored rstd, the same rotation). Warp w owns head h = w % H over
+// tokens_per_warp tokens of chunk w / H, so its double sum of dq x is head h's share of dg from that chunk:
+// partial[w] = partial[(chunk * 1 + 0) * H + h], the layout colreduce_finalize<1> adds up in chunk order
+// (deterministic). Each lane does the element-wise arithmetic of HeadScaleBwdF, RopeApplyF and rmsnorm_bwd_row:
+// draw equals the three ops' bit for bit.
+__global__ void __launch_bounds__(256) qk_prep_bwd_gain_kernel(const float* dq, const float* gain, In raw,
+                                                               const float* rstd, int64_t tokens, int64_t Tn,
                                                                int64_t H, int64_t hd, int64_t half, bool norm,
                                                                const float* cos_t, const float* sin_t,
                                                                int64_t tokens_per_warp, int64_t warps, Out draw,
@@ -517,11 +518,19 @@ __global__ void __launch_bounds__(256) qk_prep_bwd_gain_kernel(const float* dq, 
   double acc = 0.0;
   for (int64_t tok = t0; tok < t1; ++tok) {
     const int64_t off = (tok * H + h) * hd, t = tok % Tn;
-    for (int64_t i = lane; i < hd; i += 32) {
-      const float gy = dq[off + i];
-      acc += static_cast<double>(gy) * static_cast<double>(x[off + i]);
-      d[i] = __fmul_rn(g, gy);
+    const float r = norm ? rstd[tok * H + h] : 1.f;
+    for (int64_t i = lane; i < half; i += 32) {
+      const float r1 = get(raw, off + i), r2 = get(raw, off + i + half);
+      float x1 = norm ? r1 * r : r1, x2 = norm ? r2 * r : r2;
+      rotate_pair(x1, x2, cos_t[t * half + i], sin_t[t * half + i]);
+      acc += static_cast<double>(dq[off + i]) * static_cast<double>(x1);
+      acc += static_cast<double>(dq[off + i + half]) * static_cast<double>(x2);
     }
+    for (int64_t i = 2 * half + lane; i < hd; i += 32) {  // dimensions past the rotary ones
+      const float v = norm ? get(raw, off + i) * r : get(raw, off + i);
+      acc += static_cast<double>(dq[off + i]) * static_cast<double>(v);
+    }
+    for (int64_t i = lane; i < hd; i += 32) d[i] = __fmul_rn(g, dq[off + i]);
     __syncwarp();
     for (int64_t i = lane; i < half; i += 32) rotate_pair(d[i], d[i + half], cos_t[t * half + i], -sin_t[t * half + i]);
     __syncwarp();
@@ -1221,10 +1230,9 @@ void launch_resid_mix_backward(const float* dy, const float* x, const float* x0,
                    ws, s, "resid_mix_backward");
 }
 
-void launch_qk_prep_backward_gain(const float* dq, const float* x, const float* gain, float* dg_acc, In raw,
-                                  const float* rstd, int64_t tokens, int64_t Tn, int64_t H, int64_t hd, int64_t rot,
-                                  bool norm, const float* cos_t, const float* sin_t, Out draw, Workspace& ws,
-                                  cudaStream_t s) {
+void launch_qk_prep_backward_gain(const float* dq, const float* gain, float* dg_acc, In raw, const float* rstd,
+                                  int64_t tokens, int64_t Tn, int64_t H, int64_t hd, int64_t rot, bool norm,
+                                  const float* cos_t, const float* sin_t, Out draw, Workspace& ws, cudaStream_t s) {
   if (hd > kMaxPrepHd) throw std::invalid_argument("qk_prep_backward_gain: head_dim over 128");
   if (tokens <= 0 || H <= 0 || hd <= 0) return;
   // About 4096 warps, whole chunks of H heads.
@@ -1233,7 +1241,7 @@ void launch_qk_prep_backward_gain(const float* dq, const float* x, const float* 
   const int64_t chunks = (tokens + tokens_per_warp - 1) / tokens_per_warp, warps = chunks * H;
   auto* partial = static_cast<double*>(ws.get(static_cast<size_t>(warps) * sizeof(double)));
   PTOOL_LAUNCH(qk_prep_bwd_gain_kernel, static_cast<unsigned>((warps + 7) / 8), 256, 0, s)(
-      dq, x, gain, raw, rstd, tokens, Tn, H, hd, rot / 2, norm, cos_t, sin_t, tokens_per_warp, warps, draw, partial);
+      dq, gain, raw, rstd, tokens, Tn, H, hd, rot / 2, norm, cos_t, sin_t, tokens_per_warp, warps, draw, partial);
   PTOOL_CUDA_LAUNCHED("qk_prep_backward_gain", s);
   if (dg_acc) {
     PTOOL_LAUNCH(colreduce_finalize<1>, dim3(static_cast<unsigned>(H), 1), 256, 0, s)(partial, chunks, H, 1, dg_acc,

@@ -102,7 +102,7 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
     a.h1 = plain_norms ? operand(N * D) : buf(N * D); a.rstd1 = buf(N);
     if (cfg_.norm_scale) { a.n1 = buf(N * D); a.n2 = buf(N * D); }
     a.q_raw = activation(N * D); a.rstd_q = buf(N * H); a.k_raw = activation(N * KV); a.rstd_k = buf(N * Hkv);
-    a.q_rot = buf(N * D); a.q = operand(N * D); a.k = operand(N * KV); a.v = operand(N * KV); a.att = operand(N * D);
+    a.q = operand(N * D); a.k = operand(N * KV); a.v = operand(N * KV); a.att = operand(N * D);
     a.lse = buf(N * H); a.o = activation(N * D); a.x1 = buf(N * D); a.h2 = plain_norms ? operand(N * D) : buf(N * D);
     a.rstd2 = buf(N); a.u = activation(N * Hd); a.a = operand(N * Hd); a.m = activation(N * D); a.x_out = buf(N * D);
   }
@@ -242,9 +242,9 @@ void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, cons
   be_.linear_forward_shared(a.h1.get(), N, D, qkv);
   const double base = rope_base_at(Tn);
   const int64_t rot = cfg_.rotary_dims();
-  // q before its gain (q_rot) is kept only for the gain's gradient.
+  // q before its gain is not kept: the gain's backward forms it again from q_raw.
   be_.qk_prep_forward(a.q_raw.get(), B, Tn, H, hd, rot, base, cfg_.qk_norm, rms_eps<T>(), P + s.q_gain,
-                      a.rstd_q.get(), backward_pass_ ? a.q_rot.get() : a.q.get(), a.q.get());
+                      a.rstd_q.get(), a.q.get(), a.q.get());
   be_.qk_prep_forward(a.k_raw.get(), B, Tn, Hkv, hd, rot, base, cfg_.qk_norm, rms_eps<T>(), nullptr, a.rstd_k.get(),
                       a.k.get(), a.k.get());
   be_.attention_forward(a.q.get(), a.k.get(), a.v.get(), B, Tn, H, Hkv, hd, a.att.get(), a.lse.get());
@@ -308,8 +308,8 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
                          g_q_.get(), g_k_.get(), g_v_.get());
   const double base = rope_base_at(Tn);
   const int64_t rot = cfg_.rotary_dims();
-  be_.qk_prep_backward_gain(g_q_.get(), a.q_rot.get(), P + s.q_gain, G + s.q_gain, a.q_raw.get(), a.rstd_q.get(), B,
-                            Tn, H, hd, rot, base, cfg_.qk_norm, g_qraw_.get());
+  be_.qk_prep_backward_gain(g_q_.get(), P + s.q_gain, G + s.q_gain, a.q_raw.get(), a.rstd_q.get(), B, Tn, H, hd, rot,
+                            base, cfg_.qk_norm, rms_eps<T>(), g_qraw_.get());
   be_.qk_prep_backward(g_k_.get(), a.k_raw.get(), a.rstd_k.get(), B, Tn, Hkv, hd, rot, base, cfg_.qk_norm,
                        g_kraw_.get());
   T* gk_raw = cfg_.qk_norm ? g_kraw_.get() : g_k_.get();

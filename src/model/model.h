@@ -71,7 +71,7 @@ class Model {
     const T* x_pre = nullptr;
     const T* x_in = nullptr;
     const T* x_mix = nullptr;
-    DeviceBuffer<T> x_in_buf, x_mix_buf, n1, n2, h1, rstd1, q_raw, rstd_q, k_raw, rstd_k, q_rot, q, k, v, att, lse,
+    DeviceBuffer<T> x_in_buf, x_mix_buf, n1, n2, h1, rstd1, q_raw, rstd_q, k_raw, rstd_k, q, k, v, att, lse,
         o, x1, h2, rstd2, u, a, m, x_out;
   };
 

@@ -146,17 +146,19 @@ class Backend {
     rmsnorm_backward(d, raw, rstd, rows, hd, draw);
   }
 
-  // q's backward through its gain as well (out = g[h] x, x = rope(rmsnorm(raw)) from qk_prep_forward with a gain),
-  // in one pass where a backend can: from dq (the gradient of out) and x, adds sum dq x over head h's elements to
-  // dg[h], then writes the gradient of raw into draw (with norm as qk_prep_backward's draw; without, the rotated
-  // g[h] dq). dq and x are only read; draw may be an operand buffer. The default composes head_scale_backward_set_dx
-  // and qk_prep_backward through a scratch buffer.
-  virtual void qk_prep_backward_gain(const T* dq, const T* x, const T* gain, T* dg, const T* raw, const T* rstd,
-                                     int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base, bool norm,
+  // q's backward through its gain as well (out = g[h] x, x = rope(norm ? rmsnorm(raw) : raw) from qk_prep_forward
+  // with a gain and eps), in one pass where a backend can: from dq (the gradient of out) and x, adds sum dq x over
+  // head h's elements to dg[h], then writes the gradient of raw into draw (with norm as qk_prep_backward's draw;
+  // without, the rotated g[h] dq). x is not kept by the forward: it is formed again from raw (and rstd) exactly as
+  // the forward formed it. dq is only read; raw may be an activation buffer, draw an operand buffer. The default
+  // composes qk_prep_forward (for x), head_scale_backward_set_dx and qk_prep_backward through scratch buffers.
+  virtual void qk_prep_backward_gain(const T* dq, const T* gain, T* dg, const T* raw, const T* rstd, int64_t B,
+                                     int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base, bool norm, T eps,
                                      T* draw) {
     const size_t n = static_cast<size_t>(B * Tn * H * hd);
-    DeviceBuffer<T> d(*this, n);
-    head_scale_backward_set_dx(dq, x, gain, B * Tn, H, hd, d.get(), dg);
+    DeviceBuffer<T> x(*this, n), r(*this, static_cast<size_t>(B * Tn * H)), d(*this, n);
+    qk_prep_forward(raw, B, Tn, H, hd, rot, base, norm, eps, nullptr, r.get(), x.get(), x.get());
+    head_scale_backward_set_dx(dq, x.get(), gain, B * Tn, H, hd, d.get(), dg);
     qk_prep_backward(d.get(), raw, rstd, B, Tn, H, hd, rot, base, norm, draw);
     if (!norm) copy(draw, d.get(), n);
   }

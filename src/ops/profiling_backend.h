@@ -219,12 +219,11 @@ class ProfilingBackend final : public Backend<T> {
     timed("qk_prep_backward", norm ? E * n + b(raw, n) + b(draw, n) + E * B * Tn * H : 2 * E * n, 0,
           [&] { in_.qk_prep_backward(d, raw, rstd, B, Tn, H, hd, rot, base, norm, draw); });
   }
-  void qk_prep_backward_gain(const T* dq, const T* x, const T* gain, T* dg, const T* raw, const T* rstd, int64_t B,
-                             int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base, bool norm,
-                             T* draw) override {
+  void qk_prep_backward_gain(const T* dq, const T* gain, T* dg, const T* raw, const T* rstd, int64_t B, int64_t Tn,
+                             int64_t H, int64_t hd, int64_t rot, double base, bool norm, T eps, T* draw) override {
     const int64_t n = B * Tn * H * hd;
-    timed("qk_prep_backward_gain", 2 * E * n + b(draw, n) + (norm ? b(raw, n) + E * B * Tn * H : 0), 0,
-          [&] { in_.qk_prep_backward_gain(dq, x, gain, dg, raw, rstd, B, Tn, H, hd, rot, base, norm, draw); });
+    timed("qk_prep_backward_gain", E * n + b(raw, n) + b(draw, n) + (norm ? E * B * Tn * H : 0), 0,
+          [&] { in_.qk_prep_backward_gain(dq, gain, dg, raw, rstd, B, Tn, H, hd, rot, base, norm, eps, draw); });
   }
   void scaled_residual_forward(const T* x, const T* o, const T* s, int64_t N, int64_t D, T* y) override {
     timed("scaled_residual_forward", 2 * E * N * D + b(o, N * D), 0,

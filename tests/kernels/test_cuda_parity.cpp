@@ -1181,7 +1181,7 @@ TEST_CASE("cuda: a suffix forward scores like the full forward", "[gpu]") {
 }
 
 // qk_prep_backward_gain: one pass gives head_scale_backward_set_dx then qk_prep_backward's draw bit for bit (into
-// fp32 and into an operand buffer), and their dg up to summation order; the CPU agrees.
+// fp32 and into an operand buffer), and their dg up to summation order, without being given x; the CPU agrees.
 TEST_CASE("cuda: q's backward through its gain in one pass matches the composed ops", "[gpu]") {
   SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend<float>();
@@ -1191,8 +1191,9 @@ TEST_CASE("cuda: q's backward through its gain in one pass matches the composed 
     int64_t B, Tn, H, hd, rot;
     bool norm;
   };
+  // hd 160: past the fused kernel's 128, the composed default
   for (const Case& c : {Case{2, 77, 8, 64, 64, true}, Case{1, 300, 3, 32, 8, true}, Case{2, 40, 2, 128, 128, true},
-                        Case{1, 50, 4, 64, 16, false}}) {
+                        Case{1, 50, 4, 64, 16, false}, Case{1, 30, 2, 160, 160, true}}) {
     const std::string shape = " B=" + std::to_string(c.B) + " T=" + std::to_string(c.Tn) + " H=" +
                               std::to_string(c.H) + " hd=" + std::to_string(c.hd) + " rot=" + std::to_string(c.rot) +
                               (c.norm ? "" : " no norm");
@@ -1202,23 +1203,25 @@ TEST_CASE("cuda: q's backward through its gain in one pass matches the composed 
     Vec rstd(rows), x(n), out(n);
     cpu->qk_prep_forward(raw.data(), c.B, c.Tn, c.H, c.hd, c.rot, 10000.0, c.norm, 1e-6f, gain.data(), rstd.data(),
                          x.data(), out.data());
-    Dev graw(*g, raw), gdq(*g, dq), ggain(*g, gain), grstd(*g, rstd), gx(*g, x), tmp(*g, Vec(n));
+    Dev graw(*g, raw), gdq(*g, dq), ggain(*g, gain), grstd(*g, rstd), gx(*g, x), tmp(*g, Vec(n)), r2(*g, Vec(rows));
     Dev dg1(*g, dg0), dg2(*g, dg0), draw1(*g, Vec(n)), draw2(*g, Vec(n)), vals(*g, Vec(n));
+    // the composed ops get x as the device's forward forms it (the fused op forms it again from raw and rstd)
+    g->qk_prep_forward(graw.p(), c.B, c.Tn, c.H, c.hd, c.rot, 10000.0, c.norm, 1e-6f, nullptr, r2.p(), gx.p(), gx.p());
     g->head_scale_backward_set_dx(gdq.p(), gx.p(), ggain.p(), c.B * c.Tn, c.H, c.hd, tmp.p(), dg1.p());
     g->qk_prep_backward(tmp.p(), graw.p(), grstd.p(), c.B, c.Tn, c.H, c.hd, c.rot, 10000.0, c.norm, draw1.p());
     const Vec want = c.norm ? draw1.get() : tmp.get();
-    g->qk_prep_backward_gain(gdq.p(), gx.p(), ggain.p(), dg2.p(), graw.p(), grstd.p(), c.B, c.Tn, c.H, c.hd, c.rot,
-                             10000.0, c.norm, draw2.p());
+    g->qk_prep_backward_gain(gdq.p(), ggain.p(), dg2.p(), graw.p(), grstd.p(), c.B, c.Tn, c.H, c.hd, c.rot, 10000.0,
+                             c.norm, 1e-6f, draw2.p());
     check_exact("qk_prep_backward_gain draw" + shape, draw2.get(), want);
     check_close("qk_prep_backward_gain dg" + shape, dg2.get(), dg1.get(), 1e-6, 1e-6);
     DeviceBuffer<float> op(*g, n, Storage::operand);
-    g->qk_prep_backward_gain(gdq.p(), gx.p(), ggain.p(), nullptr, graw.p(), grstd.p(), c.B, c.Tn, c.H, c.hd, c.rot,
-                             10000.0, c.norm, op.get());
+    g->qk_prep_backward_gain(gdq.p(), ggain.p(), nullptr, graw.p(), grstd.p(), c.B, c.Tn, c.H, c.hd, c.rot, 10000.0,
+                             c.norm, 1e-6f, op.get());
     g->operand_values(op.get(), n, vals.p());
     check_exact("qk_prep_backward_gain draw into an operand buffer" + shape, vals.get(), bf16_rounded(want));
     Vec cdg = dg0, cdraw(n);
-    cpu->qk_prep_backward_gain(dq.data(), x.data(), gain.data(), cdg.data(), raw.data(), rstd.data(), c.B, c.Tn, c.H,
-                               c.hd, c.rot, 10000.0, c.norm, cdraw.data());
+    cpu->qk_prep_backward_gain(dq.data(), gain.data(), cdg.data(), raw.data(), rstd.data(), c.B, c.Tn, c.H, c.hd,
+                               c.rot, 10000.0, c.norm, 1e-6f, cdraw.data());
     check_close("qk_prep_backward_gain draw, cpu" + shape, draw2.get(), cdraw, 1e-5, 1e-5);
     check_close("qk_prep_backward_gain dg, cpu" + shape, dg2.get(), cdg, 1e-4, 1e-5);
   }
