@@ -112,9 +112,9 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
     g_tmp_ = buf(N * D);
     dlogits_ = operand(N * V);
     g_x_ = buf(N * D); g_x0_ = buf(N * D); g_q_ = buf(N * D); g_k_ = buf(N * KV);
-    g_qkv_ = operand(N * (D + 2 * KV));                        // q, k and v's raw gradients side by side
+    g_qkv_ = operand(N * (D + 2 * KV));  // q, k and v's raw gradients side by side
     g_v_ = operand(N * KV); g_att_ = operand(N * D); g_o_ = operand(N * D); g_u_ = operand(N * Hd);
-    g_qraw_ = operand(N * D);                        // qk_prep_backward_gain's draw
+    g_qraw_ = operand(N * D);                     // qk_prep_backward_gain's draw
     if (cfg_.qk_norm) g_kraw_ = operand(N * KV);  // qk_prep_backward's
     g_a_ = activation(N * Hd); g_m_ = operand(N * D); g_final_ = buf(N * D);
     g_h_ = plain_norms ? activation(N * D) : buf(N * D); g_h2_ = plain_norms ? activation(N * D) : buf(N * D);

@@ -41,8 +41,9 @@ class Backend {
   // linear ops; attention's q, k, v and dout), so a backend may keep it in the precision those ops round their
   // inputs to (the CUDA backend's bf16 mode: bf16, half the bytes, and no conversion before every op that reads
   // it). Only ops that name it as an output may write it (a backend that cannot write one there throws), only
-  // linear ops, attention, concat_columns and gather_rows may read it, and zero() may clear it; anything else reads its values through
-  // operand_values() (into plain memory) and stores them with store_operand(). Released with release().
+  // linear ops, attention, concat_columns and gather_rows may read it, and zero() may clear it; anything else
+  // reads its values through operand_values() (into plain memory) and stores them with store_operand(). Released
+  // with release().
   // Default: plain memory.
   virtual T* alloc_operand(size_t n) { return alloc(n); }
   virtual void operand_values(const T* src, size_t n, T* dst) { copy(dst, src, n); }
@@ -51,10 +52,10 @@ class Backend {
   // a backend that stores them in a lower precision rounds values (the CUDA backend's bf16 mode: bf16, as PyTorch's
   // autocast keeps linear outputs). Readable by the ops that say so: activation_forward/backward (h, dout),
   // scaled_residual(_rmsnorm)_forward (o), layer_entry_forward (b), channel_scale_backward(_set_dx) (x),
-  // qk_prep_forward/backward (raw),
-  // rmsnorm_backward (dout), rmsnorm_resid_mix_backward (dh), rmsnorm_channel_scale_backward (dh, o),
-  // concat_columns, gather_rows, and the linear ops and attention; written only by ops that name them as outputs
-  // (linear ops with a written, not accumulated, output). Values through operand_values()/store_operand().
+  // qk_prep_forward/backward (raw), rmsnorm_backward (dout), rmsnorm_resid_mix_backward (dh),
+  // rmsnorm_channel_scale_backward (dh, o), concat_columns, gather_rows, and the linear ops and attention; written
+  // only by ops that name them as outputs (linear ops with a written, not accumulated, output). Values through
+  // operand_values()/store_operand().
   virtual T* alloc_activation(size_t n) { return alloc(n); }
   // Bytes per element of the buffer at p as this backend stores it (for traffic estimates).
   virtual size_t element_bytes(const T*) const { return sizeof(T); }

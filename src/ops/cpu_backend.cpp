@@ -70,23 +70,16 @@ class CpuBackend final : public Backend<T> {
       off += c.width;
     }
   }
-  // The ops it fuses in turn (y holds x or xs where they are not kept): the same arithmetic as the composed calls.
+  // The ops it fuses in turn, x and xs kept in y or h (free until the norm) where the caller does not keep them:
+  // the same arithmetic as the composed calls.
   void layer_entry_forward(const T* a, const T* b, const T* s, const T* skip, const T* w, const T* x0, const T* m,
                            int64_t N, int64_t D, T eps, T* x, T* xs, T* y, T* h, T* rstd) override {
-    const size_t n = static_cast<size_t>(N * D);
     T* xt = x ? x : y;
-    cpu::channel_scale_forward(b, s, N, D, xt);
-    add(xt, a, n);
+    this->scaled_residual_forward(a, b, s, N, D, xt);
     T* xst = xt;
     if (skip) {
-      xst = xs ? xs : y;
-      if (xst == xt) {  // y in place: its channel scale of skip goes through h, free until the norm
-        cpu::channel_scale_forward(skip, w, N, D, h);
-        add(xst, h, n);
-      } else {
-        cpu::channel_scale_forward(skip, w, N, D, xst);
-        add(xst, xt, n);
-      }
+      xst = xs ? xs : xt == y ? h : y;
+      this->scaled_residual_forward(xt, skip, w, N, D, xst);
     }
     cpu::resid_mix_forward(xst, x0, m, N, D, y);  // element by element, so y may be xst
     cpu::rmsnorm_forward(y, N, D, eps, h, rstd);
