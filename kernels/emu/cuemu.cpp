@@ -14,6 +14,9 @@
 #include <utility>
 #include <vector>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include "kernels/emu/include/cuda_runtime_api.h"
 
 #if !defined(__x86_64__)
@@ -67,6 +70,12 @@ constexpr size_t kStackBytes = size_t{256} << 10;  // per CUDA thread; kernels k
 constexpr size_t kDefaultSmem = size_t{48} << 10;
 constexpr size_t kMaxSmemOptin = size_t{227} << 10;  // H100
 
+Order g_order = [] {
+  const char* e = std::getenv("PTOOL_CUDA_EMULATOR_ORDER");
+  return e != nullptr && std::string(e) == "reverse" ? Order::reverse : Order::forward;
+}();
+bool reverse_order() { return g_order == Order::reverse; }
+
 // ---- errors ------------------------------------------------------------------------------------------------------
 cudaError_t g_last_error = cudaSuccess;
 cudaError_t g_detail_error = cudaSuccess;  // the error g_error_detail describes
@@ -97,6 +106,46 @@ bool in_device(const void* p, size_t bytes) {
   return offset <= it->second && bytes <= it->second - offset;
 }
 bool touches_device(const void* p) { return in_device(p, 1); }
+
+// Device allocations are 256-byte aligned, as cudaMalloc's. Under AddressSanitizer they come from operator new,
+// whose redzones ASan checks. Otherwise each one ends where an inaccessible page begins (and starts a page after
+// another), so a kernel that reads or writes past its end by more than the rounding to 256 bytes faults at once
+// instead of silently using a neighbour's memory.
+constexpr size_t kDeviceAlign = 256;
+size_t page_bytes() {
+  static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  return page;
+}
+size_t device_data_pages(size_t bytes) {
+  const size_t rounded = (bytes + kDeviceAlign - 1) / kDeviceAlign * kDeviceAlign;
+  return (rounded + page_bytes() - 1) / page_bytes();
+}
+void* device_alloc(size_t bytes) {
+#if CUEMU_ASAN
+  return ::operator new(bytes, std::align_val_t{kDeviceAlign}, std::nothrow);
+#else
+  const size_t page = page_bytes(), data = device_data_pages(bytes) * page;
+  void* map = mmap(nullptr, data + 2 * page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (map == MAP_FAILED) return nullptr;
+  char* first = static_cast<char*>(map) + page;
+  if (mprotect(first, data, PROT_READ | PROT_WRITE) != 0) {
+    munmap(map, data + 2 * page);
+    return nullptr;
+  }
+  const size_t rounded = (bytes + kDeviceAlign - 1) / kDeviceAlign * kDeviceAlign;
+  return first + data - rounded;
+#endif
+}
+void device_free(void* p, size_t bytes) {
+#if CUEMU_ASAN
+  (void)bytes;
+  ::operator delete(p, std::align_val_t{kDeviceAlign});
+#else
+  const size_t page = page_bytes(), data = device_data_pages(bytes) * page;
+  const uintptr_t first = reinterpret_cast<uintptr_t>(p) / page * page;
+  munmap(reinterpret_cast<char*>(first) - page, data + 2 * page);
+#endif
+}
 
 // ---- fibers ---------------------------------------------------------------------------------------------------------
 struct Fiber {
@@ -285,10 +334,13 @@ bool run_cta(unsigned nthreads) {
     f.fake_stack = nullptr;
     f.sp = initial_stack(f.stack.get());
   }
+  const bool reverse = reverse_order();
   while (c.bar.live > 0) {
     const uint64_t before = c.progress;
-    for (unsigned i = 0; i < nthreads; ++i)
+    for (unsigned k = 0; k < nthreads; ++k) {
+      const unsigned i = reverse ? nthreads - 1 - k : k;
       if (!g_s.fibers[i]->done) resume(static_cast<int>(i));
+    }
     if (c.bar.live > 0 && c.progress == before) {
       int waiting_block = c.bar.arrived, waiting_warp = 0;
       for (size_t w = 0; w < nwarps; ++w) waiting_warp += c.warps[w].bar.arrived;
@@ -439,16 +491,23 @@ void run_grid(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
     f.warp = static_cast<int>(i / 32);
     f.lane = static_cast<int>(i % 32);
   }
+  const uint64_t ctas = uint64_t{cfg.grid.x} * cfg.grid.y * cfg.grid.z;
   bool ok = true;
-  for (unsigned z = 0; z < cfg.grid.z && ok; ++z)
-    for (unsigned y = 0; y < cfg.grid.y && ok; ++y)
-      for (unsigned x = 0; x < cfg.grid.x && ok; ++x) {
-        blockIdx = uint3{x, y, z};
-        ok = run_cta(static_cast<unsigned>(threads));
-      }
+  for (uint64_t k = 0; k < ctas && ok; ++k) {
+    const uint64_t b = reverse_order() ? ctas - 1 - k : k;
+    blockIdx = uint3{static_cast<unsigned>(b % cfg.grid.x), static_cast<unsigned>(b / cfg.grid.x % cfg.grid.y),
+                     static_cast<unsigned>(b / (uint64_t{cfg.grid.x} * cfg.grid.y))};
+    ok = run_cta(static_cast<unsigned>(threads));
+  }
   g_s.current = -1;
   if (!ok) fail(cudaErrorLaunchFailure, g_s.device_error);
 }
+
+void set_order(Order o) {
+  std::lock_guard<std::mutex> lock(g_launch_mutex);
+  g_order = o;
+}
+Order order() { return g_order; }
 
 bool enabled() {
   const char* e = std::getenv("PTOOL_CUDA_EMULATOR");
@@ -566,8 +625,9 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
   if (p == nullptr) return fail(cudaErrorInvalidValue, "cudaMalloc: null pointer");
   *p = nullptr;
   if (bytes == 0) return cudaSuccess;
-  void* m = ::operator new(bytes, std::align_val_t{256}, std::nothrow);
+  void* m = cuemu::device_alloc(bytes);
   if (m == nullptr) return fail(cudaErrorMemoryAllocation, "cudaMalloc: out of memory");
+  std::memset(m, 0xff, bytes);  // as garbage as the device's: NaN as fp32 or bf16, so a read before a write shows
   std::lock_guard<std::mutex> lock(cuemu::g_mem_mutex);
   cuemu::g_device[reinterpret_cast<uintptr_t>(m)] = bytes;
   cuemu::g_device_bytes += bytes;
@@ -581,8 +641,8 @@ cudaError_t cudaFree(void* p) {
   auto it = cuemu::g_device.find(reinterpret_cast<uintptr_t>(p));
   if (it == cuemu::g_device.end()) return fail(cudaErrorInvalidValue, "cudaFree: not a device allocation");
   cuemu::g_device_bytes -= it->second;
+  cuemu::device_free(p, it->second);
   cuemu::g_device.erase(it);
-  ::operator delete(p, std::align_val_t{256});
   return cudaSuccess;
 }
 

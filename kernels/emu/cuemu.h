@@ -15,8 +15,13 @@
 // whose pointers are not of the kind the direction says, barriers that can never complete (a deadlock is
 // reported with the kernel's name), shuffles that read a lane that has exited, and device memory leaks.
 //
+// Device memory: cudaMalloc fills each allocation with 0xff bytes (NaN as fp32 and bf16), so a kernel that reads
+// what no one wrote shows up; without ASan each allocation ends at an inaccessible page, so an access past its end
+// (beyond the rounding to 256 bytes) faults instead of reaching a neighbour.
+//
 // What it cannot check: timing, races between threads that the device would not order (here each thread runs
-// until it blocks, so a missing __syncthreads may go unnoticed), and the device's floating-point contraction
+// until it blocks, so a missing __syncthreads may go unnoticed in one order: run the tests again with
+// PTOOL_CUDA_EMULATOR_ORDER=reverse, see set_order), and the device's floating-point contraction
 // choices (the emulated kernels are compiled with -ffp-contract=off; __fmaf_rn is a true fma).
 //
 // The emulated device exists only when enabled: cudaGetDeviceCount() reports 0 devices unless the environment
@@ -110,6 +115,14 @@ template <class Kernel>
 Launcher<Kernel> make_launcher(dim3 grid, dim3 block, size_t smem, const void* stream, const char* name, Kernel k) {
   return Launcher<Kernel>{LaunchConfig{grid, block, smem, stream, name}, k};
 }
+
+// The order in which a launch runs its CTAs and, between two barriers, the threads of a CTA: first to last or
+// last to first. A kernel whose results differ between the two has a race (a missing __syncthreads, a CTA that
+// reads another's output), which one order alone may hide. Starts as PTOOL_CUDA_EMULATOR_ORDER says (reverse;
+// anything else is forward).
+enum class Order { forward, reverse };
+void set_order(Order o);
+Order order();
 
 // True when PTOOL_CUDA_EMULATOR=1 was set (the emulated device exists).
 bool enabled();

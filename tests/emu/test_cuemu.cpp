@@ -2,9 +2,15 @@
 // makes of launches and copies, and its bf16 conversion. Kernels here are written as in kernels/*.cu.
 #include <cuda_runtime_api.h>
 
+#include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
+
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <catch2/catch.hpp>
 
@@ -70,6 +76,27 @@ __global__ void unwritten_smem_kernel(float* out) {
   out[threadIdx.x] = buf[threadIdx.x];
 }
 
+// Reads the left neighbour's shared value without a barrier between the write and the read: a race, which
+// the order of the threads decides.
+__global__ void racy_neighbour_kernel(float* out) {
+  PTOOL_DYNAMIC_SMEM(float, buf);
+  buf[threadIdx.x] = static_cast<float>(threadIdx.x);
+  out[threadIdx.x] = threadIdx.x > 0 ? buf[threadIdx.x - 1] : 0.f;
+}
+
+// Each CTA takes the next number from a counter: the order in which the CTAs ran.
+__global__ void cta_order_kernel(int* counter, int* out) {
+  if (threadIdx.x == 0) out[blockIdx.x] = (*counter)++;
+}
+
+__global__ void write_at_kernel(float* p, int i) { p[i] = 1.f; }
+
+// Restores the emulator's thread order when a test that changes it ends.
+struct OrderGuard {
+  cuemu::Order saved = cuemu::order();
+  ~OrderGuard() { cuemu::set_order(saved); }
+};
+
 std::string last_error_text() {
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? std::string() : std::string(cudaGetErrorString(e));
@@ -124,6 +151,58 @@ TEST_CASE("cuemu: dynamic shared memory is per launch and starts as NaN") {
   REQUIRE(cudaGetLastError() == cudaSuccess);
   h = out.get();
   for (float v : h) CHECK(std::isnan(v));
+}
+
+TEST_CASE("cuemu: the reverse order runs CTAs and threads last to first, exposing a missing barrier") {
+  OrderGuard guard;
+  DeviceArray<float> out(64);
+  DeviceArray<int> counter(1), ctas(3);
+  for (const cuemu::Order o : {cuemu::Order::forward, cuemu::Order::reverse}) {
+    cuemu::set_order(o);
+    REQUIRE(cudaMemset(counter.p, 0, sizeof(int)) == cudaSuccess);
+    PTOOL_LAUNCH(cta_order_kernel, 3, 32, 0, nullptr)(counter.p, ctas.p);
+    PTOOL_LAUNCH(racy_neighbour_kernel, 1, 64, 64 * sizeof(float), nullptr)(out.p);
+    REQUIRE(cudaGetLastError() == cudaSuccess);
+    const std::vector<int> taken = ctas.get();
+    const std::vector<float> h = out.get();
+    const bool reverse = o == cuemu::Order::reverse;
+    CHECK(taken == (reverse ? std::vector<int>{2, 1, 0} : std::vector<int>{0, 1, 2}));
+    // Forward, each thread's neighbour has already written; reverse, none has: the race shows as NaN.
+    for (int t = 1; t < 64; ++t) CHECK(std::isnan(h[static_cast<size_t>(t)]) == reverse);
+  }
+  // The coordinates and a correct kernel's results do not depend on the order.
+  cuemu::set_order(cuemu::Order::reverse);
+  const int n = 4 * 256;
+  std::vector<int> in(n);
+  for (int i = 0; i < n; ++i) in[static_cast<size_t>(i)] = i * 7 + 1;
+  DeviceArray<int> din(n), dout(n);
+  REQUIRE(cudaMemcpy(din.p, in.data(), n * sizeof(int), cudaMemcpyHostToDevice) == cudaSuccess);
+  PTOOL_LAUNCH(reverse_kernel, 4, 256, 0, nullptr)(din.p, dout.p);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  const std::vector<int> h = dout.get();
+  for (int b = 0; b < 4; ++b)
+    for (int t = 0; t < 256; ++t)
+      REQUIRE(h[static_cast<size_t>(b * 256 + t)] == in[static_cast<size_t>(b * 256 + 255 - t)]);
+}
+
+TEST_CASE("cuemu: device memory starts as NaN, and a write past an allocation's end crashes") {
+  DeviceArray<float> d(100);  // 400 bytes, rounded to 512
+  for (float v : d.get()) CHECK(std::isnan(v));
+  PTOOL_LAUNCH(write_at_kernel, 1, 1, 0, nullptr)(d.p, 99);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  CHECK(d.get()[99] == 1.f);
+  // In a child process: the write at byte 512 must not return normally (a fault, or ASan's report).
+  const pid_t child = fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    const int null = open("/dev/null", O_WRONLY);
+    if (null >= 0) dup2(null, 2);
+    PTOOL_LAUNCH(write_at_kernel, 1, 1, 0, nullptr)(d.p, 128);
+    _exit(0);
+  }
+  int status = 0;
+  REQUIRE(waitpid(child, &status, 0) == child);
+  CHECK_FALSE((WIFEXITED(status) && WEXITSTATUS(status) == 0));
 }
 
 TEST_CASE("cuemu: a barrier that can never complete is reported as a deadlock") {
