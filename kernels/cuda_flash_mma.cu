@@ -13,12 +13,16 @@
 // of the mma), so softmax statistics stay in the registers of one quad of lanes and need only two shuffles, and
 // P goes from the S accumulators straight into the A operand of the next mma (the C and A fragment layouts
 // coincide), never touching shared memory. Shared tiles are bf16 [rows][hd + 8]: the 16-byte pad makes every
-// ldmatrix phase (8 rows of 16 bytes) hit 32 distinct banks. No cp.async pipeline (staging copies 16 bytes at a
-// time through registers); 2-3 resident CTAs per SM hide the load latency instead.
+// ldmatrix phase (8 rows of 16 bytes) hit 32 distinct banks. The tiles a kernel loops over (K and V in the forward
+// and dQ, Q, dO, lse and D in dK/dV) are double-buffered: cp.async copies tile i + 1 into the other buffer
+// while the warps compute on tile i, so the load latency hides behind the tensor-core work (the tiles loaded
+// once per CTA are staged through registers). Two barriers per tile: before the copy into the buffer that tile
+// i - 1 used, and after the wait for tile i. Shared memory per CTA (hd 64 / hd 128): forward 54 / 85 KiB, dQ 72 / 102 KiB,
+// dK/dV 55 / 69 KiB, so two CTAs per SM fit everywhere (227 KiB).
 //  - forward: 64 keys per iteration; grid (query tile, head, batch), heaviest tiles first. hd 64: 128 query
 //    rows, 32 per warp (two m-tiles share every K and V fragment: half the ldmatrix and L2 traffic per FLOP of
-//    64-row tiles, which matters because K and V are re-read from L2 by every query tile; 231 registers,
-//    2 CTAs per SM). hd 128: 64 rows, 16 per warp (two m-tiles would not fit in 255 registers; 172 registers).
+//    64-row tiles, which matters because K and V are re-read from L2 by every query tile; 235 registers,
+//    2 CTAs per SM). hd 128: 64 rows, 16 per warp (two m-tiles would not fit in 255 registers; 180 registers).
 //    A warp skips key tiles wholly past its rows and masks only tiles that reach past its first row.
 //  - dK, dV: one CTA per (batch, kv head, 64 keys), looping over the q heads of its GQA group and the query
 //    tiles at or after its keys (64 queries for hd 64, 32 for hd 128 to stay within 255 registers). Each warp
@@ -26,12 +30,12 @@
 //    saved lse, dS^T = P^T (dP^T - D) scale, then dV += P^T dO and dK += dS^T Q from registers. A kv row is
 //    owned by one warp of one CTA, so the += into dk/dv is race-free and its order fixed: deterministic.
 //  - dQ: one CTA per (batch, head, query tile), looping over 64-key tiles up to the diagonal: S, dP, dS as
-//    above (row-wise), dQ += dS K. Query tiles as in the forward: 128 rows (two m-tiles per warp, 252
-//    registers) at hd 64, 64 rows (176 registers) at hd 128. S and dP are recomputed in both kernels (7 tile
+//    above (row-wise), dQ += dS K. Query tiles as in the forward: 128 rows (two m-tiles per warp, 250
+//    registers) at hd 64, 64 rows (180 registers) at hd 128. S and dP are recomputed in both kernels (7 tile
 //    GEMMs instead of 5) to avoid floating-point atomics on dQ.
 //  - other head dims: every multiple of 16 up to 128 fits the same code; 16 and 32 are tiled as 64, 96 as 128
 //    except in dK/dV (64 queries), and these five are compiled. ptxas (sm_90a, CUDA 13): no kernel spills; the
-//    most registers are dQ's 252 at hd 64.
+//    most registers are dQ's 250 at hd 64.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -62,9 +66,31 @@ __device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const bf16_bits* p) 
 __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   cuemu::mma_m16n8k16_bf16(d, a, b0, b1);
 }
+__device__ __forceinline__ void cp_async16(bf16_bits* dst, const bf16_bits* src) { cuemu::cp_async(dst, src, 16); }
+__device__ __forceinline__ void cp_async4(float* dst, const float* src) { cuemu::cp_async(dst, src, 4); }
+__device__ __forceinline__ void cp_async_commit() { cuemu::cp_async_commit(); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  cuemu::cp_async_wait(N);
+}
 #else
-__device__ __forceinline__ uint32_t smem_addr(const bf16_bits* p) {
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// cp.async: global -> shared without registers (16 bytes bypassing L1, or 4 bytes), grouped by commit;
+// wait_group<N> returns once at most the N most recent groups of this thread are still in flight. The copies
+// are visible to other threads only after a barrier that follows the wait.
+__device__ __forceinline__ void cp_async16(bf16_bits* dst, const bf16_bits* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async4(float* dst, const float* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 // ldmatrix x4: lanes 8i..8i+7 give the row addresses of 8x8 matrix i; register i receives matrix i with thread

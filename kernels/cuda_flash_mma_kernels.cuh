@@ -1,6 +1,7 @@
 // The kernels of cuda_flash_mma.cu (see its header comment for the algorithm and tiling), included by it. The
 // includer provides, in the enclosing namespace: bf16_bits (uint16_t), pack_bf16, ldsm_x4, ldsm_x4_t, mma_bf16
-// (warp-level: PTX on the device; on the host emulator, kernels/emu, modelled per the PTX fragment layouts), and
+// (warp-level: PTX on the device; on the host emulator, kernels/emu, modelled per the PTX fragment layouts),
+// cp_async16, cp_async4, cp_async_commit and cp_async_wait<N> (cp.async; emulated with both timing extremes), and
 // PTOOL_FLASH_SMEM(name), which declares the dynamic shared memory as `uint4 name[]`.
 #pragma once
 
@@ -50,6 +51,30 @@ __device__ __forceinline__ void stage(bf16_bits* sm, const bf16_bits* __restrict
   }
 }
 
+// The same tile copied with cp.async (the caller commits and waits); rows past `valid` are zeroed by plain stores.
+template <int HD, int ROWS>
+__device__ __forceinline__ void stage_async(bf16_bits* sm, const bf16_bits* __restrict__ g, int64_t rs, int valid) {
+  constexpr int kV = HD / 8;
+  for (int idx = threadIdx.x; idx < ROWS * kV; idx += kThreads) {
+    const int r = idx / kV, c = (idx % kV) * 8;
+    if (r < valid)
+      cp_async16(sm + r * kStride<HD> + c, g + r * rs + c);
+    else
+      *reinterpret_cast<uint4*>(sm + r * kStride<HD> + c) = make_uint4(0u, 0u, 0u, 0u);
+  }
+}
+
+// K and V rows [k0, k0 + kKeyTile) of kv head kvh into a K/V buffer pair, with cp.async.
+template <int HD>
+__device__ __forceinline__ void stage_kv_async(bf16_bits* Ks, bf16_bits* Vs, const bf16_bits* __restrict__ k,
+                                               const bf16_bits* __restrict__ v, int b, int T, int Hkv, int kvh,
+                                               int k0) {
+  const int64_t ks = static_cast<int64_t>(Hkv) * HD;
+  const int64_t koff = (static_cast<int64_t>(b) * T + k0) * ks + static_cast<int64_t>(kvh) * HD;
+  stage_async<HD, kKeyTile>(Ks, k + koff, ks, min(kKeyTile, T - k0));
+  stage_async<HD, kKeyTile>(Vs, v + koff, ks, min(kKeyTile, T - k0));
+}
+
 __device__ __forceinline__ float bits_to_float(bf16_bits b) {
   const uint32_t u = static_cast<uint32_t>(b) << 16;
   float f;
@@ -74,13 +99,14 @@ constexpr int kFwdMt = HD <= 64 ? 2 : 1;
 template <int HD>
 constexpr int kFwdRows = 16 * kWarps * kFwdMt<HD>;
 
+// Shared memory: the tiles loaded once, and two buffers of the tiles looped over.
 template <int HD>
 constexpr size_t fwd_smem_bytes() {
-  return sizeof(bf16_bits) * (kFwdRows<HD> + 2 * kKeyTile) * kStride<HD>;
+  return sizeof(bf16_bits) * (kFwdRows<HD> + 2 * 2 * kKeyTile) * kStride<HD>;
 }
 template <int HD, int BQ>
 constexpr size_t dkdv_smem_bytes() {
-  return sizeof(bf16_bits) * (2 * kKeyTile + 2 * BQ) * kStride<HD> + 2 * BQ * sizeof(float);
+  return sizeof(bf16_bits) * (2 * kKeyTile + 2 * 2 * BQ) * kStride<HD> + 2 * 2 * BQ * sizeof(float);
 }
 // dQ: 16-row m-tiles per warp, as the forward (128 rows per CTA up to hd 64, 64 at hd 96 and 128).
 template <int HD>
@@ -89,7 +115,7 @@ template <int HD>
 constexpr int kDqRows = 16 * kWarps * kDqMt<HD>;
 template <int HD>
 constexpr size_t dq_smem_bytes() {
-  return sizeof(bf16_bits) * (2 * kDqRows<HD> + 2 * kKeyTile) * kStride<HD>;
+  return sizeof(bf16_bits) * (2 * kDqRows<HD> + 2 * 2 * kKeyTile) * kStride<HD>;
 }
 
 // Query rows per iteration of the dK/dV kernel: 64, or 32 at hd 128 (dK and dV accumulators take 128
@@ -135,15 +161,16 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const bf16_bits* __
   constexpr int ROWS = kFwdRows<HD>, WROWS = 16 * MT;  // query rows per CTA and per warp
   PTOOL_FLASH_SMEM(smem_fwd);
   bf16_bits* Qs = reinterpret_cast<bf16_bits*>(smem_fwd);  // [ROWS][S]
-  bf16_bits* Ks = Qs + ROWS * S;                            // [kKeyTile][S]
-  bf16_bits* Vs = Ks + kKeyTile * S;                        // [kKeyTile][S]
+  bf16_bits* KVs = Qs + ROWS * S;  // buffer i: K [kKeyTile][S] at KVs + 2 i kKeyTile S, then V
 
   const int qb = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);  // heavy tiles first
   const int h = blockIdx.y, b = blockIdx.z;
   const int kvh = h / (H / Hkv);
   const int q0 = qb * ROWS;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int64_t qs = static_cast<int64_t>(H) * HD, ks = static_cast<int64_t>(Hkv) * HD;
+  const int64_t qs = static_cast<int64_t>(H) * HD;
+  stage_kv_async<HD>(KVs, KVs + kKeyTile * S, k, v, b, T, Hkv, kvh, 0);  // key tile 0, in flight during Q's staging
+  cp_async_commit();
   stage<HD, ROWS>(Qs, q + (static_cast<int64_t>(b) * T + q0) * qs + static_cast<int64_t>(h) * HD, qs,
                   min(ROWS, T - q0));
   __syncthreads();
@@ -168,12 +195,17 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const bf16_bits* __
 
   for (int kt = 0; kt < kt_end; ++kt) {
     const int k0 = kt * kKeyTile;
-    __syncthreads();  // the previous tile's Ks, Vs are consumed
-    const int64_t koff = (static_cast<int64_t>(b) * T + k0) * ks + static_cast<int64_t>(kvh) * HD;
-    stage<HD, kKeyTile>(Ks, k + koff, ks, min(kKeyTile, T - k0));
-    stage<HD, kKeyTile>(Vs, v + koff, ks, min(kKeyTile, T - k0));
-    __syncthreads();
+    __syncthreads();  // every warp is done with the other buffer (tile kt - 1)
+    if (kt + 1 < kt_end) {
+      bf16_bits* next = KVs + ((kt + 1) & 1) * 2 * kKeyTile * S;
+      stage_kv_async<HD>(next, next + kKeyTile * S, k, v, b, T, Hkv, kvh, k0 + kKeyTile);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();  // this thread's copies of tile kt have landed ...
+    __syncthreads();     // ... and every thread's
     if (k0 > wrow0 + WROWS - 1) continue;  // every key of the tile is past every row of this warp
+    const bf16_bits* Ks = KVs + (kt & 1) * 2 * kKeyTile * S;
+    const bf16_bits* Vs = Ks + kKeyTile * S;
 
     float s[MT][NT][4];
 #pragma unroll
@@ -296,6 +328,30 @@ __global__ void __launch_bounds__(kDotThreads) flash_bwd_dot_kernel(const bf16_b
   }
 }
 
+// Query rows [q0, q0 + BQ) of head h (Q and dO into QdO [BQ][S] twice, lse and D into LD [BQ] twice) with
+// cp.async; rows past T are zero.
+template <int HD, int BQ>
+__device__ __forceinline__ void stage_query_tile_async(bf16_bits* QdO, float* LD, const bf16_bits* __restrict__ q,
+                                                       const bf16_bits* __restrict__ dout,
+                                                       const float* __restrict__ lse, const float* __restrict__ Dv,
+                                                       int b, int T, int H, int h, int q0) {
+  const int64_t qs = static_cast<int64_t>(H) * HD;
+  const int64_t qoff = (static_cast<int64_t>(b) * T + q0) * qs + static_cast<int64_t>(h) * HD;
+  const int qvalid = min(BQ, T - q0);
+  stage_async<HD, BQ>(QdO, q + qoff, qs, qvalid);
+  stage_async<HD, BQ>(QdO + BQ * kStride<HD>, dout + qoff, qs, qvalid);
+  if (threadIdx.x < BQ) {
+    const int i = threadIdx.x;
+    if (i < qvalid) {
+      const int64_t li = (static_cast<int64_t>(b) * H + h) * T + q0 + i;
+      cp_async4(LD + i, lse + li);
+      cp_async4(LD + BQ + i, Dv + li);
+    } else {
+      LD[i] = LD[BQ + i] = 0.f;
+    }
+  }
+}
+
 template <int HD>
 __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_kernel(
     const bf16_bits* __restrict__ dout, const bf16_bits* __restrict__ q, const bf16_bits* __restrict__ k,
@@ -307,17 +363,20 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_kernel(
   PTOOL_FLASH_SMEM(smem_dkdv);
   bf16_bits* Ks = reinterpret_cast<bf16_bits*>(smem_dkdv);  // [kKeyTile][S]
   bf16_bits* Vs = Ks + kKeyTile * S;                         // [kKeyTile][S]
-  bf16_bits* Qs = Vs + kKeyTile * S;                         // [BQ][S]
-  bf16_bits* dOs = Qs + BQ * S;                              // [BQ][S]
-  float* lse_s = reinterpret_cast<float*>(dOs + BQ * S);     // [BQ] lse * log2 e of the query tile
-  float* D_s = lse_s + BQ;                                   // [BQ]
+  bf16_bits* QdOs = Vs + kKeyTile * S;  // buffer i: Q [BQ][S] at QdOs + 2 i BQ S, then dO [BQ][S]
+  float* LDs = reinterpret_cast<float*>(QdOs + 2 * 2 * BQ * S);  // buffer i: lse [BQ] at LDs + 2 i BQ, then D
 
   const int kb = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;  // low kb (the most query tiles) launch first
   const int group = H / Hkv;
   const int k0 = kb * kKeyTile;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int64_t qs = static_cast<int64_t>(H) * HD, ks = static_cast<int64_t>(Hkv) * HD;
+  const int64_t ks = static_cast<int64_t>(Hkv) * HD;
   const int64_t koff = (static_cast<int64_t>(b) * T + k0) * ks + static_cast<int64_t>(kvh) * HD;
+  // The query tiles at or after the CTA's keys, for each q head of the group: tile j is head j / nqt's rows
+  // [qstart + (j % nqt) BQ, + BQ). Tile 0 is in flight while K and V are staged.
+  const int qstart = k0 / BQ * BQ, nqt = (T - qstart + BQ - 1) / BQ, tiles = group * nqt;
+  stage_query_tile_async<HD, BQ>(QdOs, LDs, q, dout, lse, Dv, b, T, H, kvh * group, qstart);
+  cp_async_commit();
   stage<HD, kKeyTile>(Ks, k + koff, ks, min(kKeyTile, T - k0));
   stage<HD, kKeyTile>(Vs, v + koff, ks, min(kKeyTile, T - k0));
 
@@ -330,71 +389,70 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_kernel(
   const bf16_bits* Kw = Ks + (warp * 16 + x_row(lane)) * S + x_col(lane);
   const bf16_bits* Vw = Vs + (warp * 16 + x_row(lane)) * S + x_col(lane);
 
-  for (int hh = 0; hh < group; ++hh) {
-    const int h = kvh * group + hh;
-    for (int q0 = k0 / BQ * BQ; q0 < T; q0 += BQ) {
-      const int qvalid = min(BQ, T - q0);
-      __syncthreads();  // the previous tile's Qs, dOs, lse_s, D_s are consumed (first time: Ks, Vs are staged)
-      const int64_t qoff = (static_cast<int64_t>(b) * T + q0) * qs + static_cast<int64_t>(h) * HD;
-      stage<HD, BQ>(Qs, q + qoff, qs, qvalid);
-      stage<HD, BQ>(dOs, dout + qoff, qs, qvalid);
-      if (threadIdx.x < BQ) {
-        const int i = threadIdx.x;
-        const int64_t li = (static_cast<int64_t>(b) * H + h) * T + q0 + i;
-        lse_s[i] = i < qvalid ? lse[li] * kLog2e : 0.f;
-        D_s[i] = i < qvalid ? Dv[li] : 0.f;
+  for (int tile = 0; tile < tiles; ++tile) {
+    const int q0 = qstart + tile % nqt * BQ, qvalid = min(BQ, T - q0);
+    __syncthreads();  // every warp is done with the other buffer (tile - 1; first time: Ks, Vs are staged)
+    if (tile + 1 < tiles) {
+      const int n = (tile + 1) & 1;
+      stage_query_tile_async<HD, BQ>(QdOs + n * 2 * BQ * S, LDs + n * 2 * BQ, q, dout, lse, Dv, b, T, H,
+                                     kvh * group + (tile + 1) / nqt, qstart + (tile + 1) % nqt * BQ);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();  // this thread's copies of this tile have landed ...
+    __syncthreads();     // ... and every thread's
+    if (q0 + BQ - 1 < wkey0) continue;  // every query of the tile precedes every key of this warp
+    const bf16_bits* Qs = QdOs + (tile & 1) * 2 * BQ * S;
+    const bf16_bits* dOs = Qs + BQ * S;
+    const float* lse_s = LDs + (tile & 1) * 2 * BQ;  // lse (natural log) of the tile's queries
+    const float* D_s = lse_s + BQ;
+
+    float st[QN][4], dpt[QN][4];  // S^T and dP^T: rows = the warp's 16 keys, columns = the BQ queries
+#pragma unroll
+    for (int n = 0; n < QN; ++n)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) st[n][e] = dpt[n][e] = 0.f;
+#pragma unroll
+    for (int kc = 0; kc < KC; ++kc) {
+      uint32_t ka[4], va[4];
+      ldsm_x4(ka, Kw + kc * 16);
+      ldsm_x4(va, Vw + kc * 16);
+#pragma unroll
+      for (int np = 0; np < QN / 2; ++np) {
+        uint32_t qf[4], of[4];
+        ldsm_x4(qf, Qs + (np * 16 + y_row(lane)) * S + kc * 16 + y_col(lane));
+        ldsm_x4(of, dOs + (np * 16 + y_row(lane)) * S + kc * 16 + y_col(lane));
+        mma_bf16(st[2 * np], ka, qf[0], qf[1]);
+        mma_bf16(st[2 * np + 1], ka, qf[2], qf[3]);
+        mma_bf16(dpt[2 * np], va, of[0], of[1]);
+        mma_bf16(dpt[2 * np + 1], va, of[2], of[3]);
       }
-      __syncthreads();
-      if (q0 + BQ - 1 < wkey0) continue;  // every query of the tile precedes every key of this warp
+    }
 
-      float st[QN][4], dpt[QN][4];  // S^T and dP^T: rows = the warp's 16 keys, columns = the BQ queries
 #pragma unroll
-      for (int n = 0; n < QN; ++n)
+    for (int n = 0; n < QN; ++n)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) st[n][e] = dpt[n][e] = 0.f;
-#pragma unroll
-      for (int kc = 0; kc < KC; ++kc) {
-        uint32_t ka[4], va[4];
-        ldsm_x4(ka, Kw + kc * 16);
-        ldsm_x4(va, Vw + kc * 16);
-#pragma unroll
-        for (int np = 0; np < QN / 2; ++np) {
-          uint32_t qf[4], of[4];
-          ldsm_x4(qf, Qs + (np * 16 + y_row(lane)) * S + kc * 16 + y_col(lane));
-          ldsm_x4(of, dOs + (np * 16 + y_row(lane)) * S + kc * 16 + y_col(lane));
-          mma_bf16(st[2 * np], ka, qf[0], qf[1]);
-          mma_bf16(st[2 * np + 1], ka, qf[2], qf[3]);
-          mma_bf16(dpt[2 * np], va, of[0], of[1]);
-          mma_bf16(dpt[2 * np + 1], va, of[2], of[3]);
-        }
+      for (int e = 0; e < 4; ++e) {
+        const int col = n * 8 + 2 * t + (e & 1), key = wkey0 + g + (e >> 1) * 8;
+        const bool ok = col < qvalid && q0 + col >= key;
+        const float p = ok ? exp2f(st[n][e] * scale_log2 - __fmul_rn(lse_s[col], kLog2e)) : 0.f;
+        st[n][e] = p;
+        dpt[n][e] = p * (dpt[n][e] - D_s[col]) * scale;
       }
 
 #pragma unroll
-      for (int n = 0; n < QN; ++n)
+    for (int j = 0; j < QN / 2; ++j) {
+      uint32_t pa[4], sa[4];
+      acc_to_a(pa, st[2 * j], st[2 * j + 1]);
+      acc_to_a(sa, dpt[2 * j], dpt[2 * j + 1]);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int col = n * 8 + 2 * t + (e & 1), key = wkey0 + g + (e >> 1) * 8;
-          const bool ok = col < qvalid && q0 + col >= key;
-          const float p = ok ? exp2f(st[n][e] * scale_log2 - lse_s[col]) : 0.f;
-          st[n][e] = p;
-          dpt[n][e] = p * (dpt[n][e] - D_s[col]) * scale;
-        }
-
-#pragma unroll
-      for (int j = 0; j < QN / 2; ++j) {
-        uint32_t pa[4], sa[4];
-        acc_to_a(pa, st[2 * j], st[2 * j + 1]);
-        acc_to_a(sa, dpt[2 * j], dpt[2 * j + 1]);
-#pragma unroll
-        for (int dp = 0; dp < DN / 2; ++dp) {
-          uint32_t of[4], qf[4];
-          ldsm_x4_t(of, dOs + (j * 16 + x_row(lane)) * S + dp * 16 + x_col(lane));
-          ldsm_x4_t(qf, Qs + (j * 16 + x_row(lane)) * S + dp * 16 + x_col(lane));
-          mma_bf16(dva[2 * dp], pa, of[0], of[1]);
-          mma_bf16(dva[2 * dp + 1], pa, of[2], of[3]);
-          mma_bf16(dka[2 * dp], sa, qf[0], qf[1]);
-          mma_bf16(dka[2 * dp + 1], sa, qf[2], qf[3]);
-        }
+      for (int dp = 0; dp < DN / 2; ++dp) {
+        uint32_t of[4], qf[4];
+        ldsm_x4_t(of, dOs + (j * 16 + x_row(lane)) * S + dp * 16 + x_col(lane));
+        ldsm_x4_t(qf, Qs + (j * 16 + x_row(lane)) * S + dp * 16 + x_col(lane));
+        mma_bf16(dva[2 * dp], pa, of[0], of[1]);
+        mma_bf16(dva[2 * dp + 1], pa, of[2], of[3]);
+        mma_bf16(dka[2 * dp], sa, qf[0], qf[1]);
+        mma_bf16(dka[2 * dp + 1], sa, qf[2], qf[3]);
       }
     }
   }
@@ -431,16 +489,17 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dq_kernel(
   PTOOL_FLASH_SMEM(smem_dq);
   bf16_bits* Qs = reinterpret_cast<bf16_bits*>(smem_dq);  // [ROWS][S]
   bf16_bits* dOs = Qs + ROWS * S;                          // [ROWS][S]
-  bf16_bits* Ks = dOs + ROWS * S;                          // [kKeyTile][S]
-  bf16_bits* Vs = Ks + kKeyTile * S;                       // [kKeyTile][S]
+  bf16_bits* KVs = dOs + ROWS * S;  // buffer i: K [kKeyTile][S] at KVs + 2 i kKeyTile S, then V
 
   const int qb = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);  // heavy tiles first
   const int h = blockIdx.y, b = blockIdx.z;
   const int kvh = h / (H / Hkv);
   const int q0 = qb * ROWS;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-  const int64_t qs = static_cast<int64_t>(H) * HD, ks = static_cast<int64_t>(Hkv) * HD;
+  const int64_t qs = static_cast<int64_t>(H) * HD;
   const int64_t qoff = (static_cast<int64_t>(b) * T + q0) * qs + static_cast<int64_t>(h) * HD;
+  stage_kv_async<HD>(KVs, KVs + kKeyTile * S, k, v, b, T, Hkv, kvh, 0);  // key tile 0, in flight meanwhile
+  cp_async_commit();
   stage<HD, ROWS>(Qs, q + qoff, qs, min(ROWS, T - q0));
   stage<HD, ROWS>(dOs, dout + qoff, qs, min(ROWS, T - q0));
 
@@ -465,12 +524,17 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dq_kernel(
 
   for (int kt = 0; kt < kt_end; ++kt) {
     const int k0 = kt * kKeyTile;
-    __syncthreads();  // the previous tile's Ks, Vs are consumed (first time: Qs, dOs are staged)
-    const int64_t koff = (static_cast<int64_t>(b) * T + k0) * ks + static_cast<int64_t>(kvh) * HD;
-    stage<HD, kKeyTile>(Ks, k + koff, ks, min(kKeyTile, T - k0));
-    stage<HD, kKeyTile>(Vs, v + koff, ks, min(kKeyTile, T - k0));
-    __syncthreads();
+    __syncthreads();  // every warp is done with the other buffer (tile kt - 1)
+    if (kt + 1 < kt_end) {
+      bf16_bits* next = KVs + ((kt + 1) & 1) * 2 * kKeyTile * S;
+      stage_kv_async<HD>(next, next + kKeyTile * S, k, v, b, T, Hkv, kvh, k0 + kKeyTile);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();  // this thread's copies of tile kt (and at kt = 0 its Qs, dOs stores) ...
+    __syncthreads();     // ... are visible to every thread
     if (k0 > wrow0 + WROWS - 1) continue;  // every key of the tile is past every row of this warp
+    const bf16_bits* Ks = KVs + (kt & 1) * 2 * kKeyTile * S;
+    const bf16_bits* Vs = Ks + kKeyTile * S;
 
     float s[MT][NT][4], dp[MT][NT][4];
 #pragma unroll

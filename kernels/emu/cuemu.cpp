@@ -155,6 +155,16 @@ struct Fiber {
   int warp = 0, lane = 0;
   bool done = false;
   void* fake_stack = nullptr;  // ASan's bookkeeping of this fiber's stack
+  // cp.async: the copies this thread issued and has not waited for, with the group each belongs to (groups are
+  // numbered by commit; `committed` is the number of commits so far, and the open group's number).
+  struct AsyncCopy {
+    void* dst;
+    unsigned char data[16];
+    size_t bytes;
+    uint64_t group;
+  };
+  std::vector<AsyncCopy> copies;
+  uint64_t committed = 0;
 };
 
 // A barrier of the `live` threads of a CTA or a warp, by generation: the last arrival moves the generation on,
@@ -235,12 +245,15 @@ void switch_to_scheduler(Fiber& f, bool exiting) {
 
 void yield() { switch_to_scheduler(cur(), false); }
 
+void record_device_error(const std::string& what);
+
 void fiber_main() {
 #if CUEMU_ASAN
   __sanitizer_finish_switch_fiber(nullptr, &g_s.sched_stack_bottom, &g_s.sched_stack_size);
 #endif
   g_s.body(g_s.body_ctx);
   Fiber& f = cur();
+  if (!f.copies.empty()) record_device_error("exits with cp.async copies it never waited for");
   f.done = true;
   Cta& c = g_s.cta;
   c.bar.leave();
@@ -332,14 +345,26 @@ bool run_cta(unsigned nthreads) {
     Fiber& f = *g_s.fibers[i];
     f.done = false;
     f.fake_stack = nullptr;
+    f.copies.clear();
+    f.committed = 0;
     f.sp = initial_stack(f.stack.get());
   }
   const bool reverse = reverse_order();
   while (c.bar.live > 0) {
     const uint64_t before = c.progress;
-    for (unsigned k = 0; k < nthreads; ++k) {
-      const unsigned i = reverse ? nthreads - 1 - k : k;
-      if (!g_s.fibers[i]->done) resume(static_cast<int>(i));
+    for (size_t kw = 0; kw < nwarps; ++kw) {
+      // Each warp runs as far as it can (to a __syncthreads it cannot pass, or its end) before the next one
+      // starts: the warps drift as far apart as the barriers allow, which exposes a missing __syncthreads.
+      const size_t w = reverse ? nwarps - 1 - kw : kw;
+      const unsigned first = static_cast<unsigned>(w * 32), lanes = std::min(32u, nthreads - first);
+      uint64_t at = 0;
+      do {
+        at = c.progress;
+        for (unsigned kl = 0; kl < lanes; ++kl) {
+          const unsigned i = first + (reverse ? lanes - 1 - kl : kl);
+          if (!g_s.fibers[i]->done) resume(static_cast<int>(i));
+        }
+      } while (c.progress != at);
     }
     if (c.bar.live > 0 && c.progress == before) {
       int waiting_block = c.bar.arrived, waiting_warp = 0;
@@ -386,6 +411,49 @@ void warp_exchange(const void* mine, void* out, size_t bytes, int src_lane) {
 }
 
 void* dynamic_smem() { return g_s.smem.data(); }
+
+// The device copies asynchronously: the bytes reach shared memory at some point before the wait that covers
+// them. The forward order writes them at the issue (the earliest), which exposes a copy into a tile that other
+// threads still read; the reverse order at the wait (the latest), which exposes a read before the wait, or
+// before the barrier that must follow the wait when other threads read the tile.
+void cp_async(void* dst, const void* src, size_t bytes) {
+  const auto* d = static_cast<const unsigned char*>(dst);
+  const auto* base = g_s.smem.data();
+  if (bytes > 16 || d < base || d + bytes > base + g_s.smem.size() ||
+      reinterpret_cast<uintptr_t>(dst) % bytes != 0 || reinterpret_cast<uintptr_t>(src) % bytes != 0) {
+    record_device_error("cp.async of " + std::to_string(bytes) +
+                        " bytes outside dynamic shared memory or not aligned to its size");
+    return;
+  }
+  if (!in_device(src, bytes)) {
+    record_device_error("cp.async reads outside device memory");
+    return;
+  }
+  if (!reverse_order()) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+  Fiber& f = cur();
+  Fiber::AsyncCopy c{dst, {}, bytes, f.committed};
+  std::memcpy(c.data, src, bytes);
+  f.copies.push_back(c);
+}
+
+void cp_async_commit() { ++cur().committed; }
+
+void cp_async_wait(int pending) {
+  Fiber& f = cur();
+  // Groups below committed - pending are complete; the open (uncommitted) group is not covered.
+  const uint64_t done_below = f.committed > static_cast<uint64_t>(pending) ? f.committed - pending : 0;
+  size_t kept = 0;
+  for (Fiber::AsyncCopy& c : f.copies) {
+    if (c.group < done_below)
+      std::memcpy(c.dst, c.data, c.bytes);
+    else
+      f.copies[kept++] = c;
+  }
+  f.copies.resize(kept);
+}
 
 void ldmatrix_x4(uint32_t (&r)[4], const uint16_t* row, bool trans) {
   Fiber& f = cur();

@@ -4,16 +4,18 @@
 //
 // How. kernels/*.cu are compiled as C++ (build/emu_*.cpp include them) with kernels/emu/include ahead of the
 // CUDA toolkit, so <cuda_runtime_api.h>, <cuda_bf16.h>, <cublasLt.h>, ... are this project's host versions.
-// A launch runs its CTAs one after another; within a CTA every CUDA thread is a fiber (ucontext) with its own
-// stack, and the threads switch only at __syncthreads, __syncwarp and the warp-level operations, which are
-// barriers of the CTA or of the warp, as on the device. Everything runs on the calling OS thread, in a fixed
+// A launch runs its CTAs one after another; within a CTA every CUDA thread is a fiber with its own stack, and
+// the threads switch only at __syncthreads, __syncwarp and the warp-level operations, which are barriers of the
+// CTA or of the warp, as on the device. A warp runs as far as it can before the next warp starts (to a
+// __syncthreads it cannot pass yet, or its end), so warps are as far apart as the barriers allow. Everything runs on the calling OS thread, in a fixed
 // order, so results are deterministic. `__shared__` variables are function statics: one copy shared by the
 // threads of the CTA being run (CTAs never overlap).
 //
 // What it checks beyond the results: launch configurations (empty grids, more than 1024 threads per block,
 // grid limits, dynamic shared memory over 48 KiB without cudaFuncSetAttribute, over 227 KiB at all), copies
 // whose pointers are not of the kind the direction says, barriers that can never complete (a deadlock is
-// reported with the kernel's name), shuffles that read a lane that has exited, and device memory leaks.
+// reported with the kernel's name), shuffles that read a lane that has exited, cp.async copies that are not of
+// device memory into dynamic shared memory, and device memory leaks.
 //
 // Device memory: cudaMalloc fills each allocation with 0xff bytes (NaN as fp32 and bf16), so a kernel that reads
 // what no one wrote shows up; without ASan each allocation ends at an inaccessible page, so an access past its end
@@ -88,6 +90,12 @@ int lane_id();
 // Dynamic shared memory of the running CTA (launch's smem bytes, 16-byte aligned, filled with 0xff at each CTA
 // so that reading what was never written shows up as NaN).
 void* dynamic_smem();
+// cp.async (4, 8 or 16 bytes, global -> dynamic shared memory), commit_group and wait_group(pending): the copy
+// lands at the issue in the forward order, at the covering wait in the reverse order (see set_order). In the
+// reverse order, a thread that exits with copies it never waited for fails the launch.
+void cp_async(void* dst, const void* src, size_t bytes);
+void cp_async_commit();
+void cp_async_wait(int pending);
 
 // ---- launches ----------------------------------------------------------------------------------------------------
 struct LaunchConfig {

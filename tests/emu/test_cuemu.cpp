@@ -91,6 +91,26 @@ __global__ void cta_order_kernel(int* counter, int* out) {
 
 __global__ void write_at_kernel(float* p, int i) { p[i] = 1.f; }
 
+// Each thread takes a number from a counter, meets its warp, and takes another: the order the threads ran in.
+__global__ void schedule_kernel(int* counter, int* first, int* second) {
+  first[threadIdx.x] = (*counter)++;
+  __syncwarp();
+  second[threadIdx.x] = (*counter)++;
+}
+
+// Thread 0 copies 4 floats with cp.async and reads the destination before and after the wait; `wait` false
+// exits with the copy still pending.
+__global__ void cp_async_kernel(const float* src, float* before, float* after, bool wait) {
+  PTOOL_DYNAMIC_SMEM(float, buf);
+  if (threadIdx.x != 0) return;
+  cuemu::cp_async(buf, src, 16);
+  cuemu::cp_async_commit();
+  before[0] = buf[0];
+  if (!wait) return;
+  cuemu::cp_async_wait(0);
+  after[0] = buf[0];
+}
+
 // Restores the emulator's thread order when a test that changes it ends.
 struct OrderGuard {
   cuemu::Order saved = cuemu::order();
@@ -183,6 +203,52 @@ TEST_CASE("cuemu: the reverse order runs CTAs and threads last to first, exposin
   for (int b = 0; b < 4; ++b)
     for (int t = 0; t < 256; ++t)
       REQUIRE(h[static_cast<size_t>(b * 256 + t)] == in[static_cast<size_t>(b * 256 + 255 - t)]);
+}
+
+TEST_CASE("cuemu: a warp runs up to a barrier it cannot pass before the next warp starts") {
+  OrderGuard guard;
+  DeviceArray<int> counter(1), first(64), second(64);
+  for (const cuemu::Order o : {cuemu::Order::forward, cuemu::Order::reverse}) {
+    cuemu::set_order(o);
+    REQUIRE(cudaMemset(counter.p, 0, sizeof(int)) == cudaSuccess);
+    PTOOL_LAUNCH(schedule_kernel, 1, 64, 0, nullptr)(counter.p, first.p, second.p);
+    REQUIRE(cudaGetLastError() == cudaSuccess);
+    const std::vector<int> a = first.get(), b = second.get();
+    // Forward: warp 0's lanes 0..31 take 0..31, then 32..63 past __syncwarp; then warp 1 takes 64..127.
+    // Reverse: warp 1 first, lane 31 first.
+    for (int t = 0; t < 64; ++t) {
+      const int warp_rank = o == cuemu::Order::forward ? t / 32 : 1 - t / 32;
+      const int lane_rank = o == cuemu::Order::forward ? t % 32 : 31 - t % 32;
+      CHECK(a[static_cast<size_t>(t)] == 64 * warp_rank + lane_rank);
+      CHECK(b[static_cast<size_t>(t)] >= 64 * warp_rank + 32);
+      CHECK(b[static_cast<size_t>(t)] < 64 * warp_rank + 64);
+    }
+  }
+}
+
+TEST_CASE("cuemu: cp.async lands at the issue in the forward order and at the wait in the reverse order") {
+  OrderGuard guard;
+  DeviceArray<float> src(4), before(1), after(1);
+  const std::vector<float> h = {3.f, 1.f, 4.f, 1.f};
+  REQUIRE(cudaMemcpy(src.p, h.data(), sizeof(float) * 4, cudaMemcpyHostToDevice) == cudaSuccess);
+  cuemu::set_order(cuemu::Order::forward);
+  PTOOL_LAUNCH(cp_async_kernel, 1, 32, 16, nullptr)(src.p, before.p, after.p, true);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  CHECK(before.get()[0] == 3.f);
+  CHECK(after.get()[0] == 3.f);
+  cuemu::set_order(cuemu::Order::reverse);
+  PTOOL_LAUNCH(cp_async_kernel, 1, 32, 16, nullptr)(src.p, before.p, after.p, true);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  CHECK(std::isnan(before.get()[0]));  // shared memory starts as NaN; the copy is still in flight
+  CHECK(after.get()[0] == 3.f);
+  // A copy never waited for fails the launch (in the reverse order, where copies wait).
+  PTOOL_LAUNCH(cp_async_kernel, 1, 32, 16, nullptr)(src.p, before.p, after.p, false);
+  const std::string e = last_error_text();
+  INFO(e);
+  CHECK(e.find("cp.async copies it never waited for") != std::string::npos);
+  // The source must be device memory.
+  PTOOL_LAUNCH(cp_async_kernel, 1, 32, 16, nullptr)(h.data(), before.p, after.p, true);
+  CHECK(last_error_text().find("cp.async reads outside device memory") != std::string::npos);
 }
 
 TEST_CASE("cuemu: device memory starts as NaN, and a write past an allocation's end crashes") {
