@@ -324,14 +324,8 @@ class CudaBackend final : public Backend<float> {
       if (outs[i].M > 0)
         gemm(true, false, outs[i].M, N, K, op[1 + i], K, op[0], K, out_of(outs[i].y), outs[i].M, 0.f);
   }
-  void concat_columns(std::span<const Columns> srcs, int64_t N, float* dst) override {
-    int64_t W = 0;
-    for (const Columns& c : srcs) W += c.width;
-    int64_t off = 0;
-    for (const Columns& c : srcs) {
-      cuda::launch_copy_columns(in_of(c.x), N, c.width, out_of(dst), W, off, stream_);
-      off += c.width;
-    }
+  void copy_columns(const float* src, int64_t N, int64_t width, ColumnSlice dst) override {
+    cuda::launch_copy_columns(in_of(src), N, width, out_of(dst.base), dst.ld ? dst.ld : width, dst.col, stream_);
   }
   void gather_rows(const float* src, int64_t B, int64_t Tn, int64_t from, int64_t D, float* dst) override {
     if (from < 0 || from > Tn) throw std::invalid_argument("gather_rows: from outside [0, Tn]");
@@ -403,15 +397,16 @@ class CudaBackend final : public Backend<float> {
                                  t ? t->sin_t : nullptr, gain, rstd, out_of(x), out_of(out), stream_);
   }
   void qk_prep_backward(float* d, const float* raw, const float* rstd, int64_t B, int64_t Tn, int64_t H, int64_t hd,
-                        int64_t rot, double base, bool norm, float* draw) override {
+                        int64_t rot, double base, bool norm, ColumnSlice draw) override {
     require_plain("qk_prep_backward", {d, rstd});
     const RopeTable* t = rope_table("qk_prep_backward", Tn, hd, rot, base);
     cuda::launch_qk_prep_backward(d, in_of(raw), rstd, B * Tn * H, Tn, H, hd, t ? rot : 0, norm, t ? t->cos_t : nullptr,
-                                  t ? t->sin_t : nullptr, out_of(draw), stream_);
+                                  t ? t->sin_t : nullptr, out_of(draw.base), draw.ld ? draw.ld : H * hd, draw.col,
+                                  stream_);
   }
   void qk_prep_backward_gain(const float* dq, const float* gain, float* dg, const float* raw, const float* rstd,
                              int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base, bool norm,
-                             float eps, float* draw) override {
+                             float eps, ColumnSlice draw) override {
     require_plain("qk_prep_backward_gain", {dq, gain, dg, rstd});
     if (hd > cuda::kMaxPrepHd) {
       Backend<float>::qk_prep_backward_gain(dq, gain, dg, raw, rstd, B, Tn, H, hd, rot, base, norm, eps, draw);
@@ -419,7 +414,8 @@ class CudaBackend final : public Backend<float> {
     }
     const RopeTable* t = rope_table("qk_prep_backward_gain", Tn, hd, rot, base);
     cuda::launch_qk_prep_backward_gain(dq, gain, dg, in_of(raw), rstd, B * Tn, Tn, H, hd, t ? rot : 0, norm,
-                                       t ? t->cos_t : nullptr, t ? t->sin_t : nullptr, out_of(draw), ws_, stream_);
+                                       t ? t->cos_t : nullptr, t ? t->sin_t : nullptr, out_of(draw.base),
+                                       draw.ld ? draw.ld : H * hd, draw.col, ws_, stream_);
   }
   // bf16 GEMM precision: the tensor-core flash kernels, which read q, k, v, dO and (backward) out in bf16 (operand
   // buffers as they are, the rest rounded into conv_ws_) and may write out into an operand buffer; else the fp32
@@ -449,25 +445,28 @@ class CudaBackend final : public Backend<float> {
   }
   void attention_backward_set(const float* dout, const float* q, const float* k, const float* v, const float* out,
                               const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, float* dq,
-                              float* dk, float* dv) override {
+                              float* dk, ColumnSlice dv) override {
     require_plain("attention_backward_set", {lse, dq, dk});
     attention_backward_impl(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv, false);
   }
+  // dv is a whole buffer when accumulating.
   void attention_backward_impl(const float* dout, const float* q, const float* k, const float* v, const float* out,
                                const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, float* dq,
-                               float* dk, float* dv, bool accumulate) {
+                               float* dk, ColumnSlice dv, bool accumulate) {
     const int64_t nq = elements(B, Tn, H, hd), nkv = elements(B, Tn, Hkv, hd);
+    const int64_t dv_ld = dv.ld ? dv.ld : Hkv * hd;
     if (opt_.gemm == CudaGemmPrecision::bf16 && cuda::flash_mma_supports(hd)) {
       const auto in = operands({dout, q, k, v, out}, {nq, nq, nkv, nkv, nq});
       cuda::launch_flash_mma_backward(bits(in[0]), bits(in[1]), bits(in[2]), bits(in[3]), bits(in[4]), lse, B, Tn, H,
-                                      Hkv, hd, dq, dk, out_of(dv), accumulate, ws_, stream_);
+                                      Hkv, hd, dq, dk, out_of(dv.base), dv_ld, dv.col, accumulate, ws_, stream_);
     } else {
-      const bool op_dv = is_bf16(dv);  // written through an fp32 copy
-      const auto in = attention_fp32_inputs({dout, q, k, v, out, nullptr}, {nq, nq, nkv, nkv, nq, op_dv ? nkv : 0});
-      float* dvf = op_dv ? const_cast<float*>(in[5]) : dv;
+      // An operand buffer or a slice is written through an fp32 copy.
+      const bool via_copy = dv.base && (is_bf16(dv.base) || !dv.whole(Hkv * hd));
+      const auto in = attention_fp32_inputs({dout, q, k, v, out, nullptr}, {nq, nq, nkv, nkv, nq, via_copy ? nkv : 0});
+      float* dvf = via_copy ? const_cast<float*>(in[5]) : dv.base;
       cuda::launch_attention_backward(in[0], in[1], in[2], in[3], in[4], lse, B, Tn, H, Hkv, hd, dq, dk, dvf,
                                       accumulate, ws_, stream_);
-      if (op_dv) cuda::launch_to_bf16(dvf, static_cast<size_t>(nkv), reinterpret_cast<uint16_t*>(dv), stream_);
+      if (via_copy) cuda::launch_copy_columns(dvf, B * Tn, Hkv * hd, out_of(dv.base), dv_ld, dv.col, stream_);
     }
   }
   void activation_forward(cpu::Activation a, const float* h, int64_t n, float* out) override {
@@ -702,16 +701,19 @@ class CudaBackend final : public Backend<float> {
   }
 
   // The fp32 attention kernels' inputs in bf16 mode: bf16 buffers widened and plain tensors rounded to bf16,
-  // carved from conv_ws_ (the flash kernels' inputs, as fp32); a null input with n[i] > 0 gets n[i] floats of
-  // scratch. Other modes have no bf16 buffers and round nothing: the pointers themselves.
+  // carved from conv_ws_ (the flash kernels' inputs, as fp32). Other modes have no bf16 buffers and round nothing:
+  // the pointers themselves. In every mode a null input with n[i] > 0 gets n[i] floats of scratch.
   std::vector<const float*> attention_fp32_inputs(const std::vector<const float*>& p, const std::vector<int64_t>& n) {
     std::vector<const float*> out(p.begin(), p.end());
-    if (opt_.gemm != CudaGemmPrecision::bf16) return out;
+    const bool widen = opt_.gemm == CudaGemmPrecision::bf16;
     cuda::Carver c;
-    for (size_t i = 0; i < p.size(); ++i) c.take<float>(static_cast<size_t>(n[i]));
+    for (size_t i = 0; i < p.size(); ++i)
+      if (widen || !p[i]) c.take<float>(static_cast<size_t>(n[i]));
+    if (c.off == 0) return out;
     c.base = static_cast<char*>(conv_ws_.get(c.off));
     c.off = 0;
     for (size_t i = 0; i < p.size(); ++i) {
+      if (!widen && p[i]) continue;
       float* f = c.take<float>(static_cast<size_t>(n[i]));
       if (!p[i]) {
         if (n[i] > 0) out[i] = f;

@@ -17,8 +17,8 @@
 // and dQ, Q, dO, lse and D in dK/dV) are double-buffered: cp.async copies tile i + 1 into the other buffer
 // while the warps compute on tile i, so the load latency hides behind the tensor-core work (the tiles loaded
 // once per CTA are staged through registers). Two barriers per tile: before the copy into the buffer that tile
-// i - 1 used, and after the wait for tile i. Shared memory per CTA (hd 64 / hd 128): forward 54 / 85 KiB, dQ 72 / 102 KiB,
-// dK/dV 55 / 69 KiB, so two CTAs per SM fit everywhere (227 KiB).
+// i - 1 used, and after the wait for tile i. Shared memory per CTA (hd 64 / hd 128): forward 54 / 85 KiB,
+// dQ 72 / 102 KiB, dK/dV 55 / 69 KiB, so two CTAs per SM fit everywhere (227 KiB).
 //  - forward: 64 keys per iteration; grid (query tile, head, batch), heaviest tiles first. hd 64: 128 query
 //    rows, 32 per warp (two m-tiles share every K and V fragment: half the ldmatrix and L2 traffic per FLOP of
 //    64-row tiles, which matters because K and V are re-read from L2 by every query tile; 235 registers,
@@ -161,8 +161,8 @@ void fwd_impl(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, int B,
 
 template <int HD>
 void bwd_impl(const bf16_bits* dout, const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, const float* lse,
-              const float* Dv, int B, int T, int H, int Hkv, float* dq, float* dk, Out dv, bool accumulate,
-              cudaStream_t s) {
+              const float* Dv, int B, int T, int H, int Hkv, float* dq, float* dk, Out dv, int64_t dv_ld,
+              int64_t dv_col, bool accumulate, cudaStream_t s) {
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(HD)));
   const float scale_log2 = scale * kLog2e;
   if (dk || dv.f32 || dv.bf16) {
@@ -170,7 +170,7 @@ void bwd_impl(const bf16_bits* dout, const bf16_bits* q, const bf16_bits* k, con
     PTOOL_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_dkdv_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(ls.smem)));
     PTOOL_LAUNCH(flash_bwd_dkdv_kernel<HD>, dim3(ls.gx, ls.gy, ls.gz), ls.threads, ls.smem, s)(
-        dout, q, k, v, lse, Dv, T, H, Hkv, scale, scale_log2, dk, dv.f32, dv.bf16, accumulate);
+        dout, q, k, v, lse, Dv, T, H, Hkv, scale, scale_log2, dk, dv.f32, dv.bf16, dv_ld, dv_col, accumulate);
     PTOOL_CUDA_LAUNCHED("flash_mma_backward (dk, dv)", s);
   }
   if (dq) {
@@ -202,11 +202,16 @@ void launch_flash_mma_forward(const uint16_t* q, const uint16_t* k, const uint16
 
 void launch_flash_mma_backward(const uint16_t* dout, const uint16_t* q, const uint16_t* k, const uint16_t* v,
                                const uint16_t* out, const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv,
-                               int64_t hd, float* dq_acc, float* dk_acc, Out dv, bool accumulate, Workspace& ws,
-                               cudaStream_t s) {
+                               int64_t hd, float* dq_acc, float* dk_acc, Out dv, int64_t dv_ld, int64_t dv_col,
+                               bool accumulate, Workspace& ws, cudaStream_t s) {
   check_args("attention_backward", B, Tn, H, Hkv, hd);
   check_aligned("attention_backward", {dout, q, k, v, out});
   if (dv.bf16 && accumulate) throw std::invalid_argument("attention_backward: cannot add into a bf16 operand buffer");
+  if (dv_ld < Hkv * hd || dv_col < 0 || dv_col > dv_ld - Hkv * hd || (accumulate && dv_ld != Hkv * hd) ||
+      (dv.bf16 && (dv_ld % 2 != 0 || dv_col % 2 != 0)))
+    throw std::invalid_argument("attention_backward: dv's rows (" + std::to_string(dv_ld) + " apart, from column " +
+                                std::to_string(dv_col) + ") cannot hold Hkv * hd = " + std::to_string(Hkv * hd) +
+                                " columns (accumulated: whole rows; bf16: even ld and column)");
   if (!dq_acc && !dk_acc && !dv.f32 && !dv.bf16) return;
   if (B == 0 || Tn == 0) return;
   const int b = static_cast<int>(B), t = static_cast<int>(Tn), h = static_cast<int>(H), hk = static_cast<int>(Hkv);
@@ -216,11 +221,16 @@ void launch_flash_mma_backward(const uint16_t* dout, const uint16_t* q, const ui
   PTOOL_LAUNCH(flash_bwd_dot_kernel, ls.gx, ls.threads, 0, s)(dout, out, rows, t, h, static_cast<int>(hd), Dv);
   PTOOL_CUDA_LAUNCHED("flash_mma_backward (rowsum dO * O)", s);
   switch (hd) {
-    case 16: return bwd_impl<16>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, accumulate, s);
-    case 32: return bwd_impl<32>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, accumulate, s);
-    case 64: return bwd_impl<64>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, accumulate, s);
-    case 96: return bwd_impl<96>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, accumulate, s);
-    default: return bwd_impl<128>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, accumulate, s);
+    case 16:
+      return bwd_impl<16>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, dv_ld, dv_col, accumulate, s);
+    case 32:
+      return bwd_impl<32>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, dv_ld, dv_col, accumulate, s);
+    case 64:
+      return bwd_impl<64>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, dv_ld, dv_col, accumulate, s);
+    case 96:
+      return bwd_impl<96>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, dv_ld, dv_col, accumulate, s);
+    default:
+      return bwd_impl<128>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, dv_ld, dv_col, accumulate, s);
   }
 }
 

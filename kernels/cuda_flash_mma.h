@@ -4,7 +4,8 @@
 // [B, H, T] natural log-sum-exp of the scaled scores, dq/dk/dv accumulated into (null skips). Q, K, V, dO and
 // the backward's out come in bf16 (bits, round to nearest even: the caller's bf16 operand buffers, or its rounded
 // copies); the forward's out and the backward's dv (when written, not accumulated) are fp32 or bf16 operand
-// buffers; lse, dq and dk are fp32. P and dS are rounded to bf16 for the tensor cores, accumulation is fp32, so
+// buffers, dv's rows dv_ld elements apart from column dv_col (a slice of a wider buffer; Hkv hd and 0 for its
+// own); lse, dq and dk are fp32. P and dS are rounded to bf16 for the tensor cores, accumulation is fp32, so
 // results differ from the fp32 kernels by ~1e-3 relative (see tests/kernels/test_cuda_flash_mma.cpp).
 // The backward is deterministic (no atomics): bit-identical reruns. Plain C++ header (no CUDA device types).
 #pragma once
@@ -25,7 +26,7 @@ void launch_flash_mma_forward(const uint16_t* q, const uint16_t* k, const uint16
                               int64_t H, int64_t Hkv, int64_t hd, Out out, float* lse, cudaStream_t s);
 void launch_flash_mma_backward(const uint16_t* dout, const uint16_t* q, const uint16_t* k, const uint16_t* v,
                                const uint16_t* out, const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv,
-                               int64_t hd, float* dq_acc, float* dk_acc, Out dv, bool accumulate, Workspace& ws,
-                               cudaStream_t s);
+                               int64_t hd, float* dq_acc, float* dk_acc, Out dv, int64_t dv_ld, int64_t dv_col,
+                               bool accumulate, Workspace& ws, cudaStream_t s);
 
 }  // namespace ptool::cuda

@@ -356,7 +356,8 @@ template <int HD>
 __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_kernel(
     const bf16_bits* __restrict__ dout, const bf16_bits* __restrict__ q, const bf16_bits* __restrict__ k,
     const bf16_bits* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ Dv, int T, int H, int Hkv,
-    float scale, float scale_log2, float* dk, float* dv, bf16_bits* dv_b, bool accumulate) {
+    float scale, float scale_log2, float* dk, float* dv, bf16_bits* dv_b, int64_t dv_ld, int64_t dv_col,
+    bool accumulate) {
   static_assert(kHeadDimOk<HD>, "head_dim: a multiple of 16 up to 128");
   constexpr int BQ = kDkdvQ<HD>;
   constexpr int S = kStride<HD>, KC = HD / 16, DN = HD / 8, QN = BQ / 8;
@@ -462,6 +463,8 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_kernel(
     const int key = wkey0 + g + r * 8;
     if (key >= T) continue;
     const int64_t off = (static_cast<int64_t>(b) * T + key) * ks + static_cast<int64_t>(kvh) * HD + 2 * t;
+    // dv's rows are dv_ld apart from column dv_col (a slice of a wider operand buffer, or ks and 0).
+    const int64_t voff = (static_cast<int64_t>(b) * T + key) * dv_ld + dv_col + static_cast<int64_t>(kvh) * HD + 2 * t;
 #pragma unroll
     for (int n = 0; n < DN; ++n) {
       if (dk) {
@@ -469,10 +472,10 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_kernel(
         dk[off + n * 8 + 1] = accumulate ? dk[off + n * 8 + 1] + dka[n][2 * r + 1] : dka[n][2 * r + 1];
       }
       if (dv) {
-        dv[off + n * 8] = accumulate ? dv[off + n * 8] + dva[n][2 * r] : dva[n][2 * r];
-        dv[off + n * 8 + 1] = accumulate ? dv[off + n * 8 + 1] + dva[n][2 * r + 1] : dva[n][2 * r + 1];
+        dv[voff + n * 8] = accumulate ? dv[voff + n * 8] + dva[n][2 * r] : dva[n][2 * r];
+        dv[voff + n * 8 + 1] = accumulate ? dv[voff + n * 8 + 1] + dva[n][2 * r + 1] : dva[n][2 * r + 1];
       } else if (dv_b) {  // a bf16 operand buffer, written (never accumulated): the pair in one 4-byte store
-        *reinterpret_cast<uint32_t*>(dv_b + off + n * 8) = pack_bf16(dva[n][2 * r], dva[n][2 * r + 1]);
+        *reinterpret_cast<uint32_t*>(dv_b + voff + n * 8) = pack_bf16(dva[n][2 * r], dva[n][2 * r + 1]);
       }
     }
   }

@@ -110,7 +110,7 @@ void launch_to_bf16(const float* x, size_t n, uint16_t* y, cudaStream_t s);
 void launch_bf16_to_float(const uint16_t* x, size_t n, float* y, cudaStream_t s);
 // y[i] = x[i] rounded to bf16 and back (exact): what a bf16 operand buffer would hold, as fp32.
 void launch_round_bf16(const float* x, size_t n, float* y, cudaStream_t s);
-// dst[n, off + j] = src[n, j] for n < N, j < w, dst's rows ld elements apart (Backend::concat_columns, one source).
+// dst[n, off + j] = src[n, j] for n < N, j < w, dst's rows ld elements apart (Backend::copy_columns).
 void launch_copy_columns(In src, int64_t N, int64_t w, Out dst, int64_t ld, int64_t off, cudaStream_t s);
 // dst[b, s, :] = src[b, from + s, :] for b < B, s < Tn - from, rows D wide (Backend::gather_rows).
 void launch_gather_rows(In src, int64_t B, int64_t Tn, int64_t from, int64_t D, Out dst, cudaStream_t s);
@@ -152,13 +152,14 @@ void launch_rope_apply(float* x, int64_t B, int64_t Tn, int64_t H, int64_t hd, i
                        const float* sin_t, bool inverse, cudaStream_t s);
 
 // RMSNorm (when norm), RoPE and the per-head gain (when gain) of Backend::qk_prep_forward over rows = B * Tn * H
-// head rows; cos/sin tables as launch_rope_table's for Tn and rot. And its backward (Backend::qk_prep_backward).
+// head rows; cos/sin tables as launch_rope_table's for Tn and rot. And its backward (Backend::qk_prep_backward),
+// whose draw has token rows ld elements apart from column col (H hd and 0 when it is a buffer of its own).
 void launch_qk_prep_forward(In raw, int64_t rows, int64_t Tn, int64_t H, int64_t hd, int64_t rot,
                             bool norm, float eps, const float* cos_t, const float* sin_t, const float* gain,
                             float* rstd, Out x, Out out, cudaStream_t s);
 void launch_qk_prep_backward(float* d, In raw, const float* rstd, int64_t rows, int64_t Tn, int64_t H,
                              int64_t hd, int64_t rot, bool norm, const float* cos_t, const float* sin_t, Out draw,
-                             cudaStream_t s);
+                             int64_t ld, int64_t col, cudaStream_t s);
 
 void launch_activation_forward(bool leaky, In h, int64_t n, Out out, cudaStream_t s);
 void launch_activation_backward(bool leaky, In dout, In h, int64_t n, Out dh, bool accumulate,
@@ -188,11 +189,12 @@ void launch_resid_mix_backward(const float* dy, const float* x, const float* x0,
 
 // Backend::qk_prep_backward_gain in one pass over rows = tokens * H head rows (hd <= kMaxPrepHd, else
 // std::invalid_argument), x formed again from raw and rstd as launch_qk_prep_forward forms it; cos/sin as
-// launch_qk_prep_backward's; dg_acc (may be null) is added to.
+// launch_qk_prep_backward's, and draw, ld, col too; dg_acc (may be null) is added to.
 constexpr int64_t kMaxPrepHd = 128;
 void launch_qk_prep_backward_gain(const float* dq, const float* gain, float* dg_acc, In raw, const float* rstd,
                                   int64_t tokens, int64_t Tn, int64_t H, int64_t hd, int64_t rot, bool norm,
-                                  const float* cos_t, const float* sin_t, Out draw, Workspace& ws, cudaStream_t s);
+                                  const float* cos_t, const float* sin_t, Out draw, int64_t ld, int64_t col,
+                                  Workspace& ws, cudaStream_t s);
 
 // Backend::rmsnorm_resid_mix_backward and rmsnorm_channel_scale_backward in one pass each, for the D that
 // rmsnorm_fused_backward accepts (others throw std::invalid_argument: compose the ops instead). dx0, dm_acc and

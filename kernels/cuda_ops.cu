@@ -326,7 +326,7 @@ __device__ __forceinline__ float rmsnorm_grad(float r, float g, float c, float x
   return __fsub_rn(__fmul_rn(r, g), __fmul_rn(c, x));
 }
 __device__ __forceinline__ void rmsnorm_bwd_row(In g, int64_t goff, In x, int64_t off, float r, int64_t D, int lane,
-                                                Out o, bool accumulate) {
+                                                Out o, int64_t ooff, bool accumulate) {
   double dot = 0.0;
   for (int64_t d = lane; d < D; d += 32)
     dot += static_cast<double>(get(g, goff + d)) * static_cast<double>(get(x, off + d));
@@ -334,9 +334,9 @@ __device__ __forceinline__ void rmsnorm_bwd_row(In g, int64_t goff, In x, int64_
   for (int64_t d = lane; d < D; d += 32) {
     const float v = rmsnorm_grad(r, get(g, goff + d), c, get(x, off + d));
     if (accumulate)
-      o.f32[off + d] = __fadd_rn(o.f32[off + d], v);
+      o.f32[ooff + d] = __fadd_rn(o.f32[ooff + d], v);
     else
-      put(o, off + d, v);
+      put(o, ooff + d, v);
   }
 }
 
@@ -360,7 +360,7 @@ __global__ void __launch_bounds__(256) rmsnorm_bwd_kernel(In dout, const float* 
   const int64_t wpb = blockDim.x >> 5;
   const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
   for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < N; row += nwarps)
-    rmsnorm_bwd_row(dout, row * D, x, row * D, rstd[row], D, lane, dx, accumulate);
+    rmsnorm_bwd_row(dout, row * D, x, row * D, rstd[row], D, lane, dx, row * D, accumulate);
 }
 
 // A new residual-stream value from two inputs at channel d, rounded the same way wherever it is formed (the
@@ -474,11 +474,18 @@ __global__ void __launch_bounds__(256) qk_prep_fwd_kernel(In raw, int64_t rows, 
   }
 }
 
+// Where row `row` (token row / H, head row % H) of a [tokens * H, hd] result goes in a destination whose token
+// rows are ld elements apart, starting at column col (ld = H hd, col = 0: contiguous).
+__device__ __forceinline__ int64_t head_row_offset(int64_t row, int64_t H, int64_t hd, int64_t ld, int64_t col) {
+  return (row / H) * ld + col + (row % H) * hd;
+}
+
 // Its backward: d is rotated back in place (RopeApplyF, inverse); with norm, the warp then reads the whole rotated
-// row and writes rmsnorm_bwd_kernel's dx into draw (overwriting it).
+// row and writes rmsnorm_bwd_kernel's dx into draw (overwriting it; token rows ld apart from column col).
 __global__ void __launch_bounds__(256) qk_prep_bwd_kernel(float* d, In raw, const float* rstd, int64_t rows,
                                                           int64_t Tn, int64_t H, int64_t hd, int64_t half, bool norm,
-                                                          const float* cos_t, const float* sin_t, Out draw) {
+                                                          const float* cos_t, const float* sin_t, Out draw,
+                                                          int64_t ld, int64_t col) {
   const int lane = threadIdx.x & 31;
   const int64_t wpb = blockDim.x >> 5;
   const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
@@ -489,7 +496,8 @@ __global__ void __launch_bounds__(256) qk_prep_bwd_kernel(float* d, In raw, cons
       rotate_pair(dr[i], dr[i + half], cos_t[t * half + i], -sin_t[t * half + i]);
     if (!norm) continue;  // uniform across the warp
     __syncwarp();         // the row's rotated elements were written by other lanes
-    rmsnorm_bwd_row(d, row * hd, raw, row * hd, rstd[row], hd, lane, draw, false);
+    rmsnorm_bwd_row(d, row * hd, raw, row * hd, rstd[row], hd, lane, draw, head_row_offset(row, H, hd, ld, col),
+                    false);
   }
 }
 
@@ -506,7 +514,7 @@ __global__ void __launch_bounds__(256) qk_prep_bwd_gain_kernel(const float* dq, 
                                                                int64_t H, int64_t hd, int64_t half, bool norm,
                                                                const float* cos_t, const float* sin_t,
                                                                int64_t tokens_per_warp, int64_t warps, Out draw,
-                                                               double* partial) {
+                                                               int64_t ld, int64_t col, double* partial) {
   __shared__ float rows[8][kMaxPrepHd];
   const int lane = threadIdx.x & 31;
   const int64_t w = static_cast<int64_t>(blockIdx.x) * 8 + (threadIdx.x >> 5);
@@ -534,10 +542,11 @@ __global__ void __launch_bounds__(256) qk_prep_bwd_gain_kernel(const float* dq, 
     __syncwarp();
     for (int64_t i = lane; i < half; i += 32) rotate_pair(d[i], d[i + half], cos_t[t * half + i], -sin_t[t * half + i]);
     __syncwarp();
+    const int64_t out_off = tok * ld + col + h * hd;
     if (norm) {
-      rmsnorm_bwd_row(d, 0, raw, off, rstd[tok * H + h], hd, lane, draw, false);
+      rmsnorm_bwd_row(d, 0, raw, off, rstd[tok * H + h], hd, lane, draw, out_off, false);
     } else {
-      for (int64_t i = lane; i < hd; i += 32) put(draw, off + i, d[i]);
+      for (int64_t i = lane; i < hd; i += 32) put(draw, out_off + i, d[i]);
     }
     __syncwarp();  // the row is read before the next one overwrites it
   }
@@ -1166,10 +1175,10 @@ void launch_qk_prep_forward(In raw, int64_t rows, int64_t Tn, int64_t H, int64_t
 
 void launch_qk_prep_backward(float* d, In raw, const float* rstd, int64_t rows, int64_t Tn, int64_t H,
                              int64_t hd, int64_t rot, bool norm, const float* cos_t, const float* sin_t, Out draw,
-                             cudaStream_t s) {
+                             int64_t ld, int64_t col, cudaStream_t s) {
   if (rows <= 0 || hd <= 0 || (rot == 0 && !norm)) return;
   PTOOL_LAUNCH(qk_prep_bwd_kernel, row_warps_grid(rows), 256, 0, s)(d, raw, rstd, rows, Tn, H, hd, rot / 2, norm,
-                                                                     cos_t, sin_t, draw);
+                                                                     cos_t, sin_t, draw, ld, col);
   PTOOL_CUDA_LAUNCHED("qk_prep_backward", s);
 }
 
@@ -1232,7 +1241,8 @@ void launch_resid_mix_backward(const float* dy, const float* x, const float* x0,
 
 void launch_qk_prep_backward_gain(const float* dq, const float* gain, float* dg_acc, In raw, const float* rstd,
                                   int64_t tokens, int64_t Tn, int64_t H, int64_t hd, int64_t rot, bool norm,
-                                  const float* cos_t, const float* sin_t, Out draw, Workspace& ws, cudaStream_t s) {
+                                  const float* cos_t, const float* sin_t, Out draw, int64_t ld, int64_t col,
+                                  Workspace& ws, cudaStream_t s) {
   if (hd > kMaxPrepHd) throw std::invalid_argument("qk_prep_backward_gain: head_dim over 128");
   if (tokens <= 0 || H <= 0 || hd <= 0) return;
   // About 4096 warps, whole chunks of H heads.
@@ -1241,7 +1251,8 @@ void launch_qk_prep_backward_gain(const float* dq, const float* gain, float* dg_
   const int64_t chunks = (tokens + tokens_per_warp - 1) / tokens_per_warp, warps = chunks * H;
   auto* partial = static_cast<double*>(ws.get(static_cast<size_t>(warps) * sizeof(double)));
   PTOOL_LAUNCH(qk_prep_bwd_gain_kernel, static_cast<unsigned>((warps + 7) / 8), 256, 0, s)(
-      dq, gain, raw, rstd, tokens, Tn, H, hd, rot / 2, norm, cos_t, sin_t, tokens_per_warp, warps, draw, partial);
+      dq, gain, raw, rstd, tokens, Tn, H, hd, rot / 2, norm, cos_t, sin_t, tokens_per_warp, warps, draw, ld, col,
+      partial);
   PTOOL_CUDA_LAUNCHED("qk_prep_backward_gain", s);
   if (dg_acc) {
     PTOOL_LAUNCH(colreduce_finalize<1>, dim3(static_cast<unsigned>(H), 1), 256, 0, s)(partial, chunks, H, 1, dg_acc,

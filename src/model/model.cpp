@@ -112,10 +112,8 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
     g_tmp_ = buf(N * D);
     dlogits_ = operand(N * V);
     g_x_ = buf(N * D); g_x0_ = buf(N * D); g_q_ = buf(N * D); g_k_ = buf(N * KV);
-    g_qkv_ = operand(N * (D + 2 * KV));  // q, k and v's raw gradients side by side
-    g_v_ = operand(N * KV); g_att_ = operand(N * D); g_o_ = operand(N * D); g_u_ = operand(N * Hd);
-    g_qraw_ = operand(N * D);                     // qk_prep_backward_gain's draw
-    if (cfg_.qk_norm) g_kraw_ = operand(N * KV);  // qk_prep_backward's
+    g_qkv_ = operand(N * (D + 2 * KV));  // q, k and v's raw gradients side by side, written there by their ops
+    g_att_ = operand(N * D); g_o_ = operand(N * D); g_u_ = operand(N * Hd);
     g_a_ = activation(N * Hd); g_m_ = operand(N * D); g_final_ = buf(N * D);
     g_h_ = plain_norms ? activation(N * D) : buf(N * D); g_h2_ = plain_norms ? activation(N * D) : buf(N * D);
     g_skip_.clear();
@@ -304,19 +302,20 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
     be_.channel_scale_backward_set_dx(dx, a.o.get(), P + s.attn_scale, N, D, g_o_.get(), G + s.attn_scale);
   }
   be_.linear_backward_set_dx(g_o_.get(), a.att.get(), P + w.proj, N, D, D, g_att_.get(), G + w.proj);
-  be_.attention_backward_set(g_att_.get(), a.q.get(), a.k.get(), a.v.get(), a.att.get(), a.lse.get(), B, Tn, H, Hkv, hd,
-                         g_q_.get(), g_k_.get(), g_v_.get());
+  // q, k and v's projections act as one [D + 2 KV, D] matrix (consecutive in the layout): their raw gradients are
+  // written side by side into the columns of g_qkv_ (rows W apart), the dy of one GEMM for dx and one for dW.
+  using Slice = typename Backend<T>::ColumnSlice;
+  const int64_t W = D + 2 * KV;
+  be_.attention_backward_set(g_att_.get(), a.q.get(), a.k.get(), a.v.get(), a.att.get(), a.lse.get(), B, Tn, H, Hkv,
+                             hd, g_q_.get(), g_k_.get(), Slice(g_qkv_.get(), W, D + KV));
   const double base = rope_base_at(Tn);
   const int64_t rot = cfg_.rotary_dims();
   be_.qk_prep_backward_gain(g_q_.get(), P + s.q_gain, G + s.q_gain, a.q_raw.get(), a.rstd_q.get(), B, Tn, H, hd, rot,
-                            base, cfg_.qk_norm, rms_eps<T>(), g_qraw_.get());
+                            base, cfg_.qk_norm, rms_eps<T>(), Slice(g_qkv_.get(), W, 0));
   be_.qk_prep_backward(g_k_.get(), a.k_raw.get(), a.rstd_k.get(), B, Tn, Hkv, hd, rot, base, cfg_.qk_norm,
-                       g_kraw_.get());
-  T* gk_raw = cfg_.qk_norm ? g_kraw_.get() : g_k_.get();
-  // q, k and v's projections as one matrix (consecutive in the layout): one GEMM for dx, one for dW.
-  const typename Backend<T>::Columns qkv[] = {{g_qraw_.get(), D}, {gk_raw, KV}, {g_v_.get(), KV}};
-  be_.concat_columns(qkv, N, g_qkv_.get());
-  be_.linear_backward_set_dx(g_qkv_.get(), a.h1.get(), P + w.c_q, N, D, D + 2 * KV, g_h_.get(), G + w.c_q);
+                       Slice(g_qkv_.get(), W, D));
+  if (!cfg_.qk_norm) be_.copy_columns(g_k_.get(), N, KV, Slice(g_qkv_.get(), W, D));  // k's gradient is g_k_ itself
+  be_.linear_backward_set_dx(g_qkv_.get(), a.h1.get(), P + w.c_q, N, D, W, g_h_.get(), G + w.c_q);
   if (cfg_.resid_mix && plain_pre_norms()) {  // both backwards in one pass
     be_.rmsnorm_resid_mix_backward(g_h_.get(), a.x_mix, a.rstd1.get(), a.x_in, x0, P + s.resid_mix, N, D, dx, dx0,
                                    G + s.resid_mix);

@@ -114,7 +114,7 @@ class Model {
   std::vector<LayerActs> acts_;
   DeviceBuffer<T> scored_;  // eval: the last layer's residual input rows of the scored positions
   DeviceBuffer<T> emb_, x0_, rstd0_, final_, rstdf_, logits_, dlogits_;
-  DeviceBuffer<T> g_x_, g_x0_, g_h_, g_qkv_, g_q_, g_k_, g_qraw_, g_kraw_, g_h2_, g_v_, g_att_, g_o_, g_u_, g_a_, g_m_, g_tmp_, g_final_;
+  DeviceBuffer<T> g_x_, g_x0_, g_h_, g_qkv_, g_q_, g_k_, g_h2_, g_att_, g_o_, g_u_, g_a_, g_m_, g_tmp_, g_final_;
   std::vector<DeviceBuffer<T>> g_skip_;  // gradient flowing back into each encoder output
   int32_t* xdev_ = nullptr;
   int32_t* ydev_ = nullptr;

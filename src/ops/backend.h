@@ -41,7 +41,7 @@ class Backend {
   // linear ops; attention's q, k, v and dout), so a backend may keep it in the precision those ops round their
   // inputs to (the CUDA backend's bf16 mode: bf16, half the bytes, and no conversion before every op that reads
   // it). Only ops that name it as an output may write it (a backend that cannot write one there throws), only
-  // linear ops, attention, concat_columns and gather_rows may read it, and zero() may clear it; anything else
+  // linear ops, attention, copy_columns and gather_rows may read it, and zero() may clear it; anything else
   // reads its values through operand_values() (into plain memory) and stores them with store_operand(). Released
   // with release().
   // Default: plain memory.
@@ -53,12 +53,27 @@ class Backend {
   // autocast keeps linear outputs). Readable by the ops that say so: activation_forward/backward (h, dout),
   // scaled_residual(_rmsnorm)_forward (o), layer_entry_forward (b), channel_scale_backward(_set_dx) (x),
   // qk_prep_forward/backward (raw), rmsnorm_backward (dout), rmsnorm_resid_mix_backward (dh),
-  // rmsnorm_channel_scale_backward (dh, o), concat_columns, gather_rows, and the linear ops and attention; written
+  // rmsnorm_channel_scale_backward (dh, o), copy_columns, gather_rows, and the linear ops and attention; written
   // only by ops that name them as outputs (linear ops with a written, not accumulated, output). Values through
   // operand_values()/store_operand().
   virtual T* alloc_activation(size_t n) { return alloc(n); }
   // Bytes per element of the buffer at p as this backend stores it (for traffic estimates).
   virtual size_t element_bytes(const T*) const { return sizeof(T); }
+
+  // Where an op writes a [rows, width] result: a buffer of its own (ld 0: rows `width` apart), or columns
+  // [col, col + width) of the row-major matrix at base whose rows are ld elements apart (the ops that take one
+  // say so). Offsets count the buffer's elements, so a slice of an operand buffer (bf16 on the GPU) is named
+  // through the buffer's base pointer, never by pointer arithmetic on it.
+  struct ColumnSlice {
+    T* base = nullptr;
+    int64_t ld = 0, col = 0;
+    ColumnSlice(T* p) : base(p) {}  // implicit on purpose: a whole buffer
+    ColumnSlice(T* p, int64_t ld_, int64_t col_) : base(p), ld(ld_), col(col_) {}
+    bool whole(int64_t width) const { return ld == 0 || (ld == width && col == 0); }
+  };
+  // dst's columns [col, col + width) of rows n < N = src[n, :] (src is [N, width]). src may be an operand or
+  // activation buffer and dst an operand buffer: values are copied as stored, rounded where dst keeps fewer bits.
+  virtual void copy_columns(const T* src, int64_t N, int64_t width, ColumnSlice dst) = 0;
 
   // Model ops (see cpu_ops.h for the contracts).
   virtual void embedding_forward(const T* table, const int32_t* tokens, int64_t N, int64_t D, T* out) = 0;
@@ -136,32 +151,36 @@ class Backend {
     if (gain) head_scale_forward(x, gain, B * Tn, H, hd, out);
   }
   // Its backward from d = d/dx (after the gain's head_scale_backward; d is overwritten): back through the rotation,
-  // and with norm through the norm into draw (overwritten, not accumulated; it may be an operand buffer). Without
-  // norm the gradient of raw is d.
+  // and with norm through the norm into draw (overwritten, not accumulated; it may be an operand buffer, or
+  // H * hd columns of one: a ColumnSlice of B * Tn rows). Without norm the gradient of raw is d (draw unused).
   virtual void qk_prep_backward(T* d, const T* raw, const T* rstd, int64_t B, int64_t Tn, int64_t H, int64_t hd,
-                                int64_t rot, double base, bool norm, T* draw) {
+                                int64_t rot, double base, bool norm, ColumnSlice draw) {
     rope_backward(d, B, Tn, H, hd, rot, base);
     if (!norm) return;
     const int64_t rows = B * Tn * H;
-    zero(draw, static_cast<size_t>(rows * hd));
-    rmsnorm_backward(d, raw, rstd, rows, hd, draw);
+    const size_t n = static_cast<size_t>(rows * hd);
+    DeviceBuffer<T> tmp(*this, draw.whole(H * hd) ? 0 : n);
+    T* out = draw.whole(H * hd) ? draw.base : tmp.get();
+    zero(out, n);
+    rmsnorm_backward(d, raw, rstd, rows, hd, out);
+    if (tmp.get()) copy_columns(out, B * Tn, H * hd, draw);
   }
 
   // q's backward through its gain as well (out = g[h] x, x = rope(norm ? rmsnorm(raw) : raw) from qk_prep_forward
   // with a gain and eps), in one pass where a backend can: from dq (the gradient of out) and x, adds sum dq x over
-  // head h's elements to dg[h], then writes the gradient of raw into draw (with norm as qk_prep_backward's draw;
-  // without, the rotated g[h] dq). x is not kept by the forward: it is formed again from raw (and rstd) exactly as
+  // head h's elements to dg[h], then writes the gradient of raw into draw (a buffer or a slice, as
+  // qk_prep_backward's draw; without norm it receives the rotated g[h] dq). x is not kept by the forward: it is formed again from raw (and rstd) exactly as
   // the forward formed it. dq is only read; raw may be an activation buffer, draw an operand buffer. The default
   // composes qk_prep_forward (for x), head_scale_backward_set_dx and qk_prep_backward through scratch buffers.
   virtual void qk_prep_backward_gain(const T* dq, const T* gain, T* dg, const T* raw, const T* rstd, int64_t B,
                                      int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base, bool norm, T eps,
-                                     T* draw) {
+                                     ColumnSlice draw) {
     const size_t n = static_cast<size_t>(B * Tn * H * hd);
     DeviceBuffer<T> x(*this, n), r(*this, static_cast<size_t>(B * Tn * H)), d(*this, n);
     qk_prep_forward(raw, B, Tn, H, hd, rot, base, norm, eps, nullptr, r.get(), x.get(), x.get());
     head_scale_backward_set_dx(dq, x.get(), gain, B * Tn, H, hd, d.get(), dg);
     qk_prep_backward(d.get(), raw, rstd, B, Tn, H, hd, rot, base, norm, draw);
-    if (!norm) copy(draw, d.get(), n);
+    if (!norm) copy_columns(d.get(), B * Tn, H * hd, draw);
   }
 
   // The backwards above with the input gradient written instead of added (dx = ..., not dx += ...), for a buffer
@@ -195,13 +214,18 @@ class Backend {
     zero(dh, static_cast<size_t>(n));
     activation_backward(a, dout, h, n, dh);
   }
+  // dv may also be Hkv * hd columns of a wider operand buffer (a ColumnSlice of B * Tn rows).
   virtual void attention_backward_set(const T* dout, const T* q, const T* k, const T* v, const T* out, const T* lse,
                                       int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, T* dq, T* dk,
-                                      T* dv) {
+                                      ColumnSlice dv) {
+    const size_t nkv = static_cast<size_t>(B * Tn * Hkv * hd);
+    DeviceBuffer<T> tmp(*this, dv.base && !dv.whole(Hkv * hd) ? nkv : 0);
+    T* dvw = tmp.get() ? tmp.get() : dv.base;
     if (dq) zero(dq, static_cast<size_t>(B * Tn * H * hd));
-    if (dk) zero(dk, static_cast<size_t>(B * Tn * Hkv * hd));
-    if (dv) zero(dv, static_cast<size_t>(B * Tn * Hkv * hd));
-    attention_backward(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv);
+    if (dk) zero(dk, nkv);
+    if (dvw) zero(dvw, nkv);
+    attention_backward(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dvw);
+    if (tmp.get()) copy_columns(dvw, B * Tn, Hkv * hd, dv);
   }
   // Here dx may also be dy itself (the residual gradient, updated in place).
   virtual void resid_mix_backward_set_dx(const T* dy, const T* x, const T* x0, const T* m, int64_t N, int64_t D,
@@ -246,15 +270,8 @@ class Backend {
     for (const LinearOut& o : outs) linear_forward(x, o.W, N, K, o.M, o.y);
   }
   // Their backward goes through one GEMM when the weights lie one after another ([W_1; W_2; ...] is one matrix):
-  // the gradients dy_i side by side (concat_columns) are the dy of that matrix.
-  // Rows side by side: dst[n, off_i + j] = srcs[i].x[n, j] for j < srcs[i].width, where off_i sums the widths
-  // before i (dst is [N, the sum of the widths]). Sources may be operand or activation buffers and dst may be an
-  // operand buffer: values are copied as stored, rounded where dst keeps fewer bits.
-  struct Columns {
-    const T* x;
-    int64_t width;
-  };
-  virtual void concat_columns(std::span<const Columns> srcs, int64_t N, T* dst) = 0;
+  // the gradients dy_i side by side are the dy of that matrix (the producers of the dy_i write their columns of
+  // it through a ColumnSlice, or copy_columns places them).
   // The rows from position `from` on of each of B sequences of Tn rows (D wide), packed: dst[b, s, :] =
   // src[b, from + s, :] for s < Tn - from. src may be an operand or activation buffer and dst an operand buffer
   // (values copied as stored, rounded where dst keeps fewer bits).

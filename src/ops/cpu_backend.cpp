@@ -61,14 +61,9 @@ class CpuBackend final : public Backend<T> {
                        T* dW) override {
     cpu::linear_backward(dy, x, W, N, K, M, dx, dW);
   }
-  void concat_columns(std::span<const typename Backend<T>::Columns> srcs, int64_t N, T* dst) override {
-    int64_t W = 0;
-    for (const auto& c : srcs) W += c.width;
-    int64_t off = 0;
-    for (const auto& c : srcs) {
-      for (int64_t n = 0; n < N; ++n) std::copy_n(c.x + n * c.width, c.width, dst + n * W + off);
-      off += c.width;
-    }
+  void copy_columns(const T* src, int64_t N, int64_t width, typename Backend<T>::ColumnSlice dst) override {
+    const int64_t ld = dst.ld ? dst.ld : width;
+    for (int64_t n = 0; n < N; ++n) std::copy_n(src + n * width, width, dst.base + n * ld + dst.col);
   }
   // The ops it fuses in turn, x and xs kept in y or h (free until the norm) where the caller does not keep them:
   // the same arithmetic as the composed calls.

@@ -157,9 +157,9 @@ class ProfilingBackend final : public Backend<T> {
   }
   void attention_backward_set(const T* dout, const T* q, const T* k, const T* v, const T* out, const T* lse,
                               int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, T* dq, T* dk,
-                              T* dv) override {
+                              typename Backend<T>::ColumnSlice dv) override {
     timed("attention_backward_set",
-          attention_backward_bytes(dout, q, k, v, out, B, Tn, H, Hkv, hd, dq, dk, dv, false),
+          attention_backward_bytes(dout, q, k, v, out, B, Tn, H, Hkv, hd, dq, dk, dv.base, false),
           attention_flops(B, Tn, H, hd, 5),
           [&] { in_.attention_backward_set(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv); });
   }
@@ -214,15 +214,16 @@ class ProfilingBackend final : public Backend<T> {
           [&] { in_.qk_prep_forward(raw, B, Tn, H, hd, rot, base, norm, eps, gain, rstd, x, out); });
   }
   void qk_prep_backward(T* d, const T* raw, const T* rstd, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot,
-                        double base, bool norm, T* draw) override {
+                        double base, bool norm, typename Backend<T>::ColumnSlice draw) override {
     const int64_t n = B * Tn * H * hd;
-    timed("qk_prep_backward", norm ? E * n + b(raw, n) + b(draw, n) + E * B * Tn * H : 2 * E * n, 0,
+    timed("qk_prep_backward", norm ? E * n + b(raw, n) + b(draw.base, n) + E * B * Tn * H : 2 * E * n, 0,
           [&] { in_.qk_prep_backward(d, raw, rstd, B, Tn, H, hd, rot, base, norm, draw); });
   }
   void qk_prep_backward_gain(const T* dq, const T* gain, T* dg, const T* raw, const T* rstd, int64_t B, int64_t Tn,
-                             int64_t H, int64_t hd, int64_t rot, double base, bool norm, T eps, T* draw) override {
+                             int64_t H, int64_t hd, int64_t rot, double base, bool norm, T eps,
+                             typename Backend<T>::ColumnSlice draw) override {
     const int64_t n = B * Tn * H * hd;
-    timed("qk_prep_backward_gain", E * n + b(raw, n) + b(draw, n) + (norm ? E * B * Tn * H : 0), 0,
+    timed("qk_prep_backward_gain", E * n + b(raw, n) + b(draw.base, n) + (norm ? E * B * Tn * H : 0), 0,
           [&] { in_.qk_prep_backward_gain(dq, gain, dg, raw, rstd, B, Tn, H, hd, rot, base, norm, eps, draw); });
   }
   void scaled_residual_forward(const T* x, const T* o, const T* s, int64_t N, int64_t D, T* y) override {
@@ -287,14 +288,9 @@ class ProfilingBackend final : public Backend<T> {
     }
     timed("linear_forward_shared", bytes, flops, [&] { in_.linear_forward_shared(x, N, K, outs); });
   }
-  void concat_columns(std::span<const typename Backend<T>::Columns> srcs, int64_t N, T* dst) override {
-    double bytes = 0;
-    int64_t W = 0;
-    for (const auto& c : srcs) {
-      bytes += b(c.x, N * c.width);
-      W += c.width;
-    }
-    timed("concat_columns", bytes + b(dst, N * W), 0, [&] { in_.concat_columns(srcs, N, dst); });
+  void copy_columns(const T* src, int64_t N, int64_t width, typename Backend<T>::ColumnSlice dst) override {
+    timed("copy_columns", b(src, N * width) + b(dst.base, N * width), 0,
+          [&] { in_.copy_columns(src, N, width, dst); });
   }
 
   void gather_rows(const T* src, int64_t B, int64_t Tn, int64_t from, int64_t D, T* dst) override {

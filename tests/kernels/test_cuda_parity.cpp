@@ -387,44 +387,121 @@ TEST_CASE("cuda: linears sharing one input match separate calls", "[gpu]") {
   }
 }
 
-// concat_columns copies each source's rows into its columns of dst: exactly on plain memory, and as stored from
-// operand and activation buffers (bf16 in the bf16 mode) into an operand buffer, rounding a plain source there.
-TEST_CASE("cuda: concat_columns places each source's rows side by side", "[gpu]") {
+// copy_columns places a source's rows into its columns of dst and leaves the others: exactly on plain memory, and
+// as stored from operand and activation buffers (bf16 in the bf16 mode) into an operand buffer, rounding a plain
+// source there.
+TEST_CASE("cuda: copy_columns places a source's rows in its columns of a wider matrix", "[gpu]") {
   SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend<float>();
   std::mt19937_64 rng(67);
-  using Columns = Backend<float>::Columns;
+  using Slice = Backend<float>::ColumnSlice;
   for (const int64_t N : {int64_t{1}, int64_t{37}, int64_t{300}}) {
-    const int64_t widths[3] = {64, 1, 33}, W = 98;
+    // Three sources side by side from column 2 of rows 100 wide: columns 0, 1 and 100 - 2 keep their 5s.
+    const int64_t widths[3] = {64, 1, 33}, offs[3] = {2, 66, 67}, W = 100;
     std::vector<Vec> src;
     for (int64_t w : widths) src.push_back(rand_vec(rng, N * w));
-    Vec want(N * W), got(N * W);
-    for (int64_t n = 0, off = 0; n < N; ++n, off = 0)
-      for (int i = 0; i < 3; off += widths[i++])
-        for (int64_t j = 0; j < widths[i]; ++j) want[n * W + off + j] = src[i][n * widths[i] + j];
+    Vec want(N * W, 5.f), got(N * W, 5.f);
+    for (int64_t n = 0; n < N; ++n)
+      for (int i = 0; i < 3; ++i)
+        for (int64_t j = 0; j < widths[i]; ++j) want[n * W + offs[i] + j] = src[i][n * widths[i] + j];
     const std::string shape = " N=" + std::to_string(N);
-    const Columns cols[] = {{src[0].data(), widths[0]}, {src[1].data(), widths[1]}, {src[2].data(), widths[2]}};
-    cpu->concat_columns(cols, N, got.data());
-    check_exact("concat_columns on the CPU" + shape, got, want);
+    for (int i = 0; i < 3; ++i) cpu->copy_columns(src[i].data(), N, widths[i], Slice(got.data(), W, offs[i]));
+    check_exact("copy_columns on the CPU" + shape, got, want);
     {
       auto g = gpu_backend();
       Dev a(*g, src[0]), b(*g, src[1]), c(*g, src[2]), dst(*g, Vec(N * W, 5.f));
-      const Columns gcols[] = {{a.p(), widths[0]}, {b.p(), widths[1]}, {c.p(), widths[2]}};
-      g->concat_columns(gcols, N, dst.p());
-      check_exact("concat_columns, plain memory" + shape, dst.get(), want);
+      const Dev* ds[3] = {&a, &b, &c};
+      for (int i = 0; i < 3; ++i) g->copy_columns(ds[i]->p(), N, widths[i], Slice(dst.p(), W, offs[i]));
+      check_exact("copy_columns, plain memory" + shape, dst.get(), want);
+      Dev whole(*g, Vec(N * widths[0]));
+      g->copy_columns(a.p(), N, widths[0], whole.p());  // a buffer of its own: a copy
+      check_exact("copy_columns into a whole buffer" + shape, whole.get(), src[0]);
     }
     auto g = gpu_backend(CudaGemmPrecision::bf16);
     DeviceBuffer<float> op(*g, N * widths[0], Storage::operand), act(*g, N * widths[1], Storage::activation),
         dst(*g, N * W, Storage::operand);
-    Dev a(*g, src[0]), b(*g, src[1]), c(*g, src[2]), vals(*g, Vec(N * W));
+    Dev a(*g, src[0]), b(*g, src[1]), c(*g, src[2]), vals(*g, Vec(N * W, 5.f));
     g->store_operand(op.get(), a.p(), N * widths[0]);
     g->store_operand(act.get(), b.p(), N * widths[1]);
-    const Columns gcols[] = {{op.get(), widths[0]}, {act.get(), widths[1]}, {c.p(), widths[2]}};
-    g->concat_columns(gcols, N, dst.get());
+    g->store_operand(dst.get(), vals.p(), N * W);
+    const float* from[3] = {op.get(), act.get(), c.p()};
+    for (int i = 0; i < 3; ++i) g->copy_columns(from[i], N, widths[i], Slice(dst.get(), W, offs[i]));
     g->operand_values(dst.get(), N * W, vals.p());
-    check_exact("concat_columns, bf16 buffers and a plain source into an operand buffer" + shape, vals.get(),
+    check_exact("copy_columns, bf16 buffers and a plain source into an operand buffer" + shape, vals.get(),
                 bf16_rounded(want));
   }
+}
+
+namespace {
+
+// The model's q, k, v backward (attention_backward_set, qk_prep_backward_gain, qk_prep_backward with QK-norm):
+// the raw gradients of v, q and k written into operand buffers of their own and placed side by side on the host
+// (`slices` false), or written by the ops straight into their columns of one operand buffer whose rows are
+// ld > D + 2 KV apart (true; the last columns keep their 5s). Returns the [N, ld] values.
+Vec qkv_raw_gradients(Backend<float>& be, bool slices, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd,
+                      bool q_norm, uint64_t seed) {
+  using Slice = Backend<float>::ColumnSlice;
+  std::mt19937_64 rng(seed);
+  const int64_t N = B * Tn, D = H * hd, KV = Hkv * hd, ld = D + 2 * KV + 6, rot = hd / 2;
+  const size_t nq = static_cast<size_t>(N * D), nkv = static_cast<size_t>(N * KV);
+  Dev rq(be, rand_vec(rng, nq, -2.f, 2.f)), rk(be, rand_vec(rng, nkv, -2.f, 2.f)), v(be, rand_vec(rng, nkv));
+  Dev gain(be, rand_vec(rng, static_cast<size_t>(H), 0.5f, 2.f)), dout(be, rand_vec(rng, nq));
+  Dev rstd_q(be, Vec(N * H)), rstd_k(be, Vec(N * Hkv)), q(be, Vec(nq)), k(be, Vec(nkv)), out(be, Vec(nq));
+  Dev lse(be, Vec(N * H)), dq(be, Vec(nq)), dk(be, Vec(nkv)), dg(be, Vec(H, 0.f));
+  be.qk_prep_forward(rq.p(), B, Tn, H, hd, rot, 10000.0, q_norm, 1e-6f, gain.p(), rstd_q.p(), q.p(), q.p());
+  be.qk_prep_forward(rk.p(), B, Tn, Hkv, hd, rot, 10000.0, true, 1e-6f, nullptr, rstd_k.p(), k.p(), k.p());
+  be.attention_forward(q.p(), k.p(), v.p(), B, Tn, H, Hkv, hd, out.p(), lse.p());
+  DeviceBuffer<float> all(be, static_cast<size_t>(N * ld), Storage::operand);
+  Dev vals(be, Vec(N * ld, 5.f));
+  be.store_operand(all.get(), vals.p(), static_cast<size_t>(N * ld));
+  if (slices) {
+    be.attention_backward_set(dout.p(), q.p(), k.p(), v.p(), out.p(), lse.p(), B, Tn, H, Hkv, hd, dq.p(), dk.p(),
+                              Slice(all.get(), ld, D + KV));
+    be.qk_prep_backward_gain(dq.p(), gain.p(), dg.p(), rq.p(), rstd_q.p(), B, Tn, H, hd, rot, 10000.0, q_norm, 1e-6f,
+                             Slice(all.get(), ld, 0));
+    be.qk_prep_backward(dk.p(), rk.p(), rstd_k.p(), B, Tn, Hkv, hd, rot, 10000.0, true, Slice(all.get(), ld, D));
+    be.operand_values(all.get(), static_cast<size_t>(N * ld), vals.p());
+    return vals.get();
+  }
+  DeviceBuffer<float> gq(be, nq, Storage::operand), gk(be, nkv, Storage::operand), gv(be, nkv, Storage::operand);
+  be.attention_backward_set(dout.p(), q.p(), k.p(), v.p(), out.p(), lse.p(), B, Tn, H, Hkv, hd, dq.p(), dk.p(),
+                            gv.get());
+  be.qk_prep_backward_gain(dq.p(), gain.p(), dg.p(), rq.p(), rstd_q.p(), B, Tn, H, hd, rot, 10000.0, q_norm, 1e-6f,
+                           gq.get());
+  be.qk_prep_backward(dk.p(), rk.p(), rstd_k.p(), B, Tn, Hkv, hd, rot, 10000.0, true, gk.get());
+  Vec want(static_cast<size_t>(N * ld), 5.f);
+  const std::pair<const float*, int64_t> parts[3] = {{gq.get(), D}, {gk.get(), KV}, {gv.get(), KV}};
+  int64_t col = 0;
+  for (const auto& [buf, w] : parts) {
+    Dev part(be, Vec(static_cast<size_t>(N * w)));
+    be.operand_values(buf, static_cast<size_t>(N * w), part.p());
+    const Vec h = part.get();
+    for (int64_t n = 0; n < N; ++n) std::copy_n(h.begin() + n * w, w, want.begin() + n * ld + col);
+    col += w;
+  }
+  return want;
+}
+
+}  // namespace
+
+// Written through ColumnSlices the three ops give exactly what they write into buffers of their own, on the CPU
+// (through its scratch copies) and on the GPU (the flash kernels at hd 64 in bf16, the fp32 kernels otherwise).
+TEST_CASE("cuda: q, k and v's backward ops write their columns of one wider operand buffer", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  auto tf32 = gpu_backend(CudaGemmPrecision::tf32);
+  auto bf16 = gpu_backend(CudaGemmPrecision::bf16);
+  const std::pair<const char*, Backend<float>*> backends[] = {{"cpu", cpu.get()}, {"tf32", tf32.get()},
+                                                              {"bf16", bf16.get()}};
+  uint64_t seed = 90;
+  for (const auto& [name, be] : backends)
+    for (const int64_t hd : {int64_t{64}, int64_t{48}})
+      for (const bool q_norm : {true, false}) {
+        const std::string tag = std::string(" on ") + name + " hd=" + std::to_string(hd) + (q_norm ? " q norm" : "");
+        const Vec want = qkv_raw_gradients(*be, false, 2, 37, 4, 2, hd, q_norm, seed);
+        const Vec got = qkv_raw_gradients(*be, true, 2, 37, 4, 2, hd, q_norm, seed++);
+        check_exact("q, k, v raw gradients side by side" + tag, got, want);
+      }
 }
 
 TEST_CASE("cuda: channel scale and head scale", "[gpu]") {
