@@ -427,7 +427,7 @@ class CudaBackend final : public Backend<float> {
     const int64_t nq = elements(B, Tn, H, hd), nkv = elements(B, Tn, Hkv, hd);
     if (opt_.gemm == CudaGemmPrecision::bf16 && cuda::flash_mma_supports(hd)) {
       const auto in = operands({q, k, v}, {nq, nkv, nkv});
-      cuda::launch_flash_mma_forward(bits(in[0]), bits(in[1]), bits(in[2]), B, Tn, H, Hkv, hd, out_of(out), lse,
+      cuda::launch_flash_mma_forward(bits(in[0]), bits(in[1]), bits(in[2]), B, Tn, 0, H, Hkv, hd, out_of(out), lse,
                                      stream_);
       return;
     }
@@ -436,6 +436,18 @@ class CudaBackend final : public Backend<float> {
     float* o = op_out ? const_cast<float*>(in[3]) : out;  // the fp32 scratch carved for it
     cuda::launch_attention_forward(in[0], in[1], in[2], B, Tn, H, Hkv, hd, o, lse, stream_);
     if (op_out) cuda::launch_to_bf16(o, static_cast<size_t>(nq), reinterpret_cast<uint16_t*>(out), stream_);
+  }
+  // The flash kernel runs the suffix's query tiles only; the fp32 kernels go through the default (full length).
+  void attention_forward_suffix(const float* q, const float* k, const float* v, int64_t B, int64_t Tn, int64_t from,
+                                int64_t H, int64_t Hkv, int64_t hd, float* out) override {
+    if (opt_.gemm != CudaGemmPrecision::bf16 || !cuda::flash_mma_supports(hd)) {
+      Backend<float>::attention_forward_suffix(q, k, v, B, Tn, from, H, Hkv, hd, out);
+      return;
+    }
+    const int64_t S = Tn - from;
+    const auto in = operands({q, k, v}, {elements(B, S, H, hd), elements(B, Tn, Hkv, hd), elements(B, Tn, Hkv, hd)});
+    cuda::launch_flash_mma_forward(bits(in[0]), bits(in[1]), bits(in[2]), B, Tn, from, H, Hkv, hd, out_of(out),
+                                   nullptr, stream_);
   }
   void attention_backward(const float* dout, const float* q, const float* k, const float* v, const float* out,
                           const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, float* dq,

@@ -148,14 +148,14 @@ void check_args(const char* op, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, i
 }
 
 template <int HD>
-void fwd_impl(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, int B, int T, int H, int Hkv, Out out,
-              float* lse, cudaStream_t s) {
-  const LaunchShape ls = fwd_shape<HD>(B, T, H);
+void fwd_impl(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, int B, int T, int Tq, int H, int Hkv,
+              Out out, float* lse, cudaStream_t s) {
+  const LaunchShape ls = fwd_shape<HD>(B, Tq, H);
   PTOOL_CUDA_CHECK(cudaFuncSetAttribute(flash_fwd_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(ls.smem)));
   const float scale_log2 = static_cast<float>(1.0 / std::sqrt(static_cast<double>(HD))) * kLog2e;
   PTOOL_LAUNCH(flash_fwd_kernel<HD>, dim3(ls.gx, ls.gy, ls.gz), ls.threads, ls.smem, s)(
-      q, k, v, out.f32, out.bf16, lse, T, H, Hkv, scale_log2);
+      q, k, v, out.f32, out.bf16, lse, T, Tq, H, Hkv, scale_log2);
   PTOOL_CUDA_LAUNCHED("flash_mma_forward", s);
 }
 
@@ -186,17 +186,21 @@ void bwd_impl(const bf16_bits* dout, const bf16_bits* q, const bf16_bits* k, con
 }  // namespace
 
 void launch_flash_mma_forward(const uint16_t* q, const uint16_t* k, const uint16_t* v, int64_t B, int64_t Tn,
-                              int64_t H, int64_t Hkv, int64_t hd, Out out, float* lse, cudaStream_t s) {
+                              int64_t from, int64_t H, int64_t Hkv, int64_t hd, Out out, float* lse, cudaStream_t s) {
   check_args("attention_forward", B, Tn, H, Hkv, hd);
   check_aligned("attention_forward", {q, k, v});
+  if (from < 0 || from >= std::max<int64_t>(Tn, 1))
+    throw std::invalid_argument("attention_forward: the scored queries start at " + std::to_string(from) +
+                                ", outside [0, T = " + std::to_string(Tn) + ")");
   if (B == 0 || Tn == 0) return;
-  const int b = static_cast<int>(B), t = static_cast<int>(Tn), h = static_cast<int>(H), hk = static_cast<int>(Hkv);
+  const int b = static_cast<int>(B), t = static_cast<int>(Tn), tq = static_cast<int>(Tn - from);
+  const int h = static_cast<int>(H), hk = static_cast<int>(Hkv);
   switch (hd) {
-    case 16: return fwd_impl<16>(q, k, v, b, t, h, hk, out, lse, s);
-    case 32: return fwd_impl<32>(q, k, v, b, t, h, hk, out, lse, s);
-    case 64: return fwd_impl<64>(q, k, v, b, t, h, hk, out, lse, s);
-    case 96: return fwd_impl<96>(q, k, v, b, t, h, hk, out, lse, s);
-    default: return fwd_impl<128>(q, k, v, b, t, h, hk, out, lse, s);
+    case 16: return fwd_impl<16>(q, k, v, b, t, tq, h, hk, out, lse, s);
+    case 32: return fwd_impl<32>(q, k, v, b, t, tq, h, hk, out, lse, s);
+    case 64: return fwd_impl<64>(q, k, v, b, t, tq, h, hk, out, lse, s);
+    case 96: return fwd_impl<96>(q, k, v, b, t, tq, h, hk, out, lse, s);
+    default: return fwd_impl<128>(q, k, v, b, t, tq, h, hk, out, lse, s);
   }
 }
 

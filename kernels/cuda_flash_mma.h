@@ -22,8 +22,10 @@ inline bool flash_mma_supports(int64_t hd) { return hd == 16 || hd == 32 || hd =
 
 // Throw std::invalid_argument for bad shapes (H % Hkv != 0, ...), for head dims other than 16, 32, 64, 96 and 128, and for
 // q, k, v, dout or the backward's out not 16-byte aligned. lse may be null in the forward (no backward follows).
+// The forward's queries are the positions [from, Tn) of each sequence (Backend::attention_forward_suffix; 0 for
+// attention_forward): q, out and lse hold Tn - from rows per sequence, k and v all Tn.
 void launch_flash_mma_forward(const uint16_t* q, const uint16_t* k, const uint16_t* v, int64_t B, int64_t Tn,
-                              int64_t H, int64_t Hkv, int64_t hd, Out out, float* lse, cudaStream_t s);
+                              int64_t from, int64_t H, int64_t Hkv, int64_t hd, Out out, float* lse, cudaStream_t s);
 void launch_flash_mma_backward(const uint16_t* dout, const uint16_t* q, const uint16_t* k, const uint16_t* v,
                                const uint16_t* out, const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv,
                                int64_t hd, float* dq_acc, float* dk_acc, Out dv, int64_t dv_ld, int64_t dv_col,

@@ -130,8 +130,8 @@ struct LaunchShape {
 };
 constexpr unsigned kDotThreads = 256;
 template <int HD>
-LaunchShape fwd_shape(int B, int T, int H) {
-  return {static_cast<unsigned>((T + kFwdRows<HD> - 1) / kFwdRows<HD>), static_cast<unsigned>(H),
+LaunchShape fwd_shape(int B, int Tq, int H) {  // Tq query rows per sequence
+  return {static_cast<unsigned>((Tq + kFwdRows<HD> - 1) / kFwdRows<HD>), static_cast<unsigned>(H),
           static_cast<unsigned>(B), kThreads, fwd_smem_bytes<HD>()};
 }
 template <int HD>
@@ -154,8 +154,8 @@ inline LaunchShape dot_shape(int64_t rows) {  // one warp per row, grid-stride b
 template <int HD>
 __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const bf16_bits* __restrict__ q, const bf16_bits* __restrict__ k,
                                                              const bf16_bits* __restrict__ v, float* __restrict__ out,
-                                                             bf16_bits* __restrict__ out_b, float* __restrict__ lse, int T, int H, int Hkv,
-                                                             float scale_log2) {
+                                                             bf16_bits* __restrict__ out_b, float* __restrict__ lse, int T, int Tq, int H,
+                                                             int Hkv, float scale_log2) {
   static_assert(kHeadDimOk<HD>, "head_dim: a multiple of 16 up to 128");
   constexpr int S = kStride<HD>, KC = HD / 16, DN = HD / 8, NT = kKeyTile / 8, MT = kFwdMt<HD>;
   constexpr int ROWS = kFwdRows<HD>, WROWS = 16 * MT;  // query rows per CTA and per warp
@@ -166,12 +166,15 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const bf16_bits* __
   const int qb = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);  // heavy tiles first
   const int h = blockIdx.y, b = blockIdx.z;
   const int kvh = h / (H / Hkv);
-  const int q0 = qb * ROWS;
+  // q, out and lse hold the Tq queries at positions [qoff, T) of each sequence (all of them when Tq = T); rows
+  // below are positions (masking), q row r is position qoff + r.
+  const int qoff = T - Tq;
+  const int q0 = qoff + qb * ROWS;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
   const int64_t qs = static_cast<int64_t>(H) * HD;
   stage_kv_async<HD>(KVs, KVs + kKeyTile * S, k, v, b, T, Hkv, kvh, 0);  // key tile 0, in flight during Q's staging
   cp_async_commit();
-  stage<HD, ROWS>(Qs, q + (static_cast<int64_t>(b) * T + q0) * qs + static_cast<int64_t>(h) * HD, qs,
+  stage<HD, ROWS>(Qs, q + (static_cast<int64_t>(b) * Tq + q0 - qoff) * qs + static_cast<int64_t>(h) * HD, qs,
                   min(ROWS, T - q0));
   __syncthreads();
   // The warp owns rows [wrow0, wrow0 + WROWS); m-tile mt holds rows wrow0 + 16 mt + g and + 8 of this thread.
@@ -290,7 +293,7 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const bf16_bits* __
       const float lr = quad_sum(l[mt][r]);
       if (row >= T) continue;
       const float inv = 1.f / lr;
-      const int64_t orow = (static_cast<int64_t>(b) * T + row) * qs + static_cast<int64_t>(h) * HD;
+      const int64_t orow = (static_cast<int64_t>(b) * Tq + row - qoff) * qs + static_cast<int64_t>(h) * HD;
 #pragma unroll
       for (int n = 0; n < DN; ++n) {
         const float o0 = o[mt][n][2 * r] * inv, o1 = o[mt][n][2 * r + 1] * inv;
@@ -301,7 +304,7 @@ __global__ void __launch_bounds__(kThreads) flash_fwd_kernel(const bf16_bits* __
           out[orow + n * 8 + 2 * t + 1] = o1;
         }
       }
-      if (lse && t == 0) lse[(static_cast<int64_t>(b) * H + h) * T + row] = (m[mt][r] + log2f(lr)) * kLn2;
+      if (lse && t == 0) lse[(static_cast<int64_t>(b) * H + h) * Tq + row - qoff] = (m[mt][r] + log2f(lr)) * kLn2;
     }
 }
 

@@ -245,18 +245,21 @@ void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, cons
                       a.rstd_q.get(), a.q.get(), a.q.get());
   be_.qk_prep_forward(a.k_raw.get(), B, Tn, Hkv, hd, rot, base, cfg_.qk_norm, rms_eps<T>(), nullptr, a.rstd_k.get(),
                       a.k.get(), a.k.get());
-  be_.attention_forward(a.q.get(), a.k.get(), a.v.get(), B, Tn, H, Hkv, hd, a.att.get(), a.lse.get());
-  // Nothing past attention mixes positions: the last layer of a pass that scores only each sequence's suffix goes
-  // on with those R rows alone (attention's output packed into q's buffer, free now, the residual into scored_).
+  // The last layer of a pass that scores only each sequence's suffix needs the queries of those R rows alone, and
+  // nothing past attention mixes positions: it goes on with them (their q packed into att's buffer, attention's
+  // output into q's, both free then, the residual into scored_).
   const T* att = a.att.get();
   const T* x_mix = a.x_mix;
   int64_t R = N;
   if (last && score_from > 0) {
     R = B * (Tn - score_from);
-    be_.gather_rows(att, B, Tn, score_from, D, a.q.get());
+    be_.gather_rows(a.q.get(), B, Tn, score_from, D, a.att.get());
+    be_.attention_forward_suffix(a.att.get(), a.k.get(), a.v.get(), B, Tn, score_from, H, Hkv, hd, a.q.get());
     be_.gather_rows(x_mix, B, Tn, score_from, D, scored_.get());
     att = a.q.get();
     x_mix = scored_.get();
+  } else {
+    be_.attention_forward(a.q.get(), a.k.get(), a.v.get(), B, Tn, H, Hkv, hd, a.att.get(), a.lse.get());
   }
   be_.linear_forward(att, P + w.proj, R, D, D, a.o.get());
   // MLP branch (its pre-norm fused with the residual add when it is a plain RMSNorm).

@@ -96,6 +96,21 @@ class Backend {
   virtual void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* out, const T* lse,
                                   int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, T* dq, T* dk,
                                   T* dv) = 0;
+  // The causal attention of the queries at positions [from, Tn) of each of B sequences only (a pass that scores
+  // just each sequence's suffix): q and out hold those S = Tn - from rows per sequence, packed ([B, S, H, hd]);
+  // k and v hold all Tn positions. out equals attention_forward's rows from `from` on. No lse (nothing follows).
+  // q may be an operand buffer and out an operand buffer. The default spreads q into a full-length scratch (zeros
+  // before `from`), runs attention_forward and gathers the rows.
+  virtual void attention_forward_suffix(const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t from,
+                                        int64_t H, int64_t Hkv, int64_t hd, T* out) {
+    const int64_t D = H * hd, S = Tn - from;
+    DeviceBuffer<T> fq(*this, static_cast<size_t>(B * Tn * D)), fo(*this, static_cast<size_t>(B * Tn * D));
+    DeviceBuffer<T> lse(*this, static_cast<size_t>(B * H * Tn));
+    zero(fq.get(), static_cast<size_t>(B * Tn * D));
+    copy_columns(q, B, S * D, ColumnSlice(fq.get(), Tn * D, from * D));  // sequence b's suffix: row b's last S D
+    attention_forward(fq.get(), k, v, B, Tn, H, Hkv, hd, fo.get(), lse.get());
+    gather_rows(fo.get(), B, Tn, from, D, out);
+  }
   virtual void activation_forward(cpu::Activation a, const T* h, int64_t n, T* out) = 0;
   virtual void activation_backward(cpu::Activation a, const T* dout, const T* h, int64_t n, T* dh) = 0;
   virtual void skip_add_forward(T* x, const T* skip, const T* w, int64_t N, int64_t D) = 0;

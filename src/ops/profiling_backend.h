@@ -149,6 +149,13 @@ class ProfilingBackend final : public Backend<T> {
           attention_flops(B, Tn, H, hd, 2),
           [&] { in_.attention_forward(q, k, v, B, Tn, H, Hkv, hd, out, lse); });
   }
+  void attention_forward_suffix(const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t from, int64_t H,
+                                int64_t Hkv, int64_t hd, T* out) override {
+    const int64_t nq = B * (Tn - from) * H * hd, nkv = B * Tn * Hkv * hd;
+    timed("attention_forward_suffix", b(q, nq) + b(k, nkv) + b(v, nkv) + b(out, nq),
+          attention_flops(B, Tn, H, hd, 2) - attention_flops(B, from, H, hd, 2),
+          [&] { in_.attention_forward_suffix(q, k, v, B, Tn, from, H, Hkv, hd, out); });
+  }
   void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* out, const T* lse, int64_t B,
                           int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, T* dq, T* dk, T* dv) override {
     timed("attention_backward", attention_backward_bytes(dout, q, k, v, out, B, Tn, H, Hkv, hd, dq, dk, dv, true),

@@ -202,11 +202,11 @@ TEST_CASE("cuda flash: other head dims keep the fp32 kernels; the launchers refu
   const auto* bk = reinterpret_cast<const uint16_t*>(gk.p());
   const auto* bv = reinterpret_cast<const uint16_t*>(gv.p());
   for (const int64_t hd : {8, 40, 48, 256})
-    CHECK_THROWS_AS(cuda::launch_flash_mma_forward(bq, bk, bv, 1, 2, 2, 2, hd, gout.p(), glse.p(), nullptr),
+    CHECK_THROWS_AS(cuda::launch_flash_mma_forward(bq, bk, bv, 1, 2, 0, 2, 2, hd, gout.p(), glse.p(), nullptr),
                     std::invalid_argument);
-  CHECK_THROWS_AS(cuda::launch_flash_mma_forward(bq, bk, bv, 1, 2, 3, 2, 64, gout.p(), glse.p(), nullptr),
+  CHECK_THROWS_AS(cuda::launch_flash_mma_forward(bq, bk, bv, 1, 2, 0, 3, 2, 64, gout.p(), glse.p(), nullptr),
                   std::invalid_argument);
-  CHECK_THROWS_AS(cuda::launch_flash_mma_forward(bq + 1, bk, bv, 1, 2, 2, 2, 64, gout.p(), glse.p(), nullptr),
+  CHECK_THROWS_AS(cuda::launch_flash_mma_forward(bq + 1, bk, bv, 1, 2, 0, 2, 2, 64, gout.p(), glse.p(), nullptr),
                   std::invalid_argument);  // not 16-byte aligned
 }
 

@@ -751,6 +751,45 @@ void attention_case(Backend<float>& cpu, Backend<float>& g, std::mt19937_64& rng
 
 }  // namespace
 
+// attention_forward_suffix gives attention_forward's rows from `from` on exactly: on the CPU and the fp32 kernels
+// through the default (full length, then gathered), with the flash kernel by running only the suffix's query
+// tiles (each query row is computed independently of the others, so the tiling does not change it).
+TEST_CASE("cuda: attention over a suffix of the queries equals the full attention's rows", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  auto tf32 = gpu_backend(CudaGemmPrecision::tf32);
+  auto bf16 = gpu_backend(CudaGemmPrecision::bf16);
+  const std::pair<const char*, Backend<float>*> backends[] = {{"cpu", cpu.get()}, {"tf32", tf32.get()},
+                                                              {"bf16", bf16.get()}};
+  std::mt19937_64 rng(97);
+  const int64_t B = 2, Tn = 200, H = 4, Hkv = 2;
+  for (const auto& [name, be] : backends)
+    for (const int64_t hd : {int64_t{64}, int64_t{48}, int64_t{128}})
+      for (const int64_t from : {int64_t{1}, int64_t{63}, int64_t{64}, int64_t{129}, int64_t{199}}) {
+        const int64_t D = H * hd, S = Tn - from;
+        const std::string tag = std::string(" on ") + name + " hd=" + std::to_string(hd) + " from=" +
+                                std::to_string(from);
+        const Vec q = rand_vec(rng, static_cast<size_t>(B * Tn * D));
+        const Vec k = rand_vec(rng, static_cast<size_t>(B * Tn * Hkv * hd)), v = rand_vec(rng, k.size());
+        Vec qs(static_cast<size_t>(B * S * D));
+        for (int64_t b = 0; b < B; ++b)
+          std::copy_n(q.begin() + (b * Tn + from) * D, S * D, qs.begin() + b * S * D);
+        DeviceBuffer<float> gq(*be, q.size(), Storage::operand), gqs(*be, qs.size(), Storage::operand);
+        DeviceBuffer<float> full(*be, q.size(), Storage::operand), got(*be, qs.size(), Storage::operand);
+        Dev hq(*be, q), hqs(*be, qs), gk(*be, k), gv(*be, v), lse(*be, Vec(B * H * Tn));
+        be->store_operand(gq.get(), hq.p(), q.size());
+        be->store_operand(gqs.get(), hqs.p(), qs.size());
+        be->attention_forward(gq.get(), gk.p(), gv.p(), B, Tn, H, Hkv, hd, full.get(), lse.p());
+        be->attention_forward_suffix(gqs.get(), gk.p(), gv.p(), B, Tn, from, H, Hkv, hd, got.get());
+        Dev want(*be, qs), out(*be, qs);
+        DeviceBuffer<float> rows(*be, qs.size(), Storage::operand);
+        be->gather_rows(full.get(), B, Tn, from, D, rows.get());
+        be->operand_values(rows.get(), qs.size(), want.p());
+        be->operand_values(got.get(), qs.size(), out.p());
+        check_exact("attention_forward_suffix" + tag, out.get(), want.get());
+      }
+}
+
 TEST_CASE("cuda: causal GQA attention forward and backward", "[gpu]") {
   SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend<float>();
