@@ -70,6 +70,15 @@ std::unique_ptr<Backend<float>> gpu_backend(CudaGemmPrecision g = CudaGemmPrecis
   return make_cuda_backend(o);
 }
 
+// The CPU reference and the CUDA backend with its fp32 attention kernels (tf32) and its flash kernels (bf16).
+struct ThreeBackends {
+  std::unique_ptr<Backend<float>> cpu = make_cpu_backend<float>(), tf32 = gpu_backend(CudaGemmPrecision::tf32),
+                                  bf16 = gpu_backend(CudaGemmPrecision::bf16);
+  std::vector<std::pair<std::string, Backend<float>*>> all() const {
+    return {{"cpu", cpu.get()}, {"tf32", tf32.get()}, {"bf16", bf16.get()}};
+  }
+};
+
 class DevIdx {
  public:
   DevIdx(Backend<float>& b, const std::vector<int32_t>& h) : b_(&b), p_(b.alloc_index(h.size())) {
@@ -488,13 +497,9 @@ Vec qkv_raw_gradients(Backend<float>& be, bool slices, int64_t B, int64_t Tn, in
 // (through its scratch copies) and on the GPU (the flash kernels at hd 64 in bf16, the fp32 kernels otherwise).
 TEST_CASE("cuda: q, k and v's backward ops write their columns of one wider operand buffer", "[gpu]") {
   SKIP_WITHOUT_GPU();
-  auto cpu = make_cpu_backend<float>();
-  auto tf32 = gpu_backend(CudaGemmPrecision::tf32);
-  auto bf16 = gpu_backend(CudaGemmPrecision::bf16);
-  const std::pair<const char*, Backend<float>*> backends[] = {{"cpu", cpu.get()}, {"tf32", tf32.get()},
-                                                              {"bf16", bf16.get()}};
+  const ThreeBackends backends;
   uint64_t seed = 90;
-  for (const auto& [name, be] : backends)
+  for (const auto& [name, be] : backends.all())
     for (const int64_t hd : {int64_t{64}, int64_t{48}})
       for (const bool q_norm : {true, false}) {
         const std::string tag = std::string(" on ") + name + " hd=" + std::to_string(hd) + (q_norm ? " q norm" : "");
@@ -756,14 +761,10 @@ void attention_case(Backend<float>& cpu, Backend<float>& g, std::mt19937_64& rng
 // tiles (each query row is computed independently of the others, so the tiling does not change it).
 TEST_CASE("cuda: attention over a suffix of the queries equals the full attention's rows", "[gpu]") {
   SKIP_WITHOUT_GPU();
-  auto cpu = make_cpu_backend<float>();
-  auto tf32 = gpu_backend(CudaGemmPrecision::tf32);
-  auto bf16 = gpu_backend(CudaGemmPrecision::bf16);
-  const std::pair<const char*, Backend<float>*> backends[] = {{"cpu", cpu.get()}, {"tf32", tf32.get()},
-                                                              {"bf16", bf16.get()}};
+  const ThreeBackends backends;
   std::mt19937_64 rng(97);
   const int64_t B = 2, Tn = 200, H = 4, Hkv = 2;
-  for (const auto& [name, be] : backends)
+  for (const auto& [name, be] : backends.all())
     for (const int64_t hd : {int64_t{64}, int64_t{48}, int64_t{128}})
       for (const int64_t from : {int64_t{1}, int64_t{63}, int64_t{64}, int64_t{129}, int64_t{199}}) {
         const int64_t D = H * hd, S = Tn - from;
