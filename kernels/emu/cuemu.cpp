@@ -24,6 +24,7 @@
 #endif
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define CUEMU_ASAN 1
 #else
@@ -247,13 +248,19 @@ void yield() { switch_to_scheduler(cur(), false); }
 
 void record_device_error(const std::string& what);
 
+// Called when a thread's body returns (its own frame: fiber_main never returns, so under ASan a local of its
+// would leave its stack redzones poisoned for the next CTA's threads).
+void check_thread_exit(const Fiber& f) {
+  if (!f.copies.empty()) record_device_error("exits with cp.async copies it never waited for");
+}
+
 void fiber_main() {
 #if CUEMU_ASAN
   __sanitizer_finish_switch_fiber(nullptr, &g_s.sched_stack_bottom, &g_s.sched_stack_size);
 #endif
   g_s.body(g_s.body_ctx);
   Fiber& f = cur();
-  if (!f.copies.empty()) record_device_error("exits with cp.async copies it never waited for");
+  check_thread_exit(f);
   f.done = true;
   Cta& c = g_s.cta;
   c.bar.leave();
@@ -345,6 +352,10 @@ bool run_cta(unsigned nthreads) {
     Fiber& f = *g_s.fibers[i];
     f.done = false;
     f.fake_stack = nullptr;
+#if CUEMU_ASAN
+    // A finished thread's frames never returned: clear what ASan marked in them before the stack is reused.
+    __asan_unpoison_memory_region(f.stack.get(), kStackBytes);
+#endif
     f.copies.clear();
     f.committed = 0;
     f.sp = initial_stack(f.stack.get());
