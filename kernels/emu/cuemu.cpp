@@ -117,10 +117,8 @@ size_t page_bytes() {
   static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   return page;
 }
-size_t device_data_pages(size_t bytes) {
-  const size_t rounded = (bytes + kDeviceAlign - 1) / kDeviceAlign * kDeviceAlign;
-  return (rounded + page_bytes() - 1) / page_bytes();
-}
+size_t device_rounded(size_t bytes) { return (bytes + kDeviceAlign - 1) / kDeviceAlign * kDeviceAlign; }
+size_t device_data_pages(size_t bytes) { return (device_rounded(bytes) + page_bytes() - 1) / page_bytes(); }
 void* device_alloc(size_t bytes) {
 #if CUEMU_ASAN
   return ::operator new(bytes, std::align_val_t{kDeviceAlign}, std::nothrow);
@@ -133,8 +131,7 @@ void* device_alloc(size_t bytes) {
     munmap(map, data + 2 * page);
     return nullptr;
   }
-  const size_t rounded = (bytes + kDeviceAlign - 1) / kDeviceAlign * kDeviceAlign;
-  return first + data - rounded;
+  return first + data - device_rounded(bytes);
 #endif
 }
 void device_free(void* p, size_t bytes) {

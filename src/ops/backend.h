@@ -184,9 +184,10 @@ class Backend {
   // q's backward through its gain as well (out = g[h] x, x = rope(norm ? rmsnorm(raw) : raw) from qk_prep_forward
   // with a gain and eps), in one pass where a backend can: from dq (the gradient of out) and x, adds sum dq x over
   // head h's elements to dg[h], then writes the gradient of raw into draw (a buffer or a slice, as
-  // qk_prep_backward's draw; without norm it receives the rotated g[h] dq). x is not kept by the forward: it is formed again from raw (and rstd) exactly as
-  // the forward formed it. dq is only read; raw may be an activation buffer, draw an operand buffer. The default
-  // composes qk_prep_forward (for x), head_scale_backward_set_dx and qk_prep_backward through scratch buffers.
+  // qk_prep_backward's draw; without norm it receives the rotated g[h] dq). x is not kept by the forward: it is
+  // formed again from raw (and rstd) exactly as the forward formed it. dq is only read; raw may be an activation
+  // buffer, draw an operand buffer. The default composes qk_prep_forward (for x), head_scale_backward_set_dx and
+  // qk_prep_backward through scratch buffers.
   virtual void qk_prep_backward_gain(const T* dq, const T* gain, T* dg, const T* raw, const T* rstd, int64_t B,
                                      int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base, bool norm, T eps,
                                      ColumnSlice draw) {

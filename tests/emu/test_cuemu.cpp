@@ -117,6 +117,21 @@ struct OrderGuard {
   ~OrderGuard() { cuemu::set_order(saved); }
 };
 
+// reverse_kernel over 4 blocks of 256: each block's slice comes out reversed.
+void check_block_reversal() {
+  const int n = 4 * 256;
+  std::vector<int> in(n);
+  for (int i = 0; i < n; ++i) in[static_cast<size_t>(i)] = i * 7 + 1;
+  DeviceArray<int> din(n), dout(n);
+  REQUIRE(cudaMemcpy(din.p, in.data(), n * sizeof(int), cudaMemcpyHostToDevice) == cudaSuccess);
+  PTOOL_LAUNCH(reverse_kernel, 4, 256, 0, nullptr)(din.p, dout.p);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  const std::vector<int> h = dout.get();
+  for (int b = 0; b < 4; ++b)
+    for (int t = 0; t < 256; ++t)
+      REQUIRE(h[static_cast<size_t>(b * 256 + t)] == in[static_cast<size_t>(b * 256 + 255 - t)]);
+}
+
 std::string last_error_text() {
   const cudaError_t e = cudaGetLastError();
   return e == cudaSuccess ? std::string() : std::string(cudaGetErrorString(e));
@@ -136,17 +151,7 @@ TEST_CASE("cuemu: a kernel sees its grid and block coordinates") {
 }
 
 TEST_CASE("cuemu: __syncthreads orders shared memory between the threads of a block") {
-  const int n = 4 * 256;
-  std::vector<int> in(n);
-  for (int i = 0; i < n; ++i) in[static_cast<size_t>(i)] = i * 7 + 1;
-  DeviceArray<int> din(n), dout(n);
-  REQUIRE(cudaMemcpy(din.p, in.data(), n * sizeof(int), cudaMemcpyHostToDevice) == cudaSuccess);
-  PTOOL_LAUNCH(reverse_kernel, 4, 256, 0, nullptr)(din.p, dout.p);
-  REQUIRE(cudaGetLastError() == cudaSuccess);
-  const std::vector<int> h = dout.get();
-  for (int b = 0; b < 4; ++b)
-    for (int t = 0; t < 256; ++t)
-      REQUIRE(h[static_cast<size_t>(b * 256 + t)] == in[static_cast<size_t>(b * 256 + 255 - t)]);
+  check_block_reversal();
 }
 
 TEST_CASE("cuemu: xor shuffles give every lane the warp's sum") {
@@ -192,17 +197,7 @@ TEST_CASE("cuemu: the reverse order runs CTAs and threads last to first, exposin
   }
   // The coordinates and a correct kernel's results do not depend on the order.
   cuemu::set_order(cuemu::Order::reverse);
-  const int n = 4 * 256;
-  std::vector<int> in(n);
-  for (int i = 0; i < n; ++i) in[static_cast<size_t>(i)] = i * 7 + 1;
-  DeviceArray<int> din(n), dout(n);
-  REQUIRE(cudaMemcpy(din.p, in.data(), n * sizeof(int), cudaMemcpyHostToDevice) == cudaSuccess);
-  PTOOL_LAUNCH(reverse_kernel, 4, 256, 0, nullptr)(din.p, dout.p);
-  REQUIRE(cudaGetLastError() == cudaSuccess);
-  const std::vector<int> h = dout.get();
-  for (int b = 0; b < 4; ++b)
-    for (int t = 0; t < 256; ++t)
-      REQUIRE(h[static_cast<size_t>(b * 256 + t)] == in[static_cast<size_t>(b * 256 + 255 - t)]);
+  check_block_reversal();
 }
 
 TEST_CASE("cuemu: a warp runs up to a barrier it cannot pass before the next warp starts") {
