@@ -325,7 +325,7 @@ class CudaBackend final : public Backend<float> {
         gemm(true, false, outs[i].M, N, K, op[1 + i], K, op[0], K, out_of(outs[i].y), outs[i].M, 0.f);
   }
   void copy_columns(const float* src, int64_t N, int64_t width, ColumnSlice dst) override {
-    cuda::launch_copy_columns(in_of(src), N, width, out_of(dst.base), dst.ld ? dst.ld : width, dst.col, stream_);
+    cuda::launch_copy_columns(in_of(src), N, width, out_of(dst.base), dst.row_stride(width), dst.col, stream_);
   }
   void gather_rows(const float* src, int64_t B, int64_t Tn, int64_t from, int64_t D, float* dst) override {
     if (from < 0 || from > Tn) throw std::invalid_argument("gather_rows: from outside [0, Tn]");
@@ -401,7 +401,7 @@ class CudaBackend final : public Backend<float> {
     require_plain("qk_prep_backward", {d, rstd});
     const RopeTable* t = rope_table("qk_prep_backward", Tn, hd, rot, base);
     cuda::launch_qk_prep_backward(d, in_of(raw), rstd, B * Tn * H, Tn, H, hd, t ? rot : 0, norm, t ? t->cos_t : nullptr,
-                                  t ? t->sin_t : nullptr, out_of(draw.base), draw.ld ? draw.ld : H * hd, draw.col,
+                                  t ? t->sin_t : nullptr, out_of(draw.base), draw.row_stride(H * hd), draw.col,
                                   stream_);
   }
   void qk_prep_backward_gain(const float* dq, const float* gain, float* dg, const float* raw, const float* rstd,
@@ -415,7 +415,7 @@ class CudaBackend final : public Backend<float> {
     const RopeTable* t = rope_table("qk_prep_backward_gain", Tn, hd, rot, base);
     cuda::launch_qk_prep_backward_gain(dq, gain, dg, in_of(raw), rstd, B * Tn, Tn, H, hd, t ? rot : 0, norm,
                                        t ? t->cos_t : nullptr, t ? t->sin_t : nullptr, out_of(draw.base),
-                                       draw.ld ? draw.ld : H * hd, draw.col, ws_, stream_);
+                                       draw.row_stride(H * hd), draw.col, ws_, stream_);
   }
   // bf16 GEMM precision: the tensor-core flash kernels, which read q, k, v, dO and (backward) out in bf16 (operand
   // buffers as they are, the rest rounded into conv_ws_) and may write out into an operand buffer; else the fp32
@@ -466,7 +466,7 @@ class CudaBackend final : public Backend<float> {
                                const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, float* dq,
                                float* dk, ColumnSlice dv, bool accumulate) {
     const int64_t nq = elements(B, Tn, H, hd), nkv = elements(B, Tn, Hkv, hd);
-    const int64_t dv_ld = dv.ld ? dv.ld : Hkv * hd;
+    const int64_t dv_ld = dv.row_stride(Hkv * hd);
     if (opt_.gemm == CudaGemmPrecision::bf16 && cuda::flash_mma_supports(hd)) {
       const auto in = operands({dout, q, k, v, out}, {nq, nq, nkv, nkv, nq});
       cuda::launch_flash_mma_backward(bits(in[0]), bits(in[1]), bits(in[2]), bits(in[3]), bits(in[4]), lse, B, Tn, H,

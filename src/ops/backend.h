@@ -69,7 +69,8 @@ class Backend {
     int64_t ld = 0, col = 0;
     ColumnSlice(T* p) : base(p) {}  // implicit on purpose: a whole buffer
     ColumnSlice(T* p, int64_t ld_, int64_t col_) : base(p), ld(ld_), col(col_) {}
-    bool whole(int64_t width) const { return ld == 0 || (ld == width && col == 0); }
+    int64_t row_stride(int64_t width) const { return ld ? ld : width; }
+    bool whole(int64_t width) const { return row_stride(width) == width && col == 0; }
   };
   // dst's columns [col, col + width) of rows n < N = src[n, :] (src is [N, width]). src may be an operand or
   // activation buffer and dst an operand buffer: values are copied as stored, rounded where dst keeps fewer bits.

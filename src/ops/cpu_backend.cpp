@@ -62,7 +62,7 @@ class CpuBackend final : public Backend<T> {
     cpu::linear_backward(dy, x, W, N, K, M, dx, dW);
   }
   void copy_columns(const T* src, int64_t N, int64_t width, typename Backend<T>::ColumnSlice dst) override {
-    const int64_t ld = dst.ld ? dst.ld : width;
+    const int64_t ld = dst.row_stride(width);
     for (int64_t n = 0; n < N; ++n) std::copy_n(src + n * width, width, dst.base + n * ld + dst.col);
   }
   // The ops it fuses in turn, x and xs kept in y or h (free until the norm) where the caller does not keep them:
