@@ -122,14 +122,14 @@ twin() {  # torch_twin for PRESET
 step "test_kernels [gpu]" 180 "$OUT/test_kernels.txt" sh -c '"$1" "$2" --durations yes 2>&1' _ "$BUILD/test_kernels" \
   "$TESTS"
 
-# ---- 2. ptool vs twin, fastest precisions first --------------------------------------------------------------
+# ---- 2. ptool vs twin: bf16, deterministic and with atomics (the flash backward's dQ) -------------------------
 bt baseline bf16 60
-bt baseline tf32 60
+bt baseline bf16,nondeterministic 60
 twin baseline 150
 step "bench_train baseline bf16 --profile" 60 "$OUT/profile.txt" "$BUILD/bench_train" --preset baseline \
   --device cuda:bf16 "${BATCH[@]}" --grad-accum "$(accum_of baseline)" "${PROFILE_RUN[@]}" --muon-bf16 --profile
 bt "$RECURRENT" bf16 90
-bt "$RECURRENT" tf32 90
+bt "$RECURRENT" bf16,nondeterministic 90
 twin "$RECURRENT" 150
 
 # ---- 3. kernels alone, the trainer end to end, GPU calibration -----------------------------------------------
@@ -148,7 +148,8 @@ step "ptool train baseline cuda:bf16" 90 "$OUT/ptool_train.txt" "$BUILD/ptool" t
 step "ptool quantize gptq --device cuda" 60 "$OUT/ptool_train.txt" "$BUILD/ptool" quantize "$T/m.ptc" --preset gptq \
   --calib "$T/shards/c_train_*.bin" "${CALIB[@]}" --device cuda --dry-run
 
-# ---- 4. bf16 GEMMs with fp32 activations (what bf16 activation storage buys), the fp32 reference, if time is left
+# ---- 4. TF32, bf16 GEMMs with fp32 activations (what bf16 activation storage buys), fp32, if time is left ------
+bt baseline tf32 60
 bt baseline bf16-gemm 60
 bt baseline fp32 90
 bt "$RECURRENT" fp32 120
@@ -174,14 +175,14 @@ def rows(name):
 def f(v, fmt="%.0f"):
     return fmt % v if isinstance(v, (int, float)) else "-"
 twin = {r.get("config"): r for r in rows("torch_twin.jsonl")}  # "config" is the preset's name
-print("\nrun                               train tok/s  ms/step   MFU   fwd+bwd tok/s  eval tok/s  eval MFU  peak GB")
+print("\nrun                                        train tok/s  ms/step   MFU   fwd+bwd tok/s  eval tok/s  eval MFU  peak GB")
 for r in rows("torch_twin.jsonl"):
-    print("twin %-28s %11s %8s %5s %14s %11s %9s %8s" % (
+    print("twin %-37s %11s %8s %5s %14s %11s %9s %8s" % (
         r.get("config"), f(r.get("tokens_per_s")), f(r.get("ms_per_step"), "%.1f"), f(r.get("mfu"), "%.3f"), "-",
         f(r.get("eval_tokens_per_s")), f(r.get("eval_mfu"), "%.3f"), f(r.get("peak_mem_gb"), "%.1f")))
 for r in rows("bench_train.jsonl"):
     peak = max([v for v in (r.get("train_peak_mem_gb"), r.get("eval_peak_mem_gb")) if isinstance(v, (int, float))] or [0])
-    print("ptool %-27s %11s %8s %5s %14s %11s %9s %8s" % (
+    print("ptool %-36s %11s %8s %5s %14s %11s %9s %8s" % (
         "%s %s" % (r["preset"], r["device"]), f(r.get("tokens_per_s")), f(r.get("ms_per_step"), "%.1f"),
         f(r.get("mfu"), "%.3f"), f(r.get("forward_backward_tokens_per_s")), f(r.get("eval_tokens_per_s")),
         f(r.get("eval_mfu"), "%.3f"), f(peak, "%.1f")))

@@ -470,7 +470,8 @@ class CudaBackend final : public Backend<float> {
     if (opt_.gemm == CudaGemmPrecision::bf16 && cuda::flash_mma_supports(hd)) {
       const auto in = operands({dout, q, k, v, out}, {nq, nq, nkv, nkv, nq});
       cuda::launch_flash_mma_backward(bits(in[0]), bits(in[1]), bits(in[2]), bits(in[3]), bits(in[4]), lse, B, Tn, H,
-                                      Hkv, hd, dq, dk, out_of(dv.base), dv_ld, dv.col, accumulate, ws_, stream_);
+                                      Hkv, hd, dq, dk, out_of(dv.base), dv_ld, dv.col, accumulate, !opt_.deterministic,
+                                      ws_, stream_);
     } else {
       // An operand buffer or a slice is written through an fp32 copy.
       const bool via_copy = dv.base && (is_bf16(dv.base) || !dv.whole(Hkv * hd));

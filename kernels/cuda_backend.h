@@ -41,8 +41,9 @@
 // - Everything else is fp32 arithmetic with fp32 or double accumulators (see kernels/cuda_ops.cu for the
 //   per-op notes).
 // - Deterministic: with CudaBackendOptions::deterministic (the default) every op gives bit-identical results
-//   run to run (no floating-point atomics anywhere). deterministic = false only switches embedding_backward to
-//   atomicAdd (faster for large batches; order-dependent rounding).
+//   run to run (no floating-point atomics anywhere). deterministic = false (`--device cuda:...,nondeterministic`)
+//   switches embedding_backward to atomicAdd and the flash backward to one kernel that adds dQ with atomics
+//   (FlashAttention-2's 5 tile products instead of 7): faster, with order-dependent rounding in those sums.
 #pragma once
 #include <memory>
 #include <string>

@@ -33,9 +33,15 @@
 //    above (row-wise), dQ += dS K. Query tiles as in the forward: 128 rows (two m-tiles per warp, 250
 //    registers) at hd 64, 64 rows (180 registers) at hd 128. S and dP are recomputed in both kernels (7 tile
 //    GEMMs instead of 5) to avoid floating-point atomics on dQ.
+//  - atomic dQ (not deterministic, as FlashAttention-2): no dQ kernel. The dK/dV kernel also stores each query
+//    tile's dS^T (bf16) in shared memory; after a barrier every warp computes a block of 16 rows x HD BQ / 64 columns
+//    of dS K over the CTA's 64 keys and adds it to the fp32 dq with red.global.add.v2.f32 (dq zeroed first unless
+//    accumulating). The order of the adds from the key tiles of a query varies run to run. 181 / 246 registers
+//    (hd 64 / 128), 64 / 74 KiB of shared memory: still two CTAs per SM.
 //  - other head dims: every multiple of 16 up to 128 fits the same code; 16 and 32 are tiled as 64, 96 as 128
-//    except in dK/dV (64 queries), and these five are compiled. ptxas (sm_90a, CUDA 13): no kernel spills; the
-//    most registers are dQ's 250 at hd 64.
+//    except in dK/dV (64 queries), and these five are compiled. ptxas (sm_90a, CUDA 13): the most registers are
+//    dQ's 250 at hd 64; the only spill is 8 bytes in hd 32's deterministic dK/dV kernel (ptxas keeps it at 128
+//    registers, four CTAs per SM).
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -43,6 +49,7 @@
 #include <initializer_list>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "kernels/cuda_flash_mma.h"
 #include "kernels/cuda_launch.h"
@@ -72,6 +79,10 @@ __device__ __forceinline__ void cp_async_commit() { cuemu::cp_async_commit(); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   cuemu::cp_async_wait(N);
+}
+__device__ __forceinline__ void atomic_add_pair(float* p, float x, float y) {
+  atomicAdd(p, x);
+  atomicAdd(p + 1, y);
 }
 #else
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
@@ -117,6 +128,11 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+
+// One vector reduction (red.global.add.v2.f32, sm_90) instead of two scalar ones; p is 8-byte aligned.
+__device__ __forceinline__ void atomic_add_pair(float* p, float x, float y) {
+  atomicAdd(reinterpret_cast<float2*>(p), make_float2(x, y));
+}
 #endif
 
 #define PTOOL_FLASH_SMEM(name) PTOOL_DYNAMIC_SMEM(uint4, name)
@@ -159,26 +175,40 @@ void fwd_impl(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, int B,
   PTOOL_CUDA_LAUNCHED("flash_mma_forward", s);
 }
 
+template <int HD, bool DQ>
+void dkdv_launch(const bf16_bits* dout, const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, const float* lse,
+                 const float* Dv, int B, int T, int H, int Hkv, float* dk, Out dv, int64_t dv_ld, int64_t dv_col,
+                 bool accumulate, float* dq_atomic, cudaStream_t s) {
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(HD)));
+  const LaunchShape ls = dkdv_shape<HD, DQ>(B, T, Hkv);
+  constexpr auto* dkdv_kernel = flash_bwd_dkdv_kernel<HD, DQ>;  // PTOOL_LAUNCH takes no commas in its names
+  PTOOL_CUDA_CHECK(cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(ls.smem)));
+  PTOOL_LAUNCH(dkdv_kernel, dim3(ls.gx, ls.gy, ls.gz), ls.threads, ls.smem, s)(
+      dout, q, k, v, lse, Dv, T, H, Hkv, scale, scale * kLog2e, dk, dv.f32, dv.bf16, dv_ld, dv_col, accumulate,
+      dq_atomic);
+  PTOOL_CUDA_LAUNCHED(DQ ? "flash_mma_backward (dk, dv, atomic dq)" : "flash_mma_backward (dk, dv)", s);
+}
+
 template <int HD>
 void bwd_impl(const bf16_bits* dout, const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, const float* lse,
               const float* Dv, int B, int T, int H, int Hkv, float* dq, float* dk, Out dv, int64_t dv_ld,
-              int64_t dv_col, bool accumulate, cudaStream_t s) {
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(HD)));
-  const float scale_log2 = scale * kLog2e;
-  if (dk || dv.f32 || dv.bf16) {
-    const LaunchShape ls = dkdv_shape<HD>(B, T, Hkv);
-    PTOOL_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_dkdv_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(ls.smem)));
-    PTOOL_LAUNCH(flash_bwd_dkdv_kernel<HD>, dim3(ls.gx, ls.gy, ls.gz), ls.threads, ls.smem, s)(
-        dout, q, k, v, lse, Dv, T, H, Hkv, scale, scale_log2, dk, dv.f32, dv.bf16, dv_ld, dv_col, accumulate);
-    PTOOL_CUDA_LAUNCHED("flash_mma_backward (dk, dv)", s);
+              int64_t dv_col, bool accumulate, bool atomic_dq, cudaStream_t s) {
+  if (dq && atomic_dq) {  // one kernel: dq gets every key tile's dS K by atomics, onto zeros unless accumulating
+    if (!accumulate)
+      PTOOL_CUDA_CHECK(cudaMemsetAsync(dq, 0, static_cast<size_t>(B) * T * H * HD * sizeof(float), s));
+    dkdv_launch<HD, true>(dout, q, k, v, lse, Dv, B, T, H, Hkv, dk, dv, dv_ld, dv_col, accumulate, dq, s);
+    return;
   }
+  if (dk || dv.f32 || dv.bf16)
+    dkdv_launch<HD, false>(dout, q, k, v, lse, Dv, B, T, H, Hkv, dk, dv, dv_ld, dv_col, accumulate, nullptr, s);
   if (dq) {
+    const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(HD)));
     const LaunchShape ls = dq_shape<HD>(B, T, H);
     PTOOL_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_dq_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(ls.smem)));
     PTOOL_LAUNCH(flash_bwd_dq_kernel<HD>, dim3(ls.gx, ls.gy, ls.gz), ls.threads, ls.smem, s)(
-        dout, q, k, v, lse, Dv, T, H, Hkv, scale, scale_log2, dq, accumulate);
+        dout, q, k, v, lse, Dv, T, H, Hkv, scale, scale * kLog2e, dq, accumulate);
     PTOOL_CUDA_LAUNCHED("flash_mma_backward (dq)", s);
   }
 }
@@ -207,7 +237,7 @@ void launch_flash_mma_forward(const uint16_t* q, const uint16_t* k, const uint16
 void launch_flash_mma_backward(const uint16_t* dout, const uint16_t* q, const uint16_t* k, const uint16_t* v,
                                const uint16_t* out, const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv,
                                int64_t hd, float* dq_acc, float* dk_acc, Out dv, int64_t dv_ld, int64_t dv_col,
-                               bool accumulate, Workspace& ws, cudaStream_t s) {
+                               bool accumulate, bool atomic_dq, Workspace& ws, cudaStream_t s) {
   check_args("attention_backward", B, Tn, H, Hkv, hd);
   check_aligned("attention_backward", {dout, q, k, v, out});
   if (dv.bf16 && accumulate) throw std::invalid_argument("attention_backward: cannot add into a bf16 operand buffer");
@@ -216,6 +246,8 @@ void launch_flash_mma_backward(const uint16_t* dout, const uint16_t* q, const ui
     throw std::invalid_argument("attention_backward: dv's rows (" + std::to_string(dv_ld) + " apart, from column " +
                                 std::to_string(dv_col) + ") cannot hold Hkv * hd = " + std::to_string(Hkv * hd) +
                                 " columns (accumulated: whole rows; bf16: even ld and column)");
+  if (atomic_dq && dq_acc && (reinterpret_cast<uintptr_t>(dq_acc) & 7u) != 0)
+    throw std::invalid_argument("attention_backward: atomic dq needs an 8-byte aligned dq");
   if (!dq_acc && !dk_acc && !dv.f32 && !dv.bf16) return;
   if (B == 0 || Tn == 0) return;
   const int b = static_cast<int>(B), t = static_cast<int>(Tn), h = static_cast<int>(H), hk = static_cast<int>(Hkv);
@@ -224,17 +256,16 @@ void launch_flash_mma_backward(const uint16_t* dout, const uint16_t* q, const ui
   const LaunchShape ls = dot_shape(rows);
   PTOOL_LAUNCH(flash_bwd_dot_kernel, ls.gx, ls.threads, 0, s)(dout, out, rows, t, h, static_cast<int>(hd), Dv);
   PTOOL_CUDA_LAUNCHED("flash_mma_backward (rowsum dO * O)", s);
+  const auto impl = [&](auto hd_constant) {
+    bwd_impl<decltype(hd_constant)::value>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, dv_ld, dv_col,
+                                           accumulate, atomic_dq, s);
+  };
   switch (hd) {
-    case 16:
-      return bwd_impl<16>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, dv_ld, dv_col, accumulate, s);
-    case 32:
-      return bwd_impl<32>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, dv_ld, dv_col, accumulate, s);
-    case 64:
-      return bwd_impl<64>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, dv_ld, dv_col, accumulate, s);
-    case 96:
-      return bwd_impl<96>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, dv_ld, dv_col, accumulate, s);
-    default:
-      return bwd_impl<128>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, dv_ld, dv_col, accumulate, s);
+    case 16: return impl(std::integral_constant<int, 16>{});
+    case 32: return impl(std::integral_constant<int, 32>{});
+    case 64: return impl(std::integral_constant<int, 64>{});
+    case 96: return impl(std::integral_constant<int, 96>{});
+    default: return impl(std::integral_constant<int, 128>{});
   }
 }
 

@@ -7,7 +7,9 @@
 // buffers, dv's rows dv_ld elements apart from column dv_col (a slice of a wider buffer; Hkv hd and 0 for its
 // own); lse, dq and dk are fp32. P and dS are rounded to bf16 for the tensor cores, accumulation is fp32, so
 // results differ from the fp32 kernels by ~1e-3 relative (see tests/kernels/test_cuda_flash_mma.cpp).
-// The backward is deterministic (no atomics): bit-identical reruns. Plain C++ header (no CUDA device types).
+// The backward is deterministic (no atomics: bit-identical reruns) unless atomic_dq, which adds dq's terms with
+// fp32 atomics from the dK/dV kernel (one kernel instead of two; dq 8-byte aligned; reruns differ in the last
+// bits of dq). Plain C++ header (no CUDA device types).
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -29,6 +31,6 @@ void launch_flash_mma_forward(const uint16_t* q, const uint16_t* k, const uint16
 void launch_flash_mma_backward(const uint16_t* dout, const uint16_t* q, const uint16_t* k, const uint16_t* v,
                                const uint16_t* out, const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv,
                                int64_t hd, float* dq_acc, float* dk_acc, Out dv, int64_t dv_ld, int64_t dv_col,
-                               bool accumulate, Workspace& ws, cudaStream_t s);
+                               bool accumulate, bool atomic_dq, Workspace& ws, cudaStream_t s);
 
 }  // namespace ptool::cuda

@@ -1,7 +1,8 @@
 // The kernels of cuda_flash_mma.cu (see its header comment for the algorithm and tiling), included by it. The
 // includer provides, in the enclosing namespace: bf16_bits (uint16_t), pack_bf16, ldsm_x4, ldsm_x4_t, mma_bf16
 // (warp-level: PTX on the device; on the host emulator, kernels/emu, modelled per the PTX fragment layouts),
-// cp_async16, cp_async4, cp_async_commit and cp_async_wait<N> (cp.async; emulated with both timing extremes), and
+// cp_async16, cp_async4, cp_async_commit and cp_async_wait<N> (cp.async; emulated with both timing extremes),
+// atomic_add_pair (two adjacent floats, 8-byte aligned, added atomically), and
 // PTOOL_FLASH_SMEM(name), which declares the dynamic shared memory as `uint4 name[]`.
 #pragma once
 
@@ -104,9 +105,14 @@ template <int HD>
 constexpr size_t fwd_smem_bytes() {
   return sizeof(bf16_bits) * (kFwdRows<HD> + 2 * 2 * kKeyTile) * kStride<HD>;
 }
-template <int HD, int BQ>
+// dS of a query tile in the dK/dV kernel with atomic dQ: bf16 [kKeyTile keys][BQ + 8 queries] (pad: conflict-free
+// pair stores and ldmatrix, as kStride).
+template <int BQ>
+constexpr int kDsStride = BQ + 8;
+template <int HD, int BQ, bool DQ>
 constexpr size_t dkdv_smem_bytes() {
-  return sizeof(bf16_bits) * (2 * kKeyTile + 2 * 2 * BQ) * kStride<HD> + 2 * 2 * BQ * sizeof(float);
+  return sizeof(bf16_bits) * (2 * kKeyTile + 2 * 2 * BQ) * kStride<HD> + 2 * 2 * BQ * sizeof(float) +
+         (DQ ? sizeof(bf16_bits) * kKeyTile * kDsStride<BQ> : 0);
 }
 // dQ: 16-row m-tiles per warp, as the forward (128 rows per CTA up to hd 64, 64 at hd 96 and 128).
 template <int HD>
@@ -134,10 +140,10 @@ LaunchShape fwd_shape(int B, int Tq, int H) {  // Tq query rows per sequence
   return {static_cast<unsigned>((Tq + kFwdRows<HD> - 1) / kFwdRows<HD>), static_cast<unsigned>(H),
           static_cast<unsigned>(B), kThreads, fwd_smem_bytes<HD>()};
 }
-template <int HD>
+template <int HD, bool DQ>
 LaunchShape dkdv_shape(int B, int T, int Hkv) {
   return {static_cast<unsigned>((T + kKeyTile - 1) / kKeyTile), static_cast<unsigned>(Hkv), static_cast<unsigned>(B),
-          kThreads, dkdv_smem_bytes<HD, kDkdvQ<HD>>()};
+          kThreads, dkdv_smem_bytes<HD, kDkdvQ<HD>, DQ>()};
 }
 template <int HD>
 LaunchShape dq_shape(int B, int T, int H) {
@@ -355,20 +361,61 @@ __device__ __forceinline__ void stage_query_tile_async(bf16_bits* QdO, float* LD
   }
 }
 
-template <int HD>
+// dq rows [q0, q0 + BQ) of head h += dS K over the CTA's 64 keys, from dSs ([key][query] bf16, the keys' dS^T)
+// and Ks, with fp32 atomics (FlashAttention-2's order: the sum over a query's key tiles then depends on which CTA
+// adds first, so reruns differ in the last bits). Key chunks from `chunks` on are wholly masked and skipped.
+// Warp w computes m-tile w % RB of the BQ / 16 and the columns [c0, c0 + NC) of its share of HD.
+template <int HD, int BQ>
+__device__ __forceinline__ void dq_add_atomic(const bf16_bits* dSs, const bf16_bits* Ks, int chunks, float* dq, int b,
+                                              int T, int H, int h, int q0) {
+  constexpr int RB = BQ / 16, NC = HD * RB / kWarps, NN = NC / 8, S = kStride<HD>, SD = kDsStride<BQ>;
+  static_assert(kWarps % RB == 0 && NN % 2 == 0, "dQ: whole 16-column pairs of n-tiles per warp");
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+  const int rb = warp % RB, c0 = warp / RB * NC;
+  float acc[NN][4];
+#pragma unroll
+  for (int n = 0; n < NN; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+#pragma unroll
+  for (int kc = 0; kc < kKeyTile / 16; ++kc) {
+    if (kc >= chunks) break;
+    uint32_t a[4];  // dS rows rb 16.., keys kc 16..: the transpose of the stored [key][query] block (pattern Y)
+    ldsm_x4_t(a, dSs + (kc * 16 + y_row(lane)) * SD + rb * 16 + y_col(lane));
+#pragma unroll
+    for (int np = 0; np < NN / 2; ++np) {
+      uint32_t kf[4];
+      ldsm_x4_t(kf, Ks + (kc * 16 + x_row(lane)) * S + c0 + np * 16 + x_col(lane));
+      mma_bf16(acc[2 * np], a, kf[0], kf[1]);
+      mma_bf16(acc[2 * np + 1], a, kf[2], kf[3]);
+    }
+  }
+  const int64_t qs = static_cast<int64_t>(H) * HD;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int row = q0 + rb * 16 + g + r * 8;
+    if (row >= T) continue;
+    float* drow = dq + (static_cast<int64_t>(b) * T + row) * qs + static_cast<int64_t>(h) * HD + c0 + 2 * t;
+#pragma unroll
+    for (int n = 0; n < NN; ++n) atomic_add_pair(drow + n * 8, acc[n][2 * r], acc[n][2 * r + 1]);
+  }
+}
+
+// dK and dV, and with DQ also dQ: each query tile's dS goes through shared memory into dq += dS K, added with
+// atomics (dq_atomic; see dq_add_atomic).
+template <int HD, bool DQ>
 __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_kernel(
     const bf16_bits* __restrict__ dout, const bf16_bits* __restrict__ q, const bf16_bits* __restrict__ k,
     const bf16_bits* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ Dv, int T, int H, int Hkv,
     float scale, float scale_log2, float* dk, float* dv, bf16_bits* dv_b, int64_t dv_ld, int64_t dv_col,
-    bool accumulate) {
+    bool accumulate, float* dq_atomic) {
   static_assert(kHeadDimOk<HD>, "head_dim: a multiple of 16 up to 128");
   constexpr int BQ = kDkdvQ<HD>;
-  constexpr int S = kStride<HD>, KC = HD / 16, DN = HD / 8, QN = BQ / 8;
+  constexpr int S = kStride<HD>, KC = HD / 16, DN = HD / 8, QN = BQ / 8, SD = kDsStride<BQ>;
   PTOOL_FLASH_SMEM(smem_dkdv);
   bf16_bits* Ks = reinterpret_cast<bf16_bits*>(smem_dkdv);  // [kKeyTile][S]
   bf16_bits* Vs = Ks + kKeyTile * S;                         // [kKeyTile][S]
   bf16_bits* QdOs = Vs + kKeyTile * S;  // buffer i: Q [BQ][S] at QdOs + 2 i BQ S, then dO [BQ][S]
   float* LDs = reinterpret_cast<float*>(QdOs + 2 * 2 * BQ * S);  // buffer i: lse [BQ] at LDs + 2 i BQ, then D
+  bf16_bits* dSs = reinterpret_cast<bf16_bits*>(LDs + 2 * 2 * BQ);  // DQ: [kKeyTile][SD], the tile's dS^T
 
   const int kb = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;  // low kb (the most query tiles) launch first
   const int group = H / Hkv;
@@ -404,60 +451,73 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_kernel(
     cp_async_commit();
     cp_async_wait<1>();  // this thread's copies of this tile have landed ...
     __syncthreads();     // ... and every thread's
-    if (q0 + BQ - 1 < wkey0) continue;  // every query of the tile precedes every key of this warp
     const bf16_bits* Qs = QdOs + (tile & 1) * 2 * BQ * S;
     const bf16_bits* dOs = Qs + BQ * S;
     const float* lse_s = LDs + (tile & 1) * 2 * BQ;  // lse (natural log) of the tile's queries
     const float* D_s = lse_s + BQ;
+    if (q0 + BQ - 1 >= wkey0) {  // else every query of the tile precedes every key of this warp
+      float st[QN][4], dpt[QN][4];  // S^T and dP^T: rows = the warp's 16 keys, columns = the BQ queries
+#pragma unroll
+      for (int n = 0; n < QN; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) st[n][e] = dpt[n][e] = 0.f;
+#pragma unroll
+      for (int kc = 0; kc < KC; ++kc) {
+        uint32_t ka[4], va[4];
+        ldsm_x4(ka, Kw + kc * 16);
+        ldsm_x4(va, Vw + kc * 16);
+#pragma unroll
+        for (int np = 0; np < QN / 2; ++np) {
+          uint32_t qf[4], of[4];
+          ldsm_x4(qf, Qs + (np * 16 + y_row(lane)) * S + kc * 16 + y_col(lane));
+          ldsm_x4(of, dOs + (np * 16 + y_row(lane)) * S + kc * 16 + y_col(lane));
+          mma_bf16(st[2 * np], ka, qf[0], qf[1]);
+          mma_bf16(st[2 * np + 1], ka, qf[2], qf[3]);
+          mma_bf16(dpt[2 * np], va, of[0], of[1]);
+          mma_bf16(dpt[2 * np + 1], va, of[2], of[3]);
+        }
+      }
 
-    float st[QN][4], dpt[QN][4];  // S^T and dP^T: rows = the warp's 16 keys, columns = the BQ queries
 #pragma unroll
-    for (int n = 0; n < QN; ++n)
+      for (int n = 0; n < QN; ++n)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) st[n][e] = dpt[n][e] = 0.f;
+        for (int e = 0; e < 4; ++e) {
+          const int col = n * 8 + 2 * t + (e & 1), key = wkey0 + g + (e >> 1) * 8;
+          const bool ok = col < qvalid && q0 + col >= key;
+          const float p = ok ? exp2f(st[n][e] * scale_log2 - __fmul_rn(lse_s[col], kLog2e)) : 0.f;
+          st[n][e] = p;
+          dpt[n][e] = p * (dpt[n][e] - D_s[col]) * scale;
+        }
+
 #pragma unroll
-    for (int kc = 0; kc < KC; ++kc) {
-      uint32_t ka[4], va[4];
-      ldsm_x4(ka, Kw + kc * 16);
-      ldsm_x4(va, Vw + kc * 16);
+      for (int j = 0; j < QN / 2; ++j) {
+        uint32_t pa[4], sa[4];
+        acc_to_a(pa, st[2 * j], st[2 * j + 1]);
+        acc_to_a(sa, dpt[2 * j], dpt[2 * j + 1]);
+        if constexpr (DQ) {  // dS^T rows g, g + 8 of the warp's keys, queries 16 j + 2t (+1) and + 8
+          bf16_bits* ds = dSs + (warp * 16 + g) * SD + j * 16 + 2 * t;
+          *reinterpret_cast<uint32_t*>(ds) = sa[0];
+          *reinterpret_cast<uint32_t*>(ds + 8 * SD) = sa[1];
+          *reinterpret_cast<uint32_t*>(ds + 8) = sa[2];
+          *reinterpret_cast<uint32_t*>(ds + 8 * SD + 8) = sa[3];
+        }
 #pragma unroll
-      for (int np = 0; np < QN / 2; ++np) {
-        uint32_t qf[4], of[4];
-        ldsm_x4(qf, Qs + (np * 16 + y_row(lane)) * S + kc * 16 + y_col(lane));
-        ldsm_x4(of, dOs + (np * 16 + y_row(lane)) * S + kc * 16 + y_col(lane));
-        mma_bf16(st[2 * np], ka, qf[0], qf[1]);
-        mma_bf16(st[2 * np + 1], ka, qf[2], qf[3]);
-        mma_bf16(dpt[2 * np], va, of[0], of[1]);
-        mma_bf16(dpt[2 * np + 1], va, of[2], of[3]);
+        for (int dp = 0; dp < DN / 2; ++dp) {
+          uint32_t of[4], qf[4];
+          ldsm_x4_t(of, dOs + (j * 16 + x_row(lane)) * S + dp * 16 + x_col(lane));
+          ldsm_x4_t(qf, Qs + (j * 16 + x_row(lane)) * S + dp * 16 + x_col(lane));
+          mma_bf16(dva[2 * dp], pa, of[0], of[1]);
+          mma_bf16(dva[2 * dp + 1], pa, of[2], of[3]);
+          mma_bf16(dka[2 * dp], sa, qf[0], qf[1]);
+          mma_bf16(dka[2 * dp + 1], sa, qf[2], qf[3]);
+        }
       }
     }
-
-#pragma unroll
-    for (int n = 0; n < QN; ++n)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = n * 8 + 2 * t + (e & 1), key = wkey0 + g + (e >> 1) * 8;
-        const bool ok = col < qvalid && q0 + col >= key;
-        const float p = ok ? exp2f(st[n][e] * scale_log2 - __fmul_rn(lse_s[col], kLog2e)) : 0.f;
-        st[n][e] = p;
-        dpt[n][e] = p * (dpt[n][e] - D_s[col]) * scale;
-      }
-
-#pragma unroll
-    for (int j = 0; j < QN / 2; ++j) {
-      uint32_t pa[4], sa[4];
-      acc_to_a(pa, st[2 * j], st[2 * j + 1]);
-      acc_to_a(sa, dpt[2 * j], dpt[2 * j + 1]);
-#pragma unroll
-      for (int dp = 0; dp < DN / 2; ++dp) {
-        uint32_t of[4], qf[4];
-        ldsm_x4_t(of, dOs + (j * 16 + x_row(lane)) * S + dp * 16 + x_col(lane));
-        ldsm_x4_t(qf, Qs + (j * 16 + x_row(lane)) * S + dp * 16 + x_col(lane));
-        mma_bf16(dva[2 * dp], pa, of[0], of[1]);
-        mma_bf16(dva[2 * dp + 1], pa, of[2], of[3]);
-        mma_bf16(dka[2 * dp], sa, qf[0], qf[1]);
-        mma_bf16(dka[2 * dp + 1], sa, qf[2], qf[3]);
-      }
+    if constexpr (DQ) {
+      __syncthreads();  // every warp's dS is in dSs (a warp that skipped the tile: its keys' chunk is not read)
+      // 16-key chunk c is seen by some query of the tile when q0 + BQ - 1 >= k0 + 16 c (q0 >= k0 always).
+      const int chunks = min(kKeyTile / 16, (q0 + BQ - 1 - k0) / 16 + 1);
+      dq_add_atomic<HD, BQ>(dSs, Ks, chunks, dq_atomic, b, T, H, kvh * group + tile / nqt, q0);
     }
   }
 

@@ -1,5 +1,7 @@
 #include "src/ops/device.h"
 
+#include <string_view>
+
 #include "formats/error.h"
 #ifdef PTOOL_HAVE_CUDA
 #include "kernels/cuda_backend.h"
@@ -9,10 +11,15 @@ namespace ptool {
 
 std::unique_ptr<Backend<float>> make_backend(const std::string& device) {
   if (device == "cpu") return make_cpu_backend<float>();
-  if (device == "cuda" || device.starts_with("cuda:")) {
+  // cuda[:PRECISION][,nondeterministic]
+  constexpr std::string_view kNondet = ",nondeterministic";
+  const bool nondeterministic = device.ends_with(kNondet);
+  const std::string spec = nondeterministic ? device.substr(0, device.size() - kNondet.size()) : device;
+  if (spec == "cuda" || spec.starts_with("cuda:")) {
 #ifdef PTOOL_HAVE_CUDA
     CudaBackendOptions o;
-    const std::string p = device == "cuda" ? "tf32" : device.substr(5);
+    o.deterministic = !nondeterministic;
+    const std::string p = spec == "cuda" ? "tf32" : spec.substr(5);
     if (p == "bf16-gemm") {
       o.gemm = CudaGemmPrecision::bf16;
       o.bf16_activations = false;

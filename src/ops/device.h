@@ -6,6 +6,8 @@
 //                GEMM outputs that element-wise ops read stored in bf16 (as PyTorch's autocast keeps them)
 //   cuda:bf16-gemm  the same with those GEMM outputs kept in fp32 (CudaBackendOptions::bf16_activations off)
 //   cuda:fp32    full fp32 GEMMs (slow; for checking)
+//   cuda:bf16,nondeterministic  (after any cuda spelling) floating-point atomics where they are faster: the
+//                bf16 flash backward's dQ and the embedding backward; reruns then differ in the last bits
 // The precision rides on the device string so that every command with --device takes it without a new flag.
 // Errors say what is missing (a CUDA build, a device) or which spellings exist.
 #pragma once
@@ -20,6 +22,7 @@ std::unique_ptr<Backend<float>> make_backend(const std::string& device);
 
 // One line for --help texts: the spellings make_backend accepts.
 inline constexpr const char* kDeviceHelp =
-    "cpu, or cuda[:tf32|bf16|bf16-gemm|fp32] (GEMM precision; plain cuda = tf32)";
+    "cpu, or cuda[:tf32|bf16|bf16-gemm|fp32][,nondeterministic] (GEMM precision; plain cuda = tf32; "
+    "nondeterministic: faster atomics, reruns differ in the last bits)";
 
 }  // namespace ptool

@@ -10,6 +10,7 @@
 // These bounds were set before any run on a GPU: the printed shares say how much room each check has.
 #include <catch2/catch.hpp>
 
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -34,9 +35,10 @@ using ptool::gpu_test::Dev;
 
 namespace {
 
-std::unique_ptr<Backend<float>> bf16_backend() {
+std::unique_ptr<Backend<float>> bf16_backend(bool deterministic = true) {
   CudaBackendOptions o;
   o.gemm = CudaGemmPrecision::bf16;
+  o.deterministic = deterministic;  // false: the backward adds dq with atomics from the dK/dV kernel
   return make_cuda_backend(o);
 }
 
@@ -93,6 +95,14 @@ TEST_CASE("cuda flash: bf16 forward and backward follow the CPU reference", "[gp
       {1, 3, 2, 2, 32},    {1, 190, 8, 2, 32},  {1, 1, 2, 1, 96},   {1, 97, 4, 1, 96},  {2, 140, 2, 2, 96},
   };
   for (const auto& s : shapes) flash_case(*cpu, *g, rng, s, 1.f, true, true);
+  // Atomic dq: every head dim, both query tiles of the dK/dV kernel (64, and 32 at hd 128), GQA, partial tiles.
+  auto nd = bf16_backend(false);
+  for (const AttnShape s : {AttnShape{1, 1, 2, 1, 64}, AttnShape{2, 65, 4, 2, 64}, AttnShape{1, 257, 4, 1, 128},
+                            AttnShape{1, 130, 2, 1, 128}, AttnShape{2, 150, 4, 2, 16}, AttnShape{1, 190, 8, 2, 32},
+                            AttnShape{1, 97, 4, 1, 96}})
+    flash_case(*cpu, *nd, rng, s, 1.f, true, true);
+  flash_case(*cpu, *nd, rng, {2, 90, 4, 2, 64}, 1.f, true, false);
+  flash_case(*cpu, *nd, rng, {1, 150, 4, 2, 64}, 8.f, true, true);
   // Peaked softmax (large scores), and partial gradient requests.
   flash_case(*cpu, *g, rng, {1, 150, 4, 2, 64}, 8.f, true, true);
   flash_case(*cpu, *g, rng, {1, 150, 4, 2, 128}, 8.f, true, true);
@@ -177,6 +187,47 @@ TEST_CASE("cuda flash: backward reruns are bit-identical", "[gpu][determinism]")
     check_exact("flash backward dq, two runs" + shape_name(s), runs[1][0], runs[0][0]);
     check_exact("flash backward dk, two runs" + shape_name(s), runs[1][1], runs[0][1]);
     check_exact("flash backward dv, two runs" + shape_name(s), runs[1][2], runs[0][2]);
+  }
+}
+
+// The atomic dq sums the same bf16 dS K products as the dQ kernel, in another order (per 64-key tile, then
+// across tiles by atomics): it must agree far inside the bf16 tolerance, 1e-4 of each element's error scale (an
+// index or masking slip is off by the scale itself). dk and dv come from the same code in both kernels: equal.
+TEST_CASE("cuda flash: atomic dq agrees with the two-kernel backward", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto det = bf16_backend(true);
+  auto nd = bf16_backend(false);
+  std::mt19937_64 rng(25);
+  for (const AttnShape s : {AttnShape{2, 200, 8, 2, 64}, AttnShape{1, 161, 4, 1, 128}, AttnShape{1, 100, 4, 2, 96},
+                            AttnShape{1, 70, 2, 1, 32}}) {
+    const int64_t B = s.B, T = s.Tn, H = s.H, Hkv = s.Hkv, hd = s.hd;
+    const size_t nq = static_cast<size_t>(B * T * H * hd), nkv = static_cast<size_t>(B * T * Hkv * hd);
+    const Vec q = rand_vec(rng, nq), k = rand_vec(rng, nkv), v = rand_vec(rng, nkv), dout = rand_vec(rng, nq);
+    Vec out(nq), lse(static_cast<size_t>(B * H * T));
+    {
+      Dev gq(*det, q), gk(*det, k), gv(*det, v), gout(*det, out), glse(*det, lse);
+      det->attention_forward(gq.p(), gk.p(), gv.p(), B, T, H, Hkv, hd, gout.p(), glse.p());
+      out = gout.get();
+      lse = glse.get();
+    }
+    const TermScale ts = term_scales(q, k, v, dout, out, lse, s);
+    const auto run = [&](Backend<float>& g, const Vec& dq0) {
+      Dev gq(g, q), gk(g, k), gv(g, v), gdout(g, dout), gout(g, out), glse(g, lse);
+      Dev gdq(g, dq0), gdk(g, Vec(nkv, 0.f)), gdv(g, Vec(nkv, 0.f));
+      g.attention_backward(gdout.p(), gq.p(), gk.p(), gv.p(), gout.p(), glse.p(), B, T, H, Hkv, hd, gdq.p(), gdk.p(),
+                           gdv.p());
+      return std::array<Vec, 3>{gdq.get(), gdk.get(), gdv.get()};
+    };
+    const Vec dq0 = rand_vec(rng, nq);
+    for (const Vec& start : {Vec(nq, 0.f), dq0}) {  // written onto zeros, and added to a prefilled dq
+      const auto want = run(*det, start), got = run(*nd, start);
+      DVec tol(nq);
+      for (size_t i = 0; i < nq; ++i) tol[i] = 1e-4 * ts.dq[i] + 1e-6 * std::abs(want[0][i]) + 1e-7;
+      const std::string tag = shape_name(s) + (start[0] == 0.f ? "" : " (accumulated)");
+      check_tol("atomic dq vs dQ kernel" + tag, got[0], want[0], tol);
+      check_exact("atomic dq's dk vs the dK/dV kernel's" + tag, got[1], want[1]);
+      check_exact("atomic dq's dv vs the dK/dV kernel's" + tag, got[2], want[2]);
+    }
   }
 }
 

@@ -25,14 +25,15 @@ std::string error_of(const std::string& device) {
 
 TEST_CASE("make_backend: cpu and unknown devices", "[device]") {
   CHECK(std::string(make_backend("cpu")->name()) == "cpu");
-  for (const char* bad : {"gpu", "CUDA", "cpu:bf16", ""}) {
+  for (const char* bad : {"gpu", "CUDA", "cpu:bf16", "", "cpu,nondeterministic"}) {
     INFO(bad);
     CHECK_THAT(error_of(bad), Catch::Contains("cuda[:tf32|bf16|bf16-gemm|fp32]"));
   }
 }
 
 TEST_CASE("make_backend: cuda spellings", "[device]") {
-  for (const char* ok : {"cuda", "cuda:tf32", "cuda:bf16", "cuda:bf16-gemm", "cuda:fp32"}) {
+  for (const char* ok : {"cuda", "cuda:tf32", "cuda:bf16", "cuda:bf16-gemm", "cuda:fp32", "cuda,nondeterministic",
+                         "cuda:bf16,nondeterministic", "cuda:bf16-gemm,nondeterministic"}) {
     INFO(ok);
     const std::string err = error_of(ok);
     // built and present: a backend; otherwise the error names what is missing
@@ -43,6 +44,11 @@ TEST_CASE("make_backend: cuda spellings", "[device]") {
   CHECK_THAT(error_of("cuda:fp16"), Catch::Contains("cuda[:tf32|bf16|bf16-gemm|fp32]"));
   CHECK_THAT(error_of("cuda:fp16"), Catch::Contains("got 'cuda:fp16'"));
   CHECK_THAT(error_of("cuda:"), Catch::Contains("got 'cuda:'"));
+  for (const char* bad : {"cuda:bf16,", "cuda:bf16,deterministic", "cuda:,nondeterministic", "cuda:nondeterministic",
+                          "cuda:bf16,nondeterministic,nondeterministic", "cuda,nondeterministic:bf16"}) {
+    INFO(bad);
+    CHECK_THAT(error_of(bad), Catch::Contains(std::string("got '") + bad + "'"));
+  }
 #else
   CHECK_THAT(error_of("cuda:bf16"), Catch::Contains("built without CUDA"));
 #endif
