@@ -538,13 +538,15 @@ class CudaBackend final : public Backend<float> {
     cuda::launch_resid_mix_backward(dy, x, x0, m, N, D, dx, true, dx0, dm, ws_, stream_);
   }
   void rmsnorm_resid_mix_backward(const float* dh, const float* y, const float* rstd, const float* x, const float* x0,
-                                  const float* m, int64_t N, int64_t D, float* dx, float* dx0, float* dm) override {
-    require_plain("rmsnorm_resid_mix_backward", {y, rstd, x, x0, m, dx, dx0, dm});
+                                  const float* m, int64_t N, int64_t D, float* dx, float* dx0, float* dm,
+                                  const float* dx_add, bool fold_x0) override {
+    require_plain("rmsnorm_resid_mix_backward", {y, rstd, x, x0, m, dx, dx0, dm, dx_add});
     if (!cuda::rmsnorm_fused_backward(D) || !dx0 || !dm) {
-      Backend<float>::rmsnorm_resid_mix_backward(dh, y, rstd, x, x0, m, N, D, dx, dx0, dm);
+      Backend<float>::rmsnorm_resid_mix_backward(dh, y, rstd, x, x0, m, N, D, dx, dx0, dm, dx_add, fold_x0);
       return;
     }
-    cuda::launch_rmsnorm_resid_mix_backward(in_of(dh), rstd, x, x0, m, N, D, dx, dx0, dm, ws_, stream_);
+    cuda::launch_rmsnorm_resid_mix_backward(in_of(dh), rstd, x, x0, m, N, D, dx, dx0, dm, dx_add, fold_x0, ws_,
+                                            stream_);
   }
   void rmsnorm_channel_scale_backward(const float* dh, const float* y, const float* rstd, const float* o,
                                       const float* s, int64_t N, int64_t D, float* dx, float* dout,

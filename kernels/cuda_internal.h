@@ -202,8 +202,8 @@ void launch_qk_prep_backward_gain(const float* dq, const float* gain, float* dg_
 bool rmsnorm_fused_backward(int64_t D);
 // The resid_mix form recomputes the norm's input y = resid_mix(x, x0, m) as resid_mix_forward forms it.
 void launch_rmsnorm_resid_mix_backward(In dh, const float* rstd, const float* x, const float* x0, const float* m,
-                                       int64_t N, int64_t D, float* dx, float* dx0, float* dm_acc, Workspace& ws,
-                                       cudaStream_t s);
+                                       int64_t N, int64_t D, float* dx, float* dx0, float* dm_acc,
+                                       const float* dx_add, bool fold_x0, Workspace& ws, cudaStream_t s);
 void launch_rmsnorm_channel_scale_backward(In dh, const float* y, const float* rstd, In o, const float* sc,
                                            int64_t N, int64_t D, float* dx, Out dout, float* ds_acc, Workspace& ws,
                                            cudaStream_t s);

@@ -837,15 +837,26 @@ __global__ void __launch_bounds__(256, 2) rmsnorm_bwd_then_kernel(typename Cfg::
 
 // resid_mix's backward of t (with its rounding): dx = m0 t, dx0 += m1 t; column sums of t x and t x0. The norm's
 // input y = resid_mix(x, x0) is recomputed (MixSum, as the forward formed it) from the x and x0 it reads anyway.
+// dx_add (a skip's gradient) joins dx, and with fold_x0 dx goes to dx0 instead, with the roundings of the adds
+// they replace (Backend::rmsnorm_resid_mix_backward).
 struct ResidMixOfGradF {
   static constexpr int kOut = 2;
   const float *x, *x0, *m;
   float *dx, *dx0;
+  const float* dx_add;
+  bool fold_x0;
   int64_t D;
   __device__ float y(int64_t i, int64_t col) const { return MixSum{m, D}(col, x[i], x0[i]); }
   __device__ void operator()(int64_t i, int64_t col, float t, double* v) const {
-    dx[i] = __fmul_rn(m[col], t);
-    dx0[i] = __fadd_rn(dx0[i], __fmul_rn(m[D + col], t));
+    float gx = __fmul_rn(m[col], t);
+    if (dx_add) gx = __fadd_rn(gx, dx_add[i]);
+    const float gx0 = __fadd_rn(dx0[i], __fmul_rn(m[D + col], t));
+    if (fold_x0) {
+      dx0[i] = __fadd_rn(gx0, gx);
+    } else {
+      dx[i] = gx;
+      dx0[i] = gx0;
+    }
     v[0] = static_cast<double>(x[i]) * t;
     v[1] = static_cast<double>(x0[i]) * t;
   }
@@ -1299,10 +1310,10 @@ void launch_rmsnorm_bwd_then(const F& f, In dh, const float* rstd, const float* 
 }  // namespace
 
 void launch_rmsnorm_resid_mix_backward(In dh, const float* rstd, const float* x, const float* x0, const float* m,
-                                       int64_t N, int64_t D, float* dx, float* dx0, float* dm_acc, Workspace& ws,
-                                       cudaStream_t s) {
-  launch_rmsnorm_bwd_then(ResidMixOfGradF{x, x0, m, dx, dx0, D}, dh, rstd, dx, N, D, dm_acc, dm_acc + D, ws, s,
-                          "rmsnorm_resid_mix_backward");
+                                       int64_t N, int64_t D, float* dx, float* dx0, float* dm_acc,
+                                       const float* dx_add, bool fold_x0, Workspace& ws, cudaStream_t s) {
+  launch_rmsnorm_bwd_then(ResidMixOfGradF{x, x0, m, dx, dx0, dx_add, fold_x0, D}, dh, rstd, dx, N, D, dm_acc,
+                          dm_acc + D, ws, s, "rmsnorm_resid_mix_backward");
 }
 
 void launch_rmsnorm_channel_scale_backward(In dh, const float* y, const float* rstd, In o, const float* sc,

@@ -161,6 +161,16 @@ bool Model<T>::plain_pre_norms() const {
 }
 
 template <class T>
+bool Model<T>::fused_resid_mix_backward() const {
+  return cfg_.resid_mix && plain_pre_norms();
+}
+
+template <class T>
+bool Model<T>::skip_grad_joins_next(int64_t v) const {  // not when layer v + 1's own skip backward reads its dx first
+  return skip_source(v) && v + 1 < cfg_.virtual_layers() && !has_skip(v + 1) && fused_resid_mix_backward();
+}
+
+template <class T>
 bool Model<T>::fused_layer_entries() const {  // what layer_entry_forward computes: plain skips, resid_mix, plain norms
   return cfg_.resid_mix && plain_pre_norms() && cfg_.skips != SkipKind::gated;
 }
@@ -290,7 +300,7 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
   T* G = grads_.get();
   LayerActs& a = acts_[v];
   const int64_t n_enc = cfg_.encoder_layers(), k = v - n_enc;
-  if (skip_source(v)) be_.add(dx, g_skip_[v].get(), N * D);
+  if (skip_source(v) && !skip_grad_joins_next(v)) be_.add(dx, g_skip_[v].get(), N * D);
   // MLP branch: x_out = x1 + mlp_scale * proj(act(fc(norm(x1)))).
   be_.channel_scale_backward_set_dx(dx, a.m.get(), P + s.mlp_scale, N, D, g_m_.get(), G + s.mlp_scale);
   be_.linear_backward_set_dx(g_m_.get(), a.a.get(), P + w.mproj, N, Hd, D, g_a_.get(), G + w.mproj);
@@ -319,9 +329,10 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
                        Slice(g_qkv_.get(), W, D));
   if (!cfg_.qk_norm) be_.copy_columns(g_k_.get(), N, KV, Slice(g_qkv_.get(), W, D));  // k's gradient is g_k_ itself
   be_.linear_backward_set_dx(g_qkv_.get(), a.h1.get(), P + w.c_q, N, D, W, g_h_.get(), G + w.c_q);
-  if (cfg_.resid_mix && plain_pre_norms()) {  // both backwards in one pass
+  if (fused_resid_mix_backward()) {  // both backwards in one pass; layer 0's x is x0: its gradient joins dx0's
+    const T* g_skip_prev = v > 0 && skip_grad_joins_next(v - 1) ? g_skip_[v - 1].get() : nullptr;
     be_.rmsnorm_resid_mix_backward(g_h_.get(), a.x_mix, a.rstd1.get(), a.x_in, x0, P + s.resid_mix, N, D, dx, dx0,
-                                   G + s.resid_mix);
+                                   G + s.resid_mix, g_skip_prev, v == 0);
   } else {
     pre_norm_backward(v, g_h_.get(), a.x_mix, N, a.n1.get(), a.rstd1.get(), s.attn_norm_scale, dx);  // d/dx_mix
     if (cfg_.resid_mix)
@@ -394,7 +405,7 @@ double Model<T>::run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, 
   be_.zero(g_x0_.get(), N * D);
   for (int64_t v = cfg_.virtual_layers() - 1; v >= 0; --v)
     layer_backward(v, B, Tn, x0_.get(), g_x_.get(), g_x0_.get());
-  be_.add(g_x0_.get(), g_x_.get(), N * D);
+  if (!fused_resid_mix_backward()) be_.add(g_x0_.get(), g_x_.get(), N * D);  // else layer 0 added it
   be_.rmsnorm_backward_set(g_x0_.get(), emb_.get(), rstd0_.get(), N, D, g_tmp_.get());
   be_.embedding_backward(g_tmp_.get(), xdev_, N, D, G + tok_emb_);
   return sum;

@@ -258,12 +258,17 @@ class Backend {
   // where a backend can: dx holds the gradient that reaches y along the residual stream; rmsnorm's backward of dh
   // (y and rstd from the forward; a backend may recompute y = resid_mix(x, x0, m) instead of reading it) is added
   // to it, then dx is overwritten with the gradient of x and the gradients of x0 and m are added to dx0 and dm, as
-  // resid_mix_backward_set_dx(dx, ..., dx, dx0, dm). dh may be an activation buffer. The default composes those
-  // two ops.
+  // resid_mix_backward_set_dx(dx, ..., dx, dx0, dm). dh may be an activation buffer. Two additions save passes
+  // over the residual stream: dx_add (null for none), a gradient of x that arrives by another path (a U-Net
+  // skip's), joins x's gradient as add(dx, dx_add) after the op would; with fold_x0 (the first layer, whose x is
+  // x0) x's whole gradient then goes to x0's, as add(dx0, dx) after the op would, and dx is left as scratch. The
+  // default composes those ops.
   virtual void rmsnorm_resid_mix_backward(const T* dh, const T* y, const T* rstd, const T* x, const T* x0, const T* m,
-                                          int64_t N, int64_t D, T* dx, T* dx0, T* dm) {
+                                          int64_t N, int64_t D, T* dx, T* dx0, T* dm, const T* dx_add, bool fold_x0) {
     rmsnorm_backward(dh, y, rstd, N, D, dx);
     resid_mix_backward_set_dx(dx, x, x0, m, N, D, dx, dx0, dm);
+    if (dx_add) add(dx, dx_add, static_cast<size_t>(N * D));
+    if (fold_x0) add(dx0, dx, static_cast<size_t>(N * D));
   }
   // The backward of h = rmsnorm(y) (the MLP branch's plain pre-norm; y = x + s ⊙ o, the attention branch's scaled
   // residual) on into that channel scale, in one pass where a backend can: rmsnorm's backward of dh is added to dx

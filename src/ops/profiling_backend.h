@@ -276,10 +276,10 @@ class ProfilingBackend final : public Backend<T> {
           [&] { in_.resid_mix_backward_set_dx(dy, x, x0, m, N, D, dx, dx0, dm); });
   }
   void rmsnorm_resid_mix_backward(const T* dh, const T* y, const T* rstd, const T* x, const T* x0, const T* m,
-                                  int64_t N, int64_t D, T* dx, T* dx0, T* dm) override {
-    // y is not counted: a fused backward recomputes it from x and x0
-    timed("rmsnorm_resid_mix_backward", b(dh, N * D) + E * (6 * N * D + N), 0,
-          [&] { in_.rmsnorm_resid_mix_backward(dh, y, rstd, x, x0, m, N, D, dx, dx0, dm); });
+                                  int64_t N, int64_t D, T* dx, T* dx0, T* dm, const T* dx_add, bool fold_x0) override {
+    // y is not counted: a fused backward recomputes it from x and x0. Folded, dx is read but not written.
+    timed("rmsnorm_resid_mix_backward", b(dh, N * D) + E * ((6 + (dx_add ? 1 : 0) - (fold_x0 ? 1 : 0)) * N * D + N),
+          0, [&] { in_.rmsnorm_resid_mix_backward(dh, y, rstd, x, x0, m, N, D, dx, dx0, dm, dx_add, fold_x0); });
   }
   void rmsnorm_channel_scale_backward(const T* dh, const T* y, const T* rstd, const T* o, const T* s, int64_t N,
                                       int64_t D, T* dx, T* dout, T* ds) override {

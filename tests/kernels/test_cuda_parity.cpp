@@ -1376,14 +1376,31 @@ TEST_CASE("cuda: the fused RMSNorm + resid_mix backward matches the two ops", "[
         const std::string tag = shape + (act ? " (dh bf16 activation)" : "");
         Dev dx2(*g, dx_in), dx02(*g, dx0_in), dm2(*g, dm_in);
         g->rmsnorm_resid_mix_backward(act ? dh_act.get() : gdh.p(), gy.p(), grstd.p(), gx.p(), gx0.p(), gm.p(), N, D,
-                                      dx2.p(), dx02.p(), dm2.p());
+                                      dx2.p(), dx02.p(), dm2.p(), nullptr, false);
         check_exact("fused rmsnorm + resid_mix backward dx" + tag, dx2.get(), dx1.get());
         check_exact("fused rmsnorm + resid_mix backward dx0" + tag, dx02.get(), dx01.get());
         check_close("fused rmsnorm + resid_mix backward dm" + tag, dm2.get(), dm1.get(), 1e-6, 1e-6);
       }
+      // A skip's gradient joining dx, and the first layer's fold of dx into dx0: the adds they replace, bit for bit.
+      const Dev gadd(*g, rand_vec(rng, N * D));
+      for (const bool with_add : {false, true})
+        for (const bool fold : {false, true}) {
+          if (!with_add && !fold) continue;
+          const std::string tag = shape + (with_add ? " + dx_add" : "") + (fold ? " folded into dx0" : "");
+          Dev dx3(*g, dx_in), dx03(*g, dx0_in), dm3(*g, dm_in), dx4(*g, dx_in), dx04(*g, dx0_in), dm4(*g, dm_in);
+          g->rmsnorm_backward(gdh.p(), gy.p(), grstd.p(), N, D, dx3.p());
+          g->resid_mix_backward_set_dx(dx3.p(), gx.p(), gx0.p(), gm.p(), N, D, dx3.p(), dx03.p(), dm3.p());
+          if (with_add) g->add(dx3.p(), gadd.p(), N * D);
+          if (fold) g->add(dx03.p(), dx3.p(), N * D);
+          g->rmsnorm_resid_mix_backward(gdh.p(), gy.p(), grstd.p(), gx.p(), gx0.p(), gm.p(), N, D, dx4.p(), dx04.p(),
+                                        dm4.p(), with_add ? gadd.p() : nullptr, fold);
+          if (!fold) check_exact("fused rmsnorm + resid_mix backward dx" + tag, dx4.get(), dx3.get());
+          check_exact("fused rmsnorm + resid_mix backward dx0" + tag, dx04.get(), dx03.get());
+          check_close("fused rmsnorm + resid_mix backward dm" + tag, dm4.get(), dm3.get(), 1e-6, 1e-6);
+        }
       Vec cdx = dx_in, cdx0 = dx0_in, cdm = dm_in;
       cpu->rmsnorm_resid_mix_backward(dh.data(), y.data(), rstd.data(), x.data(), x0.data(), m.data(), N, D,
-                                      cdx.data(), cdx0.data(), cdm.data());
+                                      cdx.data(), cdx0.data(), cdm.data(), nullptr, false);
       check_close("fused rmsnorm + resid_mix backward dx, cpu" + shape, dx1.get(), cdx, 1e-6, 1e-5);
       check_close("fused rmsnorm + resid_mix backward dx0, cpu" + shape, dx01.get(), cdx0, 1e-6, 1e-5);
       Vec t = dx_in;  // the gradient at y, whose products with x and x0 the dm columns sum
