@@ -175,14 +175,14 @@ def rows(name):
 def f(v, fmt="%.0f"):
     return fmt % v if isinstance(v, (int, float)) else "-"
 twin = {r.get("config"): r for r in rows("torch_twin.jsonl")}  # "config" is the preset's name
-print("\nrun                                        train tok/s  ms/step   MFU   fwd+bwd tok/s  eval tok/s  eval MFU  peak GB")
+print("\nrun                                                train tok/s  ms/step   MFU   fwd+bwd tok/s  eval tok/s  eval MFU  peak GB")
 for r in rows("torch_twin.jsonl"):
-    print("twin %-37s %11s %8s %5s %14s %11s %9s %8s" % (
+    print("twin %-45s %11s %8s %5s %14s %11s %9s %8s" % (
         r.get("config"), f(r.get("tokens_per_s")), f(r.get("ms_per_step"), "%.1f"), f(r.get("mfu"), "%.3f"), "-",
         f(r.get("eval_tokens_per_s")), f(r.get("eval_mfu"), "%.3f"), f(r.get("peak_mem_gb"), "%.1f")))
 for r in rows("bench_train.jsonl"):
     peak = max([v for v in (r.get("train_peak_mem_gb"), r.get("eval_peak_mem_gb")) if isinstance(v, (int, float))] or [0])
-    print("ptool %-36s %11s %8s %5s %14s %11s %9s %8s" % (
+    print("ptool %-44s %11s %8s %5s %14s %11s %9s %8s" % (
         "%s %s" % (r["preset"], r["device"]), f(r.get("tokens_per_s")), f(r.get("ms_per_step"), "%.1f"),
         f(r.get("mfu"), "%.3f"), f(r.get("forward_backward_tokens_per_s")), f(r.get("eval_tokens_per_s")),
         f(r.get("eval_mfu"), "%.3f"), f(peak, "%.1f")))

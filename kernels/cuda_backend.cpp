@@ -396,6 +396,21 @@ class CudaBackend final : public Backend<float> {
     cuda::launch_qk_prep_forward(in_of(raw), B * Tn * H, Tn, H, hd, t ? rot : 0, norm, eps, t ? t->cos_t : nullptr,
                                  t ? t->sin_t : nullptr, gain, rstd, out_of(x), out_of(out), stream_);
   }
+  // The suffix's rows against the full length's rope table from row `from` on: the per-row arithmetic of the full
+  // pass, with the rows' period S.
+  void qk_prep_forward_suffix(const float* raw, int64_t B, int64_t Tn, int64_t from, int64_t H, int64_t hd,
+                              int64_t rot, double base, bool norm, float eps, const float* gain, float* rstd,
+                              float* out) override {
+    require_plain("qk_prep_forward_suffix", {gain, rstd});
+    if (from < 0 || from >= std::max<int64_t>(Tn, 1))
+      throw std::invalid_argument("qk_prep_forward_suffix: from " + std::to_string(from) + " outside [0, T = " +
+                                  std::to_string(Tn) + ")");
+    const RopeTable* t = rope_table("qk_prep_forward_suffix", Tn, hd, rot, base);
+    const int64_t S = Tn - from, skip = from * (rot / 2);
+    cuda::launch_qk_prep_forward(in_of(raw), B * S * H, S, H, hd, t ? rot : 0, norm, eps,
+                                 t ? t->cos_t + skip : nullptr, t ? t->sin_t + skip : nullptr, gain, rstd,
+                                 out_of(out), out_of(out), stream_);
+  }
   void qk_prep_backward(float* d, const float* raw, const float* rstd, int64_t B, int64_t Tn, int64_t H, int64_t hd,
                         int64_t rot, double base, bool norm, ColumnSlice draw) override {
     require_plain("qk_prep_backward", {d, rstd});

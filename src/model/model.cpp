@@ -245,25 +245,34 @@ void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, cons
   } else {
     layer_entry(v, N, x0, x);
   }
+  // The last layer of a pass that scores only each sequence's suffix needs the queries of those R rows alone, and
+  // nothing past attention mixes positions: it goes on with them (their pre-norm packed into q's buffer, their
+  // q into att's, attention's output into q's, each free then, the residual into scored_).
+  const bool suffix = last && score_from > 0;
+  const int64_t R = suffix ? B * (Tn - score_from) : N;
   const typename Backend<T>::LinearOut qkv[] = {
       {P + w.c_q, D, a.q_raw.get()}, {P + w.c_k, KV, a.k_raw.get()}, {P + w.c_v, KV, a.v.get()}};
-  be_.linear_forward_shared(a.h1.get(), N, D, qkv);
+  if (suffix) {
+    be_.linear_forward_shared(a.h1.get(), N, D, std::span(qkv).subspan(1));
+    be_.gather_rows(a.h1.get(), B, Tn, score_from, D, a.q.get());
+    be_.linear_forward(a.q.get(), P + w.c_q, R, D, D, a.q_raw.get());
+  } else {
+    be_.linear_forward_shared(a.h1.get(), N, D, qkv);
+  }
   const double base = rope_base_at(Tn);
   const int64_t rot = cfg_.rotary_dims();
   // q before its gain is not kept: the gain's backward forms it again from q_raw.
-  be_.qk_prep_forward(a.q_raw.get(), B, Tn, H, hd, rot, base, cfg_.qk_norm, rms_eps<T>(), P + s.q_gain,
-                      a.rstd_q.get(), a.q.get(), a.q.get());
+  if (suffix)
+    be_.qk_prep_forward_suffix(a.q_raw.get(), B, Tn, score_from, H, hd, rot, base, cfg_.qk_norm, rms_eps<T>(),
+                               P + s.q_gain, a.rstd_q.get(), a.att.get());
+  else
+    be_.qk_prep_forward(a.q_raw.get(), B, Tn, H, hd, rot, base, cfg_.qk_norm, rms_eps<T>(), P + s.q_gain,
+                        a.rstd_q.get(), a.q.get(), a.q.get());
   be_.qk_prep_forward(a.k_raw.get(), B, Tn, Hkv, hd, rot, base, cfg_.qk_norm, rms_eps<T>(), nullptr, a.rstd_k.get(),
                       a.k.get(), a.k.get());
-  // The last layer of a pass that scores only each sequence's suffix needs the queries of those R rows alone, and
-  // nothing past attention mixes positions: it goes on with them (their q packed into att's buffer, attention's
-  // output into q's, both free then, the residual into scored_).
   const T* att = a.att.get();
   const T* x_mix = a.x_mix;
-  int64_t R = N;
-  if (last && score_from > 0) {
-    R = B * (Tn - score_from);
-    be_.gather_rows(a.q.get(), B, Tn, score_from, D, a.att.get());
+  if (suffix) {
     be_.attention_forward_suffix(a.att.get(), a.k.get(), a.v.get(), B, Tn, score_from, H, Hkv, hd, a.q.get());
     be_.gather_rows(x_mix, B, Tn, score_from, D, scored_.get());
     att = a.q.get();

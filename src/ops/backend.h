@@ -166,6 +166,23 @@ class Backend {
     rope_forward(x, B, Tn, H, hd, rot, base);
     if (gain) head_scale_forward(x, gain, B * Tn, H, hd, out);
   }
+  // qk_prep_forward of the positions [from, Tn) of each of B sequences alone (the queries of a pass that scores
+  // just each sequence's suffix): raw, rstd and out hold those S = Tn - from rows per sequence, packed
+  // ([B, S, H, hd]); each is rotated at its position in the full sequence (base as for Tn), so out equals
+  // qk_prep_forward's rows from `from` on. Forward-only: x is not kept (out = g[h] x with a gain, x without).
+  // out may be an operand buffer. The default spreads raw into a full-length scratch (zeros before `from`), runs
+  // qk_prep_forward and gathers the rows.
+  virtual void qk_prep_forward_suffix(const T* raw, int64_t B, int64_t Tn, int64_t from, int64_t H, int64_t hd,
+                                      int64_t rot, double base, bool norm, T eps, const T* gain, T* rstd, T* out) {
+    const int64_t D = H * hd, S = Tn - from;
+    DeviceBuffer<T> fr(*this, static_cast<size_t>(B * Tn * D)), fx(*this, static_cast<size_t>(B * Tn * D));
+    DeviceBuffer<T> fs(*this, static_cast<size_t>(B * Tn * H));
+    zero(fr.get(), static_cast<size_t>(B * Tn * D));
+    copy_columns(raw, B, S * D, ColumnSlice(fr.get(), Tn * D, from * D));  // sequence b's suffix: row b's last S D
+    qk_prep_forward(fr.get(), B, Tn, H, hd, rot, base, norm, eps, gain, fs.get(), fx.get(), fx.get());
+    gather_rows(fx.get(), B, Tn, from, D, out);
+    if (norm) gather_rows(fs.get(), B, Tn, from, H, rstd);
+  }
   // Its backward from d = d/dx (after the gain's head_scale_backward; d is overwritten): back through the rotation,
   // and with norm through the norm into draw (overwritten, not accumulated; it may be an operand buffer, or
   // H * hd columns of one: a ColumnSlice of B * Tn rows). Without norm the gradient of raw is d (draw unused).

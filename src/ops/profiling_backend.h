@@ -220,6 +220,12 @@ class ProfilingBackend final : public Backend<T> {
           b(raw, n) + (gain ? b(out, n) : 0) + (both || !gain ? b(x, n) : 0) + (norm ? E * rows : 0), 0,
           [&] { in_.qk_prep_forward(raw, B, Tn, H, hd, rot, base, norm, eps, gain, rstd, x, out); });
   }
+  void qk_prep_forward_suffix(const T* raw, int64_t B, int64_t Tn, int64_t from, int64_t H, int64_t hd, int64_t rot,
+                              double base, bool norm, T eps, const T* gain, T* rstd, T* out) override {
+    const int64_t n = B * (Tn - from) * H * hd, rows = B * (Tn - from) * H;
+    timed("qk_prep_forward_suffix", b(raw, n) + b(out, n) + (norm ? E * rows : 0), 0,
+          [&] { in_.qk_prep_forward_suffix(raw, B, Tn, from, H, hd, rot, base, norm, eps, gain, rstd, out); });
+  }
   void qk_prep_backward(T* d, const T* raw, const T* rstd, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot,
                         double base, bool norm, typename Backend<T>::ColumnSlice draw) override {
     const int64_t n = B * Tn * H * hd;

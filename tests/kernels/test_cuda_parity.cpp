@@ -38,6 +38,7 @@
 #include <random>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "formats/error.h"
@@ -788,6 +789,50 @@ TEST_CASE("cuda: attention over a suffix of the queries equals the full attentio
         be->operand_values(rows.get(), qs.size(), want.p());
         be->operand_values(got.get(), qs.size(), out.p());
         check_exact("attention_forward_suffix" + tag, out.get(), want.get());
+      }
+}
+
+// qk_prep_forward_suffix gives qk_prep_forward's rows from `from` on exactly (out and rstd): every row is
+// prepared alone, the CUDA kernel rotating the suffix's rows with the full length's table from row `from` on.
+TEST_CASE("cuda: q/k preparation of a suffix of the positions equals the full pass's rows", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  const ThreeBackends backends;
+  std::mt19937_64 rng(98);
+  const int64_t B = 2, Tn = 150, H = 3;
+  for (const auto& [name, be] : backends.all())
+    for (const auto& [hd, rot, norm, gain] : {std::tuple{int64_t{64}, int64_t{64}, true, true},
+                                              std::tuple{int64_t{64}, int64_t{16}, true, true},
+                                              std::tuple{int64_t{32}, int64_t{32}, false, true},
+                                              std::tuple{int64_t{48}, int64_t{0}, true, false}})
+      for (const int64_t from : {int64_t{1}, int64_t{64}, int64_t{149}}) {
+        const int64_t D = H * hd, S = Tn - from;
+        const std::string tag = std::string(" on ") + name + " hd=" + std::to_string(hd) + " rot=" +
+                                std::to_string(rot) + (norm ? " norm" : "") + (gain ? " gain" : "") + " from=" +
+                                std::to_string(from);
+        const Vec raw = rand_vec(rng, static_cast<size_t>(B * Tn * D)), g = rand_vec(rng, H, 0.5f, 2.f);
+        Vec raws(static_cast<size_t>(B * S * D));
+        for (int64_t b = 0; b < B; ++b)
+          std::copy_n(raw.begin() + (b * Tn + from) * D, S * D, raws.begin() + b * S * D);
+        Dev graw(*be, raw), graws(*be, raws), gg(*be, g), rstd(*be, Vec(B * Tn * H)), rstds(*be, Vec(B * S * H));
+        DeviceBuffer<float> full(*be, raw.size(), Storage::operand), got(*be, raws.size(), Storage::operand);
+        const double base = 10000.0 * (1.0 + static_cast<double>(from) / 1000.0);  // any base, the same for both
+        be->qk_prep_forward(graw.p(), B, Tn, H, hd, rot, base, norm, 1e-6f, gain ? gg.p() : nullptr, rstd.p(),
+                            full.get(), full.get());
+        be->qk_prep_forward_suffix(graws.p(), B, Tn, from, H, hd, rot, base, norm, 1e-6f, gain ? gg.p() : nullptr,
+                                   rstds.p(), got.get());
+        DeviceBuffer<float> rows(*be, raws.size(), Storage::operand);
+        be->gather_rows(full.get(), B, Tn, from, D, rows.get());
+        Dev want(*be, raws), out(*be, raws);
+        be->operand_values(rows.get(), raws.size(), want.p());
+        be->operand_values(got.get(), raws.size(), out.p());
+        check_exact("qk_prep_forward_suffix out" + tag, out.get(), want.get());
+        if (norm) {
+          const Vec all = rstd.get();
+          Vec want_r(static_cast<size_t>(B * S * H));
+          for (int64_t b = 0; b < B; ++b)
+            std::copy_n(all.begin() + (b * Tn + from) * H, S * H, want_r.begin() + b * S * H);
+          check_exact("qk_prep_forward_suffix rstd" + tag, rstds.get(), want_r);
+        }
       }
 }
 
