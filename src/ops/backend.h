@@ -52,7 +52,7 @@ class Backend {
   // a backend that stores them in a lower precision rounds values (the CUDA backend's bf16 mode: bf16, as PyTorch's
   // autocast keeps linear outputs). Readable by the ops that say so: activation_forward/backward (h, dout),
   // scaled_residual(_rmsnorm)_forward (o), layer_entry_forward (b), channel_scale_backward(_set_dx) (x),
-  // qk_prep_forward/backward (raw), rmsnorm_backward (dout), rmsnorm_resid_mix_backward (dh),
+  // qk_prep_forward(_suffix)/backward (raw), rmsnorm_backward (dout), rmsnorm_resid_mix_backward (dh),
   // rmsnorm_channel_scale_backward (dh, o), copy_columns, gather_rows, and the linear ops and attention; written
   // only by ops that name them as outputs (linear ops with a written, not accumulated, output). Values through
   // operand_values()/store_operand().
