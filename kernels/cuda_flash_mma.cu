@@ -36,12 +36,11 @@
 //  - atomic dQ (not deterministic, as FlashAttention-2): no dQ kernel. The dK/dV kernel also stores each query
 //    tile's dS^T (bf16) in shared memory; after a barrier every warp computes a block of 16 rows x HD BQ / 64 columns
 //    of dS K over the CTA's 64 keys and adds it to the fp32 dq with red.global.add.v2.f32 (dq zeroed first unless
-//    accumulating). The order of the adds from the key tiles of a query varies run to run. 181 / 246 registers
+//    accumulating). The order of the adds from the key tiles of a query varies run to run. 212 / 246 registers
 //    (hd 64 / 128), 64 / 74 KiB of shared memory: still two CTAs per SM.
 //  - other head dims: every multiple of 16 up to 128 fits the same code; 16 and 32 are tiled as 64, 96 as 128
-//    except in dK/dV (64 queries), and these five are compiled. ptxas (sm_90a, CUDA 13): the most registers are
-//    dQ's 250 at hd 64; the only spill is 8 bytes in hd 32's deterministic dK/dV kernel (ptxas keeps it at 128
-//    registers, four CTAs per SM).
+//    except in dK/dV (64 queries), and these five are compiled. ptxas (sm_90a, CUDA 13): no kernel spills; the
+//    most registers are dQ's 250 at hd 64 (dK/dV, under __launch_bounds__(128, 2): 225 deterministic at hd 64).
 #include <cuda_bf16.h>
 
 #include <algorithm>

@@ -400,9 +400,10 @@ __device__ __forceinline__ void dq_add_atomic(const bf16_bits* dSs, const bf16_b
 }
 
 // dK and dV, and with DQ also dQ: each query tile's dS goes through shared memory into dq += dS K, added with
-// atomics (dq_atomic; see dq_add_atomic).
+// atomics (dq_atomic; see dq_add_atomic). Two CTAs per SM, as shared memory allows: without the hint ptxas held
+// hd 32's deterministic form to 128 registers and spilled.
 template <int HD, bool DQ>
-__global__ void __launch_bounds__(kThreads) flash_bwd_dkdv_kernel(
+__global__ void __launch_bounds__(kThreads, 2) flash_bwd_dkdv_kernel(
     const bf16_bits* __restrict__ dout, const bf16_bits* __restrict__ q, const bf16_bits* __restrict__ k,
     const bf16_bits* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ Dv, int T, int H, int Hkv,
     float scale, float scale_log2, float* dk, float* dv, bf16_bits* dv_b, int64_t dv_ld, int64_t dv_col,
