@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `--device cuda` end to end through the CLI, on the emulated CUDA backend (kernels/emu): train, GPTQ
-# calibration, standard and sliding eval each agree with the CPU run of the same command, and without a device
+# `--device cuda` end to end through the CLI, on the emulated CUDA backend (kernels/emu): train (also on
+# `cuda:bf16,nondeterministic`), GPTQ calibration, standard and sliding eval each agree with the CPU run of the
+# same command, and without a device
 # `--device cuda` fails with a clear message and no output file.
 # Usage: bash tests/cli_emu/device_cuda.sh PTOOL_EXE_ON_THE_EMULATOR SOURCE_DIR
 set -euo pipefail
@@ -39,6 +40,10 @@ lc=$(echo "$cpu" | field val_loss)
 lg=$(echo "$gpu" | field val_loss)
 [ -n "$lc" ] && [ -n "$lg" ] || fail "no val_loss in the train summaries: $cpu / $gpu"
 close "$lc" "$lg" 1e-3 || fail "train --device cuda:fp32 val_loss $lg, cpu $lc"
+# bf16 with atomics (head_dim 32: the flash backward adds dQ from its dK/dV kernel)
+ln=$(train --device cuda:bf16,nondeterministic --out "$T/nd.ptc" | field val_loss)
+[ -n "$ln" ] || fail "no val_loss from train --device cuda:bf16,nondeterministic"
+close "$lc" "$ln" 2e-2 || fail "train --device cuda:bf16,nondeterministic val_loss $ln, cpu $lc"
 
 ev() { "$PTOOL" eval "$T/cpu.ptc" --val "$T/shards/c_val_*.bin" --tokenizer "$TOK" --max-tokens 512 --json "$@"; }
 for mode in "" "--stride 8"; do
@@ -62,4 +67,4 @@ q --device cuda:fp32 --out "$T/gpu.ptq"
 qc=$("$PTOOL" eval "$T/cpu.ptq" --val "$T/shards/c_val_*.bin" --tokenizer "$TOK" --max-tokens 512 --json | field val_bpb)
 qg=$("$PTOOL" eval "$T/gpu.ptq" --val "$T/shards/c_val_*.bin" --tokenizer "$TOK" --max-tokens 512 --json | field val_bpb)
 close "$qc" "$qg" 1e-3 || fail "GPTQ calibrated on cuda: val_bpb $qg, on cpu $qc"
-echo "ok: train val_loss cpu $lc cuda $lg; GPTQ val_bpb cpu $qc cuda $qg"
+echo "ok: train val_loss cpu $lc cuda $lg bf16,nondeterministic $ln; GPTQ val_bpb cpu $qc cuda $qg"
