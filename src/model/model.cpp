@@ -161,18 +161,18 @@ bool Model<T>::plain_pre_norms() const {
 }
 
 template <class T>
-bool Model<T>::fused_resid_mix_backward() const {
+bool Model<T>::fused_resid_mix_norm() const {
   return cfg_.resid_mix && plain_pre_norms();
 }
 
 template <class T>
 bool Model<T>::skip_grad_joins_next(int64_t v) const {  // not when layer v + 1's own skip backward reads its dx first
-  return skip_source(v) && v + 1 < cfg_.virtual_layers() && !has_skip(v + 1) && fused_resid_mix_backward();
+  return skip_source(v) && v + 1 < cfg_.virtual_layers() && !has_skip(v + 1) && fused_resid_mix_norm();
 }
 
 template <class T>
 bool Model<T>::fused_layer_entries() const {  // what layer_entry_forward computes: plain skips, resid_mix, plain norms
-  return cfg_.resid_mix && plain_pre_norms() && cfg_.skips != SkipKind::gated;
+  return fused_resid_mix_norm() && cfg_.skips != SkipKind::gated;
 }
 
 template <class T>
@@ -205,7 +205,7 @@ void Model<T>::layer_entry(int64_t v, int64_t N, const T* x0, const T* x) {
   }
   a.x_mix = a.x_in;
   // Attention branch (resid_mix and a plain pre-norm in one pass).
-  if (cfg_.resid_mix && plain_pre_norms()) {
+  if (fused_resid_mix_norm()) {
     be_.resid_mix_rmsnorm_forward(a.x_in, x0, P + s.resid_mix, N, D, rms_eps<T>(), a.x_mix_buf.get(), a.h1.get(),
                                   a.rstd1.get());
     a.x_mix = a.x_mix_buf.get();
@@ -338,7 +338,7 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
                        Slice(g_qkv_.get(), W, D));
   if (!cfg_.qk_norm) be_.copy_columns(g_k_.get(), N, KV, Slice(g_qkv_.get(), W, D));  // k's gradient is g_k_ itself
   be_.linear_backward_set_dx(g_qkv_.get(), a.h1.get(), P + w.c_q, N, D, W, g_h_.get(), G + w.c_q);
-  if (fused_resid_mix_backward()) {  // both backwards in one pass; layer 0's x is x0: its gradient joins dx0's
+  if (fused_resid_mix_norm()) {  // both backwards in one pass; layer 0's x is x0: its gradient joins dx0's
     const T* g_skip_prev = v > 0 && skip_grad_joins_next(v - 1) ? g_skip_[v - 1].get() : nullptr;
     be_.rmsnorm_resid_mix_backward(g_h_.get(), a.x_mix, a.rstd1.get(), a.x_in, x0, P + s.resid_mix, N, D, dx, dx0,
                                    G + s.resid_mix, g_skip_prev, v == 0);
@@ -414,7 +414,7 @@ double Model<T>::run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, 
   be_.zero(g_x0_.get(), N * D);
   for (int64_t v = cfg_.virtual_layers() - 1; v >= 0; --v)
     layer_backward(v, B, Tn, x0_.get(), g_x_.get(), g_x0_.get());
-  if (!fused_resid_mix_backward()) be_.add(g_x0_.get(), g_x_.get(), N * D);  // else layer 0 added it
+  if (!fused_resid_mix_norm()) be_.add(g_x0_.get(), g_x_.get(), N * D);  // else layer 0 added it
   be_.rmsnorm_backward_set(g_x0_.get(), emb_.get(), rstd0_.get(), N, D, g_tmp_.get());
   be_.embedding_backward(g_tmp_.get(), xdev_, N, D, G + tok_emb_);
   return sum;

@@ -91,10 +91,11 @@ class Model {
   // The pre-norms are RMSNorm alone (no ln_scale factor, no learned scale): they can fuse with the op before them
   // and write operand buffers.
   bool plain_pre_norms() const;
-  // The attention branch's pre-norm and resid_mix go back in one pass (rmsnorm_resid_mix_backward), which also
-  // takes in layer 0 the final add of x0's gradient and, where skip_grad_joins_next(v), encoder layer v's skip
-  // gradient (on its way into layer v + 1's input gradient, which is layer v's output gradient).
-  bool fused_resid_mix_backward() const;
+  // resid_mix and the attention branch's plain pre-norm run as one op each way (resid_mix_rmsnorm_forward,
+  // rmsnorm_resid_mix_backward). The backward one also takes in layer 0 the final add of x0's gradient and, where
+  // skip_grad_joins_next(v), encoder layer v's skip gradient (on its way into layer v + 1's input gradient, which
+  // is layer v's output gradient).
+  bool fused_resid_mix_norm() const;
   bool skip_grad_joins_next(int64_t v) const;
   void layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* dx, T* dx0);
   T ln_factor(int64_t v) const;
