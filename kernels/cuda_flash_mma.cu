@@ -162,15 +162,20 @@ void check_args(const char* op, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, i
   }
 }
 
+// 1 / sqrt(hd), rounded once to float; the kernels also take it times log2 e for their base-2 softmax.
+template <int HD>
+float softmax_scale() {
+  return static_cast<float>(1.0 / std::sqrt(static_cast<double>(HD)));
+}
+
 template <int HD>
 void fwd_impl(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, int B, int T, int Tq, int H, int Hkv,
               Out out, float* lse, cudaStream_t s) {
   const LaunchShape ls = fwd_shape<HD>(B, Tq, H);
   PTOOL_CUDA_CHECK(cudaFuncSetAttribute(flash_fwd_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(ls.smem)));
-  const float scale_log2 = static_cast<float>(1.0 / std::sqrt(static_cast<double>(HD))) * kLog2e;
   PTOOL_LAUNCH(flash_fwd_kernel<HD>, dim3(ls.gx, ls.gy, ls.gz), ls.threads, ls.smem, s)(
-      q, k, v, out.f32, out.bf16, lse, T, Tq, H, Hkv, scale_log2);
+      q, k, v, out.f32, out.bf16, lse, T, Tq, H, Hkv, softmax_scale<HD>() * kLog2e);
   PTOOL_CUDA_LAUNCHED("flash_mma_forward", s);
 }
 
@@ -178,7 +183,7 @@ template <int HD, bool DQ>
 void dkdv_launch(const bf16_bits* dout, const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, const float* lse,
                  const float* Dv, int B, int T, int H, int Hkv, float* dk, Out dv, int64_t dv_ld, int64_t dv_col,
                  bool accumulate, float* dq_atomic, cudaStream_t s) {
-  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(HD)));
+  const float scale = softmax_scale<HD>();
   const LaunchShape ls = dkdv_shape<HD, DQ>(B, T, Hkv);
   constexpr auto* dkdv_kernel = flash_bwd_dkdv_kernel<HD, DQ>;  // PTOOL_LAUNCH takes no commas in its names
   PTOOL_CUDA_CHECK(cudaFuncSetAttribute(dkdv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -202,7 +207,7 @@ void bwd_impl(const bf16_bits* dout, const bf16_bits* q, const bf16_bits* k, con
   if (dk || dv.f32 || dv.bf16)
     dkdv_launch<HD, false>(dout, q, k, v, lse, Dv, B, T, H, Hkv, dk, dv, dv_ld, dv_col, accumulate, nullptr, s);
   if (dq) {
-    const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(HD)));
+    const float scale = softmax_scale<HD>();
     const LaunchShape ls = dq_shape<HD>(B, T, H);
     PTOOL_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_dq_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(ls.smem)));
