@@ -104,11 +104,10 @@ class Backend {
   // before `from`), runs attention_forward and gathers the rows.
   virtual void attention_forward_suffix(const T* q, const T* k, const T* v, int64_t B, int64_t Tn, int64_t from,
                                         int64_t H, int64_t Hkv, int64_t hd, T* out) {
-    const int64_t D = H * hd, S = Tn - from;
+    const int64_t D = H * hd;
     DeviceBuffer<T> fq(*this, static_cast<size_t>(B * Tn * D)), fo(*this, static_cast<size_t>(B * Tn * D));
     DeviceBuffer<T> lse(*this, static_cast<size_t>(B * H * Tn));
-    zero(fq.get(), static_cast<size_t>(B * Tn * D));
-    copy_columns(q, B, S * D, ColumnSlice(fq.get(), Tn * D, from * D));  // sequence b's suffix: row b's last S D
+    spread_rows(q, B, Tn, from, D, fq.get());
     attention_forward(fq.get(), k, v, B, Tn, H, Hkv, hd, fo.get(), lse.get());
     gather_rows(fo.get(), B, Tn, from, D, out);
   }
@@ -174,11 +173,10 @@ class Backend {
   // qk_prep_forward and gathers the rows.
   virtual void qk_prep_forward_suffix(const T* raw, int64_t B, int64_t Tn, int64_t from, int64_t H, int64_t hd,
                                       int64_t rot, double base, bool norm, T eps, const T* gain, T* rstd, T* out) {
-    const int64_t D = H * hd, S = Tn - from;
+    const int64_t D = H * hd;
     DeviceBuffer<T> fr(*this, static_cast<size_t>(B * Tn * D)), fx(*this, static_cast<size_t>(B * Tn * D));
     DeviceBuffer<T> fs(*this, static_cast<size_t>(B * Tn * H));
-    zero(fr.get(), static_cast<size_t>(B * Tn * D));
-    copy_columns(raw, B, S * D, ColumnSlice(fr.get(), Tn * D, from * D));  // sequence b's suffix: row b's last S D
+    spread_rows(raw, B, Tn, from, D, fr.get());
     qk_prep_forward(fr.get(), B, Tn, H, hd, rot, base, norm, eps, gain, fs.get(), fx.get(), fx.get());
     gather_rows(fx.get(), B, Tn, from, D, out);
     if (norm) gather_rows(fs.get(), B, Tn, from, H, rstd);
@@ -315,6 +313,12 @@ class Backend {
   // src[b, from + s, :] for s < Tn - from. src may be an operand or activation buffer and dst an operand buffer
   // (values copied as stored, rounded where dst keeps fewer bits).
   virtual void gather_rows(const T* src, int64_t B, int64_t Tn, int64_t from, int64_t D, T* dst) = 0;
+  // Its inverse, for the suffix ops' defaults: src's packed rows (Tn - from per sequence) to their positions in dst
+  // [B, Tn, D], zeros before `from` (sequence b's suffix is the last (Tn - from) D elements of dst's row b).
+  void spread_rows(const T* src, int64_t B, int64_t Tn, int64_t from, int64_t D, T* dst) {
+    zero(dst, static_cast<size_t>(B * Tn * D));
+    copy_columns(src, B, (Tn - from) * D, ColumnSlice(dst, Tn * D, from * D));
+  }
 
   // Per-token losses land in host memory (double); returns their sum.
   virtual double softcap_cross_entropy(const T* z, const int32_t* targets, int64_t N, int64_t V, T cap,
