@@ -225,7 +225,14 @@ struct Scheduler {
 
 std::mutex g_launch_mutex;  // one grid at a time, whatever OS thread launches it
 Scheduler g_s;
-size_t g_max_smem_optin = 0;
+std::map<const void*, size_t> g_smem_optin;  // per kernel, as cudaFuncSetAttribute set it
+std::mutex g_smem_optin_mutex;
+
+size_t smem_optin(const void* func) {
+  std::lock_guard<std::mutex> lock(g_smem_optin_mutex);
+  const auto it = g_smem_optin.find(func);
+  return it == g_smem_optin.end() ? 0 : it->second;
+}
 
 Fiber& cur() { return *g_s.fibers[static_cast<size_t>(g_s.current)]; }
 
@@ -546,10 +553,10 @@ void run_grid(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
                                     std::to_string(kMaxSmemOptin));
     return;
   }
-  if (cfg.smem > kDefaultSmem && cfg.smem > g_max_smem_optin) {
+  if (cfg.smem > kDefaultSmem && cfg.smem > smem_optin(cfg.func)) {
     fail(cudaErrorInvalidValue, "kernel " + name + ": " + std::to_string(cfg.smem) +
                                     " bytes of dynamic shared memory need cudaFuncSetAttribute(" +
-                                    "cudaFuncAttributeMaxDynamicSharedMemorySize) first");
+                                    "cudaFuncAttributeMaxDynamicSharedMemorySize) on this kernel first");
     return;
   }
   std::lock_guard<std::mutex> lock(g_launch_mutex);
@@ -904,6 +911,7 @@ cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int v
       static_cast<size_t>(value) > cuemu::kMaxSmemOptin)
     return fail(cudaErrorInvalidValue, "cudaFuncSetAttribute: unsupported attribute or value " +
                                            std::to_string(value));
-  cuemu::g_max_smem_optin = std::max(cuemu::g_max_smem_optin, static_cast<size_t>(value));
+  std::lock_guard<std::mutex> lock(cuemu::g_smem_optin_mutex);
+  cuemu::g_smem_optin[func] = static_cast<size_t>(value);
   return cudaSuccess;
 }

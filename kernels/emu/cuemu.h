@@ -103,25 +103,36 @@ struct LaunchConfig {
   size_t smem = 0;
   const void* stream = nullptr;
   const char* name = "";
+  const void* func = nullptr;  // the kernel, for the shared-memory opt-in cudaFuncSetAttribute gave it
 };
 // Validates the configuration (on failure: the error is what cudaGetLastError returns next, nothing runs), then
 // runs body once per CUDA thread of every CTA.
 void run_grid(const LaunchConfig& cfg, void (*body)(void*), void* ctx);
 
-template <class Kernel>
+template <class Kernel, class Address>
 struct Launcher {
   LaunchConfig cfg;
   Kernel kernel;
+  Address address;  // args... -> the kernel's address (cfg.func)
   template <class... A>
   void operator()(A... args) {
+    cfg.func = address(args...);
     // Each thread receives its own copies of the arguments, as a kernel's by-value parameters on the device.
     auto call = [&]() { kernel(args...); };
     run_grid(cfg, [](void* c) { (*static_cast<decltype(call)*>(c))(); }, &call);
   }
 };
-template <class Kernel>
-Launcher<Kernel> make_launcher(dim3 grid, dim3 block, size_t smem, const void* stream, const char* name, Kernel k) {
-  return Launcher<Kernel>{LaunchConfig{grid, block, smem, stream, name}, k};
+template <class Kernel, class Address>
+Launcher<Kernel, Address> make_launcher(dim3 grid, dim3 block, size_t smem, const void* stream, const char* name,
+                                        Address address, Kernel k) {
+  return Launcher<Kernel, Address>{LaunchConfig{grid, block, smem, stream, name}, k, address};
+}
+// A kernel's address, as cudaFuncSetAttribute takes it, given the types of the launch's arguments P: the kernel
+// itself when its name denotes one function (or a pointer to one), else the specialization of a kernel template
+// whose parameters are exactly P (deduced as <<<...>>> would); null when neither resolves.
+template <class... P, class... A>
+const void* kernel_address(void (*f)(A...)) {
+  return reinterpret_cast<const void*>(f);
 }
 
 // The order in which a launch runs its CTAs and, between two barriers, the threads of a CTA: first to last or
@@ -262,5 +273,15 @@ inline size_t __cvta_generic_to_shared(const void* p) { return reinterpret_cast<
 // (kernels/cuda_launch.h); here it becomes a host call that runs the grid.
 #define PTOOL_LAUNCH(kernel, grid, block, smem, stream)                                                       \
   ::cuemu::make_launcher(dim3(grid), dim3(block), static_cast<size_t>(smem), static_cast<const void*>(stream), \
-                         #kernel, [](auto... ptool_emu_args) { kernel(ptool_emu_args...); })
+                         #kernel, PTOOL_EMU_KERNEL_ADDRESS(kernel),                                           \
+                         [](auto... ptool_emu_args) { kernel(ptool_emu_args...); })
+#define PTOOL_EMU_KERNEL_ADDRESS(kernel)                                                                          \
+  [](auto... a) -> const void* {                                                                                  \
+    if constexpr (requires { ::cuemu::kernel_address<decltype(a)...>(kernel); })                                 \
+      return ::cuemu::kernel_address<decltype(a)...>(kernel);                                                     \
+    else if constexpr (requires { static_cast<void (*)(decltype(a)...)>(kernel); })                              \
+      return reinterpret_cast<const void*>(static_cast<void (*)(decltype(a)...)>(kernel));                       \
+    else                                                                                                          \
+      return nullptr;                                                                                             \
+  }
 #define PTOOL_DYNAMIC_SMEM(type, name) type* name = static_cast<type*>(::cuemu::dynamic_smem())

@@ -178,6 +178,23 @@ TEST_CASE("cuemu: dynamic shared memory is per launch and starts as NaN") {
   for (float v : h) CHECK(std::isnan(v));
 }
 
+TEST_CASE("cuemu: over 48 KiB of dynamic shared memory needs the opt-in on that very kernel") {
+  // As on the device, cudaFuncAttributeMaxDynamicSharedMemorySize belongs to one kernel: another kernel's opt-in
+  // (here dynamic_smem_kernel's) does not let unwritten_smem_kernel launch with more than the default 48 KiB.
+  constexpr int kBytes = 64 << 10;
+  DeviceArray<float> out(128);
+  REQUIRE(cudaFuncSetAttribute(dynamic_smem_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes) ==
+          cudaSuccess);
+  PTOOL_LAUNCH(dynamic_smem_kernel, 1, 128, kBytes, nullptr)(out.p);
+  REQUIRE(cudaGetLastError() == cudaSuccess);
+  PTOOL_LAUNCH(unwritten_smem_kernel, 1, 128, kBytes, nullptr)(out.p);
+  const cudaError_t e = cudaGetLastError();
+  CHECK(e == cudaErrorInvalidValue);
+  CHECK(std::string(cudaGetErrorString(e)).find("on this kernel") != std::string::npos);
+  PTOOL_LAUNCH(dynamic_smem_kernel, 1, 128, kBytes + 1, nullptr)(out.p);  // past its own opt-in
+  CHECK(cudaGetLastError() == cudaErrorInvalidValue);
+}
+
 TEST_CASE("cuemu: the reverse order runs CTAs and threads last to first, exposing a missing barrier") {
   OrderGuard guard;
   DeviceArray<float> out(64);
