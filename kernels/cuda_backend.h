@@ -1,5 +1,5 @@
 // The CUDA implementation of the op interface (src/ops/backend.h), DESIGN.md principle 2: the CPU backend is
-// the oracle, this is the fast path, tested against it in tests/kernels/test_cuda_parity.cpp.
+// the oracle, this is the fast path, tested against it in tests/kernels/test_cuda_parity_*.cpp.
 //
 // This header has no CUDA includes, so plain C++ files (the trainer, benchmarks, tests) can use it. It exists
 // only when the build found nvcc (PTOOL_HAVE_CUDA=1); a build with nvcc but no GPU at run time still links,
@@ -38,8 +38,8 @@
 // - Attention: with bf16 and head_dim 16, 32, 64, 96 or 128, the tensor-core flash kernels of kernels/cuda_flash_mma.cu
 //   (bf16 q, k, v, dO, fp32 accumulation and softmax, deterministic two-kernel backward); otherwise the fp32
 //   kernels of kernels/cuda_attention.cu, which in bf16 mode also read q, k, v and dO rounded to bf16.
-// - Everything else is fp32 arithmetic with fp32 or double accumulators (see kernels/cuda_ops.cu for the
-//   per-op notes).
+// - Everything else is fp32 arithmetic with fp32 or double accumulators (see the kernel files that
+//   kernels/cuda_internal.h names for the per-op notes).
 // - Deterministic: with CudaBackendOptions::deterministic (the default) every op gives bit-identical results
 //   run to run (no floating-point atomics anywhere). deterministic = false (`--device cuda:...,nondeterministic`)
 //   switches embedding_backward to atomicAdd and the flash backward to one kernel that adds dQ with atomics

@@ -33,12 +33,7 @@ namespace ptool::flash_test {
 using Vec = std::vector<float>;
 using DVec = std::vector<double>;
 
-inline Vec rand_vec(std::mt19937_64& rng, size_t n, float lo = -1.f, float hi = 1.f) {
-  std::uniform_real_distribution<float> u(lo, hi);
-  Vec v(n);
-  for (auto& x : v) x = u(rng);
-  return v;
-}
+using gpu_test::rand_vec;
 
 // |got - want| <= tol[i] element-wise; prints the share of the tolerance the worst element used.
 inline void check_tol(const std::string& what, const Vec& got, const Vec& want, const DVec& tol) {
@@ -63,14 +58,8 @@ inline void check_tol(const std::string& what, const Vec& got, const Vec& want, 
 
 using gpu_test::check_exact;
 
-struct AttnShape {
-  int64_t B, Tn, H, Hkv, hd;
-};
-
-inline std::string shape_name(const AttnShape& s) {
-  return " B=" + std::to_string(s.B) + " T=" + std::to_string(s.Tn) + " H=" + std::to_string(s.H) +
-         " Hkv=" + std::to_string(s.Hkv) + " hd=" + std::to_string(s.hd);
-}
+using gpu_test::AttnShape;
+using gpu_test::shape_name;
 
 // Root-sum-square of the (weighted) terms of every output element: the error scale of the header comment.
 struct TermScale {

@@ -44,39 +44,18 @@ std::unique_ptr<Backend<float>> bf16_backend(bool deterministic = true) {
 
 void flash_case(Backend<float>& cpu, Backend<float>& g, std::mt19937_64& rng, const AttnShape& s, float qscale,
                 bool with_dq, bool with_dkv) {
-  const int64_t B = s.B, Tn = s.Tn, H = s.H, Hkv = s.Hkv, hd = s.hd;
-  const std::string shape = shape_name(s) +
-                            (qscale != 1.f ? " q x" + std::to_string(static_cast<int>(qscale)) : std::string()) +
-                            (with_dq && with_dkv ? "" : with_dq ? " (dq only)" : " (dk, dv only)");
-  const size_t nq = static_cast<size_t>(B * Tn * H * hd), nkv = static_cast<size_t>(B * Tn * Hkv * hd);
-  const Vec q = rand_vec(rng, nq, -qscale, qscale), k = rand_vec(rng, nkv), v = rand_vec(rng, nkv);
-  const Vec dout = rand_vec(rng, nq), dq0 = rand_vec(rng, nq), dk0 = rand_vec(rng, nkv), dv0 = rand_vec(rng, nkv);
-  Vec out(nq), lse(static_cast<size_t>(B * H * Tn)), dq = dq0, dk = dk0, dv = dv0;
-  cpu.attention_forward(q.data(), k.data(), v.data(), B, Tn, H, Hkv, hd, out.data(), lse.data());
-  cpu.attention_backward(dout.data(), q.data(), k.data(), v.data(), out.data(), lse.data(), B, Tn, H, Hkv, hd,
-                         with_dq ? dq.data() : nullptr, with_dkv ? dk.data() : nullptr,
-                         with_dkv ? dv.data() : nullptr);
-  const TermScale ts = term_scales(q, k, v, dout, out, lse, s);
-
-  Dev gq(g, q), gk(g, k), gv(g, v), gdout(g, dout), gout(g, Vec(nq)), glse(g, Vec(lse.size()));
-  Dev gdq(g, dq0), gdk(g, dk0), gdv(g, dv0);
-  g.attention_forward(gq.p(), gk.p(), gv.p(), B, Tn, H, Hkv, hd, gout.p(), glse.p());
-  check_tol("flash forward out" + shape, gout.get(), out, tol_of(ts.out, out));
-  check_tol("flash forward lse" + shape, glse.get(), lse, DVec(lse.size(), 1e-2 * qscale));
-  // The backward reads the GPU's own out and lse, as the model does.
-  g.attention_backward(gdout.p(), gq.p(), gk.p(), gv.p(), gout.p(), glse.p(), B, Tn, H, Hkv, hd,
-                       with_dq ? gdq.p() : nullptr, with_dkv ? gdk.p() : nullptr, with_dkv ? gdv.p() : nullptr);
-  check_tol("flash backward dq (accumulated)" + shape, gdq.get(), dq, tol_of(ts.dq, dq));
-  check_tol("flash backward dk (accumulated)" + shape, gdk.get(), dk, tol_of(ts.dk, dk));
-  check_tol("flash backward dv (accumulated)" + shape, gdv.get(), dv, tol_of(ts.dv, dv));
+  const gpu_test::AttentionRun r = gpu_test::run_attention(cpu, g, rng, s, qscale, with_dq, with_dkv);
+  const TermScale ts = term_scales(r.q, r.k, r.v, r.dout, r.out, r.lse, s);
+  check_tol("flash forward out" + r.label, r.g_out, r.out, tol_of(ts.out, r.out));
+  check_tol("flash forward lse" + r.label, r.g_lse, r.lse, DVec(r.lse.size(), 1e-2 * qscale));
+  check_tol("flash backward dq (accumulated)" + r.label, r.g_dq, r.dq, tol_of(ts.dq, r.dq));
+  check_tol("flash backward dk (accumulated)" + r.label, r.g_dk, r.dk, tol_of(ts.dk, r.dk));
+  check_tol("flash backward dv (accumulated)" + r.label, r.g_dv, r.dv, tol_of(ts.dv, r.dv));
   // Written instead of added (attention_backward_set).
-  const auto [want, got] = gpu_test::attention_backward_set_on_both(
-      cpu, {dout.data(), q.data(), k.data(), v.data(), out.data(), lse.data()}, g,
-      {gdout.p(), gq.p(), gk.p(), gv.p(), gout.p(), glse.p()}, B, Tn, H, Hkv, hd, with_dq, with_dkv);
-  if (with_dq) check_tol("flash backward_set dq" + shape, got.dq, want.dq, tol_of(ts.dq, want.dq));
+  if (with_dq) check_tol("flash backward_set dq" + r.label, r.g_set.dq, r.set.dq, tol_of(ts.dq, r.set.dq));
   if (with_dkv) {
-    check_tol("flash backward_set dk" + shape, got.dk, want.dk, tol_of(ts.dk, want.dk));
-    check_tol("flash backward_set dv" + shape, got.dv, want.dv, tol_of(ts.dv, want.dv));
+    check_tol("flash backward_set dk" + r.label, r.g_set.dk, r.set.dk, tol_of(ts.dk, r.set.dk));
+    check_tol("flash backward_set dv" + r.label, r.g_set.dv, r.set.dv, tol_of(ts.dv, r.set.dv));
   }
 }
 
@@ -247,7 +226,7 @@ TEST_CASE("cuda flash: other head dims keep the fp32 kernels; the launchers refu
   cpu->attention_forward(qr.data(), kr.data(), vr.data(), s.B, s.Tn, s.H, s.Hkv, s.hd, out.data(), lse.data());
   Dev gq(*g, q), gk(*g, k), gv(*g, v), gout(*g, Vec(nq)), glse(*g, Vec(lse.size()));
   g->attention_forward(gq.p(), gk.p(), gv.p(), s.B, s.Tn, s.H, s.Hkv, s.hd, gout.p(), glse.p());
-  // fp32 kernels on the rounded inputs: the 2e-5 bound of test_cuda_parity.cpp, far below bf16's error.
+  // fp32 kernels on the rounded inputs: the 2e-5 bound of the attention parity test, far below bf16's error.
   check_tol("hd 40 on cuda:bf16 (fp32 kernels, bf16 q k v) out" + shape_name(s), gout.get(), out, DVec(nq, 2e-5));
   const auto* bq = reinterpret_cast<const uint16_t*>(gq.p());  // any aligned bits: the shape is refused first
   const auto* bk = reinterpret_cast<const uint16_t*>(gk.p());
