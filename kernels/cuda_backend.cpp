@@ -1,5 +1,5 @@
-// The CUDA backend: memory, transfers, cuBLASLt GEMMs and the dispatch to the kernels of cuda_ops.cu and
-// cuda_attention.cu. Host code only (compiled by the C++ compiler); see cuda_backend.h for the numerics.
+// The CUDA backend: memory, transfers, cuBLASLt GEMMs and the dispatch to the kernel launchers of cuda_internal.h.
+// Host code only (compiled by the C++ compiler); see cuda_backend.h for the numerics.
 #include "kernels/cuda_backend.h"
 
 #include <cublasLt.h>

@@ -1,6 +1,8 @@
 // Internal to kernels/: error checking, the grow-once device workspace, and the kernel launchers that
-// cuda_backend.cpp (host code, compiled by the C++ compiler) calls. Kernels live in cuda_ops.cu and
-// cuda_attention.cu. Every launcher enqueues on the given stream and returns without waiting.
+// cuda_backend.cpp (host code, compiled by the C++ compiler) calls. Every launcher enqueues on the given stream and
+// returns without waiting. Kernels live in cuda_attention.cu and, one file per family of the other ops, in
+// cuda_elementwise.cu, cuda_residual.cu, cuda_rmsnorm.cu, cuda_qk_prep.cu, cuda_embedding.cu and
+// cuda_cross_entropy.cu.
 #pragma once
 #include <cuda_runtime_api.h>
 
@@ -102,7 +104,7 @@ struct In {
   }
 };
 
-// ---- cuda_ops.cu --------------------------------------------------------------------------------------------
+// ---- the kernel files of the other ops (named above) --------------------------------------------------------
 void launch_add(float* y, const float* x, size_t n, cudaStream_t s);
 void launch_scale(float* y, float a, size_t n, cudaStream_t s);
 // y[i] = bf16 bits of x[i], rounded to nearest even (the GEMM operands of CudaGemmPrecision::bf16).

@@ -1,0 +1,295 @@
+// CUDA kernels of RMSNorm and its fused forms: after a scaled residual, a resid_mix or the whole layer entry
+// (forward), and before resid_mix's or the channel scale's backward. Contracts: src/ops/cpu_ops.h.
+//
+// - RMSNorm forward/backward: one warp per row; sum of squares and the backward's dot product accumulate in
+//   double (as the CPU reference does), so rstd almost always matches it bit for bit.
+// - Row-wise backwards with column sums (RMSNorm + resid_mix, RMSNorm + channel scale): one warp per row does the
+//   row's reduction and element-wise work in registers, and keeps its double column sums; blocks write them as
+//   chunk partials in a fixed layout that colreduce_finalize adds up. Deterministic.
+#include <algorithm>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "kernels/cuda_internal.h"
+#include "kernels/cuda_launch.h"
+#include "kernels/cuda_ops_common.cuh"
+
+namespace ptool::cuda {
+
+namespace {
+
+// ---- RMSNorm ------------------------------------------------------------------------------------------------
+
+__global__ void __launch_bounds__(256) rmsnorm_fwd_kernel(const float* x, int64_t N, int64_t D, float eps,
+                                                          Out out, float* rstd) {
+  const int lane = threadIdx.x & 31;
+  const int64_t wpb = blockDim.x >> 5;
+  const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
+  for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < N; row += nwarps) {
+    const float* xr = x + row * D;
+    const float r = row_rstd(x, row * D, D, eps, lane);
+    if (lane == 0) rstd[row] = r;
+    // out may alias x (fp32): each element is read and written by the same lane
+    for (int64_t d = lane; d < D; d += 32) put(out, row * D + d, xr[d] * r);
+  }
+}
+
+__global__ void __launch_bounds__(256) rmsnorm_bwd_kernel(In dout, const float* x, const float* rstd, int64_t N,
+                                                          int64_t D, float* dx, bool accumulate) {
+  const int lane = threadIdx.x & 31;
+  const int64_t wpb = blockDim.x >> 5;
+  const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
+  for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < N; row += nwarps)
+    rmsnorm_bwd_row(dout, row * D, x, row * D, rstd[row], D, lane, dx, row * D, accumulate);
+}
+
+// ---- the residual stream's sum, then RMSNorm (fused forwards) -----------------------------------------------
+
+// The combination, then rmsnorm_fwd_kernel, one warp per row: y = f(a, b), h = y * rstd(y). The second pass
+// rereads y, which the same lane just wrote (from cache).
+template <class Combine>
+__global__ void __launch_bounds__(256) combine_rmsnorm_kernel(const float* a, In b, Combine f, int64_t N, int64_t D,
+                                                              float eps, float* y, Out h, float* rstd) {
+  const int lane = threadIdx.x & 31;
+  const int64_t wpb = blockDim.x >> 5;
+  const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
+  for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < N; row += nwarps) {
+    const float* ar = a + row * D;
+    float* yr = y + row * D;
+    for (int64_t d = lane; d < D; d += 32) yr[d] = f(d, ar[d], get(b, row * D + d));
+    const float r = row_rstd(y, row * D, D, eps, lane);
+    if (lane == 0) rstd[row] = r;
+    for (int64_t d = lane; d < D; d += 32) put(h, row * D + d, yr[d] * r);
+  }
+}
+
+// Backend::layer_entry_forward, one warp per row, with the roundings of the composed ops: x = ScaledSum(a, b),
+// xs = ScaledSum(x, skip) with the skip weights, y = MixSum(xs, x0), then rmsnorm_fwd_kernel's h and rstd.
+__global__ void __launch_bounds__(256) layer_entry_kernel(const float* a, In b, ScaledSum branch, const float* skip,
+                                                          ScaledSum skip_add, const float* x0, MixSum mix, int64_t N,
+                                                          int64_t D, float eps, float* x, float* xs, float* y, Out h,
+                                                          float* rstd) {
+  const int lane = threadIdx.x & 31;
+  const int64_t wpb = blockDim.x >> 5;
+  const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
+  for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < N; row += nwarps) {
+    for (int64_t d = lane; d < D; d += 32) {
+      const int64_t i = row * D + d;
+      float v = branch(d, a[i], get(b, i));
+      if (x) x[i] = v;
+      if (skip) {
+        v = skip_add(d, v, skip[i]);
+        if (xs) xs[i] = v;
+      }
+      y[i] = mix(d, v, x0[i]);
+    }
+    const float r = row_rstd(y, row * D, D, eps, lane);
+    if (lane == 0) rstd[row] = r;
+    for (int64_t d = lane; d < D; d += 32) put(h, row * D + d, y[row * D + d] * r);
+  }
+}
+
+// ---- RMSNorm's backward, then a per-element op (fused backwards) --------------------------------------------
+
+// RMSNorm's backward followed by a per-element op in one pass (Backend::rmsnorm_resid_mix_backward and
+// rmsnorm_channel_scale_backward): one warp per row with the row's D = 32 CPL columns in registers (lane owns
+// columns lane + 32 j). The norm's input y comes from F::y(i, col). t = dx + rmsnorm_grad(dh, y), the gradient at
+// y, goes to F(i, col, t, v), which writes its outputs and returns its F::kOut column-sum terms in v. Each warp
+// keeps the double column sums over its rows_per_warp rows; the block adds its 8 warps' sums in warp order into
+// partial[(block * kOut + k) * D + c] for colreduce_finalize (a fixed order: deterministic). Saves the write and
+// re-read of t that composed ops pass through memory. 256 threads per block, at most 128 registers (2 blocks per
+// SM; at D = 512 the double sums of resid_mix take 64 of them and ptxas spills a few words).
+// Its template argument: the columns per lane and the element op, as one type (PTOOL_LAUNCH takes no commas).
+template <int C, class Op>
+struct BwdThen {
+  static constexpr int kCpl = C;
+  using F = Op;
+};
+template <class Cfg>
+__global__ void __launch_bounds__(256, 2) rmsnorm_bwd_then_kernel(typename Cfg::F f, In dh, const float* rstd,
+                                                                  const float* dx, int64_t N, int64_t rows_per_warp,
+                                                                  double* partial) {
+  constexpr int CPL = Cfg::kCpl;
+  constexpr int64_t D = 32 * CPL;
+  constexpr int K = Cfg::F::kOut;
+  const int lane = threadIdx.x & 31;
+  const int64_t w = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+  const int64_t r0 = w * rows_per_warp, r1 = r0 + rows_per_warp < N ? r0 + rows_per_warp : N;
+  double sums[K][CPL];
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+#pragma unroll
+    for (int j = 0; j < CPL; ++j) sums[k][j] = 0.0;
+  for (int64_t row = r0; row < r1; ++row) {
+    const int64_t off = row * D;
+    double dot = 0.0;
+#pragma unroll
+    for (int j = 0; j < CPL; ++j)
+      dot += static_cast<double>(get(dh, off + lane + 32 * j)) *
+             static_cast<double>(f.y(off + lane + 32 * j, lane + 32 * j));
+    const float r = rstd[row];
+    const float c = rmsnorm_grad_coef(warp_sum_d(dot), r, D);
+    // dh and y are read again (from L1: the warp just read them) rather than held: fewer registers, more warps.
+#pragma unroll
+    for (int j = 0; j < CPL; ++j) {
+      const int64_t col = lane + 32 * j, i = off + col;
+      double v[K];
+      f(i, col, __fadd_rn(dx[i], rmsnorm_grad(r, get(dh, i), c, f.y(i, col))), v);
+#pragma unroll
+      for (int k = 0; k < K; ++k) sums[k][j] += v[k];
+    }
+  }
+  __shared__ double sh[8][D];
+  const int warp = threadIdx.x >> 5;
+  for (int k = 0; k < K; ++k) {
+    __syncthreads();  // sh is free (k > 0: the block has read k - 1's sums)
+#pragma unroll
+    for (int j = 0; j < CPL; ++j) sh[warp][lane + 32 * j] = sums[k][j];
+    __syncthreads();
+    for (int64_t col = threadIdx.x; col < D; col += blockDim.x) {
+      double t = 0.0;
+      for (int v = 0; v < 8; ++v) t += sh[v][col];
+      partial[(static_cast<int64_t>(blockIdx.x) * K + k) * D + col] = t;
+    }
+  }
+}
+
+// resid_mix's backward of t (with its rounding): dx = m0 t, dx0 += m1 t; column sums of t x and t x0. The norm's
+// input y = resid_mix(x, x0) is recomputed (MixSum, as the forward formed it) from the x and x0 it reads anyway.
+// dx_add (a skip's gradient) joins dx, and with fold_x0 dx goes to dx0 instead, with the roundings of the adds
+// they replace (Backend::rmsnorm_resid_mix_backward).
+struct ResidMixOfGradF {
+  static constexpr int kOut = 2;
+  const float *x, *x0, *m;
+  float *dx, *dx0;
+  const float* dx_add;
+  bool fold_x0;
+  int64_t D;
+  __device__ float y(int64_t i, int64_t col) const { return MixSum{m, D}(col, x[i], x0[i]); }
+  __device__ void operator()(int64_t i, int64_t col, float t, double* v) const {
+    float gx = __fmul_rn(m[col], t);
+    if (dx_add) gx = __fadd_rn(gx, dx_add[i]);
+    const float gx0 = __fadd_rn(dx0[i], __fmul_rn(m[D + col], t));
+    if (fold_x0) {
+      dx0[i] = __fadd_rn(gx0, gx);
+    } else {
+      dx[i] = gx;
+      dx0[i] = gx0;
+    }
+    v[0] = static_cast<double>(x[i]) * t;
+    v[1] = static_cast<double>(x0[i]) * t;
+  }
+};
+
+// The channel scale's backward of t: dx = t (the residual gradient goes on), dout = s t; column sums of t o.
+struct ChannelScaleOfGradF {
+  static constexpr int kOut = 1;
+  const float* yv;  // the norm's input
+  In o;
+  const float* sc;
+  float* dx;
+  Out dout;
+  __device__ float y(int64_t i, int64_t) const { return yv[i]; }
+  __device__ void operator()(int64_t i, int64_t col, float t, double* v) const {
+    dx[i] = t;
+    put(dout, i, __fmul_rn(sc[col], t));
+    v[0] = static_cast<double>(t) * static_cast<double>(get(o, i));
+  }
+};
+
+}  // namespace
+
+// ---- launchers ----------------------------------------------------------------------------------------------
+
+void launch_rmsnorm_forward(const float* x, int64_t N, int64_t D, float eps, Out out, float* rstd,
+                            cudaStream_t s) {
+  if (N <= 0) return;
+  PTOOL_LAUNCH(rmsnorm_fwd_kernel, row_warps_grid(N), 256, 0, s)(x, N, D, eps, out, rstd);
+  PTOOL_CUDA_LAUNCHED("rmsnorm_forward", s);
+}
+
+void launch_rmsnorm_backward(In dout, const float* x, const float* rstd, int64_t N, int64_t D, float* dx,
+                             bool accumulate, cudaStream_t s) {
+  if (N <= 0 || dx == nullptr) return;
+  PTOOL_LAUNCH(rmsnorm_bwd_kernel, row_warps_grid(N), 256, 0, s)(dout, x, rstd, N, D, dx, accumulate);
+  PTOOL_CUDA_LAUNCHED("rmsnorm_backward", s);
+}
+
+void launch_scaled_residual_rmsnorm_forward(const float* x, In o, const float* sc, int64_t N, int64_t D,
+                                            float eps, float* y, Out h, float* rstd, cudaStream_t s) {
+  if (N <= 0 || D <= 0) return;
+  PTOOL_LAUNCH(combine_rmsnorm_kernel<ScaledSum>, row_warps_grid(N), 256, 0, s)(x, o, ScaledSum{sc}, N, D, eps, y,
+                                                                                h, rstd);
+  PTOOL_CUDA_LAUNCHED("scaled_residual_rmsnorm_forward", s);
+}
+
+void launch_layer_entry_forward(const float* a, In b, const float* sc, const float* skip, const float* w,
+                                const float* x0, const float* m, int64_t N, int64_t D, float eps, float* x, float* xs,
+                                float* y, Out h, float* rstd, cudaStream_t s) {
+  if (N <= 0 || D <= 0) return;
+  PTOOL_LAUNCH(layer_entry_kernel, row_warps_grid(N), 256, 0, s)(a, b, ScaledSum{sc}, skip, ScaledSum{w}, x0,
+                                                                 MixSum{m, D}, N, D, eps, x, xs, y, h, rstd);
+  PTOOL_CUDA_LAUNCHED("layer_entry_forward", s);
+}
+
+void launch_resid_mix_rmsnorm_forward(const float* x, const float* x0, const float* m, int64_t N, int64_t D,
+                                      float eps, float* y, Out h, float* rstd, cudaStream_t s) {
+  if (N <= 0 || D <= 0) return;
+  PTOOL_LAUNCH(combine_rmsnorm_kernel<MixSum>, row_warps_grid(N), 256, 0, s)(x, x0, MixSum{m, D}, N, D, eps, y, h,
+                                                                             rstd);
+  PTOOL_CUDA_LAUNCHED("resid_mix_rmsnorm_forward", s);
+}
+
+bool rmsnorm_fused_backward(int64_t D) { return D == 64 || D == 128 || D == 256 || D == 512; }
+
+namespace {
+
+template <class F>
+void launch_rmsnorm_bwd_then(const F& f, In dh, const float* rstd, const float* dx, int64_t N, int64_t D,
+                             float* sum0, float* sum1, Workspace& ws, cudaStream_t s, const char* name) {
+  if (!rmsnorm_fused_backward(D))
+    throw std::invalid_argument(std::string(name) + ": no fused kernel for D = " + std::to_string(D));
+  if (N <= 0) return;
+  constexpr int K = F::kOut;
+  // At most 4096 warps (512 blocks, a few waves on an H100) and at least 4 rows a warp: few block partials.
+  const int64_t rows_per_warp = std::max<int64_t>(4, (N + 4095) / 4096);
+  const int64_t warps = (N + rows_per_warp - 1) / rows_per_warp, blocks = (warps + 7) / 8;
+  auto* partial = static_cast<double*>(ws.get(static_cast<size_t>(blocks * K * D) * sizeof(double)));
+  const unsigned g = static_cast<unsigned>(blocks);
+  using C2 = BwdThen<2, F>;
+  using C4 = BwdThen<4, F>;
+  using C8 = BwdThen<8, F>;
+  using C16 = BwdThen<16, F>;
+  switch (D) {
+    case 64: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C2>, g, 256, 0, s)(f, dh, rstd, dx, N, rows_per_warp, partial);
+      break;
+    case 128: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C4>, g, 256, 0, s)(f, dh, rstd, dx, N, rows_per_warp, partial);
+      break;
+    case 256: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C8>, g, 256, 0, s)(f, dh, rstd, dx, N, rows_per_warp, partial);
+      break;
+    default: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C16>, g, 256, 0, s)(f, dh, rstd, dx, N, rows_per_warp, partial);
+  }
+  PTOOL_CUDA_LAUNCHED(name, s);
+  PTOOL_LAUNCH(colreduce_finalize<K>, dim3(static_cast<unsigned>(D), K), 256, 0, s)(partial, blocks, D, 1, sum0,
+                                                                                   sum1);
+  PTOOL_CUDA_LAUNCHED(name, s);
+}
+
+}  // namespace
+
+void launch_rmsnorm_resid_mix_backward(In dh, const float* rstd, const float* x, const float* x0, const float* m,
+                                       int64_t N, int64_t D, float* dx, float* dx0, float* dm_acc,
+                                       const float* dx_add, bool fold_x0, Workspace& ws, cudaStream_t s) {
+  launch_rmsnorm_bwd_then(ResidMixOfGradF{x, x0, m, dx, dx0, dx_add, fold_x0, D}, dh, rstd, dx, N, D, dm_acc,
+                          dm_acc + D, ws, s, "rmsnorm_resid_mix_backward");
+}
+
+void launch_rmsnorm_channel_scale_backward(In dh, const float* y, const float* rstd, In o, const float* sc,
+                                           int64_t N, int64_t D, float* dx, Out dout, float* ds_acc, Workspace& ws,
+                                           cudaStream_t s) {
+  launch_rmsnorm_bwd_then(ChannelScaleOfGradF{y, o, sc, dx, dout}, dh, rstd, dx, N, D, ds_acc, nullptr, ws, s,
+                          "rmsnorm_channel_scale_backward");
+}
+
+}  // namespace ptool::cuda
