@@ -29,6 +29,10 @@
 //    computes S^T = K Q^T and dP^T = V dO^T for its 16 keys, P^T = exp2(S^T scale log2e - lse log2e) from the
 //    saved lse, dS^T = P^T (dP^T - D) scale, then dV += P^T dO and dK += dS^T Q from registers. A kv row is
 //    owned by one warp of one CTA, so the += into dk/dv is race-free and its order fixed: deterministic.
+//    Given a FlashPrepBackward (Backend::attention_prep_backward_set), the kernel ends with k's preparation
+//    backward instead of writing dk: after a barrier each warp stages its 16 dK rows in fp32 where Ks and Vs were
+//    and runs qk_prep_backward's per-row arithmetic on them (prep_bwd_row), writing raw k's gradient into its
+//    columns of the q/k/v operand buffer: bit-identical to the separate pass, without dk's fp32 round trip.
 //  - dQ: one CTA per (batch, head, query tile), looping over 64-key tiles up to the diagonal: S, dP, dS as
 //    above (row-wise), dQ += dS K. Query tiles as in the forward: 128 rows (two m-tiles per warp, 250
 //    registers) at hd 64, 64 rows (180 registers) at hd 128. S and dP are recomputed in both kernels (7 tile
@@ -52,6 +56,7 @@
 
 #include "kernels/cuda_flash_mma.h"
 #include "kernels/cuda_launch.h"
+#include "kernels/cuda_prep_math.cuh"
 
 namespace ptool::cuda {
 
@@ -182,7 +187,7 @@ void fwd_impl(const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, int B,
 template <int HD, bool DQ>
 void dkdv_launch(const bf16_bits* dout, const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, const float* lse,
                  const float* Dv, int B, int T, int H, int Hkv, float* dk, Out dv, int64_t dv_ld, int64_t dv_col,
-                 bool accumulate, float* dq_atomic, cudaStream_t s) {
+                 bool accumulate, float* dq_atomic, const FlashPrepBackward& k_prep, cudaStream_t s) {
   const float scale = softmax_scale<HD>();
   const LaunchShape ls = dkdv_shape<HD, DQ>(B, T, Hkv);
   constexpr auto* dkdv_kernel = flash_bwd_dkdv_kernel<HD, DQ>;  // PTOOL_LAUNCH takes no commas in its names
@@ -190,22 +195,23 @@ void dkdv_launch(const bf16_bits* dout, const bf16_bits* q, const bf16_bits* k, 
                                         static_cast<int>(ls.smem)));
   PTOOL_LAUNCH(dkdv_kernel, dim3(ls.gx, ls.gy, ls.gz), ls.threads, ls.smem, s)(
       dout, q, k, v, lse, Dv, T, H, Hkv, scale, scale * kLog2e, dk, dv.f32, dv.bf16, dv_ld, dv_col, accumulate,
-      dq_atomic);
+      dq_atomic, k_prep);
   PTOOL_CUDA_LAUNCHED(DQ ? "flash_mma_backward (dk, dv, atomic dq)" : "flash_mma_backward (dk, dv)", s);
 }
 
 template <int HD>
 void bwd_impl(const bf16_bits* dout, const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, const float* lse,
               const float* Dv, int B, int T, int H, int Hkv, float* dq, float* dk, Out dv, int64_t dv_ld,
-              int64_t dv_col, bool accumulate, bool atomic_dq, cudaStream_t s) {
+              int64_t dv_col, bool accumulate, bool atomic_dq, const FlashPrepBackward& k_prep, cudaStream_t s) {
   if (dq && atomic_dq) {  // one kernel: dq gets every key tile's dS K by atomics, onto zeros unless accumulating
     if (!accumulate)
       PTOOL_CUDA_CHECK(cudaMemsetAsync(dq, 0, static_cast<size_t>(B) * T * H * HD * sizeof(float), s));
-    dkdv_launch<HD, true>(dout, q, k, v, lse, Dv, B, T, H, Hkv, dk, dv, dv_ld, dv_col, accumulate, dq, s);
+    dkdv_launch<HD, true>(dout, q, k, v, lse, Dv, B, T, H, Hkv, dk, dv, dv_ld, dv_col, accumulate, dq, k_prep, s);
     return;
   }
-  if (dk || dv.f32 || dv.bf16)
-    dkdv_launch<HD, false>(dout, q, k, v, lse, Dv, B, T, H, Hkv, dk, dv, dv_ld, dv_col, accumulate, nullptr, s);
+  if (dk || dv.f32 || dv.bf16 || k_prep.draw.f32 || k_prep.draw.bf16)
+    dkdv_launch<HD, false>(dout, q, k, v, lse, Dv, B, T, H, Hkv, dk, dv, dv_ld, dv_col, accumulate, nullptr, k_prep,
+                           s);
   if (dq) {
     const float scale = softmax_scale<HD>();
     const LaunchShape ls = dq_shape<HD>(B, T, H);
@@ -241,8 +247,17 @@ void launch_flash_mma_forward(const uint16_t* q, const uint16_t* k, const uint16
 void launch_flash_mma_backward(const uint16_t* dout, const uint16_t* q, const uint16_t* k, const uint16_t* v,
                                const uint16_t* out, const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv,
                                int64_t hd, float* dq_acc, float* dk_acc, Out dv, int64_t dv_ld, int64_t dv_col,
-                               bool accumulate, bool atomic_dq, Workspace& ws, cudaStream_t s) {
+                               bool accumulate, bool atomic_dq, Workspace& ws, cudaStream_t s,
+                               const FlashPrepBackward* k_prep) {
   check_args("attention_backward", B, Tn, H, Hkv, hd);
+  const FlashPrepBackward kp = k_prep ? *k_prep : FlashPrepBackward{};
+  const bool folds_k = kp.draw.f32 || kp.draw.bf16;
+  if (folds_k && (dk_acc || accumulate || (kp.norm && !kp.rstd) || kp.half < 0 || 2 * kp.half > hd ||
+                  (kp.half > 0 && (!kp.cos_t || !kp.sin_t)) || kp.ld < Hkv * hd || kp.col < 0 ||
+                  kp.col > kp.ld - Hkv * hd))
+    throw std::invalid_argument("attention_backward: k's preparation backward needs no dk, no accumulation, the "
+                                "norm's rstd, a rope table for its rotary dims and a destination that holds Hkv * hd "
+                                "columns");
   check_aligned("attention_backward", {dout, q, k, v, out});
   if (dv.bf16 && accumulate) throw std::invalid_argument("attention_backward: cannot add into a bf16 operand buffer");
   if (dv_ld < Hkv * hd || dv_col < 0 || dv_col > dv_ld - Hkv * hd || (accumulate && dv_ld != Hkv * hd) ||
@@ -252,7 +267,7 @@ void launch_flash_mma_backward(const uint16_t* dout, const uint16_t* q, const ui
                                 " columns (accumulated: whole rows; bf16: even ld and column)");
   if (atomic_dq && dq_acc && (reinterpret_cast<uintptr_t>(dq_acc) & 7u) != 0)
     throw std::invalid_argument("attention_backward: atomic dq needs an 8-byte aligned dq");
-  if (!dq_acc && !dk_acc && !dv.f32 && !dv.bf16) return;
+  if (!dq_acc && !dk_acc && !dv.f32 && !dv.bf16 && !folds_k) return;
   if (B == 0 || Tn == 0) return;
   const int b = static_cast<int>(B), t = static_cast<int>(Tn), h = static_cast<int>(H), hk = static_cast<int>(Hkv);
   auto* Dv = static_cast<float*>(ws.get(static_cast<size_t>(B * H * Tn) * sizeof(float)));
@@ -262,7 +277,7 @@ void launch_flash_mma_backward(const uint16_t* dout, const uint16_t* q, const ui
   PTOOL_CUDA_LAUNCHED("flash_mma_backward (rowsum dO * O)", s);
   const auto impl = [&](auto hd_constant) {
     bwd_impl<decltype(hd_constant)::value>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, dv_ld, dv_col,
-                                           accumulate, atomic_dq, s);
+                                           accumulate, atomic_dq, kp, s);
   };
   switch (hd) {
     case 16: return impl(std::integral_constant<int, 16>{});

@@ -28,9 +28,26 @@ inline bool flash_mma_supports(int64_t hd) { return hd == 16 || hd == 32 || hd =
 // attention_forward): q, out and lse hold Tn - from rows per sequence, k and v all Tn.
 void launch_flash_mma_forward(const uint16_t* q, const uint16_t* k, const uint16_t* v, int64_t B, int64_t Tn,
                               int64_t from, int64_t H, int64_t Hkv, int64_t hd, Out out, float* lse, cudaStream_t s);
+// k's preparation backward (Backend::qk_prep_backward) run by the dK/dV kernel on its dK rows instead of writing
+// dk: rotated back by the rope table (cos_t, sin_t: [Tn][half], half = rot / 2; 0: no rope), then with norm
+// through RMSNorm's backward (raw [B * Tn, Hkv hd], rstd [B * Tn * Hkv]) into draw, whose token rows are ld
+// elements apart from column col; without norm the rotated rows go there. The arithmetic of qk_prep_backward's
+// kernel (prep_bwd_row), so the result is the same bit for bit. Only where dk is written, not accumulated.
+struct FlashPrepBackward {
+  In raw;
+  const float* rstd = nullptr;
+  const float* cos_t = nullptr;
+  const float* sin_t = nullptr;
+  int64_t half = 0;
+  bool norm = false;
+  Out draw;
+  int64_t ld = 0, col = 0;
+};
+
 void launch_flash_mma_backward(const uint16_t* dout, const uint16_t* q, const uint16_t* k, const uint16_t* v,
                                const uint16_t* out, const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv,
                                int64_t hd, float* dq_acc, float* dk_acc, Out dv, int64_t dv_ld, int64_t dv_col,
-                               bool accumulate, bool atomic_dq, Workspace& ws, cudaStream_t s);
+                               bool accumulate, bool atomic_dq, Workspace& ws, cudaStream_t s,
+                               const FlashPrepBackward* k_prep = nullptr);
 
 }  // namespace ptool::cuda

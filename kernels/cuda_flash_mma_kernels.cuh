@@ -129,6 +129,14 @@ constexpr size_t dq_smem_bytes() {
 template <int HD>
 constexpr int kDkdvQ = HD == 128 ? 32 : 64;
 
+// fp32 floats per row of the dK rows that the k-preparation epilogue stages where Ks and Vs were (the pad puts each
+// half-warp's float2 stores, 4 rows of 8 bytes x 4 lanes, on 32 distinct banks); exactly the space of Ks and Vs.
+template <int HD>
+constexpr int kPrepStride = HD + 8;
+template <int HD>
+constexpr bool kPrepFits = sizeof(float) * kKeyTile * kPrepStride<HD> <= sizeof(bf16_bits) * 2 * kKeyTile * kStride<HD>;
+static_assert(kPrepFits<16> && kPrepFits<32> && kPrepFits<64> && kPrepFits<96> && kPrepFits<128>);
+
 // Grid and dynamic shared memory of each kernel, shared by the launchers and the host emulator.
 struct LaunchShape {
   unsigned gx, gy, gz, threads;
@@ -407,7 +415,7 @@ __global__ void __launch_bounds__(kThreads, 2) flash_bwd_dkdv_kernel(
     const bf16_bits* __restrict__ dout, const bf16_bits* __restrict__ q, const bf16_bits* __restrict__ k,
     const bf16_bits* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ Dv, int T, int H, int Hkv,
     float scale, float scale_log2, float* dk, float* dv, bf16_bits* dv_b, int64_t dv_ld, int64_t dv_col,
-    bool accumulate, float* dq_atomic) {
+    bool accumulate, float* dq_atomic, FlashPrepBackward k_prep) {
   static_assert(kHeadDimOk<HD>, "head_dim: a multiple of 16 up to 128");
   constexpr int BQ = kDkdvQ<HD>;
   constexpr int S = kStride<HD>, KC = HD / 16, DN = HD / 8, QN = BQ / 8, SD = kDsStride<BQ>;
@@ -541,6 +549,23 @@ __global__ void __launch_bounds__(kThreads, 2) flash_bwd_dkdv_kernel(
       } else if (dv_b) {  // a bf16 operand buffer, written (never accumulated): the pair in one 4-byte store
         *reinterpret_cast<uint32_t*>(dv_b + voff + n * 8) = pack_bf16(dva[n][2 * r], dva[n][2 * r + 1]);
       }
+    }
+  }
+  if (k_prep.draw.f32 || k_prep.draw.bf16) {  // k's preparation backward instead of dk (dk is null)
+    __syncthreads();  // every warp is done with Ks and Vs, whose space now holds the dK rows
+    float* rows = reinterpret_cast<float*>(smem_dkdv) + warp * 16 * kPrepStride<HD>;
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+      for (int n = 0; n < DN; ++n)
+        *reinterpret_cast<float2*>(rows + (g + 8 * r) * kPrepStride<HD> + n * 8 + 2 * t) =
+            make_float2(dka[n][2 * r], dka[n][2 * r + 1]);
+    __syncwarp();
+    for (int i = 0; i < 16 && wkey0 + i < T; ++i) {  // the warp's keys, one row at a time (uniform across it)
+      const int64_t tok = static_cast<int64_t>(b) * T + wkey0 + i, hrow = tok * Hkv + kvh;
+      prep_bwd_row(rows + i * kPrepStride<HD>, wkey0 + i, k_prep.raw, hrow * HD, k_prep.norm ? k_prep.rstd[hrow] : 1.f,
+                   HD, k_prep.half, k_prep.norm, k_prep.cos_t, k_prep.sin_t, k_prep.draw,
+                   tok * k_prep.ld + k_prep.col + static_cast<int64_t>(kvh) * HD, lane);
     }
   }
 }

@@ -12,6 +12,7 @@
 
 #include "kernels/cuda_internal.h"
 #include "kernels/cuda_launch.h"
+#include "kernels/cuda_prep_math.cuh"
 
 namespace ptool::cuda {
 
@@ -25,25 +26,6 @@ inline unsigned grid_for(int64_t n, int threads) {
 }
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-
-__device__ __forceinline__ double warp_sum_d(double v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-// An output element: fp32, or bf16 rounded to nearest even when the output is a bf16 buffer (the value
-// the bf16 GEMMs would otherwise get from launch_to_bf16).
-__device__ __forceinline__ void put(const Out& o, int64_t i, float v) {
-  if (o.bf16)
-    reinterpret_cast<__nv_bfloat16*>(o.bf16)[i] = __float2bfloat16_rn(v);
-  else
-    o.f32[i] = v;
-}
-
-// An input element, widened from bf16 when the input is a bf16 activation buffer.
-__device__ __forceinline__ float get(const In& x, int64_t i) {
-  return x.bf16 ? __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(x.bf16)[i]) : x.f32[i];
-}
 
 // ---- generic element-wise map -------------------------------------------------------------------------------
 // One grid-stride kernel over the flat index, coalesced. Memory-bound; no shared memory.
@@ -190,30 +172,6 @@ __device__ __forceinline__ float row_rstd(In x, int64_t off, int64_t D, float ep
   }
   ss = warp_sum_d(ss);
   return static_cast<float>(1.0 / sqrt(ss / static_cast<double>(D) + static_cast<double>(eps)));
-}
-
-// RMSNorm's backward of one row by one warp: g's row at [goff, goff + D) (a warp's row in shared memory, or the
-// same offset as x's), x's and o's at [off, off + D); o = r g - r^3 x mean(g x), added to o (accumulate, fp32
-// only) or written (fp32 or bf16). rmsnorm_grad_coef and rmsnorm_grad are its two halves.
-__device__ __forceinline__ float rmsnorm_grad_coef(double dot, float r, int64_t D) {  // dot: the warp's sum of g x
-  return static_cast<float>(static_cast<double>(r) * r * r * dot / static_cast<double>(D));
-}
-__device__ __forceinline__ float rmsnorm_grad(float r, float g, float c, float x) {  // no contraction: as the CPU
-  return __fsub_rn(__fmul_rn(r, g), __fmul_rn(c, x));
-}
-__device__ __forceinline__ void rmsnorm_bwd_row(In g, int64_t goff, In x, int64_t off, float r, int64_t D, int lane,
-                                                Out o, int64_t ooff, bool accumulate) {
-  double dot = 0.0;
-  for (int64_t d = lane; d < D; d += 32)
-    dot += static_cast<double>(get(g, goff + d)) * static_cast<double>(get(x, off + d));
-  const float c = rmsnorm_grad_coef(warp_sum_d(dot), r, D);
-  for (int64_t d = lane; d < D; d += 32) {
-    const float v = rmsnorm_grad(r, get(g, goff + d), c, get(x, off + d));
-    if (accumulate)
-      o.f32[ooff + d] = __fadd_rn(o.f32[ooff + d], v);
-    else
-      put(o, ooff + d, v);
-  }
 }
 
 // ---- the residual stream's sums of two inputs ---------------------------------------------------------------

@@ -21,14 +21,6 @@ namespace {
 
 // ---- RoPE ---------------------------------------------------------------------------------------------------
 
-// The rotation of one pair (x1, x2) = (x[i], x[i + rot/2]) by the angle whose cosine and sine are c and s.
-__device__ __forceinline__ void rotate_pair(float& x1, float& x2, float c, float s) {
-  // no contraction into FMAs: the CPU's roundings, the same in every kernel that rotates
-  const float y1 = __fadd_rn(__fmul_rn(x1, c), __fmul_rn(x2, s)), y2 = __fadd_rn(__fmul_rn(-x1, s), __fmul_rn(x2, c));
-  x1 = y1;
-  x2 = y2;
-}
-
 struct RopeTableF {
   float* cos_t;
   float* sin_t;
@@ -117,14 +109,8 @@ __global__ void __launch_bounds__(256) qk_prep_bwd_kernel(float* d, In raw, cons
   const int64_t wpb = blockDim.x >> 5;
   const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
   for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < rows; row += nwarps) {
-    float* dr = d + row * hd;
-    const int64_t t = (row / H) % Tn;
-    for (int64_t i = lane; i < half; i += 32)
-      rotate_pair(dr[i], dr[i + half], cos_t[t * half + i], -sin_t[t * half + i]);
-    if (!norm) continue;  // uniform across the warp
-    __syncwarp();         // the row's rotated elements were written by other lanes
-    rmsnorm_bwd_row(d, row * hd, raw, row * hd, rstd[row], hd, lane, draw, head_row_offset(row, H, hd, ld, col),
-                    false);
+    prep_bwd_row(d + row * hd, (row / H) % Tn, raw, row * hd, norm ? rstd[row] : 1.f, hd, half, norm, cos_t, sin_t,
+                 norm ? draw : Out{}, head_row_offset(row, H, hd, ld, col), lane);
   }
 }
 
@@ -167,14 +153,8 @@ __global__ void __launch_bounds__(256) qk_prep_bwd_gain_kernel(const float* dq, 
     }
     for (int64_t i = lane; i < hd; i += 32) d[i] = __fmul_rn(g, dq[off + i]);
     __syncwarp();
-    for (int64_t i = lane; i < half; i += 32) rotate_pair(d[i], d[i + half], cos_t[t * half + i], -sin_t[t * half + i]);
-    __syncwarp();
-    const int64_t out_off = tok * ld + col + h * hd;
-    if (norm) {
-      rmsnorm_bwd_row(d, 0, raw, off, rstd[tok * H + h], hd, lane, draw, out_off, false);
-    } else {
-      for (int64_t i = lane; i < hd; i += 32) put(draw, out_off + i, d[i]);
-    }
+    prep_bwd_row(d, t, raw, off, norm ? rstd[tok * H + h] : 1.f, hd, half, norm, cos_t, sin_t, draw,
+                 tok * ld + col + h * hd, lane);
     __syncwarp();  // the row is read before the next one overwrites it
   }
   acc = warp_sum_d(acc);

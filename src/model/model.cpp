@@ -328,15 +328,11 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
   // written side by side into the columns of g_qkv_ (rows W apart), the dy of one GEMM for dx and one for dW.
   using Slice = typename Backend<T>::ColumnSlice;
   const int64_t W = D + 2 * KV;
-  be_.attention_backward_set(g_att_.get(), a.q.get(), a.k.get(), a.v.get(), a.att.get(), a.lse.get(), B, Tn, H, Hkv,
-                             hd, g_q_.get(), g_k_.get(), Slice(g_qkv_.get(), W, D + KV));
-  const double base = rope_base_at(Tn);
-  const int64_t rot = cfg_.rotary_dims();
-  be_.qk_prep_backward_gain(g_q_.get(), P + s.q_gain, G + s.q_gain, a.q_raw.get(), a.rstd_q.get(), B, Tn, H, hd, rot,
-                            base, cfg_.qk_norm, rms_eps<T>(), Slice(g_qkv_.get(), W, 0));
-  be_.qk_prep_backward(g_k_.get(), a.k_raw.get(), a.rstd_k.get(), B, Tn, Hkv, hd, rot, base, cfg_.qk_norm,
-                       Slice(g_qkv_.get(), W, D));
-  if (!cfg_.qk_norm) be_.copy_columns(g_k_.get(), N, KV, Slice(g_qkv_.get(), W, D));  // k's gradient is g_k_ itself
+  be_.attention_prep_backward_set(g_att_.get(), a.q.get(), a.k.get(), a.v.get(), a.att.get(), a.lse.get(), B, Tn, H,
+                                 Hkv, hd, cfg_.rotary_dims(), rope_base_at(Tn), cfg_.qk_norm, rms_eps<T>(),
+                                 P + s.q_gain, G + s.q_gain, {a.q_raw.get(), a.rstd_q.get(), Slice(g_qkv_.get(), W, 0)},
+                                 {a.k_raw.get(), a.rstd_k.get(), Slice(g_qkv_.get(), W, D)},
+                                 Slice(g_qkv_.get(), W, D + KV), g_q_.get(), g_k_.get());
   be_.linear_backward_set_dx(g_qkv_.get(), a.h1.get(), P + w.c_q, N, D, W, g_h_.get(), G + w.c_q);
   if (fused_resid_mix_norm()) {  // both backwards in one pass; layer 0's x is x0: its gradient joins dx0's
     const T* g_skip_prev = v > 0 && skip_grad_joins_next(v - 1) ? g_skip_[v - 1].get() : nullptr;

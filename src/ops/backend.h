@@ -259,6 +259,34 @@ class Backend {
     attention_backward(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dvw);
     if (tmp.get()) copy_columns(dvw, B * Tn, Hkv * hd, dv);
   }
+  // Attention's backward joined to the backward of the q/k preparation in front of it (qk_prep_forward of q with
+  // its gain, of k without), as a layer runs them: attention_backward_set with dq and dk into the caller's fp32
+  // scratch, then qk_prep_backward_gain of dq into q's draw and qk_prep_backward of dk into k's (without norm, the
+  // rotated dk copied there); v's gradient goes to dv. A backend may fold a preparation's backward into
+  // attention's (prep_backward_folds says which) and then leaves that scratch unwritten.
+  struct PrepGrad {
+    const T* raw;     // the preparation's input (an activation buffer or fp32)
+    const T* rstd;    // the forward's per-head-row rstd (norm only)
+    ColumnSlice draw;  // where raw's gradient is written
+  };
+  virtual void attention_prep_backward_set(const T* dout, const T* q, const T* k, const T* v, const T* out,
+                                           const T* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd,
+                                           int64_t rot, double base, bool norm, T eps, const T* gain, T* dgain,
+                                           PrepGrad qg, PrepGrad kg, ColumnSlice dv, T* dq, T* dk) {
+    attention_backward_set(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv);
+    qk_prep_backward_gain(dq, gain, dgain, qg.raw, qg.rstd, B, Tn, H, hd, rot, base, norm, eps, qg.draw);
+    qk_prep_backward(dk, kg.raw, kg.rstd, B, Tn, Hkv, hd, rot, base, norm, kg.draw);
+    if (!norm) copy_columns(dk, B * Tn, Hkv * hd, kg.draw);
+  }
+  // Which preparation backwards attention_prep_backward_set folds into attention's for these shapes (the
+  // profiler counts the bytes of the scratch round trips that remain).
+  struct PrepFolds {
+    bool q = false, k = false;
+  };
+  virtual PrepFolds prep_backward_folds(int64_t hd, int64_t rot, bool norm) const {
+    (void)hd, (void)rot, (void)norm;
+    return {};
+  }
   // Here dx may also be dy itself (the residual gradient, updated in place).
   virtual void resid_mix_backward_set_dx(const T* dy, const T* x, const T* x0, const T* m, int64_t N, int64_t D,
                                          T* dx, T* dx0, T* dm) {

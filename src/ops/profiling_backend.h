@@ -170,6 +170,29 @@ class ProfilingBackend final : public Backend<T> {
           attention_flops(B, Tn, H, hd, 5),
           [&] { in_.attention_backward_set(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv); });
   }
+  // Counted as attention_backward_set plus the preparations' backwards, less the scratch round trips (dq or dk
+  // written, then read) of the sides the inner backend folds into attention's.
+  void attention_prep_backward_set(const T* dout, const T* q, const T* k, const T* v, const T* out, const T* lse,
+                                   int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, int64_t rot,
+                                   double base, bool norm, T eps, const T* gain, T* dgain,
+                                   typename Backend<T>::PrepGrad qg, typename Backend<T>::PrepGrad kg,
+                                   typename Backend<T>::ColumnSlice dv, T* dq, T* dk) override {
+    const typename Backend<T>::PrepFolds folds = in_.prep_backward_folds(hd, rot, norm);
+    const int64_t nq = B * Tn * H * hd, nkv = B * Tn * Hkv * hd;
+    const double q_prep = b(qg.raw, nq) + b(qg.draw.base, nq) + (norm ? E * B * Tn * H : 0);
+    const double k_prep = norm ? b(kg.raw, nkv) + b(kg.draw.base, nkv) + E * B * Tn * Hkv : b(kg.draw.base, nkv);
+    const double bytes = attention_backward_bytes(dout, q, k, v, out, B, Tn, H, Hkv, hd, nullptr, nullptr, dv.base,
+                                                  false) +
+                         q_prep + k_prep + (folds.q ? 0 : 2 * E * nq) +
+                         (folds.k ? 0 : (norm ? 2 : 4) * E * nkv);  // without norm dk is rotated in place, then copied
+    timed("attention_prep_backward_set", bytes, attention_flops(B, Tn, H, hd, 5), [&] {
+      in_.attention_prep_backward_set(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, rot, base, norm, eps, gain, dgain,
+                                      qg, kg, dv, dq, dk);
+    });
+  }
+  typename Backend<T>::PrepFolds prep_backward_folds(int64_t hd, int64_t rot, bool norm) const override {
+    return in_.prep_backward_folds(hd, rot, norm);
+  }
   void activation_forward(cpu::Activation a, const T* h, int64_t n, T* out) override {
     timed("activation_forward", b(h, n) + b(out, n), 0, [&] { in_.activation_forward(a, h, n, out); });
   }

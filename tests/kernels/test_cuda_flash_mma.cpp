@@ -210,6 +210,88 @@ TEST_CASE("cuda flash: atomic dq agrees with the two-kernel backward", "[gpu]") 
   }
 }
 
+// attention_prep_backward_set on the flash path runs k's preparation backward in the dK/dV kernel's epilogue with
+// qk_prep_backward's arithmetic (prep_bwd_row), so every output equals the separate ops (the Backend default,
+// composed on the same backend) bit for bit: q's, k's and v's raw gradients in their columns of one operand buffer
+// (its last columns keep their 5s) and the gain's gradient. With atomic dq, q's columns and the gain's gradient
+// differ in their last bits from run to run (the order of the adds): they are checked against a bound instead.
+TEST_CASE("cuda flash: k's preparation backward in the dK/dV kernel equals the separate ops", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  struct Case {
+    AttnShape s;
+    int64_t rot;
+    bool norm, bf16_raw;
+  };
+  // Partial key tiles, GQA, every compiled head dim; full, partial (half not a multiple of 8 too) and no rope;
+  // with and without QK-norm; raw q and k as bf16 activation buffers and as fp32.
+  const Case cases[] = {{{2, 65, 4, 2, 64}, 64, true, true},  {{1, 130, 2, 1, 128}, 32, true, false},
+                        {{1, 97, 4, 1, 96}, 0, true, true},   {{2, 70, 4, 2, 32}, 32, false, true},
+                        {{1, 40, 2, 2, 16}, 8, true, false}, {{1, 150, 8, 2, 64}, 20, true, true}};
+  std::mt19937_64 rng(27);
+  for (const bool deterministic : {true, false}) {
+    auto g = bf16_backend(deterministic);
+    CHECK(g->prep_backward_folds(64, 64, true).k);
+    CHECK(!g->prep_backward_folds(64, 64, true).q);
+    for (const Case& c : cases) {
+      const AttnShape& s = c.s;
+      const int64_t B = s.B, T = s.Tn, H = s.H, Hkv = s.Hkv, hd = s.hd, N = B * T, D = H * hd, KV = Hkv * hd;
+      const int64_t ld = D + 2 * KV + 6;
+      const size_t nq = static_cast<size_t>(N * D), nkv = static_cast<size_t>(N * KV);
+      const Storage raw_storage = c.bf16_raw ? Storage::activation : Storage::plain;
+      DeviceBuffer<float> rq(*g, nq, raw_storage), rk(*g, nkv, raw_storage);
+      Dev hq(*g, rand_vec(rng, nq, -2.f, 2.f)), hk(*g, rand_vec(rng, nkv, -2.f, 2.f));
+      g->store_operand(rq.get(), hq.p(), nq);
+      g->store_operand(rk.get(), hk.p(), nkv);
+      Dev gain(*g, rand_vec(rng, static_cast<size_t>(H), 0.5f, 2.f)), v(*g, rand_vec(rng, nkv));
+      Dev dout(*g, rand_vec(rng, nq));
+      Dev rstd_q(*g, Vec(N * H)), rstd_k(*g, Vec(N * Hkv)), q(*g, Vec(nq)), k(*g, Vec(nkv)), out(*g, Vec(nq));
+      Dev lse(*g, Vec(N * H));
+      g->qk_prep_forward(rq.get(), B, T, H, hd, c.rot, 10000.0, c.norm, 1e-6f, gain.p(), rstd_q.p(), q.p(), q.p());
+      g->qk_prep_forward(rk.get(), B, T, Hkv, hd, c.rot, 10000.0, c.norm, 1e-6f, nullptr, rstd_k.p(), k.p(), k.p());
+      g->attention_forward(q.p(), k.p(), v.p(), B, T, H, Hkv, hd, out.p(), lse.p());
+      using Slice = Backend<float>::ColumnSlice;
+      const auto run = [&](bool fused) {
+        DeviceBuffer<float> all(*g, static_cast<size_t>(N * ld), Storage::operand);
+        Dev vals(*g, Vec(N * ld, 5.f)), dgain(*g, Vec(H, 0.25f)), dq(*g, Vec(nq)), dk(*g, Vec(nkv));
+        g->store_operand(all.get(), vals.p(), static_cast<size_t>(N * ld));
+        const Backend<float>::PrepGrad qg{rq.get(), rstd_q.p(), Slice(all.get(), ld, 0)};
+        const Backend<float>::PrepGrad kg{rk.get(), rstd_k.p(), Slice(all.get(), ld, D)};
+        const Slice dv(all.get(), ld, D + KV);
+        if (fused)
+          g->attention_prep_backward_set(dout.p(), q.p(), k.p(), v.p(), out.p(), lse.p(), B, T, H, Hkv, hd, c.rot,
+                                         10000.0, c.norm, 1e-6f, gain.p(), dgain.p(), qg, kg, dv, dq.p(), dk.p());
+        else
+          g->Backend<float>::attention_prep_backward_set(dout.p(), q.p(), k.p(), v.p(), out.p(), lse.p(), B, T, H,
+                                                         Hkv, hd, c.rot, 10000.0, c.norm, 1e-6f, gain.p(),
+                                                         dgain.p(), qg, kg, dv, dq.p(), dk.p());
+        g->operand_values(all.get(), static_cast<size_t>(N * ld), vals.p());
+        return std::pair<Vec, Vec>{vals.get(), dgain.get()};
+      };
+      const auto [want, want_dg] = run(false);
+      const auto [got, got_dg] = run(true);
+      const std::string tag = shape_name(s) + " rot " + std::to_string(c.rot) + (c.norm ? "" : " no norm") +
+                              (c.bf16_raw ? " bf16 raw" : "") + (deterministic ? "" : " (atomic dq)");
+      const auto columns = [&](const Vec& all, int64_t from, int64_t to) {
+        Vec r;
+        for (int64_t n = 0; n < N; ++n) r.insert(r.end(), all.begin() + n * ld + from, all.begin() + n * ld + to);
+        return r;
+      };
+      check_exact("fused k prep: k's and v's columns and the rest" + tag, columns(got, D, ld),
+                  columns(want, D, ld));
+      if (deterministic) {
+        check_exact("fused k prep: q's columns" + tag, columns(got, 0, D), columns(want, 0, D));
+        check_exact("fused k prep: dgain" + tag, got_dg, want_dg);
+      } else {  // atomic dq: bf16-rounded q columns may differ by an ulp
+        const Vec wq = columns(want, 0, D);
+        double scale = 0.0;
+        for (float x : wq) scale = std::max(scale, static_cast<double>(std::abs(x)));
+        check_tol("fused k prep: q's columns" + tag, columns(got, 0, D), wq, DVec(wq.size(), 1e-2 * scale));
+        check_tol("fused k prep: dgain" + tag, got_dg, want_dg, DVec(want_dg.size(), 1e-3));
+      }
+    }
+  }
+}
+
 // In bf16 mode the fp32 kernels read q, k, v rounded to bf16, as the flash kernels and operand buffers would.
 TEST_CASE("cuda flash: other head dims keep the fp32 kernels; the launchers refuse them", "[gpu]") {
   SKIP_WITHOUT_GPU();

@@ -72,8 +72,8 @@ TEST_CASE("cuda: a profiled CUDA backend gives the same results, timed by events
     const OpProfile& p = prof.profile();
     REQUIRE(p.count("optimizer step") == 1);
     CHECK(p.at("optimizer step").calls == 1);
-    REQUIRE(p.count("attention_backward_set") == 1);
-    CHECK(p.at("attention_backward_set").calls == model::preset("tiny").virtual_layers());
+    REQUIRE(p.count("attention_prep_backward_set") == 1);
+    CHECK(p.at("attention_prep_backward_set").calls == model::preset("tiny").virtual_layers());
     double total = 0;
     for (const auto& [op, s] : p) {
       CHECK(s.ms >= 0.0);

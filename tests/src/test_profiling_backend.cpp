@@ -107,6 +107,51 @@ TEST_CASE("the profile counts every op call once, with its traffic and FLOPs", "
   CHECK(prof.profile().empty());
 }
 
+// On a backend that folds neither preparation's backward into attention's (the CPU), the joined op is counted as
+// the ops it composes: attention_backward_set, then q's and k's preparation backwards with their fp32 dq and dk
+// round trips, with and without QK-norm (k's rotated gradient then copied into its columns).
+TEST_CASE("attention_prep_backward_set counts the traffic of the ops it composes", "[profile]") {
+  const int64_t B = 2, Tn = 5, H = 4, Hkv = 2, hd = 8, N = B * Tn, D = H * hd, KV = Hkv * hd, W = D + 2 * KV;
+  auto cpu = make_cpu_backend<float>();
+  CHECK(!cpu->prep_backward_folds(hd, hd, true).q);
+  CHECK(!cpu->prep_backward_folds(hd, hd, true).k);
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  const auto vec = [&](int64_t n) {
+    std::vector<float> v(static_cast<size_t>(n));
+    for (auto& x : v) x = u(rng);
+    return v;
+  };
+  std::vector<float> q = vec(N * D), k = vec(N * KV), v = vec(N * KV), out = vec(N * D), lse = vec(N * H),
+                     dout = vec(N * D), rq = vec(N * D), rk = vec(N * KV), rs_q = vec(N * H), rs_k = vec(N * Hkv),
+                     gain = vec(H), dgain(H), dq(N * D), dk(N * KV), all(N * W);
+  using Slice = Backend<float>::ColumnSlice;
+  for (const bool norm : {true, false}) {
+    ProfilingBackend<float> joined(*cpu, make_wall_clock_timer()), parts(*cpu, make_wall_clock_timer());
+    joined.attention_prep_backward_set(dout.data(), q.data(), k.data(), v.data(), out.data(), lse.data(), B, Tn, H,
+                                       Hkv, hd, hd, 10000.0, norm, 1e-6f, gain.data(), dgain.data(),
+                                       {rq.data(), rs_q.data(), Slice(all.data(), W, 0)},
+                                       {rk.data(), rs_k.data(), Slice(all.data(), W, D)},
+                                       Slice(all.data(), W, D + KV), dq.data(), dk.data());
+    parts.attention_backward_set(dout.data(), q.data(), k.data(), v.data(), out.data(), lse.data(), B, Tn, H, Hkv, hd,
+                                 dq.data(), dk.data(), Slice(all.data(), W, D + KV));
+    parts.qk_prep_backward_gain(dq.data(), gain.data(), dgain.data(), rq.data(), rs_q.data(), B, Tn, H, hd, hd,
+                                10000.0, norm, 1e-6f, Slice(all.data(), W, 0));
+    parts.qk_prep_backward(dk.data(), rk.data(), rs_k.data(), B, Tn, Hkv, hd, hd, 10000.0, norm,
+                           Slice(all.data(), W, D));
+    if (!norm) parts.copy_columns(dk.data(), N, KV, Slice(all.data(), W, D));
+    double sum = 0.0, flops = 0.0;
+    for (const auto& [op, st] : parts.profile()) {
+      sum += st.bytes;
+      flops += st.flops;
+    }
+    INFO("norm " << norm);
+    REQUIRE(joined.profile().count("attention_prep_backward_set") == 1);
+    CHECK(joined.profile().at("attention_prep_backward_set").bytes == sum);
+    CHECK(joined.profile().at("attention_prep_backward_set").flops == flops);
+  }
+}
+
 TEST_CASE("a profiled region is one op: the backend ops it calls are not counted on their own", "[profile]") {
   auto cpu = make_cpu_backend<float>();
   ProfilingBackend<float> prof(*cpu, make_wall_clock_timer());
