@@ -476,36 +476,44 @@ class CudaBackend final : public Backend<float> {
     require_plain("attention_backward_set", {lse, dq, dk});
     attention_backward_impl(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv, false);
   }
-  // On the flash path the dK/dV kernel runs k's preparation backward on its dK rows (the arithmetic of
-  // qk_prep_backward, so the result is the same bit for bit) and dk's scratch is never written; q's goes on
-  // through qk_prep_backward_gain.
+  // On the flash path the dK/dV kernel runs k's preparation backward on its dK rows, and in the deterministic mode
+  // the dQ kernel runs q's (with its gain) on its dQ rows: the per-row arithmetic of qk_prep_backward(_gain), so
+  // the raw gradients are the same bit for bit, and the fp32 dq / dk scratch is never written. With atomic dq no
+  // CTA holds a whole dq row: q's goes on through qk_prep_backward_gain.
   void attention_prep_backward_set(const float* dout, const float* q, const float* k, const float* v,
                                    const float* out, const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv,
                                    int64_t hd, int64_t rot, double base, bool norm, float eps, const float* gain,
                                    float* dgain, PrepGrad qg, PrepGrad kg, ColumnSlice dv, float* dq,
                                    float* dk) override {
-    if (!prep_backward_folds(hd, rot, norm).k) {
+    const PrepFolds folds = prep_backward_folds(hd, rot, norm);
+    if (!folds.k) {
       Backend<float>::attention_prep_backward_set(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, rot, base, norm, eps,
                                                   gain, dgain, qg, kg, dv, dq, dk);
       return;
     }
-    require_plain("attention_prep_backward_set", {lse, dq, kg.rstd});
+    require_plain("attention_prep_backward_set", {lse, dq, kg.rstd, qg.rstd, gain, dgain});
     const int64_t nq = elements(B, Tn, H, hd), nkv = elements(B, Tn, Hkv, hd);
     const RopeTable* t = rope_table("attention_prep_backward_set", Tn, hd, rot, base);
-    const cuda::FlashPrepBackward kp{in_of(kg.raw),        kg.rstd,
+    const auto prep = [&](const PrepGrad& p, int64_t heads) {
+      return cuda::FlashPrepBackward{in_of(p.raw),          p.rstd,
                                      t ? t->cos_t : nullptr, t ? t->sin_t : nullptr,
                                      t ? rot / 2 : 0,        norm,
-                                     out_of(kg.draw.base),   kg.draw.row_stride(Hkv * hd),
-                                     kg.draw.col};
+                                     out_of(p.draw.base),   p.draw.row_stride(heads * hd),
+                                     p.draw.col,            folds.q ? gain : nullptr,
+                                     folds.q ? dgain : nullptr};
+    };
+    const cuda::FlashPrepBackward kp = prep(kg, Hkv), qp = prep(qg, H);
     const auto in = operands({dout, q, k, v, out}, {nq, nq, nkv, nkv, nq});
     cuda::launch_flash_mma_backward(bits(in[0]), bits(in[1]), bits(in[2]), bits(in[3]), bits(in[4]), lse, B, Tn, H,
-                                    Hkv, hd, dq, nullptr, out_of(dv.base), dv.row_stride(Hkv * hd), dv.col, false,
-                                    !opt_.deterministic, ws_, stream_, &kp);
-    qk_prep_backward_gain(dq, gain, dgain, qg.raw, qg.rstd, B, Tn, H, hd, rot, base, norm, eps, qg.draw);
+                                    Hkv, hd, folds.q ? nullptr : dq, nullptr, out_of(dv.base),
+                                    dv.row_stride(Hkv * hd), dv.col, false, !opt_.deterministic, ws_, stream_, &kp,
+                                    folds.q ? &qp : nullptr);
+    if (!folds.q) qk_prep_backward_gain(dq, gain, dgain, qg.raw, qg.rstd, B, Tn, H, hd, rot, base, norm, eps, qg.draw);
   }
   PrepFolds prep_backward_folds(int64_t hd, int64_t rot, bool norm) const override {
     (void)rot, (void)norm;
-    return {false, opt_.gemm == CudaGemmPrecision::bf16 && cuda::flash_mma_supports(hd)};
+    const bool flash = opt_.gemm == CudaGemmPrecision::bf16 && cuda::flash_mma_supports(hd);
+    return {flash && opt_.deterministic, flash};
   }
   // dv is a whole buffer when accumulating.
   void attention_backward_impl(const float* dout, const float* q, const float* k, const float* v, const float* out,

@@ -34,7 +34,9 @@
 //    and runs qk_prep_backward's per-row arithmetic on them (prep_bwd_row), writing raw k's gradient into its
 //    columns of the q/k/v operand buffer: bit-identical to the separate pass, without dk's fp32 round trip.
 //  - dQ: one CTA per (batch, head, query tile), looping over 64-key tiles up to the diagonal: S, dP, dS as
-//    above (row-wise), dQ += dS K. Query tiles as in the forward: 128 rows (two m-tiles per warp, 250
+//    above (row-wise), dQ += dS K. Given a FlashPrepBackward for q, it ends like the dK/dV kernel, with q's
+//    preparation backward and its gain (prep_gain_dot, prep_bwd_row) on rows staged where Qs and dOs were: the
+//    gain's gradient as one double partial per (batch, query tile, warp, head), added up by launch_add_chunk_sums. Query tiles as in the forward: 128 rows (two m-tiles per warp, 250
 //    registers) at hd 64, 64 rows (180 registers) at hd 128. S and dP are recomputed in both kernels (7 tile
 //    GEMMs instead of 5) to avoid floating-point atomics on dQ.
 //  - atomic dQ (not deterministic, as FlashAttention-2): no dQ kernel. The dK/dV kernel also stores each query
@@ -202,7 +204,8 @@ void dkdv_launch(const bf16_bits* dout, const bf16_bits* q, const bf16_bits* k, 
 template <int HD>
 void bwd_impl(const bf16_bits* dout, const bf16_bits* q, const bf16_bits* k, const bf16_bits* v, const float* lse,
               const float* Dv, int B, int T, int H, int Hkv, float* dq, float* dk, Out dv, int64_t dv_ld,
-              int64_t dv_col, bool accumulate, bool atomic_dq, const FlashPrepBackward& k_prep, cudaStream_t s) {
+              int64_t dv_col, bool accumulate, bool atomic_dq, const FlashPrepBackward& k_prep,
+              const FlashPrepBackward& q_prep, double* gain_partial, cudaStream_t s) {
   if (dq && atomic_dq) {  // one kernel: dq gets every key tile's dS K by atomics, onto zeros unless accumulating
     if (!accumulate)
       PTOOL_CUDA_CHECK(cudaMemsetAsync(dq, 0, static_cast<size_t>(B) * T * H * HD * sizeof(float), s));
@@ -212,15 +215,24 @@ void bwd_impl(const bf16_bits* dout, const bf16_bits* q, const bf16_bits* k, con
   if (dk || dv.f32 || dv.bf16 || k_prep.draw.f32 || k_prep.draw.bf16)
     dkdv_launch<HD, false>(dout, q, k, v, lse, Dv, B, T, H, Hkv, dk, dv, dv_ld, dv_col, accumulate, nullptr, k_prep,
                            s);
-  if (dq) {
+  const bool folds_q = q_prep.draw.f32 || q_prep.draw.bf16;
+  if (dq || folds_q) {
     const float scale = softmax_scale<HD>();
     const LaunchShape ls = dq_shape<HD>(B, T, H);
     PTOOL_CUDA_CHECK(cudaFuncSetAttribute(flash_bwd_dq_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           static_cast<int>(ls.smem)));
     PTOOL_LAUNCH(flash_bwd_dq_kernel<HD>, dim3(ls.gx, ls.gy, ls.gz), ls.threads, ls.smem, s)(
-        dout, q, k, v, lse, Dv, T, H, Hkv, scale, scale * kLog2e, dq, accumulate);
+        dout, q, k, v, lse, Dv, T, H, Hkv, scale, scale * kLog2e, dq, accumulate, q_prep, gain_partial);
     PTOOL_CUDA_LAUNCHED("flash_mma_backward (dq)", s);
+    if (folds_q && q_prep.dgain)  // chunks: (batch, query tile, warp)
+      launch_add_chunk_sums(gain_partial, static_cast<int64_t>(B) * ls.gx * kWarps, H, q_prep.dgain, s);
   }
+}
+
+// The gain's gradient chunks of q's preparation backward in the dQ kernel: one per (batch, query tile, warp, head).
+template <int HD>
+int64_t gain_partials(int64_t B, int64_t Tn, int64_t H) {
+  return B * dq_shape<HD>(1, static_cast<int>(Tn), 1).gx * kWarps * H;
 }
 
 }  // namespace
@@ -248,16 +260,23 @@ void launch_flash_mma_backward(const uint16_t* dout, const uint16_t* q, const ui
                                const uint16_t* out, const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv,
                                int64_t hd, float* dq_acc, float* dk_acc, Out dv, int64_t dv_ld, int64_t dv_col,
                                bool accumulate, bool atomic_dq, Workspace& ws, cudaStream_t s,
-                               const FlashPrepBackward* k_prep) {
+                               const FlashPrepBackward* k_prep, const FlashPrepBackward* q_prep) {
   check_args("attention_backward", B, Tn, H, Hkv, hd);
-  const FlashPrepBackward kp = k_prep ? *k_prep : FlashPrepBackward{};
-  const bool folds_k = kp.draw.f32 || kp.draw.bf16;
-  if (folds_k && (dk_acc || accumulate || (kp.norm && !kp.rstd) || kp.half < 0 || 2 * kp.half > hd ||
-                  (kp.half > 0 && (!kp.cos_t || !kp.sin_t)) || kp.ld < Hkv * hd || kp.col < 0 ||
-                  kp.col > kp.ld - Hkv * hd))
-    throw std::invalid_argument("attention_backward: k's preparation backward needs no dk, no accumulation, the "
-                                "norm's rstd, a rope table for its rotary dims and a destination that holds Hkv * hd "
-                                "columns");
+  const FlashPrepBackward kp = k_prep ? *k_prep : FlashPrepBackward{}, qp = q_prep ? *q_prep : FlashPrepBackward{};
+  const bool folds_k = kp.draw.f32 || kp.draw.bf16, folds_q = qp.draw.f32 || qp.draw.bf16;
+  const auto check_prep = [&](const FlashPrepBackward& p, const char* which, int64_t heads) {
+    if ((p.norm && !p.rstd) || p.half < 0 || 2 * p.half > hd || (p.half > 0 && (!p.cos_t || !p.sin_t)) ||
+        p.ld < heads * hd || p.col < 0 || p.col > p.ld - heads * hd || accumulate)
+      throw std::invalid_argument(std::string("attention_backward: ") + which +
+                                  "'s preparation backward needs no accumulation, the norm's rstd, a rope table for "
+                                  "its rotary dims and a destination that holds heads * hd columns");
+  };
+  if (folds_k) check_prep(kp, "k", Hkv);
+  if (folds_q) check_prep(qp, "q", H);
+  if (folds_k && dk_acc) throw std::invalid_argument("attention_backward: k's preparation backward replaces dk");
+  if (folds_q && (dq_acc || atomic_dq || !qp.gain))
+    throw std::invalid_argument("attention_backward: q's preparation backward replaces dq, needs the gain and "
+                                "deterministic dq (no atomics)");
   check_aligned("attention_backward", {dout, q, k, v, out});
   if (dv.bf16 && accumulate) throw std::invalid_argument("attention_backward: cannot add into a bf16 operand buffer");
   if (dv_ld < Hkv * hd || dv_col < 0 || dv_col > dv_ld - Hkv * hd || (accumulate && dv_ld != Hkv * hd) ||
@@ -267,17 +286,28 @@ void launch_flash_mma_backward(const uint16_t* dout, const uint16_t* q, const ui
                                 " columns (accumulated: whole rows; bf16: even ld and column)");
   if (atomic_dq && dq_acc && (reinterpret_cast<uintptr_t>(dq_acc) & 7u) != 0)
     throw std::invalid_argument("attention_backward: atomic dq needs an 8-byte aligned dq");
-  if (!dq_acc && !dk_acc && !dv.f32 && !dv.bf16 && !folds_k) return;
+  if (!dq_acc && !dk_acc && !dv.f32 && !dv.bf16 && !folds_k && !folds_q) return;
   if (B == 0 || Tn == 0) return;
   const int b = static_cast<int>(B), t = static_cast<int>(Tn), h = static_cast<int>(H), hk = static_cast<int>(Hkv);
-  auto* Dv = static_cast<float*>(ws.get(static_cast<size_t>(B * H * Tn) * sizeof(float)));
+  const int64_t partials = !folds_q      ? 0
+                           : hd == 16     ? gain_partials<16>(B, Tn, H)
+                           : hd == 32     ? gain_partials<32>(B, Tn, H)
+                           : hd == 64     ? gain_partials<64>(B, Tn, H)
+                           : hd == 96     ? gain_partials<96>(B, Tn, H)
+                                          : gain_partials<128>(B, Tn, H);
+  Carver carve;  // measure, then carve D and the gain's partial sums out of one workspace block
+  carve.take<float>(static_cast<size_t>(B * H * Tn));
+  carve.take<double>(static_cast<size_t>(partials));
+  carve = Carver{static_cast<char*>(ws.get(carve.off))};
+  auto* Dv = carve.take<float>(static_cast<size_t>(B * H * Tn));
+  auto* gain_partial = carve.take<double>(static_cast<size_t>(partials));
   const int64_t rows = B * Tn * H;
   const LaunchShape ls = dot_shape(rows);
   PTOOL_LAUNCH(flash_bwd_dot_kernel, ls.gx, ls.threads, 0, s)(dout, out, rows, t, h, static_cast<int>(hd), Dv);
   PTOOL_CUDA_LAUNCHED("flash_mma_backward (rowsum dO * O)", s);
   const auto impl = [&](auto hd_constant) {
     bwd_impl<decltype(hd_constant)::value>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, dv_ld, dv_col,
-                                           accumulate, atomic_dq, kp, s);
+                                           accumulate, atomic_dq, kp, qp, gain_partial, s);
   };
   switch (hd) {
     case 16: return impl(std::integral_constant<int, 16>{});

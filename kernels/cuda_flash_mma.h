@@ -28,11 +28,14 @@ inline bool flash_mma_supports(int64_t hd) { return hd == 16 || hd == 32 || hd =
 // attention_forward): q, out and lse hold Tn - from rows per sequence, k and v all Tn.
 void launch_flash_mma_forward(const uint16_t* q, const uint16_t* k, const uint16_t* v, int64_t B, int64_t Tn,
                               int64_t from, int64_t H, int64_t Hkv, int64_t hd, Out out, float* lse, cudaStream_t s);
-// k's preparation backward (Backend::qk_prep_backward) run by the dK/dV kernel on its dK rows instead of writing
-// dk: rotated back by the rope table (cos_t, sin_t: [Tn][half], half = rot / 2; 0: no rope), then with norm
-// through RMSNorm's backward (raw [B * Tn, Hkv hd], rstd [B * Tn * Hkv]) into draw, whose token rows are ld
-// elements apart from column col; without norm the rotated rows go there. The arithmetic of qk_prep_backward's
-// kernel (prep_bwd_row), so the result is the same bit for bit. Only where dk is written, not accumulated.
+// A preparation's backward run by a backward kernel on its gradient rows instead of writing them: k's
+// (Backend::qk_prep_backward) by the dK/dV kernel, q's with its gain (Backend::qk_prep_backward_gain) by the
+// deterministic dQ kernel. The rows (times gain[h] for q) are rotated back by the rope table (cos_t, sin_t:
+// [Tn][half], half = rot / 2; 0: no rope), then with norm go through RMSNorm's backward (raw [B * Tn, heads hd],
+// rstd [B * Tn * heads]) into draw, whose token rows are ld elements apart from column col; without norm the
+// rotated rows go there. q's gain gradient sum dq x is added to dgain. The per-row arithmetic of the separate
+// kernels (prep_bwd_row, prep_gain_dot), so draw is the same bit for bit; dgain's double sums are grouped by the
+// dQ kernel's warps, so it agrees to rounding. Only where the gradient is written, not accumulated.
 struct FlashPrepBackward {
   In raw;
   const float* rstd = nullptr;
@@ -42,12 +45,14 @@ struct FlashPrepBackward {
   bool norm = false;
   Out draw;
   int64_t ld = 0, col = 0;
+  const float* gain = nullptr;  // q only
+  float* dgain = nullptr;
 };
 
 void launch_flash_mma_backward(const uint16_t* dout, const uint16_t* q, const uint16_t* k, const uint16_t* v,
                                const uint16_t* out, const float* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv,
                                int64_t hd, float* dq_acc, float* dk_acc, Out dv, int64_t dv_ld, int64_t dv_col,
                                bool accumulate, bool atomic_dq, Workspace& ws, cudaStream_t s,
-                               const FlashPrepBackward* k_prep = nullptr);
+                               const FlashPrepBackward* k_prep = nullptr, const FlashPrepBackward* q_prep = nullptr);
 
 }  // namespace ptool::cuda

@@ -133,7 +133,7 @@ constexpr int kDkdvQ = HD == 128 ? 32 : 64;
 // half-warp's float2 stores, 4 rows of 8 bytes x 4 lanes, on 32 distinct banks); exactly the space of Ks and Vs.
 template <int HD>
 constexpr int kPrepStride = HD + 8;
-template <int HD>
+template <int HD>  // dK/dV: the CTA's 64 keys in Ks and Vs' space; dQ: its query rows in Qs and dOs' space
 constexpr bool kPrepFits = sizeof(float) * kKeyTile * kPrepStride<HD> <= sizeof(bf16_bits) * 2 * kKeyTile * kStride<HD>;
 static_assert(kPrepFits<16> && kPrepFits<32> && kPrepFits<64> && kPrepFits<96> && kPrepFits<128>);
 
@@ -574,7 +574,7 @@ template <int HD>
 __global__ void __launch_bounds__(kThreads) flash_bwd_dq_kernel(
     const bf16_bits* __restrict__ dout, const bf16_bits* __restrict__ q, const bf16_bits* __restrict__ k,
     const bf16_bits* __restrict__ v, const float* __restrict__ lse, const float* __restrict__ Dv, int T, int H, int Hkv,
-    float scale, float scale_log2, float* dq, bool accumulate) {
+    float scale, float scale_log2, float* dq, bool accumulate, FlashPrepBackward q_prep, double* gain_partial) {
   static_assert(kHeadDimOk<HD>, "head_dim: a multiple of 16 up to 128");
   constexpr int S = kStride<HD>, KC = HD / 16, DN = HD / 8, NT = kKeyTile / 8, MT = kDqMt<HD>;
   constexpr int ROWS = kDqRows<HD>, WROWS = 16 * MT;  // query rows per CTA and per warp
@@ -688,6 +688,36 @@ __global__ void __launch_bounds__(kThreads) flash_bwd_dq_kernel(
     }
   }
 
+  if (q_prep.draw.f32 || q_prep.draw.bf16) {  // q's preparation backward with its gain instead of dq (dq is null)
+    __syncthreads();  // every warp is done with Qs and dOs, whose space now holds the dQ rows
+    float* rows = reinterpret_cast<float*>(smem_dq) + warp * WROWS * kPrepStride<HD>;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int n = 0; n < DN; ++n)
+          *reinterpret_cast<float2*>(rows + (mt * 16 + g + 8 * r) * kPrepStride<HD> + n * 8 + 2 * t) =
+              make_float2(dqa[mt][n][2 * r], dqa[mt][n][2 * r + 1]);
+    __syncwarp();
+    const float gh = q_prep.gain[h];
+    double acc = 0.0;
+    for (int i = 0; i < WROWS && wrow0 + i < T; ++i) {  // the warp's rows, one at a time (uniform across it)
+      const int64_t tok = static_cast<int64_t>(b) * T + wrow0 + i, hrow = tok * H + h;
+      float* d = rows + i * kPrepStride<HD>;
+      const float r = q_prep.norm ? q_prep.rstd[hrow] : 1.f;
+      prep_gain_dot(acc, d, wrow0 + i, q_prep.raw, hrow * HD, r, HD, q_prep.half, q_prep.norm, q_prep.cos_t,
+                    q_prep.sin_t, lane);
+      __syncwarp();  // the dot read columns that other lanes scale next
+      for (int c = lane; c < HD; c += 32) d[c] = __fmul_rn(gh, d[c]);
+      __syncwarp();
+      prep_bwd_row(d, wrow0 + i, q_prep.raw, hrow * HD, r, HD, q_prep.half, q_prep.norm, q_prep.cos_t, q_prep.sin_t,
+                   q_prep.draw, tok * q_prep.ld + q_prep.col + static_cast<int64_t>(h) * HD, lane);
+    }
+    acc = warp_sum_d(acc);  // chunk (b, query tile, warp) of head h
+    if (lane == 0) gain_partial[((static_cast<int64_t>(b) * gridDim.x + qb) * kWarps + warp) * H + h] = acc;
+    return;
+  }
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll

@@ -219,6 +219,9 @@ void launch_softcap_cross_entropy(const float* z, const int32_t* targets, int64_
 
 // *acc += sum of x[0..n), in a fixed order (one block: strided per-thread sums, then a tree), so reruns agree.
 void launch_sum_into(const double* x, int64_t n, double* acc, cudaStream_t s);
+// acc[h] += the sum over chunks c of partial[c * H + h] (double, in a fixed order, so reruns agree): the gain's
+// gradient of q's preparation backward when the flash dQ kernel runs it.
+void launch_add_chunk_sums(const double* partial, int64_t chunks, int64_t H, float* acc, cudaStream_t s);
 
 // ---- cuda_attention.cu --------------------------------------------------------------------------------------
 // Throws std::invalid_argument for bad shapes (H % Hkv != 0, ...) and for head_dim > 128, which the kernels do

@@ -1,7 +1,7 @@
 // The element access and per-row arithmetic that the op kernels (cuda_ops_common.cuh) share with the flash
 // kernels (cuda_flash_mma.cu), whose dK/dV kernel can run the q/k preparation's backward in its epilogue: bf16-aware
-// loads and stores, the rotation of one RoPE pair, RMSNorm's backward of one row by one warp, and the
-// preparation's backward of one head row. One implementation, so that the fused and the separate passes round
+// loads and stores, the rotation of one RoPE pair, RMSNorm's backward of one row by one warp, the gain's gradient
+// terms and the preparation's backward of one head row. One implementation, so that the fused and the separate passes round
 // alike. Included by several translation units: an unnamed namespace of forced-inline device functions.
 #pragma once
 #include <cuda_bf16.h>
@@ -62,6 +62,25 @@ __device__ __forceinline__ void rmsnorm_bwd_row(In g, int64_t goff, In x, int64_
       o.f32[ooff + d] = __fadd_rn(o.f32[ooff + d], v);
     else
       put(o, ooff + d, v);
+  }
+}
+
+// The gain's gradient terms of one head row: adds dq[i] x[i] over this lane's columns to acc (in double, in column
+// order), with x = rope(norm ? raw r : raw), q before its gain, formed again exactly as qk_prep_fwd_kernel formed
+// it (the forward does not keep it).
+__device__ __forceinline__ void prep_gain_dot(double& acc, const float* dq, int64_t t, In raw, int64_t off, float r,
+                                              int64_t hd, int64_t half, bool norm, const float* cos_t,
+                                              const float* sin_t, int lane) {
+  for (int64_t i = lane; i < half; i += 32) {
+    const float r1 = get(raw, off + i), r2 = get(raw, off + i + half);
+    float x1 = norm ? r1 * r : r1, x2 = norm ? r2 * r : r2;
+    rotate_pair(x1, x2, cos_t[t * half + i], sin_t[t * half + i]);
+    acc += static_cast<double>(dq[i]) * static_cast<double>(x1);
+    acc += static_cast<double>(dq[i + half]) * static_cast<double>(x2);
+  }
+  for (int64_t i = 2 * half + lane; i < hd; i += 32) {  // dimensions past the rotary ones
+    const float v = norm ? get(raw, off + i) * r : get(raw, off + i);
+    acc += static_cast<double>(dq[i]) * static_cast<double>(v);
   }
 }
 

@@ -140,21 +140,10 @@ __global__ void __launch_bounds__(256) qk_prep_bwd_gain_kernel(const float* dq, 
   for (int64_t tok = t0; tok < t1; ++tok) {
     const int64_t off = (tok * H + h) * hd, t = tok % Tn;
     const float r = norm ? rstd[tok * H + h] : 1.f;
-    for (int64_t i = lane; i < half; i += 32) {
-      const float r1 = get(raw, off + i), r2 = get(raw, off + i + half);
-      float x1 = norm ? r1 * r : r1, x2 = norm ? r2 * r : r2;
-      rotate_pair(x1, x2, cos_t[t * half + i], sin_t[t * half + i]);
-      acc += static_cast<double>(dq[off + i]) * static_cast<double>(x1);
-      acc += static_cast<double>(dq[off + i + half]) * static_cast<double>(x2);
-    }
-    for (int64_t i = 2 * half + lane; i < hd; i += 32) {  // dimensions past the rotary ones
-      const float v = norm ? get(raw, off + i) * r : get(raw, off + i);
-      acc += static_cast<double>(dq[off + i]) * static_cast<double>(v);
-    }
+    prep_gain_dot(acc, dq + off, t, raw, off, r, hd, half, norm, cos_t, sin_t, lane);
     for (int64_t i = lane; i < hd; i += 32) d[i] = __fmul_rn(g, dq[off + i]);
     __syncwarp();
-    prep_bwd_row(d, t, raw, off, norm ? rstd[tok * H + h] : 1.f, hd, half, norm, cos_t, sin_t, draw,
-                 tok * ld + col + h * hd, lane);
+    prep_bwd_row(d, t, raw, off, r, hd, half, norm, cos_t, sin_t, draw, tok * ld + col + h * hd, lane);
     __syncwarp();  // the row is read before the next one overwrites it
   }
   acc = warp_sum_d(acc);
@@ -217,6 +206,13 @@ void launch_qk_prep_backward_gain(const float* dq, const float* gain, float* dg_
                                                                                      nullptr);
     PTOOL_CUDA_LAUNCHED("qk_prep_backward_gain", s);
   }
+}
+
+void launch_add_chunk_sums(const double* partial, int64_t chunks, int64_t H, float* acc, cudaStream_t s) {
+  if (chunks <= 0 || H <= 0) return;
+  PTOOL_LAUNCH(colreduce_finalize<1>, dim3(static_cast<unsigned>(H), 1), 256, 0, s)(partial, chunks, H, 1, acc,
+                                                                                   nullptr);
+  PTOOL_CUDA_LAUNCHED("add_chunk_sums", s);
 }
 
 }  // namespace ptool::cuda
