@@ -485,7 +485,7 @@ class CudaBackend final : public Backend<float> {
                                    int64_t hd, int64_t rot, double base, bool norm, float eps, const float* gain,
                                    float* dgain, PrepGrad qg, PrepGrad kg, ColumnSlice dv, float* dq,
                                    float* dk) override {
-    const PrepFolds folds = prep_backward_folds(hd, rot, norm);
+    const PrepFolds folds = prep_backward_folds(hd);
     if (!folds.k) {
       Backend<float>::attention_prep_backward_set(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, rot, base, norm, eps,
                                                   gain, dgain, qg, kg, dv, dq, dk);
@@ -510,8 +510,7 @@ class CudaBackend final : public Backend<float> {
                                     folds.q ? &qp : nullptr);
     if (!folds.q) qk_prep_backward_gain(dq, gain, dgain, qg.raw, qg.rstd, B, Tn, H, hd, rot, base, norm, eps, qg.draw);
   }
-  PrepFolds prep_backward_folds(int64_t hd, int64_t rot, bool norm) const override {
-    (void)rot, (void)norm;
+  PrepFolds prep_backward_folds(int64_t hd) const override {
     const bool flash = opt_.gemm == CudaGemmPrecision::bf16 && cuda::flash_mma_supports(hd);
     return {flash && opt_.deterministic, flash};
   }

@@ -34,11 +34,12 @@
 //    and runs qk_prep_backward's per-row arithmetic on them (prep_bwd_row), writing raw k's gradient into its
 //    columns of the q/k/v operand buffer: bit-identical to the separate pass, without dk's fp32 round trip.
 //  - dQ: one CTA per (batch, head, query tile), looping over 64-key tiles up to the diagonal: S, dP, dS as
-//    above (row-wise), dQ += dS K. Given a FlashPrepBackward for q, it ends like the dK/dV kernel, with q's
-//    preparation backward and its gain (prep_gain_dot, prep_bwd_row) on rows staged where Qs and dOs were: the
-//    gain's gradient as one double partial per (batch, query tile, warp, head), added up by launch_add_chunk_sums. Query tiles as in the forward: 128 rows (two m-tiles per warp, 250
-//    registers) at hd 64, 64 rows (180 registers) at hd 128. S and dP are recomputed in both kernels (7 tile
-//    GEMMs instead of 5) to avoid floating-point atomics on dQ.
+//    above (row-wise), dQ += dS K. Query tiles as in the forward: 128 rows (two m-tiles per warp, 254 registers)
+//    at hd 64, 64 rows (181 registers) at hd 128. S and dP are recomputed in both kernels (7 tile GEMMs instead
+//    of 5) to avoid floating-point atomics on dQ. Given a FlashPrepBackward for q, it ends like the dK/dV kernel,
+//    with q's preparation backward and its gain (prep_gain_dot, prep_bwd_row) on rows staged where Qs and dOs
+//    were: the gain's gradient as one double partial per (batch, query tile, warp, head), added up by
+//    launch_add_chunk_sums.
 //  - atomic dQ (not deterministic, as FlashAttention-2): no dQ kernel. The dK/dV kernel also stores each query
 //    tile's dS^T (bf16) in shared memory; after a barrier every warp computes a block of 16 rows x HD BQ / 64 columns
 //    of dS K over the CTA's 64 keys and adds it to the fp32 dq with red.global.add.v2.f32 (dq zeroed first unless
@@ -46,7 +47,7 @@
 //    (hd 64 / 128), 64 / 74 KiB of shared memory: still two CTAs per SM.
 //  - other head dims: every multiple of 16 up to 128 fits the same code; 16 and 32 are tiled as 64, 96 as 128
 //    except in dK/dV (64 queries), and these five are compiled. ptxas (sm_90a, CUDA 13): no kernel spills; the
-//    most registers are dQ's 250 at hd 64 (dK/dV, under __launch_bounds__(128, 2): 225 deterministic at hd 64).
+//    most registers are dQ's 254 at hd 64 (dK/dV, under __launch_bounds__(128, 2): 226 deterministic at hd 64).
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -289,25 +290,21 @@ void launch_flash_mma_backward(const uint16_t* dout, const uint16_t* q, const ui
   if (!dq_acc && !dk_acc && !dv.f32 && !dv.bf16 && !folds_k && !folds_q) return;
   if (B == 0 || Tn == 0) return;
   const int b = static_cast<int>(B), t = static_cast<int>(Tn), h = static_cast<int>(H), hk = static_cast<int>(Hkv);
-  const int64_t partials = !folds_q      ? 0
-                           : hd == 16     ? gain_partials<16>(B, Tn, H)
-                           : hd == 32     ? gain_partials<32>(B, Tn, H)
-                           : hd == 64     ? gain_partials<64>(B, Tn, H)
-                           : hd == 96     ? gain_partials<96>(B, Tn, H)
-                                          : gain_partials<128>(B, Tn, H);
-  Carver carve;  // measure, then carve D and the gain's partial sums out of one workspace block
-  carve.take<float>(static_cast<size_t>(B * H * Tn));
-  carve.take<double>(static_cast<size_t>(partials));
-  carve = Carver{static_cast<char*>(ws.get(carve.off))};
-  auto* Dv = carve.take<float>(static_cast<size_t>(B * H * Tn));
-  auto* gain_partial = carve.take<double>(static_cast<size_t>(partials));
-  const int64_t rows = B * Tn * H;
-  const LaunchShape ls = dot_shape(rows);
-  PTOOL_LAUNCH(flash_bwd_dot_kernel, ls.gx, ls.threads, 0, s)(dout, out, rows, t, h, static_cast<int>(hd), Dv);
-  PTOOL_CUDA_LAUNCHED("flash_mma_backward (rowsum dO * O)", s);
   const auto impl = [&](auto hd_constant) {
-    bwd_impl<decltype(hd_constant)::value>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, dv_ld, dv_col,
-                                           accumulate, atomic_dq, kp, qp, gain_partial, s);
+    constexpr int HD = decltype(hd_constant)::value;
+    const int64_t partials = folds_q ? gain_partials<HD>(B, Tn, H) : 0;
+    Carver carve;  // measure, then carve D and the gain's partial sums out of one workspace block
+    carve.take<float>(static_cast<size_t>(B * H * Tn));
+    carve.take<double>(static_cast<size_t>(partials));
+    carve = Carver{static_cast<char*>(ws.get(carve.off))};
+    auto* Dv = carve.take<float>(static_cast<size_t>(B * H * Tn));
+    auto* gain_partial = carve.take<double>(static_cast<size_t>(partials));
+    const int64_t rows = B * Tn * H;
+    const LaunchShape ls = dot_shape(rows);
+    PTOOL_LAUNCH(flash_bwd_dot_kernel, ls.gx, ls.threads, 0, s)(dout, out, rows, t, h, HD, Dv);
+    PTOOL_CUDA_LAUNCHED("flash_mma_backward (rowsum dO * O)", s);
+    bwd_impl<HD>(dout, q, k, v, lse, Dv, b, t, h, hk, dq_acc, dk_acc, dv, dv_ld, dv_col, accumulate, atomic_dq, kp, qp,
+                 gain_partial, s);
   };
   switch (hd) {
     case 16: return impl(std::integral_constant<int, 16>{});

@@ -278,13 +278,13 @@ class Backend {
     qk_prep_backward(dk, kg.raw, kg.rstd, B, Tn, Hkv, hd, rot, base, norm, kg.draw);
     if (!norm) copy_columns(dk, B * Tn, Hkv * hd, kg.draw);
   }
-  // Which preparation backwards attention_prep_backward_set folds into attention's for these shapes (the
-  // profiler counts the bytes of the scratch round trips that remain).
+  // Which preparation backwards attention_prep_backward_set folds into attention's at head dim hd (the profiler
+  // counts the bytes of the scratch round trips that remain).
   struct PrepFolds {
     bool q = false, k = false;
   };
-  virtual PrepFolds prep_backward_folds(int64_t hd, int64_t rot, bool norm) const {
-    (void)hd, (void)rot, (void)norm;
+  virtual PrepFolds prep_backward_folds(int64_t hd) const {
+    (void)hd;
     return {};
   }
   // Here dx may also be dy itself (the residual gradient, updated in place).

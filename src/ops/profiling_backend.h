@@ -177,7 +177,7 @@ class ProfilingBackend final : public Backend<T> {
                                    double base, bool norm, T eps, const T* gain, T* dgain,
                                    typename Backend<T>::PrepGrad qg, typename Backend<T>::PrepGrad kg,
                                    typename Backend<T>::ColumnSlice dv, T* dq, T* dk) override {
-    const typename Backend<T>::PrepFolds folds = in_.prep_backward_folds(hd, rot, norm);
+    const typename Backend<T>::PrepFolds folds = in_.prep_backward_folds(hd);
     const int64_t nq = B * Tn * H * hd, nkv = B * Tn * Hkv * hd;
     const double q_prep = b(qg.raw, nq) + b(qg.draw.base, nq) + (norm ? E * B * Tn * H : 0);
     const double k_prep = norm ? b(kg.raw, nkv) + b(kg.draw.base, nkv) + E * B * Tn * Hkv : b(kg.draw.base, nkv);
@@ -190,9 +190,7 @@ class ProfilingBackend final : public Backend<T> {
                                       qg, kg, dv, dq, dk);
     });
   }
-  typename Backend<T>::PrepFolds prep_backward_folds(int64_t hd, int64_t rot, bool norm) const override {
-    return in_.prep_backward_folds(hd, rot, norm);
-  }
+  typename Backend<T>::PrepFolds prep_backward_folds(int64_t hd) const override { return in_.prep_backward_folds(hd); }
   void activation_forward(cpu::Activation a, const T* h, int64_t n, T* out) override {
     timed("activation_forward", b(h, n) + b(out, n), 0, [&] { in_.activation_forward(a, h, n, out); });
   }

@@ -113,8 +113,8 @@ TEST_CASE("the profile counts every op call once, with its traffic and FLOPs", "
 TEST_CASE("attention_prep_backward_set counts the traffic of the ops it composes", "[profile]") {
   const int64_t B = 2, Tn = 5, H = 4, Hkv = 2, hd = 8, N = B * Tn, D = H * hd, KV = Hkv * hd, W = D + 2 * KV;
   auto cpu = make_cpu_backend<float>();
-  CHECK(!cpu->prep_backward_folds(hd, hd, true).q);
-  CHECK(!cpu->prep_backward_folds(hd, hd, true).k);
+  CHECK(!cpu->prep_backward_folds(hd).q);
+  CHECK(!cpu->prep_backward_folds(hd).k);
   std::mt19937 rng(3);
   std::uniform_real_distribution<float> u(-1.f, 1.f);
   const auto vec = [&](int64_t n) {
