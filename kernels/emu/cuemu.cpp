@@ -11,6 +11,7 @@
 #include <new>
 #include <set>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -29,6 +30,19 @@
 #define CUEMU_ASAN 1
 #else
 #define CUEMU_ASAN 0
+#endif
+
+#if defined(__SANITIZE_THREAD__)
+#include <sanitizer/tsan_interface.h>
+extern "C" {  // ThreadSanitizer's dynamic annotations (no public header declares them)
+void AnnotateIgnoreReadsBegin(const char* file, int line);
+void AnnotateIgnoreReadsEnd(const char* file, int line);
+void AnnotateIgnoreWritesBegin(const char* file, int line);
+void AnnotateIgnoreWritesEnd(const char* file, int line);
+}
+#define CUEMU_TSAN 1
+#else
+#define CUEMU_TSAN 0
 #endif
 
 // Stack switching (x86-64 System V): saves the callee-saved registers on the current stack, stores its stack
@@ -145,6 +159,57 @@ void device_free(void* p, size_t bytes) {
 #endif
 }
 
+// ---- race checking (ThreadSanitizer builds) ------------------------------------------------------------------------
+// Built with -fsanitize=thread (PTOOL_TSAN), cuemu is a race checker for the kernels, as compute-sanitizer's racecheck
+// is on the device. Every CUDA thread is a ThreadSanitizer fiber, and the switches between fibers order nothing
+// (no_sync): only what orders threads on the device does. A CTA barrier (__syncthreads) or a warp's barrier
+// (__syncwarp, and every warp-level operation: shuffles, ldmatrix, mma) orders what its threads did before it
+// before what they do after it; atomics are relaxed atomics; a CTA's threads start after the host's work before
+// the launch and the CTAs before them (CTAs run one at a time, so races between CTAs are not sought), and the host
+// resumes after them. ThreadSanitizer then reports two threads that touch the same shared or device memory, at
+// least one writing, with no barrier between them: a missing __syncthreads or __syncwarp, whichever order the
+// scheduler happens to run them in. The emulator's own bookkeeping, which fibers and the scheduler share without
+// such ordering, is hidden from it.
+#if CUEMU_TSAN
+struct Bookkeeping {  // a scope whose memory accesses are the emulator's, not a kernel's
+  Bookkeeping() {
+    AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+    AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
+  }
+  ~Bookkeeping() {
+    AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
+    AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+  }
+  Bookkeeping(const Bookkeeping&) = delete;
+  Bookkeeping& operator=(const Bookkeeping&) = delete;
+};
+struct KernelMemory {  // inside a Bookkeeping scope: accesses made for a kernel, which are checked
+  KernelMemory() {
+    AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
+    AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
+  }
+  ~KernelMemory() {
+    AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
+    AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
+  }
+  KernelMemory(const KernelMemory&) = delete;
+  KernelMemory& operator=(const KernelMemory&) = delete;
+};
+void happens_before_release(const void* sync) { __tsan_release(const_cast<void*>(sync)); }
+void happens_before_acquire(const void* sync) { __tsan_acquire(const_cast<void*>(sync)); }
+#define CUEMU_NO_RACE_CHECK __attribute__((no_sanitize_thread))
+#else
+struct Bookkeeping {
+  Bookkeeping() {}  // user-provided: a scope guard is "used" by existing
+  Bookkeeping(const Bookkeeping&) = delete;
+  Bookkeeping& operator=(const Bookkeeping&) = delete;
+};
+using KernelMemory = Bookkeeping;
+void happens_before_release(const void*) {}
+void happens_before_acquire(const void*) {}
+#define CUEMU_NO_RACE_CHECK
+#endif
+
 // ---- fibers ---------------------------------------------------------------------------------------------------------
 struct Fiber {
   void* sp = nullptr;  // saved stack pointer while switched out
@@ -153,6 +218,7 @@ struct Fiber {
   int warp = 0, lane = 0;
   bool done = false;
   void* fake_stack = nullptr;  // ASan's bookkeeping of this fiber's stack
+  void* tsan = nullptr;        // ThreadSanitizer's fiber (race-checking builds)
   // cp.async: the copies this thread issued and has not waited for, with the group each belongs to (groups are
   // numbered by commit; `committed` is the number of commits so far, and the open group's number).
   struct AsyncCopy {
@@ -170,6 +236,9 @@ struct Fiber {
 struct Barrier {
   int live = 0, arrived = 0;
   uint64_t gen = 1;
+  // What a race-checking build's arrivals release and departures acquire, one per generation's parity: a thread
+  // that passes and arrives again before a slower one has left must not reach that one through the barrier.
+  char order[2] = {};
   void reset(int threads) {
     live = threads;
     arrived = 0;
@@ -210,6 +279,8 @@ struct Cta {
 
 struct Scheduler {
   void* sched_sp = nullptr;
+  void* sched_tsan = nullptr;  // the launching OS thread's ThreadSanitizer state
+  char cta_start = 0, cta_end = 0;  // orders the host and earlier CTAs before a CTA, and its threads before the host
   void* sched_fake = nullptr;
   const void* sched_stack_bottom = nullptr;
   size_t sched_stack_size = 0;
@@ -234,9 +305,14 @@ size_t smem_optin(const void* func) {
   return it == g_smem_optin.end() ? 0 : it->second;
 }
 
-Fiber& cur() { return *g_s.fibers[static_cast<size_t>(g_s.current)]; }
+Fiber& fiber(size_t i) { return *g_s.fibers[i]; }
+Fiber& cur() { return fiber(static_cast<size_t>(g_s.current)); }
 
-void switch_to_scheduler(Fiber& f, bool exiting) {
+// Not race-instrumented: a thread's last switch never returns, and an instrumented frame would stay open.
+CUEMU_NO_RACE_CHECK void switch_to_scheduler(Fiber& f, bool exiting) {
+#if CUEMU_TSAN
+  __tsan_switch_to_fiber(g_s.sched_tsan, __tsan_switch_to_fiber_no_sync);
+#endif
 #if CUEMU_ASAN
   __sanitizer_start_switch_fiber(exiting ? nullptr : &f.fake_stack, g_s.sched_stack_bottom, g_s.sched_stack_size);
 #else
@@ -254,30 +330,37 @@ void record_device_error(const std::string& what);
 
 // Called when a thread's body returns (its own frame: fiber_main never returns, so under ASan a local of its
 // would leave its stack redzones poisoned for the next CTA's threads).
-void check_thread_exit(const Fiber& f) {
+void finish_thread(Fiber& f) {
   if (!f.copies.empty()) record_device_error("exits with cp.async copies it never waited for");
-}
-
-void fiber_main() {
-#if CUEMU_ASAN
-  __sanitizer_finish_switch_fiber(nullptr, &g_s.sched_stack_bottom, &g_s.sched_stack_size);
-#endif
-  g_s.body(g_s.body_ctx);
-  Fiber& f = cur();
-  check_thread_exit(f);
+  happens_before_release(&g_s.cta_end);
+  Bookkeeping emulator;
   f.done = true;
   Cta& c = g_s.cta;
   c.bar.leave();
   c.warps[static_cast<size_t>(f.warp)].bar.leave();
   ++c.progress;
+}
+
+// Not race-instrumented: it never returns (each CTA starts it afresh on the same stack).
+CUEMU_NO_RACE_CHECK void fiber_main() {
+#if CUEMU_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &g_s.sched_stack_bottom, &g_s.sched_stack_size);
+#endif
+  happens_before_acquire(&g_s.cta_start);
+  g_s.body(g_s.body_ctx);
+  Fiber& f = cur();
+  finish_thread(f);
   switch_to_scheduler(f, true);
   std::abort();  // a finished fiber is never resumed
 }
 
 void resume(int i) {
-  Fiber& f = *g_s.fibers[static_cast<size_t>(i)];
+  Fiber& f = fiber(static_cast<size_t>(i));
   g_s.current = i;
   threadIdx = f.tid;
+#if CUEMU_TSAN
+  __tsan_switch_to_fiber(f.tsan, __tsan_switch_to_fiber_no_sync);
+#endif
 #if CUEMU_ASAN
   __sanitizer_start_switch_fiber(&g_s.sched_fake, f.stack.get(), kStackBytes);
 #endif
@@ -294,15 +377,24 @@ std::string coords(const uint3& t) {
 }
 
 void record_device_error(const std::string& what) {
+  Bookkeeping emulator;
   if (g_s.device_error.empty())
     g_s.device_error = std::string("kernel ") + g_s.kernel + ": " + coords(cur().tid) + ": " + what;
 }
 
 void arrive_and_wait(Barrier& b) {
   const uint64_t gen = b.gen;
-  ++g_s.cta.progress;
-  if (b.arrive()) return;
-  while (b.gen == gen) yield();
+  happens_before_release(&b.order[gen & 1]);
+  bool passed;
+  {
+    Bookkeeping emulator;
+    ++g_s.cta.progress;
+    passed = b.arrive();
+  }
+  // No Bookkeeping scope stays open across a switch: a deadlock may leave this fiber here for good.
+  if (!passed)
+    while (b.gen == gen) yield();
+  happens_before_acquire(&b.order[gen & 1]);
 }
 
 void warp_barrier() { arrive_and_wait(g_s.cta.warps[static_cast<size_t>(cur().warp)].bar); }
@@ -344,6 +436,7 @@ void* initial_stack(char* base) {
 
 // Runs one CTA to completion; returns false (with g_s.device_error set) on a deadlock.
 bool run_cta(unsigned nthreads) {
+  Bookkeeping emulator;
   // Barrier generations keep counting across CTAs, so no warp-operation stamp of an earlier CTA can match.
   Cta& c = g_s.cta;
   c.bar.reset(static_cast<int>(nthreads));
@@ -353,7 +446,7 @@ bool run_cta(unsigned nthreads) {
   for (size_t w = 0; w < nwarps; ++w) c.warps[w].bar.reset(static_cast<int>(std::min<size_t>(32, nthreads - w * 32)));
   if (!g_s.smem.empty()) std::memset(g_s.smem.data(), 0xff, g_s.smem.size());
   for (unsigned i = 0; i < nthreads; ++i) {
-    Fiber& f = *g_s.fibers[i];
+    Fiber& f = fiber(i);
     f.done = false;
     f.fake_stack = nullptr;
 #if CUEMU_ASAN
@@ -365,6 +458,7 @@ bool run_cta(unsigned nthreads) {
     f.sp = initial_stack(f.stack.get());
   }
   const bool reverse = reverse_order();
+  happens_before_release(&g_s.cta_start);
   while (c.bar.live > 0) {
     const uint64_t before = c.progress;
     for (size_t kw = 0; kw < nwarps; ++kw) {
@@ -377,7 +471,7 @@ bool run_cta(unsigned nthreads) {
         at = c.progress;
         for (unsigned kl = 0; kl < lanes; ++kl) {
           const unsigned i = first + (reverse ? lanes - 1 - kl : kl);
-          if (!g_s.fibers[i]->done) resume(static_cast<int>(i));
+          if (!fiber(i).done) resume(static_cast<int>(i));
         }
       } while (c.progress != at);
     }
@@ -392,6 +486,7 @@ bool run_cta(unsigned nthreads) {
       return false;
     }
   }
+  happens_before_acquire(&g_s.cta_end);
   return g_s.device_error.empty();
 }
 
@@ -400,7 +495,42 @@ void ensure_fibers(unsigned n) {
     g_s.fibers.push_back(std::make_unique<Fiber>());
     Fiber& f = *g_s.fibers.back();
     f.stack.reset(new char[kStackBytes]);
+#if CUEMU_TSAN
+    f.tsan = __tsan_create_fiber(0);
+#endif
   }
+}
+
+// A race-checking build names each fiber after the CUDA thread it runs, for ThreadSanitizer's reports; and a fiber
+// left inside its body by a deadlock gets a fresh ThreadSanitizer state (its open frames would stay on the old one).
+void name_fibers(unsigned nthreads) {
+#if CUEMU_TSAN
+  for (unsigned i = 0; i < nthreads; ++i) {
+    Fiber& f = fiber(i);
+    char name[64];
+    std::snprintf(name, sizeof name, "thread (%u,%u,%u) of %s", f.tid.x, f.tid.y, f.tid.z, g_s.kernel);
+    __tsan_set_fiber_name(f.tsan, name);
+  }
+#else
+  (void)nthreads;
+#endif
+}
+void renew_stuck_fibers(unsigned nthreads) {
+#if CUEMU_TSAN
+  for (unsigned i = 0; i < nthreads; ++i) {
+    Fiber& f = fiber(i);
+    if (f.done) continue;
+    // What it did happens before what the host does next, as if it had finished (its state only, same stack).
+    __tsan_switch_to_fiber(f.tsan, __tsan_switch_to_fiber_no_sync);
+    happens_before_release(&g_s.cta_end);
+    __tsan_switch_to_fiber(g_s.sched_tsan, __tsan_switch_to_fiber_no_sync);
+    __tsan_destroy_fiber(f.tsan);
+    f.tsan = __tsan_create_fiber(0);
+  }
+  happens_before_acquire(&g_s.cta_end);
+#else
+  (void)nthreads;
+#endif
 }
 
 }  // namespace
@@ -414,10 +544,15 @@ void syncwarp() { warp_barrier(); }
 int lane_id() { return cur().lane; }
 
 void warp_exchange(const void* mine, void* out, size_t bytes, int src_lane) {
+  // Registers pass through the emulator's slots; no kernel memory is touched.
   Fiber& f = cur();
   Warp& w = g_s.cta.warps[static_cast<size_t>(f.warp)];
-  const auto [buf, gen] = begin_warp_op(w, f.lane);
-  std::memcpy(w.slot[buf][f.lane], mine, bytes);
+  uint64_t buf, gen;
+  {
+    Bookkeeping emulator;
+    std::tie(buf, gen) = begin_warp_op(w, f.lane);
+    std::memcpy(w.slot[buf][f.lane], mine, bytes);
+  }
   warp_barrier();
   if (valid_lane(src_lane, buf, gen))
     std::memcpy(out, w.slot[buf][src_lane], bytes);
@@ -450,21 +585,27 @@ void cp_async(void* dst, const void* src, size_t bytes) {
   }
   Fiber& f = cur();
   Fiber::AsyncCopy c{dst, {}, bytes, f.committed};
-  std::memcpy(c.data, src, bytes);
+  std::memcpy(c.data, src, bytes);  // the source is read at the issue, the destination written at the wait
+  Bookkeeping emulator;
   f.copies.push_back(c);
 }
 
-void cp_async_commit() { ++cur().committed; }
+void cp_async_commit() {
+  Bookkeeping emulator;
+  ++cur().committed;
+}
 
 void cp_async_wait(int pending) {
+  Bookkeeping emulator;
   Fiber& f = cur();
   // Groups below committed - pending are complete; the open (uncommitted) group is not covered.
   const uint64_t done_below = f.committed > static_cast<uint64_t>(pending) ? f.committed - pending : 0;
   size_t kept = 0;
   for (Fiber::AsyncCopy& c : f.copies) {
-    if (c.group < done_below)
+    if (c.group < done_below) {
+      KernelMemory lands;  // written by this thread, now
       std::memcpy(c.dst, c.data, c.bytes);
-    else
+    } else
       f.copies[kept++] = c;
   }
   f.copies.resize(kept);
@@ -473,9 +614,13 @@ void cp_async_wait(int pending) {
 void ldmatrix_x4(uint32_t (&r)[4], const uint16_t* row, bool trans) {
   Fiber& f = cur();
   Warp& w = g_s.cta.warps[static_cast<size_t>(f.warp)];
-  const auto [buf, gen] = begin_warp_op(w, f.lane);
+  uint64_t buf, gen;
+  {
+    Bookkeeping emulator;  // but the shared memory the rows point to is read below, for the kernel
+    std::tie(buf, gen) = begin_warp_op(w, f.lane);
+    w.rows[buf][f.lane] = row;
+  }
   const uint16_t* const* rows = w.rows[buf];
-  w.rows[buf][f.lane] = row;
   warp_barrier();
   const int g = f.lane >> 2, t = f.lane & 3;
   const bool ok = all_lanes_valid(buf, gen);
@@ -499,10 +644,14 @@ void ldmatrix_x4(uint32_t (&r)[4], const uint16_t* row, bool trans) {
 void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   Fiber& f = cur();
   Warp& w = g_s.cta.warps[static_cast<size_t>(f.warp)];
-  const auto [buf, gen] = begin_warp_op(w, f.lane);
-  std::memcpy(w.a[buf][f.lane], a, sizeof a);
-  w.b[buf][f.lane][0] = b0;
-  w.b[buf][f.lane][1] = b1;
+  uint64_t buf, gen;
+  {
+    Bookkeeping emulator;  // registers only
+    std::tie(buf, gen) = begin_warp_op(w, f.lane);
+    std::memcpy(w.a[buf][f.lane], a, sizeof a);
+    w.b[buf][f.lane][0] = b0;
+    w.b[buf][f.lane][1] = b1;
+  }
   warp_barrier();
   if (all_lanes_valid(buf, gen)) {
     // This lane's rows g, g + 8 of A come from lanes 4g..4g+3 (registers 0, 2 and 1, 3), its columns 2t, 2t + 1
@@ -560,6 +709,7 @@ void run_grid(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
     return;
   }
   std::lock_guard<std::mutex> lock(g_launch_mutex);
+  Bookkeeping emulator;  // the scheduler's state, which fibers a deadlock left inside their bodies have read
   ensure_fibers(static_cast<unsigned>(threads));
   g_s.body = body;
   g_s.body_ctx = ctx;
@@ -569,11 +719,15 @@ void run_grid(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
   blockDim = cfg.block;
   gridDim = cfg.grid;
   for (unsigned i = 0; i < threads; ++i) {
-    Fiber& f = *g_s.fibers[i];
+    Fiber& f = fiber(i);
     f.tid = uint3{i % cfg.block.x, (i / cfg.block.x) % cfg.block.y, i / (cfg.block.x * cfg.block.y)};
     f.warp = static_cast<int>(i / 32);
     f.lane = static_cast<int>(i % 32);
   }
+#if CUEMU_TSAN
+  g_s.sched_tsan = __tsan_get_current_fiber();
+#endif
+  name_fibers(static_cast<unsigned>(threads));
   const uint64_t ctas = uint64_t{cfg.grid.x} * cfg.grid.y * cfg.grid.z;
   bool ok = true;
   for (uint64_t k = 0; k < ctas && ok; ++k) {
@@ -583,7 +737,10 @@ void run_grid(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
     ok = run_cta(static_cast<unsigned>(threads));
   }
   g_s.current = -1;
-  if (!ok) fail(cudaErrorLaunchFailure, g_s.device_error);
+  if (!ok) {
+    renew_stuck_fibers(static_cast<unsigned>(threads));
+    fail(cudaErrorLaunchFailure, g_s.device_error);
+  }
 }
 
 void set_order(Order o) {

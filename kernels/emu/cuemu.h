@@ -21,14 +21,18 @@
 // what no one wrote shows up; without ASan each allocation ends at an inaccessible page, so an access past its end
 // (beyond the rounding to 256 bytes) faults instead of reaching a neighbour.
 //
-// What it cannot check: timing, races between threads that the device would not order (here each thread runs
-// until it blocks, so a missing __syncthreads may go unnoticed in one order: run the tests again with
-// PTOOL_CUDA_EMULATOR_ORDER=reverse, see set_order), and the device's floating-point contraction
-// choices (the emulated kernels are compiled with -ffp-contract=off; __fmaf_rn is a true fma).
+// Races: here each thread runs until it blocks, so a missing __syncthreads may go unnoticed in one order; the
+// tests run again with PTOOL_CUDA_EMULATOR_ORDER=reverse (see set_order). Built with ThreadSanitizer (PTOOL_TSAN,
+// scripts/racecheck.sh), cuemu reports every race between two threads of a CTA whatever the order: the fibers
+// are ThreadSanitizer fibers, ordered only by the barriers (see "race checking" in cuemu.cpp).
+//
+// What it cannot check: timing, races between CTAs (they run one at a time), and the device's floating-point
+// contraction choices (the emulated kernels are compiled with -ffp-contract=off; __fmaf_rn is a true fma).
 //
 // The emulated device exists only when enabled: cudaGetDeviceCount() reports 0 devices unless the environment
 // has PTOOL_CUDA_EMULATOR=1, so a build whose kernels are emulated never picks the emulator by accident.
 #pragma once
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -192,21 +196,24 @@ T __shfl_down_sync(unsigned, T v, unsigned delta, int width = 32) {
   return out;
 }
 
-// Atomics: the emulator runs one CUDA thread at a time, so a plain read-modify-write is atomic.
+// Atomics: relaxed read-modify-writes, as the device's (one CUDA thread runs at a time, but a race-checking build
+// must see them as atomics, which order nothing, and not as races).
 template <class T>
 T atomicAdd(T* p, T v) {
-  const T old = *p;
-  *p = old + v;
-  return old;
+  return std::atomic_ref<T>(*p).fetch_add(v, std::memory_order_relaxed);
 }
 inline int atomicMin(int* p, int v) {
-  const int old = *p;
-  if (v < old) *p = v;
+  std::atomic_ref<int> a(*p);
+  int old = a.load(std::memory_order_relaxed);
+  while (v < old && !a.compare_exchange_weak(old, v, std::memory_order_relaxed)) {
+  }
   return old;
 }
 inline int atomicMax(int* p, int v) {
-  const int old = *p;
-  if (v > old) *p = v;
+  std::atomic_ref<int> a(*p);
+  int old = a.load(std::memory_order_relaxed);
+  while (v > old && !a.compare_exchange_weak(old, v, std::memory_order_relaxed)) {
+  }
   return old;
 }
 
