@@ -32,7 +32,7 @@
 #define CUEMU_ASAN 0
 #endif
 
-#if defined(__SANITIZE_THREAD__)
+#if CUEMU_TSAN
 #include <sanitizer/tsan_interface.h>
 extern "C" {  // ThreadSanitizer's dynamic annotations (no public header declares them)
 void AnnotateIgnoreReadsBegin(const char* file, int line);
@@ -40,9 +40,15 @@ void AnnotateIgnoreReadsEnd(const char* file, int line);
 void AnnotateIgnoreWritesBegin(const char* file, int line);
 void AnnotateIgnoreWritesEnd(const char* file, int line);
 }
-#define CUEMU_TSAN 1
-#else
-#define CUEMU_TSAN 0
+extern "C" {  // ThreadSanitizer's Java interface (tsan_interface_java.h, not installed)
+void __tsan_java_init(unsigned long heap_begin, unsigned long heap_size);
+void __tsan_java_free(unsigned long ptr, unsigned long size);
+void __tsan_java_alloc(unsigned long ptr, unsigned long size);
+}
+// The kernels' __shared__ variables and the dynamic shared memory (cuemu.h and below put them in this section;
+// the linker defines its bounds).
+extern "C" char __start_cuemu_shared[];
+extern "C" char __stop_cuemu_shared[];
 #endif
 
 // Stack switching (x86-64 System V): saves the callee-saved registers on the current stack, stores its stack
@@ -164,12 +170,17 @@ void device_free(void* p, size_t bytes) {
 // is on the device. Every CUDA thread is a ThreadSanitizer fiber, and the switches between fibers order nothing
 // (no_sync): only what orders threads on the device does. A CTA barrier (__syncthreads) or a warp's barrier
 // (__syncwarp, and every warp-level operation: shuffles, ldmatrix, mma) orders what its threads did before it
-// before what they do after it; atomics are relaxed atomics; a CTA's threads start after the host's work before
-// the launch and the CTAs before them (CTAs run one at a time, so races between CTAs are not sought), and the host
-// resumes after them. ThreadSanitizer then reports two threads that touch the same shared or device memory, at
-// least one writing, with no barrier between them: a missing __syncthreads or __syncwarp, whichever order the
-// scheduler happens to run them in. The emulator's own bookkeeping, which fibers and the scheduler share without
-// such ordering, is hidden from it.
+// before what they do after it; atomics are relaxed atomics; a grid's threads start after the host's work before
+// the launch, and the host goes on after all of them. Nothing orders one CTA after another: consecutive CTAs run
+// on two sets of fibers, with barriers of their own, and the race history of shared memory (which a CTA has
+// afresh) is cleared before each CTA. ThreadSanitizer then reports two threads that touch the same shared or
+// device memory, at least one writing, with nothing between them: a missing __syncthreads or __syncwarp, or two
+// CTAs writing the same output, whichever order the scheduler happens to run them in. (CTAs two apart share their
+// fibers, so a race between those goes unseen.) The emulator's own bookkeeping, which fibers and the scheduler
+// share without such ordering, is hidden from it.
+//
+// Clearing a history: ThreadSanitizer's Java interface resets the history of a range of its "Java heap" where an
+// object is allocated. That heap is declared once as the section that holds all shared memory.
 #if CUEMU_TSAN
 struct Bookkeeping {  // a scope whose memory accesses are the emulator's, not a kernel's
   Bookkeeping() {
@@ -197,7 +208,20 @@ struct KernelMemory {  // inside a Bookkeeping scope: accesses made for a kernel
 };
 void happens_before_release(const void* sync) { __tsan_release(const_cast<void*>(sync)); }
 void happens_before_acquire(const void* sync) { __tsan_acquire(const_cast<void*>(sync)); }
+#if defined(__clang__)  // no instrumentation at all: Clang's no_sanitize("thread") keeps the entry/exit hooks
+#define CUEMU_NO_RACE_CHECK __attribute__((disable_sanitizer_instrumentation))
+#else
 #define CUEMU_NO_RACE_CHECK __attribute__((no_sanitize_thread))
+#endif
+constexpr int kFiberSets = 2;
+void forget_shared_memory() {
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(__start_cuemu_shared);  // 16-byte aligned (g_smem_block)
+  const uintptr_t bytes = (reinterpret_cast<uintptr_t>(__stop_cuemu_shared) - begin + 7) & ~uintptr_t{7};
+  static const bool declared = (__tsan_java_init(begin, bytes), true);
+  (void)declared;
+  __tsan_java_free(begin, bytes);   // drops the synchronization objects there
+  __tsan_java_alloc(begin, bytes);  // clears the history
+}
 #else
 struct Bookkeeping {
   Bookkeeping() {}  // user-provided: a scope guard is "used" by existing
@@ -208,6 +232,8 @@ using KernelMemory = Bookkeeping;
 void happens_before_release(const void*) {}
 void happens_before_acquire(const void*) {}
 #define CUEMU_NO_RACE_CHECK
+constexpr int kFiberSets = 1;
+void forget_shared_memory() {}
 #endif
 
 // ---- fibers ---------------------------------------------------------------------------------------------------------
@@ -236,9 +262,10 @@ struct Fiber {
 struct Barrier {
   int live = 0, arrived = 0;
   uint64_t gen = 1;
-  // What a race-checking build's arrivals release and departures acquire, one per generation's parity: a thread
-  // that passes and arrives again before a slower one has left must not reach that one through the barrier.
-  char order[2] = {};
+  // What a race-checking build's arrivals release and departures acquire: one per fiber set (consecutive CTAs
+  // must not reach each other through it) and per generation's parity (a thread that passes and arrives again
+  // before a slower one has left must not reach that one through the barrier).
+  char order[kFiberSets][2] = {};
   void reset(int threads) {
     live = threads;
     arrived = 0;
@@ -277,6 +304,24 @@ struct Cta {
   std::vector<Warp> warps;
 };
 
+// Dynamic shared memory of the running CTA: a heap block of the launch's size (which AddressSanitizer bounds), or
+// in race-checking builds a static block in the section of all shared memory (see forget_shared_memory).
+#if CUEMU_TSAN
+alignas(16) unsigned char g_smem_block[kMaxSmemOptin] __attribute__((section("cuemu_shared")));
+class DynamicSmem {
+ public:
+  void resize(size_t bytes) { bytes_ = bytes; }
+  unsigned char* data() { return g_smem_block; }
+  size_t size() const { return bytes_; }
+  bool empty() const { return bytes_ == 0; }
+
+ private:
+  size_t bytes_ = 0;
+};
+#else
+using DynamicSmem = std::vector<unsigned char>;
+#endif
+
 struct Scheduler {
   void* sched_sp = nullptr;
   void* sched_tsan = nullptr;  // the launching OS thread's ThreadSanitizer state
@@ -284,14 +329,15 @@ struct Scheduler {
   void* sched_fake = nullptr;
   const void* sched_stack_bottom = nullptr;
   size_t sched_stack_size = 0;
-  std::vector<std::unique_ptr<Fiber>> fibers;
+  std::vector<std::unique_ptr<Fiber>> fibers[kFiberSets];
+  int set = 0;  // the fiber set of the running CTA
   Cta cta;
   int current = -1;
   void (*body)(void*) = nullptr;
   void* body_ctx = nullptr;
   const char* kernel = "";
   std::string device_error;  // the first error of this launch
-  std::vector<unsigned char> smem;
+  DynamicSmem smem;
 };
 
 std::mutex g_launch_mutex;  // one grid at a time, whatever OS thread launches it
@@ -305,7 +351,7 @@ size_t smem_optin(const void* func) {
   return it == g_smem_optin.end() ? 0 : it->second;
 }
 
-Fiber& fiber(size_t i) { return *g_s.fibers[i]; }
+Fiber& fiber(size_t i) { return *g_s.fibers[g_s.set][i]; }
 Fiber& cur() { return fiber(static_cast<size_t>(g_s.current)); }
 
 // Not race-instrumented: a thread's last switch never returns, and an instrumented frame would stay open.
@@ -384,7 +430,7 @@ void record_device_error(const std::string& what) {
 
 void arrive_and_wait(Barrier& b) {
   const uint64_t gen = b.gen;
-  happens_before_release(&b.order[gen & 1]);
+  happens_before_release(&b.order[g_s.set][gen & 1]);
   bool passed;
   {
     Bookkeeping emulator;
@@ -394,7 +440,7 @@ void arrive_and_wait(Barrier& b) {
   // No Bookkeeping scope stays open across a switch: a deadlock may leave this fiber here for good.
   if (!passed)
     while (b.gen == gen) yield();
-  happens_before_acquire(&b.order[gen & 1]);
+  happens_before_acquire(&b.order[g_s.set][gen & 1]);
 }
 
 void warp_barrier() { arrive_and_wait(g_s.cta.warps[static_cast<size_t>(cur().warp)].bar); }
@@ -445,6 +491,7 @@ bool run_cta(unsigned nthreads) {
   if (c.warps.size() < nwarps) c.warps.resize(nwarps);
   for (size_t w = 0; w < nwarps; ++w) c.warps[w].bar.reset(static_cast<int>(std::min<size_t>(32, nthreads - w * 32)));
   if (!g_s.smem.empty()) std::memset(g_s.smem.data(), 0xff, g_s.smem.size());
+  forget_shared_memory();
   for (unsigned i = 0; i < nthreads; ++i) {
     Fiber& f = fiber(i);
     f.done = false;
@@ -486,31 +533,32 @@ bool run_cta(unsigned nthreads) {
       return false;
     }
   }
-  happens_before_acquire(&g_s.cta_end);
   return g_s.device_error.empty();
 }
 
 void ensure_fibers(unsigned n) {
-  while (g_s.fibers.size() < n) {
-    g_s.fibers.push_back(std::make_unique<Fiber>());
-    Fiber& f = *g_s.fibers.back();
-    f.stack.reset(new char[kStackBytes]);
+  for (auto& set : g_s.fibers)
+    while (set.size() < n) {
+      set.push_back(std::make_unique<Fiber>());
+      Fiber& f = *set.back();
+      f.stack.reset(new char[kStackBytes]);
 #if CUEMU_TSAN
-    f.tsan = __tsan_create_fiber(0);
+      f.tsan = __tsan_create_fiber(0);
 #endif
-  }
+    }
 }
 
 // A race-checking build names each fiber after the CUDA thread it runs, for ThreadSanitizer's reports; and a fiber
 // left inside its body by a deadlock gets a fresh ThreadSanitizer state (its open frames would stay on the old one).
 void name_fibers(unsigned nthreads) {
 #if CUEMU_TSAN
-  for (unsigned i = 0; i < nthreads; ++i) {
-    Fiber& f = fiber(i);
-    char name[64];
-    std::snprintf(name, sizeof name, "thread (%u,%u,%u) of %s", f.tid.x, f.tid.y, f.tid.z, g_s.kernel);
-    __tsan_set_fiber_name(f.tsan, name);
-  }
+  for (const auto& set : g_s.fibers)
+    for (unsigned i = 0; i < nthreads; ++i) {
+      Fiber& f = *set[i];
+      char name[64];
+      std::snprintf(name, sizeof name, "thread (%u,%u,%u) of %s", f.tid.x, f.tid.y, f.tid.z, g_s.kernel);
+      __tsan_set_fiber_name(f.tsan, name);
+    }
 #else
   (void)nthreads;
 #endif
@@ -527,7 +575,6 @@ void renew_stuck_fibers(unsigned nthreads) {
     __tsan_destroy_fiber(f.tsan);
     f.tsan = __tsan_create_fiber(0);
   }
-  happens_before_acquire(&g_s.cta_end);
 #else
   (void)nthreads;
 #endif
@@ -718,12 +765,13 @@ void run_grid(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
   g_s.smem.resize((cfg.smem + 15) & ~size_t{15});  // filled with 0xff for each CTA
   blockDim = cfg.block;
   gridDim = cfg.grid;
-  for (unsigned i = 0; i < threads; ++i) {
-    Fiber& f = fiber(i);
-    f.tid = uint3{i % cfg.block.x, (i / cfg.block.x) % cfg.block.y, i / (cfg.block.x * cfg.block.y)};
-    f.warp = static_cast<int>(i / 32);
-    f.lane = static_cast<int>(i % 32);
-  }
+  for (const auto& set : g_s.fibers)
+    for (unsigned i = 0; i < threads; ++i) {
+      Fiber& f = *set[i];
+      f.tid = uint3{i % cfg.block.x, (i / cfg.block.x) % cfg.block.y, i / (cfg.block.x * cfg.block.y)};
+      f.warp = static_cast<int>(i / 32);
+      f.lane = static_cast<int>(i % 32);
+    }
 #if CUEMU_TSAN
   g_s.sched_tsan = __tsan_get_current_fiber();
 #endif
@@ -734,13 +782,13 @@ void run_grid(const LaunchConfig& cfg, void (*body)(void*), void* ctx) {
     const uint64_t b = reverse_order() ? ctas - 1 - k : k;
     blockIdx = uint3{static_cast<unsigned>(b % cfg.grid.x), static_cast<unsigned>(b / cfg.grid.x % cfg.grid.y),
                      static_cast<unsigned>(b / (uint64_t{cfg.grid.x} * cfg.grid.y))};
+    g_s.set = static_cast<int>(k % kFiberSets);
     ok = run_cta(static_cast<unsigned>(threads));
   }
+  if (!ok) renew_stuck_fibers(static_cast<unsigned>(threads));
+  happens_before_acquire(&g_s.cta_end);  // the host goes on after every thread of the grid
   g_s.current = -1;
-  if (!ok) {
-    renew_stuck_fibers(static_cast<unsigned>(threads));
-    fail(cudaErrorLaunchFailure, g_s.device_error);
-  }
+  if (!ok) fail(cudaErrorLaunchFailure, g_s.device_error);
 }
 
 void set_order(Order o) {

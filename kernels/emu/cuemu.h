@@ -7,8 +7,8 @@
 // A launch runs its CTAs one after another; within a CTA every CUDA thread is a fiber with its own stack, and
 // the threads switch only at __syncthreads, __syncwarp and the warp-level operations, which are barriers of the
 // CTA or of the warp, as on the device. A warp runs as far as it can before the next warp starts (to a
-// __syncthreads it cannot pass yet, or its end), so warps are as far apart as the barriers allow. Everything runs on the calling OS thread, in a fixed
-// order, so results are deterministic. `__shared__` variables are function statics: one copy shared by the
+// __syncthreads it cannot pass yet, or its end), so warps are as far apart as the barriers allow. Everything runs
+// on the calling OS thread, in a fixed order, so results are deterministic. `__shared__` variables are function statics: one copy shared by the
 // threads of the CTA being run (CTAs never overlap).
 //
 // What it checks beyond the results: launch configurations (empty grids, more than 1024 threads per block,
@@ -22,12 +22,13 @@
 // (beyond the rounding to 256 bytes) faults instead of reaching a neighbour.
 //
 // Races: here each thread runs until it blocks, so a missing __syncthreads may go unnoticed in one order; the
-// tests run again with PTOOL_CUDA_EMULATOR_ORDER=reverse (see set_order). Built with ThreadSanitizer (PTOOL_TSAN,
-// scripts/racecheck.sh), cuemu reports every race between two threads of a CTA whatever the order: the fibers
-// are ThreadSanitizer fibers, ordered only by the barriers (see "race checking" in cuemu.cpp).
+// tests run again with PTOOL_CUDA_EMULATOR_ORDER=reverse (see set_order). Built with Clang's ThreadSanitizer
+// (PTOOL_TSAN, scripts/racecheck.sh), cuemu reports the races between two threads of a CTA, or of two CTAs run
+// one after the other, whatever the order: the fibers are ThreadSanitizer fibers, ordered only by what orders
+// threads on the device (see "race checking" in cuemu.cpp).
 //
-// What it cannot check: timing, races between CTAs (they run one at a time), and the device's floating-point
-// contraction choices (the emulated kernels are compiled with -ffp-contract=off; __fmaf_rn is a true fma).
+// What it cannot check: timing, and the device's floating-point contraction choices (the emulated kernels are
+// compiled with -ffp-contract=off; __fmaf_rn is a true fma).
 //
 // The emulated device exists only when enabled: cudaGetDeviceCount() reports 0 devices unless the environment
 // has PTOOL_CUDA_EMULATOR=1, so a build whose kernels are emulated never picks the emulator by accident.
@@ -43,7 +44,26 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+// A race-checking (ThreadSanitizer) build: GCC says so with __SANITIZE_THREAD__, Clang 14 only through
+// __has_feature.
+#if defined(__SANITIZE_THREAD__)
+#define CUEMU_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define CUEMU_TSAN 1
+#endif
+#endif
+#ifndef CUEMU_TSAN
+#define CUEMU_TSAN 0
+#endif
+
+#if CUEMU_TSAN
+// In the section of all shared memory, whose race history the race checker clears for each CTA (cuemu.cpp). GCC
+// ignores a section attribute on the static locals of templates: race-checking builds use Clang.
+#define __shared__ static __attribute__((section("cuemu_shared")))
+#else
 #define __shared__ static
+#endif
 #define __noinline__
 
 struct dim3 {

@@ -72,6 +72,11 @@ __global__ void rolling_sum(const int* in, int steps, int* out) {
 __global__ void count_atomically(int* counter) { atomicAdd(counter, 1); }
 __global__ void count_by_plain_stores(int* counter) { *counter = static_cast<int>(threadIdx.x); }
 
+// Every CTA writes the same slice: CTAs run in no set order on the device, so this is a race between CTAs.
+__global__ void blocks_overwrite_each_other(const int* in, int* out) {
+  out[threadIdx.x] = in[blockIdx.x * kThreads + threadIdx.x];
+}
+
 
 int fail(const std::string& what) {
   std::fprintf(stderr, "cuemu_race_demo: %s\n", what.c_str());
@@ -87,7 +92,8 @@ int check(cudaError_t e, const char* what) {
 template <class Launch>
 int run(int n, int out_n, Launch launch, const std::vector<int>& want) {
   int *in = nullptr, *out = nullptr;
-  if (check(cudaMalloc(&in, n * sizeof(int)), "cudaMalloc") || check(cudaMalloc(&out, out_n * sizeof(int)), "cudaMalloc"))
+  if (check(cudaMalloc(&in, n * sizeof(int)), "cudaMalloc") ||
+      check(cudaMalloc(&out, out_n * sizeof(int)), "cudaMalloc"))
     return 1;
   std::vector<int> host(n);
   for (int i = 0; i < n; ++i) host[i] = i;
@@ -128,6 +134,10 @@ int main(int argc, char** argv) {
     return run(4 * kThreads, 4 * kThreads, [](int* in, int* out) {
       PTOOL_LAUNCH(reverse_dynamic_with_barrier, 4, kThreads, kThreads * sizeof(int), nullptr)(in, out);
     }, reversed(4 * kThreads, kThreads));
+  if (mode == "blocks-overlap")
+    return run(4 * kThreads, kThreads, [](int* in, int* out) {
+      PTOOL_LAUNCH(blocks_overwrite_each_other, 4, kThreads, 0, nullptr)(in, out);
+    }, {});
   if (mode == "missing-syncthreads")
     return run(kThreads, kThreads, [](int* in, int* out) {
       PTOOL_LAUNCH(reverse_missing_syncthreads, 1, kThreads, 0, nullptr)(in, out);
@@ -153,5 +163,5 @@ int main(int argc, char** argv) {
     return run(1, 1, [](int*, int* out) { PTOOL_LAUNCH(count_by_plain_stores, 1, kThreads, 0, nullptr)(out); }, {});
   return fail("usage: cuemu_race_demo MODE (ordered-syncthreads, ordered-dynamic-smem, missing-syncthreads, "
               "ordered-syncwarp, missing-syncwarp, ordered-reuse, missing-barrier-before-reuse, atomics, "
-              "plain-stores)");
+              "plain-stores, blocks-overlap)");
 }

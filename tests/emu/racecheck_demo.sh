@@ -20,7 +20,8 @@ for mode in ordered-syncthreads ordered-dynamic-smem ordered-syncwarp ordered-re
 done
 if [ "$tsan" = 1 ]; then
   for pair in missing-syncthreads:reverse_missing_syncthreads missing-syncwarp:lanes_missing_syncwarp \
-    missing-barrier-before-reuse:rolling_sum plain-stores:count_by_plain_stores; do
+    missing-barrier-before-reuse:rolling_sum plain-stores:count_by_plain_stores \
+    blocks-overlap:blocks_overwrite_each_other; do
     mode=${pair%%:*} kernel=${pair#*:}
     out=$("$demo" "$mode" 2>&1)
     rc=$?
