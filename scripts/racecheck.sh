@@ -3,7 +3,7 @@
 # CUDA emulator reports any two threads of a CTA that touch the same memory with no barrier between them
 # (kernels/emu/cuemu.h, "Races"). Without a GPU this is what stands in for compute-sanitizer's racecheck.
 #
-#   bash scripts/racecheck.sh            every emulated kernel test: about an hour on 2 cores
+#   bash scripts/racecheck.sh            every emulated kernel test: about 40 minutes on 2 cores
 #   bash scripts/racecheck.sh --quick    all but the slowest (over a minute each under ThreadSanitizer, listed
 #                                        below): about 5 minutes on 2 cores, what CI runs
 #   bash scripts/racecheck.sh REGEX      the tests whose names match REGEX (e.g. "cuda flash")
