@@ -182,27 +182,25 @@ void device_free(void* p, size_t bytes) {
 // Clearing a history: ThreadSanitizer's Java interface resets the history of a range of its "Java heap" where an
 // object is allocated. That heap is declared once as the section that holds all shared memory.
 #if CUEMU_TSAN
-struct Bookkeeping {  // a scope whose memory accesses are the emulator's, not a kernel's
-  Bookkeeping() {
+// Hides (or, undoing a hide, shows again) this fiber's memory accesses from ThreadSanitizer; hides nest.
+void hide_accesses(bool hide) {
+  if (hide) {
     AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
     AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
-  }
-  ~Bookkeeping() {
+  } else {
     AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
     AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
   }
+}
+struct Bookkeeping {  // a scope whose memory accesses are the emulator's, not a kernel's
+  Bookkeeping() { hide_accesses(true); }
+  ~Bookkeeping() { hide_accesses(false); }
   Bookkeeping(const Bookkeeping&) = delete;
   Bookkeeping& operator=(const Bookkeeping&) = delete;
 };
 struct KernelMemory {  // inside a Bookkeeping scope: accesses made for a kernel, which are checked
-  KernelMemory() {
-    AnnotateIgnoreWritesEnd(__FILE__, __LINE__);
-    AnnotateIgnoreReadsEnd(__FILE__, __LINE__);
-  }
-  ~KernelMemory() {
-    AnnotateIgnoreReadsBegin(__FILE__, __LINE__);
-    AnnotateIgnoreWritesBegin(__FILE__, __LINE__);
-  }
+  KernelMemory() { hide_accesses(false); }
+  ~KernelMemory() { hide_accesses(true); }
   KernelMemory(const KernelMemory&) = delete;
   KernelMemory& operator=(const KernelMemory&) = delete;
 };
@@ -548,8 +546,7 @@ void ensure_fibers(unsigned n) {
     }
 }
 
-// A race-checking build names each fiber after the CUDA thread it runs, for ThreadSanitizer's reports; and a fiber
-// left inside its body by a deadlock gets a fresh ThreadSanitizer state (its open frames would stay on the old one).
+// A race-checking build names each fiber after the CUDA thread it runs, for ThreadSanitizer's reports.
 void name_fibers(unsigned nthreads) {
 #if CUEMU_TSAN
   for (const auto& set : g_s.fibers)
@@ -563,6 +560,8 @@ void name_fibers(unsigned nthreads) {
   (void)nthreads;
 #endif
 }
+// A race-checking build gives a fiber left inside its body by a deadlock a fresh ThreadSanitizer state (its open
+// frames would stay on the old one).
 void renew_stuck_fibers(unsigned nthreads) {
 #if CUEMU_TSAN
   for (unsigned i = 0; i < nthreads; ++i) {

@@ -8,8 +8,8 @@
 // the threads switch only at __syncthreads, __syncwarp and the warp-level operations, which are barriers of the
 // CTA or of the warp, as on the device. A warp runs as far as it can before the next warp starts (to a
 // __syncthreads it cannot pass yet, or its end), so warps are as far apart as the barriers allow. Everything runs
-// on the calling OS thread, in a fixed order, so results are deterministic. `__shared__` variables are function statics: one copy shared by the
-// threads of the CTA being run (CTAs never overlap).
+// on the calling OS thread, in a fixed order, so results are deterministic. `__shared__` variables are function
+// statics: one copy shared by the threads of the CTA being run (CTAs never overlap).
 //
 // What it checks beyond the results: launch configurations (empty grids, more than 1024 threads per block,
 // grid limits, dynamic shared memory over 48 KiB without cudaFuncSetAttribute, over 227 KiB at all), copies
