@@ -64,9 +64,10 @@ CONFIG_DEFAULTS = {
     "logit_softcap": 30.0,
     "tie_embeddings": True,
     "embed_init_std": 0.005,
+    "embed_bf16": False,  # the token embedding is a bf16 tensor, as the reference's tok_emb
     "resid_mix": True,
     "ln_scale": False,
-    "norm_scale": False,  # learned per-channel scale after each pre-norm (being added to ptool at the time of writing)
+    "norm_scale": False,  # learned per-channel scale after each pre-norm
     "skips": "plain",
     "physical_blocks": 9,
     "schedule": [],
@@ -83,7 +84,7 @@ PRESETS = {
                        "recurrence": {"entry": 1, "shared": 1, "loops": 3, "exit": 1},
                        "per_virtual_scalars": True, "skips": "gated"},
     "baseline": {"vocab_size": 1024, "d_model": 512, "n_heads": 8, "n_kv_heads": 4, "mlp_mult": 2,
-                 "physical_blocks": 9, "train_seq_len": 1024},
+                 "physical_blocks": 9, "train_seq_len": 1024, "embed_bf16": True},
     "hybrid_recurrent": {"d_model": 512, "n_heads": 8, "n_kv_heads": 4, "mlp_mult": 2,
                          "recurrence": {"entry": 1, "shared": 4, "loops": 5, "exit": 1},
                          "per_virtual_scalars": True, "train_seq_len": 1024},
@@ -137,7 +138,8 @@ def expand_config(raw):
         if isinstance(c[k], bool) or not isinstance(c[k], (int, float)):
             raise ConfigError("model config: '%s' must be a number" % k)
         c[k] = float(c[k])
-    for k in ("qk_norm", "tie_embeddings", "resid_mix", "ln_scale", "norm_scale", "per_virtual_scalars"):
+    for k in ("qk_norm", "tie_embeddings", "embed_bf16", "resid_mix", "ln_scale", "norm_scale",
+              "per_virtual_scalars"):
         if not isinstance(c[k], bool):
             raise ConfigError("model config: '%s' must be true or false" % k)
     if c["activation"] not in ("relu2", "leaky_relu2"):
@@ -671,9 +673,9 @@ def build_model(c, seq_len, device, embed_fp32, seed):
     use_gqa_kwarg = _torch_version() >= (2, 5)
     model = GPT(c, seq_len, use_gqa_kwarg).to(device)
     check_model_layout(model, c)
-    # Reference precision: everything fp32 except the tied embedding, which the reference leaves in bf16
-    # (model.bfloat16(), then CastedLinear and control tensors back to fp32; REFERENCE 3.2).
-    if not embed_fp32:
+    # Reference precision: everything fp32 except, under embed_bf16 (the baseline preset), the embedding, which the
+    # reference leaves in bf16 (model.bfloat16(), then CastedLinear and control tensors back to fp32; REFERENCE 3.2).
+    if c["embed_bf16"] and not embed_fp32:
         model.tok_emb.to(dtype=torch.bfloat16)
     return model
 
@@ -1147,7 +1149,8 @@ def parse_args(argv):
     g.add_argument("--config", help="model config JSON (ptool's keys), or a `ptool inspect --json` dump")
     g.add_argument("--seed", type=int, default=1337)
     g.add_argument("--embed-fp32", action="store_true",
-                   help="keep the tied embedding in fp32 (the reference keeps it in bf16)")
+                   help="keep the embedding in fp32 even where the config's embed_bf16 asks for bf16 (as the "
+                        "reference does)")
     g = p.add_argument_group("data and batch")
     g.add_argument("--train", help="training shards (glob); default: --synthetic")
     g.add_argument("--val", help="validation shards (glob) for --eval-sliding; default: synthetic")

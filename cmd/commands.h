@@ -13,6 +13,7 @@ void add_pack(CLI::App& app);
 void add_eval(CLI::App& app);
 void add_inspect(CLI::App& app);
 void add_data(CLI::App& app);
+void add_config(CLI::App& app);
 
 // The command line ptool was started with (recorded as provenance in artifacts).
 std::vector<std::string>& invocation();

@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   ptool::cmd::add_eval(app);
   ptool::cmd::add_inspect(app);
   ptool::cmd::add_data(app);
+  ptool::cmd::add_config(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

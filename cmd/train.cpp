@@ -1,7 +1,7 @@
 #include <cstdio>
-#include <fstream>
 
 #include "cmd/commands.h"
+#include "cmd/model_config.h"
 #include "cmd/progress.h"
 #include "formats/error.h"
 #include "formats/shard.h"
@@ -21,24 +21,8 @@ struct TrainArgs {
   std::vector<std::string> argv;
 };
 
-model::ModelConfig resolve_config(const TrainArgs& a) {
-  if (!a.preset.empty() && !a.config_file.empty()) throw Error("give --preset or --config, not both");
-  if (!a.config_file.empty()) {
-    std::ifstream f(a.config_file);
-    if (!f) throw Error("cannot open config file " + a.config_file);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(f);
-    } catch (const nlohmann::json::exception& e) {
-      throw Error(a.config_file + ": not valid JSON: " + e.what());
-    }
-    return model::config_from_json(j);
-  }
-  return model::preset(a.preset.empty() ? "tiny" : a.preset);
-}
-
 void run_train(TrainArgs& a) {
-  const model::ModelConfig cfg = resolve_config(a);
+  const model::ModelConfig cfg = resolve_model_config(a.preset, a.config_file);
   train::TrainInputs in;
   in.train_files = expand_glob(a.train_glob);
   in.val_files = expand_glob(a.val_glob);
@@ -95,11 +79,8 @@ void run_train(TrainArgs& a) {
 void add_train(CLI::App& app) {
   auto a = std::make_shared<TrainArgs>();
   auto* c = app.add_subcommand("train", "train a model from token shards into a float checkpoint");
-  auto names = model::preset_names();
-  std::string preset_help = "built-in model preset:";
-  for (auto& n : names) preset_help += "\n  " + n + ": " + model::preset_description(n);
-  c->add_option("--preset", a->preset, preset_help + "\n(default: tiny)");
-  c->add_option("--config", a->config_file, "model config JSON file (instead of --preset)");
+  c->add_option("--preset", a->preset, preset_help());
+  c->add_option("--config", a->config_file, "model config JSON file (instead of --preset; `ptool config` prints one)");
   c->add_option("--train", a->train_glob, "training shards (glob)")->required();
   c->add_option("--val", a->val_glob, "validation shards (glob)")->required();
   c->add_option("--tokenizer", a->tokenizer, "SentencePiece .model the shards were made with")->required();

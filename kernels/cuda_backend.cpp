@@ -261,6 +261,10 @@ class CudaBackend final : public Backend<float> {
     require_plain(y, "scale");
     cuda::launch_scale(y, a, n, stream_);
   }
+  void round_bf16(float* y, size_t n) override {
+    require_plain(y, "round_bf16");
+    cuda::launch_round_bf16(y, n, y, stream_);
+  }
 
   // ---- model ops ----
   void embedding_forward(const float* t, const int32_t* tok, int64_t N, int64_t D, float* out) override {

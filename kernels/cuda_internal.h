@@ -110,7 +110,7 @@ void launch_scale(float* y, float a, size_t n, cudaStream_t s);
 // y[i] = bf16 bits of x[i], rounded to nearest even (the GEMM operands of CudaGemmPrecision::bf16).
 void launch_to_bf16(const float* x, size_t n, uint16_t* y, cudaStream_t s);
 void launch_bf16_to_float(const uint16_t* x, size_t n, float* y, cudaStream_t s);
-// y[i] = x[i] rounded to bf16 and back (exact): what a bf16 operand buffer would hold, as fp32.
+// y[i] = x[i] rounded to bf16 and back (exact): what a bf16 operand buffer would hold, as fp32. y may be x.
 void launch_round_bf16(const float* x, size_t n, float* y, cudaStream_t s);
 // dst[n, off + j] = src[n, j] for n < N, j < w, dst's rows ld elements apart (Backend::copy_columns).
 void launch_copy_columns(In src, int64_t N, int64_t w, Out dst, int64_t ld, int64_t off, cudaStream_t s);

@@ -202,7 +202,7 @@ void CudaAdam::step(float* w, const float* g, float* m, float* v, const CudaAdam
   cuda::AdamConsts c{s.b1, s.b2, s.omb1, s.omb2, s.eps, s.bc2_sqrt, {}};
   for (int i = 0; i < kCudaAdamGroups; ++i) {
     const CudaAdamGroupStep& gs = s.groups[i];
-    c.groups[i] = {gs.step_size, gs.decay, gs.wd, gs.enabled, gs.decoupled, gs.coupled};
+    c.groups[i] = {gs.step_size, gs.decay, gs.wd, gs.enabled, gs.decoupled, gs.coupled, gs.bf16};
   }
   cuda::launch_adam(impl_->table.get(), impl_->nchunks, c, w, g, m, v, impl_->stream);
 }

@@ -243,15 +243,16 @@ __global__ void adam_kernel(const AdamChunk* table, AdamConsts c, float* w, cons
   if (!gc.enabled) return;
   for (int32_t k = threadIdx.x; k < ch.len; k += kThreads) {
     const size_t i = ch.offset + k;
-    float gi = g[i], wi = w[i];
+    float gi = gc.bf16 ? bf16r(g[i]) : g[i], wi = w[i];
     if (gc.coupled) gi = __fmaf_rn(gc.wd, wi, gi);
     if (gc.decoupled) wi = __fmul_rn(wi, gc.decay);
     const float mi = __fmaf_rn(c.b1, m[i], __fmul_rn(c.omb1, gi));
     const float vi = __fmaf_rn(c.b2, v[i], __fmul_rn(__fmul_rn(c.omb2, gi), gi));
     const float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), c.bc2_sqrt), c.eps);
-    m[i] = mi;
-    v[i] = vi;
-    w[i] = __fmaf_rn(-gc.step_size, __fdiv_rn(mi, denom), wi);
+    wi = __fmaf_rn(-gc.step_size, __fdiv_rn(mi, denom), wi);
+    m[i] = gc.bf16 ? bf16r(mi) : mi;  // a bf16 group: torch's fused Adam stores bf16 moments and weights
+    v[i] = gc.bf16 ? bf16r(vi) : vi;
+    w[i] = gc.bf16 ? bf16r(wi) : wi;
   }
 }
 

@@ -78,6 +78,7 @@ struct CudaAdamGroupStep {
   float decay = 1;           // 1 − lr·wd (decoupled)
   float wd = 0;              // coupled: g ← g + wd·w
   bool decoupled = false, coupled = false;
+  bool bf16 = false;         // gradient, moments and weights rounded to bf16 (src/train/adam.h)
 };
 struct CudaAdamStep {
   float b1 = 0, b2 = 0, omb1 = 0, omb2 = 0, eps = 0, bc2_sqrt = 1;

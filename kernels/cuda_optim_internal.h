@@ -52,7 +52,7 @@ struct AdamChunk {
 };
 struct AdamGroupConsts {
   float step_size, decay, wd;
-  int enabled, decoupled, coupled;
+  int enabled, decoupled, coupled, bf16;
 };
 struct AdamConsts {
   float b1, b2, omb1, omb2, eps, bc2_sqrt;

@@ -149,6 +149,7 @@ EvalResult eval_ttt(model::Model<float>& m, std::span<const uint16_t> tokens, in
         m.zero_grads();  // the loss stays in the backend: no wait for the device per step
         m.accumulate_gradients(x.data(), y.data(), B, seq_len, 1.0f / static_cast<float>(B * seq_len));
         sgd->step(static_cast<float>(lr));
+        m.round_bf16_params();  // the reference's SGD writes its bf16 tok_emb back in bf16
       }
     }
   }

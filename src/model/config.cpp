@@ -83,8 +83,9 @@ ModelConfig config_from_json(const json& j) {
   if (!j.is_object()) throw Error("model config: expected a JSON object");
   static const std::set<std::string> known = {
       "vocab_size", "d_model", "n_heads", "n_kv_heads", "mlp_mult", "mlp_hidden", "activation", "rope_base",
-      "rope_dims", "qk_norm", "q_gain_init", "logit_softcap", "tie_embeddings", "embed_init_std", "resid_mix",
-      "ln_scale", "norm_scale", "skips", "physical_blocks", "schedule", "recurrence", "per_virtual_scalars", "train_seq_len"};
+      "rope_dims", "qk_norm", "q_gain_init", "logit_softcap", "tie_embeddings", "embed_init_std", "embed_bf16",
+      "resid_mix", "ln_scale", "norm_scale", "skips", "physical_blocks", "schedule", "recurrence",
+      "per_virtual_scalars", "train_seq_len"};
   for (auto& [k, v] : j.items())
     if (!known.count(k)) throw Error("model config: unknown key '" + k + "'");
   ModelConfig c;
@@ -103,6 +104,7 @@ ModelConfig config_from_json(const json& j) {
     c.logit_softcap = j.value("logit_softcap", c.logit_softcap);
     c.tie_embeddings = j.value("tie_embeddings", c.tie_embeddings);
     c.embed_init_std = j.value("embed_init_std", c.embed_init_std);
+    c.embed_bf16 = j.value("embed_bf16", c.embed_bf16);
     c.resid_mix = j.value("resid_mix", c.resid_mix);
     c.ln_scale = j.value("ln_scale", c.ln_scale);
     c.norm_scale = j.value("norm_scale", c.norm_scale);
@@ -141,6 +143,7 @@ json config_to_json(const ModelConfig& c) {
               {"logit_softcap", c.logit_softcap},
               {"tie_embeddings", c.tie_embeddings},
               {"embed_init_std", c.embed_init_std},
+              {"embed_bf16", c.embed_bf16},
               {"resid_mix", c.resid_mix},
               {"ln_scale", c.ln_scale},
               {"norm_scale", c.norm_scale},

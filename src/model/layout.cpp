@@ -4,6 +4,7 @@
 #include <random>
 
 #include "formats/error.h"
+#include "src/ops/bf16.h"
 
 namespace ptool::model {
 
@@ -92,6 +93,13 @@ void init_params(const ModelConfig& c, const ParamLayout& layout, uint64_t seed,
       case Init::q_gain: std::fill(p, p + s.numel, static_cast<float>(c.q_gain_init)); break;
     }
   }
+  round_bf16_tensors(c, layout, params);  // the reference casts the initialised model to bf16
+}
+
+void round_bf16_tensors(const ModelConfig& c, const ParamLayout& layout, float* params) {
+  if (!c.embed_bf16) return;
+  const ParamSpec& s = layout.at("tok_emb.weight");
+  for (int64_t i = 0; i < s.numel; ++i) params[s.offset + i] = round_to_bf16(params[s.offset + i]);
 }
 
 }  // namespace ptool::model

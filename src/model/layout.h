@@ -31,6 +31,8 @@ struct ParamLayout {
 ParamLayout make_layout(const ModelConfig& c);
 // Fills `params` (layout.total values) per REFERENCE.md §3.2, deterministically from the seed.
 void init_params(const ModelConfig& c, const ParamLayout& layout, uint64_t seed, float* params);
+// Rounds the tensors the config keeps in bf16 (tok_emb under embed_bf16) to bf16 values; a no-op otherwise.
+void round_bf16_tensors(const ModelConfig& c, const ParamLayout& layout, float* params);
 
 const char* group_name(OptGroup g);
 

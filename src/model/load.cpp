@@ -57,6 +57,8 @@ LoadedModel load_model(const Artifact& a, const std::string& file) {
                   std::to_string(s.numel));
     std::copy(v.begin(), v.end(), lm.weights.begin() + s.offset);
   }
+  // As the reference's dequantizer casts back to the tensor's bf16 dtype.
+  round_bf16_tensors(lm.config, L, lm.weights.data());
   return lm;
 }
 

@@ -1,5 +1,6 @@
 // Loads a model's config and float weights from an artifact of any stage (checkpoint, quantized or packed):
-// quantized tensors are dequantized, fp16/bf16 passthrough widened, in the layout's order.
+// quantized tensors are dequantized, fp16/bf16 passthrough widened, in the layout's order; the tensors the config
+// keeps in bf16 (embed_bf16) are rounded to bf16 values.
 #pragma once
 #include <string>
 #include <vector>

@@ -384,6 +384,8 @@ double Model<T>::run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, 
   const T* P = fwd_;
   be_.embedding_forward(P + tok_emb_, xdev_, N, D, emb_.get());
   be_.rmsnorm_forward(emb_.get(), N, D, rms_eps<T>(), x0_.get(), rstd0_.get());
+  // The reference's x0 is F.rms_norm of a bf16 embedding, a bf16 tensor; the backward passes straight through.
+  if (cfg_.embed_bf16) be_.round_bf16(x0_.get(), static_cast<size_t>(N * D));
   if (score_from > 0 && scored_.size() < static_cast<size_t>(R * D))
     scored_ = DeviceBuffer<T>(be_, static_cast<size_t>(N * D));
   const int64_t L = cfg_.virtual_layers();  // >= 1 (a schedule is never empty)
@@ -414,6 +416,11 @@ double Model<T>::run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, 
   be_.rmsnorm_backward_set(g_x0_.get(), emb_.get(), rstd0_.get(), N, D, g_tmp_.get());
   be_.embedding_backward(g_tmp_.get(), xdev_, N, D, G + tok_emb_);
   return sum;
+}
+
+template <class T>
+void Model<T>::round_bf16_params() {
+  if (cfg_.embed_bf16) be_.round_bf16(params_.get() + tok_emb_, static_cast<size_t>(cfg_.vocab_size * cfg_.d_model));
 }
 
 template <class T>

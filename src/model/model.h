@@ -29,6 +29,9 @@ class Model {
   void load_params(const T* host);   // host -> backend
   void store_params(T* host);        // backend -> host
   void zero_grads() { be_.zero(grads_.get(), layout_.total); }
+  // Rounds the parameters the config keeps in bf16 (tok_emb under embed_bf16) in place, after an update that
+  // does not round them itself (test-time training's SGD); a no-op otherwise.
+  void round_bf16_params();
   // Weights the forward pass reads (default: params()). QAT points this at fake-quantized weights; the
   // backward then yields the straight-through gradient, accumulated into grads().
   void set_forward_weights(const T* w) { fwd_ = w ? w : params_.get(); }

@@ -25,9 +25,10 @@ const std::map<std::string, Preset>& presets() {
             "recurrence": {"entry": 1, "shared": 1, "loops": 3, "exit": 1}, "per_virtual_scalars": true,
             "skips": "gated"})"}},
       {"baseline",
-       {"the challenge baseline (REFERENCE.md 3.1): 9 x 512, 8 heads / 4 KV, MLP 2x ReLU^2, tied, softcap 30",
+       {"the challenge baseline (REFERENCE.md 3.1): 9 x 512, 8 heads / 4 KV, MLP 2x ReLU^2, tied, softcap 30, "
+        "bf16 token embedding",
         R"({"vocab_size": 1024, "d_model": 512, "n_heads": 8, "n_kv_heads": 4, "mlp_mult": 2,
-            "physical_blocks": 9, "train_seq_len": 1024})"}},
+            "physical_blocks": 9, "train_seq_len": 1024, "embed_bf16": true})"}},
       {"hybrid_recurrent",
        {"PR 341: 1 unique entry + 4 shared blocks x 5 loops + 1 unique exit, per-virtual-layer scalars, U-Net",
         R"({"d_model": 512, "n_heads": 8, "n_kv_heads": 4, "mlp_mult": 2,

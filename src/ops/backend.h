@@ -36,6 +36,7 @@ class Backend {
   virtual void copy(T* dst, const T* src, size_t n) = 0;
   virtual void add(T* y, const T* x, size_t n) = 0;     // y += x
   virtual void scale(T* y, T a, size_t n) = 0;          // y *= a
+  virtual void round_bf16(T* y, size_t n) = 0;          // y = the nearest bfloat16 (ties to even), kept in T
 
   // Operand buffers: memory for a tensor that exists only to be a GEMM or attention input (the x or dy of the
   // linear ops; attention's q, k, v and dout), so a backend may keep it in the precision those ops round their

@@ -6,6 +6,7 @@
 
 #include "src/ops/aligned_vector.h"
 #include "src/ops/backend.h"
+#include "src/ops/bf16.h"
 
 namespace ptool {
 
@@ -40,6 +41,9 @@ class CpuBackend final : public Backend<T> {
   }
   void scale(T* y, T a, size_t n) override {
     for (size_t i = 0; i < n; ++i) y[i] *= a;
+  }
+  void round_bf16(T* y, size_t n) override {  // a double rounds through float first (no bf16 model runs in double)
+    for (size_t i = 0; i < n; ++i) y[i] = static_cast<T>(round_to_bf16(static_cast<float>(y[i])));
   }
 
   void embedding_forward(const T* t, const int32_t* tok, int64_t N, int64_t D, T* out) override {

@@ -97,6 +97,7 @@ class ProfilingBackend final : public Backend<T> {
   void copy(T* dst, const T* src, size_t n) override { timed("copy", 2 * E * n, 0, [&] { in_.copy(dst, src, n); }); }
   void add(T* y, const T* x, size_t n) override { timed("add", 3 * E * n, 0, [&] { in_.add(y, x, n); }); }
   void scale(T* y, T a, size_t n) override { timed("scale", 2 * E * n, 0, [&] { in_.scale(y, a, n); }); }
+  void round_bf16(T* y, size_t n) override { timed("round_bf16", 2 * E * n, 0, [&] { in_.round_bf16(y, n); }); }
 
   void embedding_forward(const T* table, const int32_t* tokens, int64_t N, int64_t D, T* out) override {
     timed("embedding_forward", E * 2 * N * D + 4.0 * N, 0, [&] { in_.embedding_forward(table, tokens, N, D, out); });

@@ -8,6 +8,8 @@
 //   m ← β1·m + (1−β1)·g ;  v ← β2·v + (1−β2)·g²
 //   w ← w − (lr / (1 − β1^t)) · m / (sqrt(v) / sqrt(1 − β2^t) + eps)
 // Bias corrections are computed in double and the element update in float.
+// A bf16 group mimics torch's fused Adam on a bf16 parameter (the reference's tok_emb): the gradient, the moments
+// and the weight are bf16 tensors there, so g is rounded to bf16 before the update and m, v and w after it.
 #pragma once
 #include <array>
 #include <cstdint>
@@ -20,6 +22,7 @@ struct AdamGroup {
   bool enabled = false;       // slices of a disabled group are not touched (moments stay zero)
   double lr = 0.0;            // the *scheduled* lr (base_lr · lr_mul) for this step
   double weight_decay = 0.0;
+  bool bf16 = false;          // gradient, moments and weights rounded to bf16 (see above)
 };
 
 struct AdamConfig {
@@ -36,12 +39,12 @@ struct AdamConfig {
 // that both use the same bits).
 struct AdamStepConsts {
   float step_size, bc2_sqrt, b1, b2, omb1, omb2, eps, decay, wd;
-  bool decoupled, coupled;
+  bool decoupled, coupled, bf16;
 };
-AdamStepConsts adam_step_consts(int64_t t, double lr, double weight_decay, const AdamConfig& cfg);
+AdamStepConsts adam_step_consts(int64_t t, const AdamGroup& group, const AdamConfig& cfg);
 
-// One Adam step on n contiguous elements; `t` is the 1-based step number of this update.
-void adam_update(float* w, const float* g, float* m, float* v, size_t n, int64_t t, double lr, double weight_decay,
+// One Adam step of `group`'s settings on n contiguous elements; `t` is the 1-based step number of this update.
+void adam_update(float* w, const float* g, float* m, float* v, size_t n, int64_t t, const AdamGroup& group,
                  const AdamConfig& cfg);
 
 class Adam {

@@ -1,7 +1,6 @@
 #include "src/train/muon.h"
 
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -9,6 +8,7 @@
 #include <Eigen/Dense>
 
 #include "formats/error.h"
+#include "src/ops/bf16.h"
 
 namespace ptool::train {
 
@@ -39,14 +39,6 @@ NsConfig NsConfig::polar_express(int steps) {
   c.coeffs.assign(std::begin(kPolarExpress), std::end(kPolarExpress));
   c.steps = std::clamp(steps, 0, 5);
   return c;
-}
-
-float round_to_bf16(float x) {
-  uint32_t u = std::bit_cast<uint32_t>(x);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return x;  // NaN
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  u &= 0xFFFF0000u;
-  return std::bit_cast<float>(u);
 }
 
 double muon_shape_scale(int64_t rows, int64_t cols) {

@@ -42,9 +42,6 @@ struct NsConfig {
   static NsConfig polar_express(int steps = 5);
 };
 
-// Round a float to the nearest bfloat16 (ties to even), returned as float. NaN stays NaN; overflow → ±inf.
-float round_to_bf16(float x);
-
 // Orthogonalises the row-major rows×cols matrix G into out (may alias G):
 //   X = G / (‖G‖_F + eps); if rows > cols work on Xᵀ; repeat: A = X Xᵀ; B = b·A + c·A·A; X = a·X + B·X;
 //   transpose back. bf16: see the header comment. Throws ptool::Error on non-positive dimensions.

@@ -54,9 +54,9 @@ CudaAdamStep adam_step_of(const AdamConfig& c, int64_t t) {
   for (int g = 0; g < kNumGroups; ++g) {
     const AdamGroup& gr = c.groups[static_cast<size_t>(g)];
     if (!gr.enabled) continue;
-    const AdamStepConsts k = adam_step_consts(t, gr.lr, gr.weight_decay, c);
+    const AdamStepConsts k = adam_step_consts(t, gr, c);
     s.b1 = k.b1, s.b2 = k.b2, s.omb1 = k.omb1, s.omb2 = k.omb2, s.eps = k.eps, s.bc2_sqrt = k.bc2_sqrt;
-    s.groups[static_cast<size_t>(g)] = {true, k.step_size, k.decay, k.wd, k.decoupled, k.coupled};
+    s.groups[static_cast<size_t>(g)] = {true, k.step_size, k.decay, k.wd, k.decoupled, k.coupled, k.bf16};
   }
   return s;
 }

@@ -212,7 +212,8 @@ TrainResult train(const model::ModelConfig& config, const TrainOptions& opt, con
     ac.beta1 = opt.beta1;
     ac.beta2 = opt.beta2;
     ac.eps = opt.adam_eps;
-    ac.group(Group::adam_embed) = {true, (config.tie_embeddings ? opt.tied_embed_lr : opt.embed_lr) * lr_mul, opt.adam_wd};
+    ac.group(Group::adam_embed) = {true, (config.tie_embeddings ? opt.tied_embed_lr : opt.embed_lr) * lr_mul, opt.adam_wd,
+                                   config.embed_bf16};
     ac.group(Group::adam_head) = {true, opt.head_lr * lr_mul, opt.adam_wd};
     ac.group(Group::adam_scalar) = {true, opt.scalar_lr * lr_mul, opt.adam_wd};
     ss.grad_clip = opt.grad_clip;
@@ -255,7 +256,10 @@ TrainResult train(const model::ModelConfig& config, const TrainOptions& opt, con
     os.swa.average(final_weights);
     note("using the SWA average of " + std::to_string(os.swa.count()) + " checkpoints");
   }
-  if (!final_weights.empty()) m.load_params(final_weights.data());
+  if (!final_weights.empty()) {
+    model::round_bf16_tensors(config, m.layout(), final_weights.data());  // as loading them into bf16 tensors does
+    m.load_params(final_weights.data());
+  }
   validate(st.step);
   if (!in.out_path.empty()) save(final_weights.empty() ? nullptr : final_weights.data());
   return res;

@@ -38,7 +38,7 @@
 
 #include "kernels/cuda_backend.h"
 #include "src/ops/backend.h"
-#include "src/train/muon.h"
+#include "src/ops/bf16.h"
 #include "tests/kernels/gpu_test_util.h"
 
 namespace ptool::parity_test {
@@ -87,7 +87,7 @@ using gpu_test::rand_vec;
 
 // Each element rounded to bf16 (nearest even): what a bf16 operand buffer holds.
 inline Vec bf16_rounded(Vec v) {
-  for (auto& f : v) f = train::round_to_bf16(f);
+  for (auto& f : v) f = round_to_bf16(f);
   return v;
 }
 

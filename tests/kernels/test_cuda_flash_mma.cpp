@@ -25,7 +25,7 @@
 #include "tests/kernels/gpu_test_util.h"
 #include "kernels/cuda_flash_mma.h"
 #include "src/ops/backend.h"
-#include "src/train/muon.h"
+#include "src/ops/bf16.h"
 #include "tests/kernels/flash_test_util.h"
 
 using namespace ptool;
@@ -307,7 +307,7 @@ TEST_CASE("cuda flash: other head dims keep the fp32 kernels; the launchers refu
   const Vec q = rand_vec(rng, nq), k = rand_vec(rng, nkv), v = rand_vec(rng, nkv);
   Vec qr = q, kr = k, vr = v;
   for (Vec* x : {&qr, &kr, &vr})
-    for (float& f : *x) f = train::round_to_bf16(f);
+    for (float& f : *x) f = round_to_bf16(f);
   Vec out(nq), lse(static_cast<size_t>(s.B * s.H * s.Tn));
   cpu->attention_forward(qr.data(), kr.data(), vr.data(), s.B, s.Tn, s.H, s.Hkv, s.hd, out.data(), lse.data());
   Dev gq(*g, q), gk(*g, k), gv(*g, v), gout(*g, Vec(nq)), glse(*g, Vec(lse.size()));

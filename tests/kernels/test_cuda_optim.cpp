@@ -37,6 +37,7 @@
 #include "kernels/cuda_optim_internal.h"
 #include "src/model/load.h"
 #include "src/model/model.h"
+#include "src/ops/bf16.h"
 #include "src/quant/rtn.h"
 #include "src/train/optimizer_step.h"
 #include "src/train/schedule.h"
@@ -208,6 +209,22 @@ TEST_CASE("cuda optim: fp32 device step with row normalisation, Polar Express an
   s.adam.group(Group::adam_embed).weight_decay = 0.1;
   p.step(s, 20);
   p.compare(2e-3);
+}
+
+TEST_CASE("cuda optim: a bf16 Adam group (the baseline's tok_emb) matches the host exactly", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  StepPair p(baseline_two_blocks(), false);
+  REQUIRE(p.cfg.embed_bf16);
+  StepSettings s = base_settings();
+  s.adam.group(Group::adam_embed) = {true, 0.05, 0.01, true};
+  for (int k = 0; k < 3; ++k) p.step(s, 30 + k);
+  p.compare(2e-3);
+  const Slice& e = p.sg.params.slice("tok_emb.weight");
+  size_t off_grid = 0;
+  for (size_t i = e.offset; i < e.offset + e.numel; ++i)
+    off_grid += !is_bf16_value(p.sg.params.data()[i]) + !is_bf16_value(p.sg.adam.exp_avg().data()[i]) +
+                !is_bf16_value(p.sg.adam.exp_avg_sq().data()[i]);
+  CHECK(off_grid == 0);
 }
 
 TEST_CASE("cuda optim: bf16 Newton-Schulz follows the host's bf16 mimic", "[gpu]") {

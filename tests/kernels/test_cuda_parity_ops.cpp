@@ -33,7 +33,7 @@ TEST_CASE("cuda: device and backend basics", "[gpu]") {
   CHECK_THROWS_AS(make_cuda_backend(1 << 20), Error);
 }
 
-TEST_CASE("cuda: upload/download, zero, copy, add, scale", "[gpu]") {
+TEST_CASE("cuda: upload/download, zero, copy, add, scale, round_bf16", "[gpu]") {
   SKIP_WITHOUT_GPU();
   auto g = gpu_backend();
   std::mt19937_64 rng(1);
@@ -55,6 +55,9 @@ TEST_CASE("cuda: upload/download, zero, copy, add, scale", "[gpu]") {
     for (auto& x : want) x *= 0.37f;
     g->scale(da.p(), 0.37f, n);
     check_exact("scale n=" + std::to_string(n), da.get(), want);
+    for (auto& x : want) x = round_to_bf16(x);  // round_bf16 is the same rounding as the host's
+    g->round_bf16(da.p(), n);
+    check_exact("round_bf16 n=" + std::to_string(n), da.get(), want);
     g->copy(db.p(), da.p(), n);
     check_exact("copy n=" + std::to_string(n), db.get(), want);
     g->zero(da.p(), n);

@@ -6,14 +6,16 @@
 
 #include "src/eval/evaluate.h"
 #include "src/model/layout.h"
+#include "src/ops/bf16.h"
 
 using namespace ptool;
 using namespace ptool::eval;
 
 namespace {
 
-model::ModelConfig eval_config() {
+model::ModelConfig eval_config(bool embed_bf16 = false) {
   model::ModelConfig c;
+  c.embed_bf16 = embed_bf16;
   c.vocab_size = 16;
   c.d_model = 16;
   c.n_heads = 2;
@@ -43,10 +45,10 @@ std::vector<uint16_t> random_tokens(size_t n, int V, uint32_t seed) {
 }
 
 struct Fixture {
-  model::ModelConfig cfg = eval_config();
+  model::ModelConfig cfg;
   std::unique_ptr<Backend<float>> be = make_cpu_backend<float>();
   model::Model<float> m{cfg, *be};
-  Fixture() {
+  explicit Fixture(bool embed_bf16 = false) : cfg(eval_config(embed_bf16)) {
     auto L = model::make_layout(cfg);
     std::vector<float> p(L.total);
     model::init_params(cfg, L, 42, p.data());
@@ -153,4 +155,23 @@ TEST_CASE("score-first TTT never changes a token's score after seeing it", "[eva
   double diff = 0;
   for (int t = 16; t < 64; ++t) diff += std::abs(adapted[t] - frozen[t]);
   CHECK(diff > 1e-4);
+}
+
+TEST_CASE("score-first TTT keeps an embed_bf16 model's tok_emb on the bf16 grid", "[eval][ttt]") {
+  auto tokens = random_tokens(4 * 16 + 1, 16, 6);
+  TttOptions opt;
+  opt.chunk_tokens = 16;
+  opt.lr = 0.5;
+  opt.batch_seqs = 2;
+  for (bool bf16 : {false, true}) {
+    Fixture f(bf16);
+    eval_ttt(f.m, tokens, 8, 4, toy_luts(16), 4, opt);
+    std::vector<float> w(f.m.param_count());
+    f.m.store_params(w.data());
+    const auto& e = f.m.layout().at("tok_emb.weight");
+    int64_t off_grid = 0;
+    for (int64_t i = 0; i < e.numel; ++i) off_grid += !is_bf16_value(w[e.offset + i]);
+    INFO("embed_bf16 " << bf16);
+    CHECK((bf16 ? off_grid == 0 : off_grid > e.numel / 2));
+  }
 }

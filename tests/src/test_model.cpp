@@ -1,12 +1,19 @@
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <random>
+#include <utility>
 
+#include "formats/artifact.h"
 #include "formats/error.h"
 #include "src/model/config.h"
 #include "src/model/layout.h"
+#include "src/model/load.h"
 #include "src/model/model.h"
+#include "src/ops/bf16.h"
 
 using namespace ptool;
 using namespace ptool::model;
@@ -189,6 +196,136 @@ TEST_CASE("accumulate_gradients gives forward_backward's gradients and loss sums
 
   ys[1][3] = static_cast<int32_t>(c.vocab_size);  // out of range: refused before anything runs
   CHECK_THROWS_AS(m.accumulate_gradients(xs[1].data(), ys[1].data(), B, Tn, 0.25), Error);
+}
+
+TEST_CASE("embed_bf16: the baseline keeps tok_emb on the bf16 grid from initialisation on, and nothing else", "[model]") {
+  CHECK(preset("baseline").embed_bf16);  // REFERENCE.md 3.2: tok_emb.weight stays bf16
+  CHECK_FALSE(preset("tiny").embed_bf16);
+  auto c = preset("tiny");
+  const auto L = make_layout(c);
+  std::vector<float> plain(L.total), rounded(L.total);
+  init_params(c, L, 1337, plain.data());
+  c.embed_bf16 = true;
+  init_params(c, L, 1337, rounded.data());
+  const ParamSpec& e = L.at("tok_emb.weight");
+  int64_t moved = 0;
+  for (int64_t i = 0; i < L.total; ++i) {
+    const bool emb = i >= e.offset && i < e.offset + e.numel;
+    REQUIRE(rounded[i] == (emb ? round_to_bf16(plain[i]) : plain[i]));
+    moved += rounded[i] != plain[i];
+  }
+  CHECK(moved > e.numel / 2);  // N(0, 0.005) draws are almost never bf16 values already
+  // round_bf16_tensors is what init used; a config without embed_bf16 leaves everything alone.
+  std::vector<float> again = plain;
+  round_bf16_tensors(c, L, again.data());
+  CHECK(again == rounded);
+  c.embed_bf16 = false;
+  again = plain;
+  round_bf16_tensors(c, L, again.data());
+  CHECK(again == plain);
+}
+
+TEST_CASE("embed_bf16 rounds the normed embedding x0 to bf16 before the first layer reads it", "[model]") {
+  // resid_mix (1, 0) makes layer 0's attention input rmsnorm(x0), which the GPTQ visitor shows: it must be the
+  // norm of bf16(rmsnorm(embedding row)), computed here by hand, and differ from the unrounded one.
+  ModelConfig c = small_config();
+  c.d_model = 64;
+  c.n_heads = 4;
+  c.n_kv_heads = 2;
+  auto run = [&](bool bf16) {
+    c.embed_bf16 = bf16;
+    auto be = make_cpu_backend<float>();
+    Model<float> m(c, *be);
+    std::vector<float> p(m.param_count());
+    init_params(c, m.layout(), 5, p.data());
+    m.load_params(p.data());
+    std::vector<int32_t> x = {1, 4, 9, 3, 7}, y = {4, 9, 3, 7, 2};
+    m.forward(x.data(), y.data(), 1, 5);
+    std::vector<float> h;
+    m.visit_linear_inputs([&](const std::string& w, const float* X, int64_t rows, int64_t cols) {
+      if (w == "blocks.0.attn.c_q.weight") h.assign(X, X + rows * cols);
+    });
+    // By hand: the embedding rows (bf16 values under embed_bf16, from init), rmsnorm, [round], rmsnorm.
+    const int64_t D = c.d_model;
+    auto rmsnorm = [&](std::vector<double> v) {
+      double ss = 0;
+      for (double a : v) ss += a * a;
+      const double r = 1.0 / std::sqrt(ss / D + std::numeric_limits<float>::epsilon());
+      for (double& a : v) a *= r;
+      return v;
+    };
+    const int64_t off = m.layout().at("tok_emb.weight").offset;
+    double worst_as_rounded = 0, worst_as_plain = 0;
+    for (size_t t = 0; t < x.size(); ++t) {
+      std::vector<double> row(p.begin() + off + x[t] * D, p.begin() + off + (x[t] + 1) * D);
+      auto x0 = rmsnorm(row);
+      auto plain = rmsnorm(x0);
+      for (double& a : x0) a = round_to_bf16(static_cast<float>(a));
+      auto rounded = rmsnorm(x0);
+      for (int64_t d = 0; d < D; ++d) {
+        worst_as_rounded = std::max(worst_as_rounded, std::abs(h[t * D + d] - rounded[d]));
+        worst_as_plain = std::max(worst_as_plain, std::abs(h[t * D + d] - plain[d]));
+      }
+    }
+    return std::pair(worst_as_rounded, worst_as_plain);
+  };
+  const auto [r_bf16, p_bf16] = run(true);
+  CHECK(r_bf16 < 2e-6);   // float rounding of two norms
+  CHECK(p_bf16 > 1e-3);   // bf16's half ulp near 1 is 2^-9
+  const auto [r_fp32, p_fp32] = run(false);
+  CHECK(p_fp32 < 2e-6);
+  CHECK(r_fp32 > 1e-3);
+}
+
+TEST_CASE("round_bf16_params rounds the model's tok_emb in backend memory under embed_bf16 only", "[model]") {
+  ModelConfig c = small_config();
+  for (bool bf16 : {false, true}) {
+    c.embed_bf16 = bf16;
+    auto be = make_cpu_backend<float>();
+    Model<float> m(c, *be);
+    std::vector<float> p(m.param_count()), back(m.param_count());
+    std::mt19937 rng(3);
+    std::normal_distribution<float> nd(0.0f, 0.1f);
+    for (float& v : p) v = nd(rng);
+    m.load_params(p.data());
+    m.round_bf16_params();
+    m.store_params(back.data());
+    const ParamSpec& e = m.layout().at("tok_emb.weight");
+    for (int64_t i = 0; i < m.param_count(); ++i) {
+      const bool emb = i >= e.offset && i < e.offset + e.numel;
+      REQUIRE(back[i] == (bf16 && emb ? round_to_bf16(p[i]) : p[i]));
+    }
+  }
+}
+
+TEST_CASE("load_model puts an embed_bf16 model's tok_emb back on the bf16 grid, as the reference's dequantizer does",
+          "[model]") {
+  ModelConfig c = small_config();
+  const ParamLayout L = make_layout(c);
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.0f, 0.1f);
+  std::vector<float> w(L.total);
+  for (float& v : w) v = nd(rng);
+  for (bool bf16 : {false, true}) {
+    c.embed_bf16 = bf16;
+    Artifact a;
+    a.stage = Stage::quantized;  // dequantized values are not bf16 values: stand-ins here are plain floats
+    a.metadata["model"] = config_to_json(c);
+    for (const ParamSpec& s : L.specs) {
+      TensorRecord r;
+      r.name = s.name;
+      r.shape = s.shape;
+      r.data.resize(s.numel * sizeof(float));
+      std::memcpy(r.data.data(), w.data() + s.offset, r.data.size());
+      a.tensors.push_back(std::move(r));
+    }
+    const LoadedModel lm = load_model(a, "in-memory artifact");
+    const ParamSpec& e = L.at("tok_emb.weight");
+    for (int64_t i = 0; i < L.total; ++i) {
+      const bool emb = i >= e.offset && i < e.offset + e.numel;
+      REQUIRE(lm.weights[i] == (bf16 && emb ? round_to_bf16(w[i]) : w[i]));
+    }
+  }
 }
 
 TEST_CASE("forward with score_from scores only each sequence's suffix, as the full forward does", "[model]") {

@@ -8,12 +8,14 @@
 #include <Eigen/Dense>
 
 #include "formats/error.h"
+#include "src/ops/bf16.h"
 #include "src/train/adam.h"
 #include "src/train/muon.h"
 #include "src/train/param_store.h"
 #include "src/train/rng.h"
 
 using namespace ptool::train;
+using ptool::round_to_bf16;
 using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 namespace {
@@ -283,34 +285,62 @@ TEST_CASE("Adam matches hand-computed first steps with bias correction", "[train
   AdamConfig cfg;  // betas (0.9, 0.95), eps 1e-8
   float w = 1.0f, m = 0.0f, v = 0.0f;
   float g = 0.5f;
-  adam_update(&w, &g, &m, &v, 1, 1, 0.1, 0.0, cfg);
+  adam_update(&w, &g, &m, &v, 1, 1, AdamGroup{true, 0.1, 0.0}, cfg);
   // m = 0.05, v = 0.0125, m̂ = 0.5, v̂ = 0.25: w = 1 − 0.1 · 0.5/(0.5 + 1e-8).
   CHECK(m == Approx(0.05f));
   CHECK(v == Approx(0.0125f));
   CHECK(w == Approx(1.0 - 0.1 * 0.5 / (0.5 + 1e-8)).epsilon(1e-6));
   g = -0.25f;
-  adam_update(&w, &g, &m, &v, 1, 2, 0.1, 0.0, cfg);
+  adam_update(&w, &g, &m, &v, 1, 2, AdamGroup{true, 0.1, 0.0}, cfg);
   // m = 0.02, v = 0.015; step 2: w −= (0.1/0.19) · 0.02 / (sqrt(0.015)/sqrt(0.0975) + 1e-8).
   CHECK(m == Approx(0.02f));
   CHECK(v == Approx(0.015f));
   const double expect = 0.9 - (0.1 / 0.19) * 0.02 / (std::sqrt(0.015) / std::sqrt(0.0975) + 1e-8);
   CHECK(w == Approx(expect).epsilon(1e-6));
   CHECK(w == Approx(0.873163).epsilon(1e-5));  // pinned
-  CHECK_THROWS_AS(adam_update(&w, &g, &m, &v, 1, 0, 0.1, 0.0, cfg), ptool::Error);
+  CHECK_THROWS_AS(adam_update(&w, &g, &m, &v, 1, 0, AdamGroup{true, 0.1, 0.0}, cfg), ptool::Error);
 }
 
 TEST_CASE("AdamW decoupled decay vs Adam L2 decay", "[train]") {
   AdamConfig cfg;
   // Zero gradient: AdamW only decays, w·(1 − lr·wd); Adam's L2 form turns wd·w into a gradient.
   float w = 2.0f, m = 0.0f, v = 0.0f, g = 0.0f;
-  adam_update(&w, &g, &m, &v, 1, 1, 0.1, 0.1, cfg);
+  adam_update(&w, &g, &m, &v, 1, 1, AdamGroup{true, 0.1, 0.1}, cfg);
   CHECK(w == Approx(2.0 * (1 - 0.01)));
   CHECK(m == 0.0f);
   cfg.decoupled_weight_decay = false;
   w = 2.0f, m = 0.0f, v = 0.0f;
-  adam_update(&w, &g, &m, &v, 1, 1, 0.1, 0.1, cfg);
+  adam_update(&w, &g, &m, &v, 1, 1, AdamGroup{true, 0.1, 0.1}, cfg);
   CHECK(m == Approx(0.1 * 0.2));
   CHECK(w == Approx(2.0 - 0.1).epsilon(1e-6));  // first step moves by lr in the direction of −(wd·w)
+}
+
+TEST_CASE("A bf16 Adam group rounds the gradient before the update and the moments and weights after it", "[train]") {
+  // torch's fused Adam on a bf16 parameter (the reference's tok_emb): bf16 grad, moments and weight, fp32 math.
+  const AdamConfig cfg;
+  const size_t n = 257;
+  Rng rng(7);
+  std::vector<float> w(n), g(n), m(n), v(n);
+  for (size_t i = 0; i < n; ++i) {
+    w[i] = round_to_bf16(static_cast<float>(rng.normal()) * 0.01f);
+    g[i] = static_cast<float>(rng.normal()) * 1e-3f;  // fp32: not a bf16 value
+    m[i] = round_to_bf16(static_cast<float>(rng.normal()) * 1e-4f);
+    v[i] = round_to_bf16(static_cast<float>(rng.uniform()) * 1e-6f);
+  }
+  auto bw = w, bm = m, bv = v;
+  adam_update(bw.data(), g.data(), bm.data(), bv.data(), n, 3, AdamGroup{true, 0.05, 0.0, true}, cfg);
+  // The same step written out: round g, the fp32 update, then round what it stores.
+  auto rg = g, ew = w, em = m, ev = v;
+  for (float& x : rg) x = round_to_bf16(x);
+  adam_update(ew.data(), rg.data(), em.data(), ev.data(), n, 3, AdamGroup{true, 0.05, 0.0}, cfg);
+  size_t fp32_not_bf16 = 0;
+  for (size_t i = 0; i < n; ++i) {
+    fp32_not_bf16 += !ptool::is_bf16_value(ew[i]);
+    CHECK(bw[i] == round_to_bf16(ew[i]));
+    CHECK(bm[i] == round_to_bf16(em[i]));
+    CHECK(bv[i] == round_to_bf16(ev[i]));
+  }
+  CHECK(fp32_not_bf16 > n / 2);  // the fp32 group's weights leave the bf16 grid, so the rounding is seen
 }
 
 TEST_CASE("Adam over a ParamStore with per-group lr", "[train]") {

@@ -7,6 +7,7 @@
 #include "formats/error.h"
 #include "formats/shard.h"
 #include "src/model/load.h"
+#include "src/ops/bf16.h"
 #include "src/train/trainer.h"
 #include "tests/src/test_train_corpus.h"
 
@@ -17,6 +18,15 @@ namespace fs = std::filesystem;
 namespace {
 
 std::vector<float> weights_of(const std::string& path) { return model::load_model(path).weights; }
+
+// How many of a checkpoint record's values are not bfloat16 values.
+int64_t off_bf16_grid(const Artifact& a, const std::string& name) {
+  const TensorRecord* r = a.find(name);
+  REQUIRE(r != nullptr);
+  int64_t off = 0;
+  for (float v : model::tensor_values(*r)) off += !is_bf16_value(v);
+  return off;
+}
 
 }  // namespace
 
@@ -79,6 +89,29 @@ TEST_CASE("QAT trains through the STE and EMA/SWA replace the final weights", "[
   auto art = read_artifact(in.out_path);
   CHECK(art.find("swa/tok_emb.weight") != nullptr);
   CHECK(art.find("train/tok_emb.weight") != nullptr);
+}
+
+TEST_CASE("embed_bf16 training keeps tok_emb and its Adam moments in bf16, through EMA too", "[train]") {
+  Corpus corpus("embed_bf16");
+  for (bool bf16 : {false, true}) {
+    INFO("embed_bf16 " << bf16);
+    auto cfg = micro();
+    cfg.embed_bf16 = bf16;
+    auto in = corpus.in;
+    in.out_path = (corpus.dir / (bf16 ? "bf16.ptc" : "fp32.ptc")).string();
+    train::train(cfg, quick(4), in);  // EMA 0.9: the final weights are an fp32 average
+    const Artifact a = read_artifact(in.out_path);
+    for (const char* name : {"tok_emb.weight", "train/tok_emb.weight", "adam_m/tok_emb.weight",
+                             "adam_v/tok_emb.weight"}) {
+      INFO(name);
+      if (bf16)
+        CHECK(off_bf16_grid(a, name) == 0);
+      else
+        CHECK(off_bf16_grid(a, name) > 1000);  // so the check above can fail
+    }
+    CHECK(off_bf16_grid(a, "blocks.0.attn.c_q.weight") > 1000);  // the fp32 masters stay fp32
+    CHECK(off_bf16_grid(a, "ema/tok_emb.weight") > 1000);        // the EMA shadow is fp32, as in the reference
+  }
 }
 
 TEST_CASE("a NaN loss stops training with a clear message", "[train]") {
