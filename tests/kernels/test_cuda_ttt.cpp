@@ -10,6 +10,7 @@
 #include "src/eval/evaluate.h"
 #include "src/model/layout.h"
 #include "src/model/model.h"
+#include "src/ops/bf16.h"
 #include "src/ops/profiling_backend.h"
 #include "tests/kernels/gpu_test_util.h"
 
@@ -108,4 +109,28 @@ TEST_CASE("cuda: score-first TTT on the device follows the host SGD; frozen weig
     if (frozen) CHECK(moved == 0.0);
     CHECK(diff < 1e-4);
   }
+}
+
+TEST_CASE("cuda: an embed_bf16 model's round_bf16_params rounds tok_emb in device memory, nothing else", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cfg = ttt_config();
+  cfg.embed_bf16 = true;
+  auto gpu = make_cuda_backend(CudaBackendOptions{});
+  model::Model<float> m(cfg, *gpu);
+  std::vector<float> params(m.param_count()), back(m.param_count());
+  std::mt19937 rng(4);
+  std::normal_distribution<float> nd(0, 0.1f);
+  for (float& v : params) v = nd(rng);
+  m.load_params(params.data());
+  m.round_bf16_params();  // what eval_ttt calls after each SGD step
+  m.store_params(back.data());
+  const auto& e = m.layout().at("tok_emb.weight");
+  int64_t wrong = 0, moved = 0;
+  for (int64_t i = 0; i < m.param_count(); ++i) {
+    const bool emb = i >= e.offset && i < e.offset + e.numel;
+    wrong += back[i] != (emb ? round_to_bf16(params[i]) : params[i]);
+    moved += back[i] != params[i];
+  }
+  CHECK(wrong == 0);
+  CHECK(moved > e.numel / 2);
 }
