@@ -687,10 +687,10 @@ def build_model(c, seq_len, device, embed_fp32, seed):
 NS5_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
-def newton_schulz5(G, steps, eps=1e-7):
-    """Quintic Newton-Schulz orthogonalisation in bf16 (REFERENCE 4.1)."""
+def newton_schulz5(G, steps, eps=1e-7, dtype=None):
+    """Quintic Newton-Schulz orthogonalisation in bf16 (REFERENCE 4.1); dtype=torch.float32 runs it in fp32."""
     a, b, c = NS5_COEFFS
-    X = G.bfloat16()
+    X = G.to(dtype if dtype is not None else torch.bfloat16)
     X = X / (X.norm() + eps)
     transposed = G.size(0) > G.size(1)
     if transposed:
@@ -706,11 +706,13 @@ def newton_schulz5(G, steps, eps=1e-7):
 
 class Muon(_Optimizer):
     """Single-GPU form of the baseline Muon: momentum + Nesterov, NS5, shape scale sqrt(max(1, rows/cols)),
-    updates gathered in one flat bf16 buffer (as the reference does before its all-reduce), W -= lr * U."""
+    updates gathered in one flat bf16 buffer (as the reference does before its all-reduce), W -= lr * U.
+    update_dtype=torch.float32 keeps the updates in fp32 (bench/twin_parity.py, against ptool's fp32 Muon)."""
 
-    def __init__(self, params, lr, momentum, ns_steps, nesterov=True, ns_fn=None):
+    def __init__(self, params, lr, momentum, ns_steps, nesterov=True, ns_fn=None, update_dtype=None):
         super().__init__(params, dict(lr=lr, momentum=momentum, ns_steps=ns_steps, nesterov=nesterov))
         self.ns_fn = ns_fn if ns_fn is not None else newton_schulz5
+        self.update_dtype = update_dtype if update_dtype is not None else torch.bfloat16
 
     def step(self):
         with torch.no_grad():
@@ -723,7 +725,7 @@ class Muon(_Optimizer):
                 continue
             lr, mom = group["lr"], group["momentum"]
             total = sum(p.numel() for p in params)
-            flat = torch.empty(total, dtype=torch.bfloat16, device=params[0].device)
+            flat = torch.empty(total, dtype=self.update_dtype, device=params[0].device)
             cur = 0
             for p in params:
                 g = p.grad
@@ -743,14 +745,14 @@ class Muon(_Optimizer):
                 cur += p.numel()
 
 
-def make_optimizers(model, c, args, ns_fn):
+def make_optimizers(model, c, args, ns_fn, update_dtype=None, fused=True):
     groups = {n: g for n, _, _, g in ptool_layout(c)}
     named = dict(model.named_parameters())
     by_group = {"embed": [], "head": [], "matrix": [], "scalar": []}
     for n, _, _, g in ptool_layout(c):
         by_group[g].append(named[n])
     assert len(groups) == len(named)
-    adam = dict(betas=(args.beta1, args.beta2), eps=args.adam_eps, weight_decay=0.0, fused=True)
+    adam = dict(betas=(args.beta1, args.beta2), eps=args.adam_eps, weight_decay=0.0, fused=fused)
     embed_lr = args.tied_embed_lr if c["tie_embeddings"] else args.embed_lr
     opts = []
     opts.append(torch.optim.Adam([{"params": by_group["embed"], "lr": embed_lr, "base_lr": embed_lr}], **adam))
@@ -760,7 +762,7 @@ def make_optimizers(model, c, args, ns_fn):
     opts.append(torch.optim.Adam([{"params": by_group["scalar"], "lr": args.scalar_lr, "base_lr": args.scalar_lr}],
                                  **adam))
     muon = Muon(by_group["matrix"], lr=args.matrix_lr, momentum=args.muon_momentum, ns_steps=args.ns_steps,
-                ns_fn=ns_fn)
+                ns_fn=ns_fn, update_dtype=update_dtype)
     for g in muon.param_groups:
         g["base_lr"] = args.matrix_lr
     opts.append(muon)
