@@ -122,6 +122,9 @@ twin() {  # torch_twin for PRESET
 step "test_kernels [gpu]" 180 "$OUT/test_kernels.txt" sh -c '"$1" "$2" --durations yes 2>&1' _ "$BUILD/test_kernels" \
   "$TESTS"
 
+# The twin under this machine's torch (native F.rms_norm, SDPA with enable_gqa) against ptool's CPU path, in fp32.
+step "torch_twin parity fp32 (cpu)" 60 "$OUT/twin_parity.txt" python3 bench/twin_parity.py --build "$BUILD"
+
 # ---- 2. ptool vs twin: bf16, deterministic and with atomics (the flash backward's dQ) -------------------------
 bt baseline bf16 60
 bt baseline bf16,nondeterministic 60

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds the programs a GPU session runs (ptool, test_kernels, bench_train, bench_cuda_ops) here, for the H100
-# device machine (sm_90a), into one small folder the device tool can carry (`carry: ["build-device"]`, bench/TWIN.md):
+# Builds the programs a GPU session runs (ptool, test_kernels, bench_train, bench_cuda_ops, twin_parity_dump) here,
+# for the H100 device machine (sm_90a), into one small folder the device tool can carry (`carry: ["build-device"]`,
+# bench/TWIN.md):
 #
 #   bash scripts/build_for_device.sh [DIR]       DIR defaults to build-device; objects go to DIR-obj (both ignored)
 #
@@ -20,7 +21,7 @@ cd "$(dirname "$0")/.."
 DIR=${1:-build-device}
 OBJ=$DIR-obj
 JOBS=${JOBS:-2}
-TARGETS=(ptool test_kernels bench_train bench_cuda_ops)
+TARGETS=(ptool test_kernels bench_train bench_cuda_ops twin_parity_dump)
 
 cmake -S . -B "$OBJ" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPTOOL_X86_64_V3=OFF -DPTOOL_CUDA=ON \
   -DPTOOL_TESTS=ON -DPTOOL_BENCH=ON \

@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:-build-emu}
 cmake -S . -B "$DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPTOOL_CUDA=OFF -DPTOOL_TESTS=ON -DPTOOL_BENCH=ON >/dev/null
-cmake --build "$DIR" --target ptool test_kernels_emu bench_train bench_cuda_ops
+cmake --build "$DIR" --target ptool test_kernels_emu bench_train bench_cuda_ops twin_parity_dump
 ln -sf test_kernels_emu "$DIR/test_kernels"
 rm -rf "$DIR/session"
 mkdir -p "$DIR/session"
