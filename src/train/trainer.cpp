@@ -212,8 +212,8 @@ TrainResult train(const model::ModelConfig& config, const TrainOptions& opt, con
     ac.beta1 = opt.beta1;
     ac.beta2 = opt.beta2;
     ac.eps = opt.adam_eps;
-    ac.group(Group::adam_embed) = {true, (config.tie_embeddings ? opt.tied_embed_lr : opt.embed_lr) * lr_mul, opt.adam_wd,
-                                   config.embed_bf16};
+    const double embed_lr = config.tie_embeddings ? opt.tied_embed_lr : opt.embed_lr;
+    ac.group(Group::adam_embed) = {true, embed_lr * lr_mul, opt.adam_wd, config.embed_bf16};
     ac.group(Group::adam_head) = {true, opt.head_lr * lr_mul, opt.adam_wd};
     ac.group(Group::adam_scalar) = {true, opt.scalar_lr * lr_mul, opt.adam_wd};
     ss.grad_clip = opt.grad_clip;

@@ -198,7 +198,8 @@ TEST_CASE("accumulate_gradients gives forward_backward's gradients and loss sums
   CHECK_THROWS_AS(m.accumulate_gradients(xs[1].data(), ys[1].data(), B, Tn, 0.25), Error);
 }
 
-TEST_CASE("embed_bf16: the baseline keeps tok_emb on the bf16 grid from initialisation on, and nothing else", "[model]") {
+TEST_CASE("embed_bf16: the baseline keeps tok_emb on the bf16 grid from initialisation on, and nothing else",
+          "[model]") {
   CHECK(preset("baseline").embed_bf16);  // REFERENCE.md 3.2: tok_emb.weight stays bf16
   CHECK_FALSE(preset("tiny").embed_bf16);
   auto c = preset("tiny");
