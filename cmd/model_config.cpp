@@ -12,21 +12,46 @@
 
 namespace ptool::cmd {
 
-model::ModelConfig resolve_model_config(const std::string& preset, const std::string& config_file) {
-  if (!preset.empty() && !config_file.empty()) throw Error("give --preset or --config, not both");
-  if (config_file.empty()) return model::preset(preset.empty() ? "tiny" : preset);
-  std::ifstream f(config_file);
-  if (!f) throw Error("cannot open config file " + config_file);
-  nlohmann::json j;
+namespace {
+
+nlohmann::json base_config(const ModelConfigArgs& a) {
+  if (!a.preset.empty() && !a.config_file.empty()) throw Error("give --preset or --config, not both");
+  if (a.config_file.empty()) return model::config_to_json(model::preset(a.preset.empty() ? "tiny" : a.preset));
+  std::ifstream f(a.config_file);
+  if (!f) throw Error("cannot open config file " + a.config_file);
   try {
-    j = nlohmann::json::parse(f);
+    return nlohmann::json::parse(f);
   } catch (const nlohmann::json::exception& e) {
-    throw Error(config_file + ": not valid JSON: " + e.what());
+    throw Error(a.config_file + ": not valid JSON: " + e.what());
   }
+}
+
+}  // namespace
+
+model::ModelConfig resolve_model_config(const ModelConfigArgs& a) {
+  nlohmann::json j = base_config(a);
+  if (!j.is_object()) throw Error(a.config_file + ": model config: expected a JSON object");
+  auto is_set = [&](const std::string& key) {
+    for (const auto& s : a.sets)
+      if (s.rfind(key + "=", 0) == 0) return true;
+    return false;
+  };
+  for (const auto& s : a.sets) {
+    const size_t eq = s.find('=');
+    if (eq == std::string::npos || eq == 0) throw Error("--set expects KEY=VALUE, got '" + s + "'");
+    const std::string key = s.substr(0, eq), text = s.substr(eq + 1);
+    nlohmann::json value = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (value.is_discarded()) value = text;  // a bare word: --set activation=leaky_relu2
+    if ((key == "physical_blocks" || key == "recurrence") && !is_set("schedule")) j.erase("schedule");
+    if (key == "schedule") j.erase("recurrence");
+    j[key] = value;
+  }
+  const std::string origin = !a.config_file.empty() ? a.config_file
+                             : "preset " + (a.preset.empty() ? std::string("tiny") : a.preset);
   try {
     return model::config_from_json(j);
   } catch (const Error& e) {
-    throw Error(config_file + ": " + e.what());
+    throw Error(origin + (a.sets.empty() ? "" : " with --set") + ": " + e.what());
   }
 }
 
@@ -36,16 +61,21 @@ std::string preset_help() {
   return help + "\n(default: tiny)";
 }
 
+void add_model_config_options(CLI::App& app, ModelConfigArgs& a) {
+  app.add_option("--preset", a.preset, preset_help());
+  app.add_option("--config", a.config_file, "model config JSON file (instead of --preset; `ptool config` prints one)");
+  app.add_option("--set", a.sets,
+                 "override one model key, KEY=VALUE (repeatable; VALUE is JSON or a bare word), e.g.\n"
+                 "--set embed_bf16=false --set mlp_mult=3 --set 'recurrence={\"shared\":2,\"loops\":3}'")
+      ->allow_extra_args(false);
+}
+
 void add_config(CLI::App& app) {
-  struct Args {
-    std::string preset, config_file;
-  };
-  auto a = std::make_shared<Args>();
+  auto a = std::make_shared<ModelConfigArgs>();
   auto* c = app.add_subcommand("config", "print a model config with every key (edit it, then train --config FILE)");
-  c->add_option("--preset", a->preset, preset_help());
-  c->add_option("--config", a->config_file, "model config JSON file to check and complete (instead of --preset)");
+  add_model_config_options(*c, *a);
   c->callback([a] {
-    const model::ModelConfig cfg = resolve_model_config(a->preset, a->config_file);
+    const model::ModelConfig cfg = resolve_model_config(*a);
     std::printf("%s\n", model::config_to_json(cfg).dump(2).c_str());
     std::fprintf(stderr, "%lld parameters\n", static_cast<long long>(model::make_layout(cfg).total));
   });

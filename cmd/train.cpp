@@ -15,14 +15,15 @@ namespace ptool::cmd {
 namespace {
 
 struct TrainArgs {
-  std::string preset, config_file, train_glob, val_glob, tokenizer, out = "model.ptc", resume, device = "cpu";
+  ModelConfigArgs model;
+  std::string train_glob, val_glob, tokenizer, out = "model.ptc", resume, device = "cpu";
   bool json = false;
   train::TrainOptions opt;
   std::vector<std::string> argv;
 };
 
 void run_train(TrainArgs& a) {
-  const model::ModelConfig cfg = resolve_model_config(a.preset, a.config_file);
+  const model::ModelConfig cfg = resolve_model_config(a.model);
   train::TrainInputs in;
   in.train_files = expand_glob(a.train_glob);
   in.val_files = expand_glob(a.val_glob);
@@ -79,8 +80,7 @@ void run_train(TrainArgs& a) {
 void add_train(CLI::App& app) {
   auto a = std::make_shared<TrainArgs>();
   auto* c = app.add_subcommand("train", "train a model from token shards into a float checkpoint");
-  c->add_option("--preset", a->preset, preset_help());
-  c->add_option("--config", a->config_file, "model config JSON file (instead of --preset; `ptool config` prints one)");
+  add_model_config_options(*c, a->model);
   c->add_option("--train", a->train_glob, "training shards (glob)")->required();
   c->add_option("--val", a->val_glob, "validation shards (glob)")->required();
   c->add_option("--tokenizer", a->tokenizer, "SentencePiece .model the shards were made with")->required();

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `ptool config`: every preset prints a full config that --config reads back unchanged; the baseline keeps its
-# embedding in bf16; bad input exits non-zero with one line naming the problem; and the PyTorch twin's mirror of
-# the presets (bench/torch_twin.py, read without torch) expands each one to exactly ptool's config.
+# embedding in bf16; --set overrides single keys (train takes it too); bad input exits non-zero with one line
+# naming the problem; and the PyTorch twin's mirror of the presets (bench/torch_twin.py, read without torch)
+# expands each one to exactly ptool's config.
 #   usage: bash config.sh PTOOL_EXE SOURCE_DIR
 set -u
 PTOOL=$1
@@ -40,6 +41,25 @@ expect_error "broken.json: not valid JSON" --config "$tmp/broken.json"
 expect_error "cannot open config file" --config "$tmp/missing.json"
 expect_error "give --preset or --config, not both" --preset tiny --config "$tmp/tiny.json"
 expect_error "unknown preset 'nope'" --preset nope
+
+# --set: JSON values or bare words; physical_blocks or recurrence replace the preset's schedule.
+compact() { "$PTOOL" config "$@" 2>/dev/null | tr -d ' \n'; }
+out=$(compact --preset baseline --set embed_bf16=false --set mlp_mult=3)
+grep -q '"embed_bf16":false' <<<"$out" && grep -q '"mlp_mult":3.0' <<<"$out" || fail "--set values not applied: $out"
+out=$(compact --preset tiny --set activation=leaky_relu2 --set 'recurrence={"shared":2,"loops":3}')
+grep -q '"activation":"leaky_relu2"' <<<"$out" && grep -q '"schedule":\[0,1,0,1,0,1\]' <<<"$out" \
+  || fail "--set activation / recurrence: $out"
+grep -q '"schedule":\[0,1,2\]' <<<"$(compact --preset tiny --set physical_blocks=3)" \
+  || fail "--set physical_blocks keeps the old schedule"
+grep -q '"schedule":\[0,1,1,0\]' <<<"$(compact --preset tiny --set 'schedule=[0,1,1,0]' --set physical_blocks=2)" \
+  || fail "--set schedule with physical_blocks"
+expect_error "preset tiny with --set: model config: unknown key 'd_modle'" --set d_modle=3
+expect_error "--set expects KEY=VALUE, got 'novalue'" --set novalue
+expect_error "with --set: model config: d_model" --set d_model=60 --set n_heads=8
+# train reads the same options, before it touches any data.
+err=$("$PTOOL" train --preset tiny --set d_modle=3 --train "$tmp/none*.bin" --val "$tmp/none*.bin" \
+      --tokenizer "$tmp/none.model" 2>&1 >/dev/null)
+[ $? -ne 0 ] && grep -qF "unknown key 'd_modle'" <<<"$err" || fail "train --set: $err"
 
 if command -v python3 >/dev/null; then
   python3 - "$SRC/bench" "$tmp" "${presets[@]}" <<'PY' || fail "the twin's presets differ from ptool's"
