@@ -271,6 +271,11 @@ class CudaBackend final : public Backend<float> {
     require_plain("embedding_forward", {t, out});
     cuda::launch_embedding_forward(t, tok, N, D, out, stream_);
   }
+  void embedding_rmsnorm_forward(const float* t, const int32_t* tok, int64_t N, int64_t D, float eps, bool bf16_out,
+                                 float* emb, float* out, float* rstd) override {
+    require_plain("embedding_rmsnorm_forward", {t, emb, out, rstd});
+    cuda::launch_embedding_rmsnorm_forward(t, tok, N, D, eps, bf16_out, emb, out, rstd, stream_);
+  }
   void embedding_backward(const float* d, const int32_t* tok, int64_t N, int64_t D, float* dt) override {
     require_plain("embedding_backward", {d, dt});
     if (!dt) return;

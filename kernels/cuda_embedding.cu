@@ -1,6 +1,7 @@
 // CUDA kernels of the token embedding. Contracts: src/ops/cpu_ops.h.
 //
-// - Forward: launch_map's one grid-stride kernel over the flat index.
+// - Forward: launch_map's one grid-stride kernel over the flat index; with the RMSNorm that makes x0, one warp per
+//   row (the table's rows are read once, and not written back out unless the backward needs them).
 // - Backward: deterministic by default (stable radix sort of the token ids, then one block per distinct id adds its
 //   rows in position order onto the existing dtable value: the CPU's exact order, so the result equals the CPU's bit
 //   for bit); or atomicAdd (CudaBackendOptions::deterministic = false).
@@ -44,6 +45,26 @@ struct IotaF {
   __device__ void operator()(int64_t i) const { v[i] = static_cast<int32_t>(i); }
 };
 
+// Backend::embedding_rmsnorm_forward, one warp per row, with rmsnorm_fwd_kernel's rstd and products and
+// launch_round_bf16's rounding: bit for bit the ops it replaces.
+__global__ void __launch_bounds__(256) embedding_rmsnorm_kernel(const float* table, const int32_t* tokens, int64_t N,
+                                                                int64_t D, float eps, bool bf16_out, float* emb,
+                                                                float* out, float* rstd) {
+  const int lane = threadIdx.x & 31;
+  const int64_t wpb = blockDim.x >> 5;
+  const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
+  for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < N; row += nwarps) {
+    const float* tr = table + static_cast<int64_t>(tokens[row]) * D;
+    const float r = row_rstd(tr, 0, D, eps, lane);
+    if (lane == 0) rstd[row] = r;
+    for (int64_t d = lane; d < D; d += 32) {
+      const float v = tr[d], y = v * r;
+      if (emb) emb[row * D + d] = v;
+      out[row * D + d] = bf16_out ? __bfloat162float(__float2bfloat16_rn(y)) : y;
+    }
+  }
+}
+
 // keys: token ids sorted (stable), pos: their positions. Block per run start.
 __global__ void embed_bwd_segments(const float* dout, const int32_t* keys, const int32_t* pos, int64_t N, int64_t D,
                                    float* dtable) {
@@ -70,6 +91,14 @@ void launch_embedding_forward(const float* table, const int32_t* tokens, int64_t
                               cudaStream_t s) {
   if (D <= 0) return;
   launch_map(EmbedFwdF{table, tokens, out, D}, N * D, s, "embedding_forward");
+}
+
+void launch_embedding_rmsnorm_forward(const float* table, const int32_t* tokens, int64_t N, int64_t D, float eps,
+                                      bool bf16_out, float* emb, float* out, float* rstd, cudaStream_t s) {
+  if (N <= 0 || D <= 0) return;
+  PTOOL_LAUNCH(embedding_rmsnorm_kernel, row_warps_grid(N), 256, 0, s)(table, tokens, N, D, eps, bf16_out, emb, out,
+                                                                       rstd);
+  PTOOL_CUDA_LAUNCHED("embedding_rmsnorm_forward", s);
 }
 
 void launch_embedding_backward_atomic(const float* dout, const int32_t* tokens, int64_t N, int64_t D,

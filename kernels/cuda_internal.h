@@ -119,6 +119,10 @@ void launch_gather_rows(In src, int64_t B, int64_t Tn, int64_t from, int64_t D, 
 
 void launch_embedding_forward(const float* table, const int32_t* tokens, int64_t N, int64_t D, float* out,
                               cudaStream_t s);
+// Backend::embedding_rmsnorm_forward: emb (may be null) = the rows, out = their RMSNorm (bf16-rounded when
+// bf16_out), rstd per row; one warp per row.
+void launch_embedding_rmsnorm_forward(const float* table, const int32_t* tokens, int64_t N, int64_t D, float eps,
+                                      bool bf16_out, float* emb, float* out, float* rstd, cudaStream_t s);
 void launch_embedding_backward_atomic(const float* dout, const int32_t* tokens, int64_t N, int64_t D,
                                       float* dtable, cudaStream_t s);
 // Deterministic: stable radix sort of (token, position), then one block per distinct token adds its rows in

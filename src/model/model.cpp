@@ -106,7 +106,8 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
     a.lse = buf(N * H); a.o = activation(N * D); a.x1 = buf(N * D); a.h2 = plain_norms ? operand(N * D) : buf(N * D);
     a.rstd2 = buf(N); a.u = activation(N * Hd); a.a = operand(N * Hd); a.m = activation(N * D); a.x_out = buf(N * D);
   }
-  emb_ = buf(N * D); x0_ = buf(N * D); rstd0_ = buf(N); final_ = operand(N * D); rstdf_ = buf(N);
+  emb_ = train ? buf(N * D) : DeviceBuffer<T>();  // only the backward reads the looked-up rows
+  x0_ = buf(N * D); rstd0_ = buf(N); final_ = operand(N * D); rstdf_ = buf(N);
   logits_ = buf(N * V);
   if (train) {
     g_tmp_ = buf(N * D);
@@ -382,10 +383,10 @@ double Model<T>::run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, 
     be_.upload_index(ydev_, scored_targets_.data(), R);
   }
   const T* P = fwd_;
-  be_.embedding_forward(P + tok_emb_, xdev_, N, D, emb_.get());
-  be_.rmsnorm_forward(emb_.get(), N, D, rms_eps<T>(), x0_.get(), rstd0_.get());
-  // The reference's x0 is F.rms_norm of a bf16 embedding, a bf16 tensor; the backward passes straight through.
-  if (cfg_.embed_bf16) be_.round_bf16(x0_.get(), static_cast<size_t>(N * D));
+  // The reference's x0 is F.rms_norm of a bf16 embedding under embed_bf16, a bf16 tensor; the backward passes
+  // straight through that rounding.
+  be_.embedding_rmsnorm_forward(P + tok_emb_, xdev_, N, D, rms_eps<T>(), cfg_.embed_bf16, train ? emb_.get() : nullptr,
+                                x0_.get(), rstd0_.get());
   if (score_from > 0 && scored_.size() < static_cast<size_t>(R * D))
     scored_ = DeviceBuffer<T>(be_, static_cast<size_t>(N * D));
   const int64_t L = cfg_.virtual_layers();  // >= 1 (a schedule is never empty)

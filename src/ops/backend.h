@@ -81,6 +81,17 @@ class Backend {
   virtual void embedding_forward(const T* table, const int32_t* tokens, int64_t N, int64_t D, T* out) = 0;
   virtual void embedding_backward(const T* dout, const int32_t* tokens, int64_t N, int64_t D, T* dtable) = 0;
   virtual void rmsnorm_forward(const T* x, int64_t N, int64_t D, T eps, T* out, T* rstd) = 0;
+  // The model's x0: the embedding's rows, then their RMSNorm, in one pass where a backend can. emb = the looked-up
+  // rows (for the norm's backward; null in a forward-only pass, which then never writes them), out = rmsnorm(rows)
+  // with rstd per row, rounded to bf16 when bf16_out (ModelConfig::embed_bf16). The default composes
+  // embedding_forward, rmsnorm_forward and round_bf16 (out holds the rows when emb is null).
+  virtual void embedding_rmsnorm_forward(const T* table, const int32_t* tokens, int64_t N, int64_t D, T eps,
+                                         bool bf16_out, T* emb, T* out, T* rstd) {
+    T* rows = emb ? emb : out;
+    embedding_forward(table, tokens, N, D, rows);
+    rmsnorm_forward(rows, N, D, eps, out, rstd);
+    if (bf16_out) round_bf16(out, static_cast<size_t>(N * D));
+  }
   virtual void rmsnorm_backward(const T* dout, const T* x, const T* rstd, int64_t N, int64_t D, T* dx) = 0;
   virtual void linear_forward(const T* x, const T* W, int64_t N, int64_t K, int64_t M, T* y) = 0;
   virtual void linear_backward(const T* dy, const T* x, const T* W, int64_t N, int64_t K, int64_t M, T* dx,

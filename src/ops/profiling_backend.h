@@ -102,6 +102,11 @@ class ProfilingBackend final : public Backend<T> {
   void embedding_forward(const T* table, const int32_t* tokens, int64_t N, int64_t D, T* out) override {
     timed("embedding_forward", E * 2 * N * D + 4.0 * N, 0, [&] { in_.embedding_forward(table, tokens, N, D, out); });
   }
+  void embedding_rmsnorm_forward(const T* table, const int32_t* tokens, int64_t N, int64_t D, T eps, bool bf16_out,
+                                 T* emb, T* out, T* rstd) override {
+    timed("embedding_rmsnorm_forward", E * (emb ? 3 : 2) * N * D + (4.0 + E) * N, 0,
+          [&] { in_.embedding_rmsnorm_forward(table, tokens, N, D, eps, bf16_out, emb, out, rstd); });
+  }
   void embedding_backward(const T* dout, const int32_t* tokens, int64_t N, int64_t D, T* dtable) override {
     timed("embedding_backward", E * 3 * N * D + 4.0 * N, 0,
           [&] { in_.embedding_backward(dout, tokens, N, D, dtable); });

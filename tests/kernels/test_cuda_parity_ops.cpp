@@ -95,6 +95,41 @@ TEST_CASE("cuda: embedding forward and backward", "[gpu]") {
   }
 }
 
+TEST_CASE("cuda: the fused embedding + RMSNorm forward equals the ops it replaces, bit for bit", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  auto g = gpu_backend();
+  std::mt19937_64 rng(12);
+  const float eps = std::numeric_limits<float>::epsilon();
+  for (int it = 0; it < 8; ++it) {
+    const int64_t V = pick(rng, {1, 7, 64, 1024}), D = pick(rng, {1, 5, 64, 512}), N = rand_int(rng, 1, 3000);
+    const bool bf16_out = it % 2 == 1, keep_rows = it % 4 < 2;
+    std::vector<int32_t> tok(static_cast<size_t>(N));
+    for (auto& t : tok) t = static_cast<int32_t>(rand_int(rng, 0, V - 1));
+    const std::string shape = " V=" + std::to_string(V) + " D=" + std::to_string(D) + " N=" + std::to_string(N) +
+                              (bf16_out ? " bf16" : "") + (keep_rows ? " rows kept" : "");
+    const Vec table = rand_vec(rng, V * D, -0.1f, 0.1f);
+    // The composition on the same device: lookup, norm, rounding.
+    DevIdx dtok(*g, tok);
+    Dev dtable(*g, table), rows(*g, Vec(N * D)), want(*g, Vec(N * D)), want_rstd(*g, Vec(N));
+    g->embedding_forward(dtable.p(), dtok.p(), N, D, rows.p());
+    g->rmsnorm_forward(rows.p(), N, D, eps, want.p(), want_rstd.p());
+    if (bf16_out) g->round_bf16(want.p(), static_cast<size_t>(N * D));
+    Dev emb(*g, Vec(N * D, -7.f)), out(*g, Vec(N * D)), rstd(*g, Vec(N));
+    g->embedding_rmsnorm_forward(dtable.p(), dtok.p(), N, D, eps, bf16_out, keep_rows ? emb.p() : nullptr, out.p(),
+                                 rstd.p());
+    check_exact("embedding_rmsnorm_forward out" + shape, out.get(), want.get());
+    check_exact("embedding_rmsnorm_forward rstd" + shape, rstd.get(), want_rstd.get());
+    check_exact("embedding_rmsnorm_forward rows" + shape, emb.get(), keep_rows ? rows.get() : Vec(N * D, -7.f));
+    // And the CPU backend's default composition.
+    Vec cout(N * D), crstd(N), cemb(N * D);
+    cpu->embedding_rmsnorm_forward(table.data(), tok.data(), N, D, eps, bf16_out, cemb.data(), cout.data(),
+                                   crstd.data());
+    // rstd's double sums run in another order here, which can move a bf16 rounding by one bf16 step (2^-8).
+    check_close("embedding_rmsnorm_forward vs cpu" + shape, out.get(), cout, 1e-6, bf16_out ? 4e-3 : 1e-6);
+  }
+}
+
 TEST_CASE("cuda: rmsnorm forward and backward", "[gpu]") {
   SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend<float>();
