@@ -11,20 +11,20 @@
 // trainer's step uses softcap_cross_entropy_accumulate(), so it waits once per step, for its loss; token
 // batches go up through pinned staging buffers (a copy from pageable memory would wait for the stream).
 //
-// Passes over activations. At d_model 512 the elementwise ops move more bytes per token than the GEMMs need time
-// for (an estimate from ProfilingBackend's traffic counts, not yet a measurement), so the model uses the fused ops
-// of the interface and this backend runs each in one kernel: the embedding's lookup with its RMSNorm (x0),
-// scaled_residual_forward (y = x + s ⊙ o, no copy then add) and its form fused with the next RMSNorm, q/k
-// preparation (forward; backward with q's gain), RMSNorm's backward with resid_mix's (rmsnorm_resid_mix_backward, for D up to 512), and the *_set backwards, which write the
-// input gradient instead of adding it to a zeroed buffer (cuBLASLt beta = 0 for linear dx). linear_*_shared read the
-// shared input of q, k and v once. In bf16 mode the tensors that only GEMMs and attention read (operand buffers:
-// pre-norm outputs, attention's q, k, v, the activation, the final norm, the gradients handed to a linear op as dy
-// or to attention as dout, the logits' gradient among them) are stored in bf16 by the ops that write them (GEMMs
-// with a bf16 D), so their readers convert nothing; the values are the ones the conversion would give, bit for bit.
-// Activation buffers (the GEMM outputs that element-wise ops read: q/k before their preparation, the branch outputs,
-// the MLP pre-activation, and the gradients of the activation and the MLP pre-norm) hold bf16 too unless
-// bf16_activations is off: that rounds values, as PyTorch's autocast does, and halves their traffic. The ops that
-// read them widen each element to fp32 as they load it.
+// Passes over activations. At d_model 512 the elementwise ops move more bytes per token than the GEMMs need time for
+// (an estimate from ProfilingBackend's traffic counts, not yet a measurement), so the model uses the fused ops of the
+// interface and this backend runs each in one kernel: the embedding's lookup with its RMSNorm (x0),
+// scaled_residual_forward (y = x + s ⊙ o, no copy then add) and its form fused with the next RMSNorm, q/k preparation
+// (forward; backward with q's gain), RMSNorm's backward with resid_mix's (rmsnorm_resid_mix_backward, for D up to 512),
+// and the *_set backwards, which write the input gradient instead of adding it to a zeroed buffer (cuBLASLt beta = 0
+// for linear dx). linear_*_shared read the shared input of q, k and v once. In bf16 mode the tensors that only GEMMs
+// and attention read (operand buffers: pre-norm outputs, attention's q, k, v, the activation, the final norm, the
+// gradients handed to a linear op as dy or to attention as dout, the logits' gradient among them) are stored in bf16 by
+// the ops that write them (GEMMs with a bf16 D), so their readers convert nothing; the values are the ones the
+// conversion would give, bit for bit. Activation buffers (the GEMM outputs that element-wise ops read: q/k before their
+// preparation, the branch outputs, the MLP pre-activation, and the gradients of the activation and the MLP pre-norm)
+// hold bf16 too unless bf16_activations is off: that rounds values, as PyTorch's autocast does, and halves their
+// traffic. The ops that read them widen each element to fp32 as they load it.
 // No cuBLASLt epilogue is used: the model has no biases, its activations (ReLU², LeakyReLU(0.5)²) are not
 // among the epilogues, and folding the branch scale into a per-row alpha vector would lose the unscaled output
 // that the scale's gradient needs.
