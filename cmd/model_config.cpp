@@ -14,9 +14,11 @@ namespace ptool::cmd {
 
 namespace {
 
+std::string preset_name(const ModelConfigArgs& a) { return a.preset.empty() ? "tiny" : a.preset; }
+
 nlohmann::json base_config(const ModelConfigArgs& a) {
   if (!a.preset.empty() && !a.config_file.empty()) throw Error("give --preset or --config, not both");
-  if (a.config_file.empty()) return model::config_to_json(model::preset(a.preset.empty() ? "tiny" : a.preset));
+  if (a.config_file.empty()) return model::config_to_json(model::preset(preset_name(a)));
   std::ifstream f(a.config_file);
   if (!f) throw Error("cannot open config file " + a.config_file);
   try {
@@ -46,8 +48,7 @@ model::ModelConfig resolve_model_config(const ModelConfigArgs& a) {
     if (key == "schedule") j.erase("recurrence");
     j[key] = value;
   }
-  const std::string origin = !a.config_file.empty() ? a.config_file
-                             : "preset " + (a.preset.empty() ? std::string("tiny") : a.preset);
+  const std::string origin = a.config_file.empty() ? "preset " + preset_name(a) : a.config_file;
   try {
     return model::config_from_json(j);
   } catch (const Error& e) {

@@ -68,7 +68,7 @@ struct Bf16ToFloatF {
 struct RoundBf16F {  // y = x rounded to bf16 (nearest even), kept as fp32
   const float* x;
   float* y;
-  __device__ void operator()(int64_t i) const { y[i] = __bfloat162float(__float2bfloat16_rn(x[i])); }
+  __device__ void operator()(int64_t i) const { y[i] = round_to_bf16(x[i]); }
 };
 struct ScaleF {
   float* y;

@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(256) embedding_rmsnorm_kernel(const float* tab
     for (int64_t d = lane; d < D; d += 32) {
       const float v = tr[d], y = v * r;
       if (emb) emb[row * D + d] = v;
-      out[row * D + d] = bf16_out ? __bfloat162float(__float2bfloat16_rn(y)) : y;
+      out[row * D + d] = bf16_out ? round_to_bf16(y) : y;
     }
   }
 }

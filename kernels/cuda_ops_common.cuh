@@ -27,6 +27,9 @@ inline unsigned grid_for(int64_t n, int threads) {
 
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
+// x rounded to the nearest bf16 (ties to even), kept as fp32: what a bf16 tensor holds.
+__device__ __forceinline__ float round_to_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+
 // ---- generic element-wise map -------------------------------------------------------------------------------
 // One grid-stride kernel over the flat index, coalesced. Memory-bound; no shared memory.
 template <class F>

@@ -421,7 +421,8 @@ double Model<T>::run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, 
 
 template <class T>
 void Model<T>::round_bf16_params() {
-  if (cfg_.embed_bf16) be_.round_bf16(params_.get() + tok_emb_, static_cast<size_t>(cfg_.vocab_size * cfg_.d_model));
+  if (cfg_.embed_bf16)
+    be_.round_bf16(params_.get() + tok_emb_, static_cast<size_t>(layout_.at("tok_emb.weight").numel));
 }
 
 template <class T>
