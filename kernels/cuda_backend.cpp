@@ -273,8 +273,8 @@ class CudaBackend final : public Backend<float> {
   }
   void embedding_rmsnorm_forward(const float* t, const int32_t* tok, int64_t N, int64_t D, float eps, bool bf16_out,
                                  float* emb, float* out, float* rstd) override {
-    require_plain("embedding_rmsnorm_forward", {t, emb, out, rstd});
-    cuda::launch_embedding_rmsnorm_forward(t, tok, N, D, eps, bf16_out, emb, out, rstd, stream_);
+    require_plain("embedding_rmsnorm_forward", {t, emb, rstd});
+    cuda::launch_embedding_rmsnorm_forward(t, tok, N, D, eps, bf16_out, emb, out_of(out), rstd, stream_);
   }
   void embedding_backward(const float* d, const int32_t* tok, int64_t N, int64_t D, float* dt) override {
     require_plain("embedding_backward", {d, dt});
@@ -285,18 +285,18 @@ class CudaBackend final : public Backend<float> {
       cuda::launch_embedding_backward_atomic(d, tok, N, D, dt, stream_);
   }
   void rmsnorm_forward(const float* x, int64_t N, int64_t D, float eps, float* out, float* rstd) override {
-    require_plain("rmsnorm_forward", {x, rstd});
-    cuda::launch_rmsnorm_forward(x, N, D, eps, out_of(out), rstd, stream_);
+    require_plain("rmsnorm_forward", {rstd});
+    cuda::launch_rmsnorm_forward(in_of(x), N, D, eps, out_of(out), rstd, stream_);
   }
   void rmsnorm_backward(const float* d, const float* x, const float* rstd, int64_t N, int64_t D,
                         float* dx) override {
-    require_plain("rmsnorm_backward", {x, rstd, dx});
-    cuda::launch_rmsnorm_backward(in_of(d), x, rstd, N, D, dx, true, stream_);
+    require_plain("rmsnorm_backward", {rstd, dx});
+    cuda::launch_rmsnorm_backward(in_of(d), in_of(x), rstd, N, D, dx, true, stream_);
   }
   void rmsnorm_backward_set(const float* d, const float* x, const float* rstd, int64_t N, int64_t D,
                             float* dx) override {
-    require_plain("rmsnorm_backward_set", {x, rstd, dx});
-    cuda::launch_rmsnorm_backward(in_of(d), x, rstd, N, D, dx, false, stream_);
+    require_plain("rmsnorm_backward_set", {rstd, dx});
+    cuda::launch_rmsnorm_backward(in_of(d), in_of(x), rstd, N, D, dx, false, stream_);
   }
 
   // y[N, M] = x[N, K] W[M, K]^T. cuBLASLt is column-major: the row-major y is the column-major y^T (M x N), and
@@ -358,13 +358,14 @@ class CudaBackend final : public Backend<float> {
   }
   void scaled_residual_forward(const float* x, const float* o, const float* sc, int64_t N, int64_t D,
                                float* y) override {
-    require_plain("scaled_residual_forward", {x, sc, y});
-    cuda::launch_scaled_residual_forward(x, in_of(o), sc, N, D, y, stream_);
+    require_plain("scaled_residual_forward", {sc});
+    cuda::launch_scaled_residual_forward(in_of(x), in_of(o), sc, N, D, out_of(y), stream_);
   }
   void scaled_residual_rmsnorm_forward(const float* x, const float* o, const float* sc, int64_t N, int64_t D,
                                        float eps, float* y, float* h, float* rstd) override {
-    require_plain("scaled_residual_rmsnorm_forward", {x, sc, y, rstd});
-    cuda::launch_scaled_residual_rmsnorm_forward(x, in_of(o), sc, N, D, eps, y, out_of(h), rstd, stream_);
+    require_plain("scaled_residual_rmsnorm_forward", {sc, rstd});
+    cuda::launch_scaled_residual_rmsnorm_forward(in_of(x), in_of(o), sc, N, D, eps, out_of(y), out_of(h), rstd,
+                                                 stream_);
   }
   void channel_scale_backward(const float* dy, const float* x, const float* s, int64_t N, int64_t D, float* dx,
                               float* ds) override {
@@ -561,70 +562,76 @@ class CudaBackend final : public Backend<float> {
   }
   void skip_add_backward(const float* dy, const float* skip, const float* w, int64_t N, int64_t D, float* dskip,
                          float* dw) override {
-    require_plain("skip_add_backward", {dy, skip, w, dskip, dw});
-    cuda::launch_skip_add_backward(dy, skip, w, N, D, dskip, true, dw, ws_, stream_);
+    require_plain("skip_add_backward", {dy, w, dskip, dw});
+    cuda::launch_skip_add_backward(dy, in_of(skip), w, N, D, dskip, true, dw, ws_, stream_);
   }
   void skip_add_backward_set(const float* dy, const float* skip, const float* w, int64_t N, int64_t D, float* dskip,
                              float* dw) override {
-    require_plain("skip_add_backward_set", {dy, skip, w, dskip, dw});
-    cuda::launch_skip_add_backward(dy, skip, w, N, D, dskip, false, dw, ws_, stream_);
+    require_plain("skip_add_backward_set", {dy, w, dskip, dw});
+    cuda::launch_skip_add_backward(dy, in_of(skip), w, N, D, dskip, false, dw, ws_, stream_);
   }
   void gated_skip_forward(const float* x, const float* skip, const float* w, const float* g, int64_t N, int64_t D,
                           float* y) override {
-    require_plain("gated_skip_forward", {x, skip, w, g, y});
-    cuda::launch_gated_skip_forward(x, skip, w, g, N, D, y, stream_);
+    require_plain("gated_skip_forward", {w, g});
+    cuda::launch_gated_skip_forward(in_of(x), in_of(skip), w, g, N, D, out_of(y), stream_);
   }
   void gated_skip_backward(const float* dy, const float* x, const float* skip, const float* w, const float* g,
                            int64_t N, int64_t D, float* dx, float* dskip, float* dw, float* dg) override {
-    require_plain("gated_skip_backward", {dy, x, skip, w, g, dx, dskip, dw, dg});
-    cuda::launch_gated_skip_backward(dy, x, skip, w, g, N, D, dx, dskip, dw, dg, ws_, stream_);
+    require_plain("gated_skip_backward", {dy, w, g, dx, dskip, dw, dg});
+    cuda::launch_gated_skip_backward(dy, in_of(x), in_of(skip), w, g, N, D, dx, dskip, dw, dg, ws_, stream_);
   }
   void layer_entry_forward(const float* a, const float* b, const float* s, const float* skip, const float* w,
                            const float* x0, const float* m, int64_t N, int64_t D, float eps, float* x, float* xs,
                            float* y, float* h, float* rstd) override {
-    require_plain("layer_entry_forward", {a, s, skip, w, x0, m, x, xs, y, rstd});
-    cuda::launch_layer_entry_forward(a, in_of(b), s, skip, w, x0, m, N, D, eps, x, xs, y, out_of(h), rstd, stream_);
+    require_plain("layer_entry_forward", {s, w, m, rstd});
+    // x and xs hold values of the stream that y continues: one storage for the three (the kernel rounds x and xs
+    // as y's storage would, written or not).
+    for (const float* p : {x, xs})
+      if (p && is_bf16(p) != is_bf16(y))
+        throw std::invalid_argument("layer_entry_forward: x, xs and y must all be bf16 buffers or all fp32");
+    cuda::launch_layer_entry_forward(in_of(a), in_of(b), s, in_of(skip), w, in_of(x0), m, N, D, eps, out_of(x),
+                                     out_of(xs), out_of(y), out_of(h), rstd, stream_);
   }
   void resid_mix_rmsnorm_forward(const float* x, const float* x0, const float* m, int64_t N, int64_t D, float eps,
                                  float* y, float* h, float* rstd) override {
-    require_plain("resid_mix_rmsnorm_forward", {x, x0, m, y, rstd});
-    cuda::launch_resid_mix_rmsnorm_forward(x, x0, m, N, D, eps, y, out_of(h), rstd, stream_);
+    require_plain("resid_mix_rmsnorm_forward", {m, rstd});
+    cuda::launch_resid_mix_rmsnorm_forward(in_of(x), in_of(x0), m, N, D, eps, out_of(y), out_of(h), rstd, stream_);
   }
   void resid_mix_forward(const float* x, const float* x0, const float* m, int64_t N, int64_t D, float* y) override {
-    require_plain("resid_mix_forward", {x, x0, m, y});
-    cuda::launch_resid_mix_forward(x, x0, m, N, D, y, stream_);
+    require_plain("resid_mix_forward", {m});
+    cuda::launch_resid_mix_forward(in_of(x), in_of(x0), m, N, D, out_of(y), stream_);
   }
   void resid_mix_backward(const float* dy, const float* x, const float* x0, const float* m, int64_t N, int64_t D,
                           float* dx, float* dx0, float* dm) override {
-    require_plain("resid_mix_backward", {dy, x, x0, m, dx, dx0, dm});
-    cuda::launch_resid_mix_backward(dy, x, x0, m, N, D, dx, true, dx0, dm, ws_, stream_);
+    require_plain("resid_mix_backward", {dy, m, dx, dx0, dm});
+    cuda::launch_resid_mix_backward(dy, in_of(x), in_of(x0), m, N, D, dx, true, dx0, dm, ws_, stream_);
   }
   void rmsnorm_resid_mix_backward(const float* dh, const float* y, const float* rstd, const float* x, const float* x0,
                                   const float* m, int64_t N, int64_t D, float* dx, float* dx0, float* dm,
                                   const float* dx_add, bool fold_x0) override {
-    require_plain("rmsnorm_resid_mix_backward", {y, rstd, x, x0, m, dx, dx0, dm, dx_add});
+    require_plain("rmsnorm_resid_mix_backward", {rstd, m, dx, dx0, dm, dx_add});
     if (!cuda::rmsnorm_fused_backward(D) || !dx0 || !dm) {
       Backend<float>::rmsnorm_resid_mix_backward(dh, y, rstd, x, x0, m, N, D, dx, dx0, dm, dx_add, fold_x0);
       return;
     }
-    cuda::launch_rmsnorm_resid_mix_backward(in_of(dh), rstd, x, x0, m, N, D, dx, dx0, dm, dx_add, fold_x0, ws_,
-                                            stream_);
+    cuda::launch_rmsnorm_resid_mix_backward(in_of(dh), rstd, in_of(x), in_of(x0), m, is_bf16(y), N, D, dx, dx0, dm,
+                                            dx_add, fold_x0, ws_, stream_);
   }
   void rmsnorm_channel_scale_backward(const float* dh, const float* y, const float* rstd, const float* o,
                                       const float* s, int64_t N, int64_t D, float* dx, float* dout,
                                       float* ds) override {
-    require_plain("rmsnorm_channel_scale_backward", {y, rstd, s, dx, ds});
+    require_plain("rmsnorm_channel_scale_backward", {rstd, s, dx, ds});
     if (!cuda::rmsnorm_fused_backward(D) || !dout || !ds) {
       Backend<float>::rmsnorm_channel_scale_backward(dh, y, rstd, o, s, N, D, dx, dout, ds);
       return;
     }
-    cuda::launch_rmsnorm_channel_scale_backward(in_of(dh), y, rstd, in_of(o), s, N, D, dx, out_of(dout), ds, ws_,
+    cuda::launch_rmsnorm_channel_scale_backward(in_of(dh), in_of(y), rstd, in_of(o), s, N, D, dx, out_of(dout), ds, ws_,
                                                 stream_);
   }
   void resid_mix_backward_set_dx(const float* dy, const float* x, const float* x0, const float* m, int64_t N,
                                  int64_t D, float* dx, float* dx0, float* dm) override {
-    require_plain("resid_mix_backward_set_dx", {dy, x, x0, m, dx, dx0, dm});
-    cuda::launch_resid_mix_backward(dy, x, x0, m, N, D, dx, false, dx0, dm, ws_, stream_);
+    require_plain("resid_mix_backward_set_dx", {dy, m, dx, dx0, dm});
+    cuda::launch_resid_mix_backward(dy, in_of(x), in_of(x0), m, N, D, dx, false, dx0, dm, ws_, stream_);
   }
 
   // The only op that waits for the device: per-token losses come back to the host (and with them the check

@@ -49,7 +49,7 @@ struct IotaF {
 // launch_round_bf16's rounding: bit for bit the ops it replaces.
 __global__ void __launch_bounds__(256) embedding_rmsnorm_kernel(const float* table, const int32_t* tokens, int64_t N,
                                                                 int64_t D, float eps, bool bf16_out, float* emb,
-                                                                float* out, float* rstd) {
+                                                                Out out, float* rstd) {
   const int lane = threadIdx.x & 31;
   const int64_t wpb = blockDim.x >> 5;
   const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(256) embedding_rmsnorm_kernel(const float* tab
     for (int64_t d = lane; d < D; d += 32) {
       const float v = tr[d], y = v * r;
       if (emb) emb[row * D + d] = v;
-      out[row * D + d] = bf16_out ? round_to_bf16(y) : y;
+      put(out, row * D + d, bf16_out ? round_to_bf16(y) : y);
     }
   }
 }
@@ -94,7 +94,7 @@ void launch_embedding_forward(const float* table, const int32_t* tokens, int64_t
 }
 
 void launch_embedding_rmsnorm_forward(const float* table, const int32_t* tokens, int64_t N, int64_t D, float eps,
-                                      bool bf16_out, float* emb, float* out, float* rstd, cudaStream_t s) {
+                                      bool bf16_out, float* emb, Out out, float* rstd, cudaStream_t s) {
   if (N <= 0 || D <= 0) return;
   PTOOL_LAUNCH(embedding_rmsnorm_kernel, row_warps_grid(N), 256, 0, s)(table, tokens, N, D, eps, bf16_out, emb, out,
                                                                        rstd);

@@ -88,20 +88,23 @@ struct Out {
     return o;
   }
   const void* ptr() const { return f32 ? static_cast<const void*>(f32) : static_cast<const void*>(bf16); }
+  PTOOL_HOST_DEVICE bool empty() const { return !f32 && !bf16; }
 };
 
 // An op's input that may be a bf16 activation buffer (Backend::alloc_activation in bf16 mode): fp32 memory or bf16
-// bits, at most one set; a const float* converts to it.
+// bits, at most one set; a const float* converts to it, and so does an Out (to read back what an op wrote).
 struct In {
   const float* f32 = nullptr;
   const uint16_t* bf16 = nullptr;
   In() = default;
   PTOOL_HOST_DEVICE In(const float* p) : f32(p) {}  // implicit on purpose
+  PTOOL_HOST_DEVICE In(const Out& o) : f32(o.f32), bf16(o.bf16) {}  // implicit on purpose
   static In bf16_at(const void* p) {
     In i;
     i.bf16 = static_cast<const uint16_t*>(p);
     return i;
   }
+  PTOOL_HOST_DEVICE bool empty() const { return !f32 && !bf16; }
 };
 
 // ---- the kernel files of the other ops (named above) --------------------------------------------------------
@@ -122,7 +125,7 @@ void launch_embedding_forward(const float* table, const int32_t* tokens, int64_t
 // Backend::embedding_rmsnorm_forward: emb (may be null) = the rows, out = their RMSNorm (bf16-rounded when
 // bf16_out), rstd per row; one warp per row.
 void launch_embedding_rmsnorm_forward(const float* table, const int32_t* tokens, int64_t N, int64_t D, float eps,
-                                      bool bf16_out, float* emb, float* out, float* rstd, cudaStream_t s);
+                                      bool bf16_out, float* emb, Out out, float* rstd, cudaStream_t s);
 void launch_embedding_backward_atomic(const float* dout, const int32_t* tokens, int64_t N, int64_t D,
                                       float* dtable, cudaStream_t s);
 // Deterministic: stable radix sort of (token, position), then one block per distinct token adds its rows in
@@ -130,19 +133,20 @@ void launch_embedding_backward_atomic(const float* dout, const int32_t* tokens, 
 void launch_embedding_backward_sorted(const float* dout, const int32_t* tokens, int64_t N, int64_t D,
                                       float* dtable, Workspace& ws, cudaStream_t s);
 
-void launch_rmsnorm_forward(const float* x, int64_t N, int64_t D, float eps, Out out, float* rstd,
-                            cudaStream_t s);
+void launch_rmsnorm_forward(In x, int64_t N, int64_t D, float eps, Out out, float* rstd, cudaStream_t s);
 // dx += (accumulate) or dx = RMSNorm's backward of dout.
-void launch_rmsnorm_backward(In dout, const float* x, const float* rstd, int64_t N, int64_t D, float* dx,
+void launch_rmsnorm_backward(In dout, In x, const float* rstd, int64_t N, int64_t D, float* dx,
                              bool accumulate, cudaStream_t s);
 
 void launch_channel_scale_forward(const float* x, const float* sc, int64_t N, int64_t D, float* y, cudaStream_t s);
+// The residual stream's ops read it (x, x0, skip, y) as In and write it (y, and layer_entry's x and xs) as Out: a bf16
+// stream buffer holds each new value rounded, and a norm fused after it normalizes the rounded value (Backend's
+// "residual stream" contract).
 // y = x + sc ⊙ o (Backend::scaled_residual_forward), rounded as channel_scale_forward then add.
-void launch_scaled_residual_forward(const float* x, In o, const float* sc, int64_t N, int64_t D, float* y,
-                                    cudaStream_t s);
+void launch_scaled_residual_forward(In x, In o, const float* sc, int64_t N, int64_t D, Out y, cudaStream_t s);
 // The same, then h = rmsnorm(y) with rstd per row (Backend::scaled_residual_rmsnorm_forward): one warp per row.
-void launch_scaled_residual_rmsnorm_forward(const float* x, In o, const float* sc, int64_t N, int64_t D,
-                                            float eps, float* y, Out h, float* rstd, cudaStream_t s);
+void launch_scaled_residual_rmsnorm_forward(In x, In o, const float* sc, int64_t N, int64_t D, float eps, Out y,
+                                            Out h, float* rstd, cudaStream_t s);
 // The backwards below add into their input gradient (dx, dh) when accumulate, else overwrite it (a bf16 one
 // only so: accumulating into it throws std::invalid_argument); parameter gradients (ds, dg) always accumulate.
 void launch_channel_scale_backward(const float* dy, In x, const float* sc, int64_t N, int64_t D,
@@ -172,24 +176,23 @@ void launch_activation_backward(bool leaky, In dout, In h, int64_t n, Out dh, bo
                                 cudaStream_t s);
 
 void launch_skip_add_forward(float* x, const float* skip, const float* w, int64_t N, int64_t D, cudaStream_t s);
-void launch_skip_add_backward(const float* dy, const float* skip, const float* w, int64_t N, int64_t D,
+void launch_skip_add_backward(const float* dy, In skip, const float* w, int64_t N, int64_t D,
                               float* dskip, bool accumulate, float* dw_acc, Workspace& ws, cudaStream_t s);
-void launch_gated_skip_forward(const float* x, const float* skip, const float* w, const float* g, int64_t N,
-                               int64_t D, float* y, cudaStream_t s);
-void launch_gated_skip_backward(const float* dy, const float* x, const float* skip, const float* w, const float* g,
+void launch_gated_skip_forward(In x, In skip, const float* w, const float* g, int64_t N, int64_t D, Out y,
+                               cudaStream_t s);
+void launch_gated_skip_backward(const float* dy, In x, In skip, const float* w, const float* g,
                                 int64_t N, int64_t D, float* dx_acc, float* dskip_acc, float* dw_acc, float* dg_acc,
                                 Workspace& ws, cudaStream_t s);
-void launch_resid_mix_forward(const float* x, const float* x0, const float* m, int64_t N, int64_t D, float* y,
-                              cudaStream_t s);
+void launch_resid_mix_forward(In x, In x0, const float* m, int64_t N, int64_t D, Out y, cudaStream_t s);
 // The same, then h = rmsnorm(y) with rstd per row (Backend::resid_mix_rmsnorm_forward): one warp per row.
-// Backend::layer_entry_forward: one warp per row; x, xs may be null (not written); skip null: no skip add.
-void launch_layer_entry_forward(const float* a, In b, const float* sc, const float* skip, const float* w,
-                                const float* x0, const float* m, int64_t N, int64_t D, float eps, float* x, float* xs,
-                                float* y, Out h, float* rstd, cudaStream_t s);
-void launch_resid_mix_rmsnorm_forward(const float* x, const float* x0, const float* m, int64_t N, int64_t D,
-                                      float eps, float* y, Out h, float* rstd, cudaStream_t s);
+// Backend::layer_entry_forward: one warp per row; x, xs may be empty (not written; rounded as y's storage would
+// round them all the same); skip empty: no skip add.
+void launch_layer_entry_forward(In a, In b, const float* sc, In skip, const float* w, In x0, const float* m, int64_t N,
+                                int64_t D, float eps, Out x, Out xs, Out y, Out h, float* rstd, cudaStream_t s);
+void launch_resid_mix_rmsnorm_forward(In x, In x0, const float* m, int64_t N, int64_t D, float eps, Out y, Out h,
+                                      float* rstd, cudaStream_t s);
 // dx may be dy (in place).
-void launch_resid_mix_backward(const float* dy, const float* x, const float* x0, const float* m, int64_t N,
+void launch_resid_mix_backward(const float* dy, In x, In x0, const float* m, int64_t N,
                                int64_t D, float* dx, bool accumulate, float* dx0_acc, float* dm_acc, Workspace& ws,
                                cudaStream_t s);
 
@@ -206,11 +209,12 @@ void launch_qk_prep_backward_gain(const float* dq, const float* gain, float* dg_
 // rmsnorm_fused_backward accepts (others throw std::invalid_argument: compose the ops instead). dx0, dm_acc and
 // ds_acc are added to; dout is written.
 bool rmsnorm_fused_backward(int64_t D);
-// The resid_mix form recomputes the norm's input y = resid_mix(x, x0, m) as resid_mix_forward forms it.
-void launch_rmsnorm_resid_mix_backward(In dh, const float* rstd, const float* x, const float* x0, const float* m,
-                                       int64_t N, int64_t D, float* dx, float* dx0, float* dm_acc,
-                                       const float* dx_add, bool fold_x0, Workspace& ws, cudaStream_t s);
-void launch_rmsnorm_channel_scale_backward(In dh, const float* y, const float* rstd, In o, const float* sc,
+// The resid_mix form recomputes the norm's input y = resid_mix(x, x0, m) as resid_mix_forward forms it, rounded to
+// bf16 when y_bf16 (the forward stored it in a bf16 stream buffer).
+void launch_rmsnorm_resid_mix_backward(In dh, const float* rstd, In x, In x0, const float* m, bool y_bf16, int64_t N,
+                                       int64_t D, float* dx, float* dx0, float* dm_acc, const float* dx_add,
+                                       bool fold_x0, Workspace& ws, cudaStream_t s);
+void launch_rmsnorm_channel_scale_backward(In dh, In y, const float* rstd, In o, const float* sc,
                                            int64_t N, int64_t D, float* dx, Out dout, float* ds_acc, Workspace& ws,
                                            cudaStream_t s);
 

@@ -29,6 +29,9 @@ inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 
 
 // x rounded to the nearest bf16 (ties to even), kept as fp32: what a bf16 tensor holds.
 __device__ __forceinline__ float round_to_bf16(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+// The value that put(o, i, v) stores, as fp32: what an op that goes on with the value it wrote must use (a norm fused
+// after a residual-stream write normalizes the stored value, as the composed ops would read it back).
+__device__ __forceinline__ float as_stored(const Out& o, float v) { return o.bf16 ? round_to_bf16(v) : v; }
 
 // ---- generic element-wise map -------------------------------------------------------------------------------
 // One grid-stride kernel over the flat index, coalesced. Memory-bound; no shared memory.

@@ -20,12 +20,11 @@ namespace {
 // y = f(a, b) per channel (ScaledSum, MixSum), element-wise.
 template <class Combine>
 struct CombineF {
-  const float* a;
-  In b;
+  In a, b;
   Combine f;
-  float* y;
+  Out y;
   int64_t D;
-  __device__ void operator()(int64_t i) const { y[i] = f(i % D, a[i], get(b, i)); }
+  __device__ void operator()(int64_t i) const { put(y, i, f(i % D, get(a, i), get(b, i))); }
 };
 template <class Combine>
 struct Combine4F {  // four channels at a time (D % 4 == 0, a, b, y 16-byte aligned)
@@ -55,7 +54,7 @@ struct SkipAddFwdF {
 struct SkipAddBwdF {
   static constexpr int kOut = 1;
   const float* dy;
-  const float* skip;
+  In skip;
   const float* w;
   float* dskip;
   int64_t D;
@@ -64,27 +63,25 @@ struct SkipAddBwdF {
     const int64_t i = n * D + c;
     const float g = dy[i];
     if (dskip) dskip[i] = accumulate ? __fadd_rn(dskip[i], __fmul_rn(w[c], g)) : __fmul_rn(w[c], g);
-    v[0] = static_cast<double>(g) * static_cast<double>(skip[i]);
+    v[0] = static_cast<double>(g) * static_cast<double>(get(skip, i));
   }
 };
 struct GatedSkipFwdF {
-  const float* x;
-  const float* skip;
+  In x, skip;
   const float* w;
   const float* g;
-  float* y;
+  Out y;
   int64_t D;
   __device__ void operator()(int64_t i) const {
     const int64_t d = i % D;
     const float s = sigmoidf_(g[d]);
-    y[i] = s * x[i] + (1.f - s) * w[d] * skip[i];
+    put(y, i, s * get(x, i) + (1.f - s) * w[d] * get(skip, i));
   }
 };
 struct GatedSkipBwdF {  // out 0: dw, out 1: dg
   static constexpr int kOut = 2;
   const float* dy;
-  const float* x;
-  const float* skip;
+  In x, skip;
   const float* w;
   const float* g;
   float* dx;
@@ -96,16 +93,15 @@ struct GatedSkipBwdF {  // out 0: dw, out 1: dg
     const float gy = dy[i];
     if (dx) dx[i] += s * gy;
     if (dskip) dskip[i] += (1.f - s) * w[c] * gy;
-    const double sd = s, gyd = gy, k = skip[i];
+    const double sd = s, gyd = gy, k = get(skip, i);
     v[0] = (1.0 - sd) * k * gyd;
-    v[1] = sd * (1.0 - sd) * (static_cast<double>(x[i]) - static_cast<double>(w[c]) * k) * gyd;
+    v[1] = sd * (1.0 - sd) * (static_cast<double>(get(x, i)) - static_cast<double>(w[c]) * k) * gyd;
   }
 };
 struct ResidMixBwdF {  // out 0: dm[0, :], out 1: dm[1, :]
   static constexpr int kOut = 2;
   const float* dy;
-  const float* x;
-  const float* x0;
+  In x, x0;
   const float* m;
   float* dx;  // may be dy: the element is read before it is written, by the same thread
   float* dx0;
@@ -116,8 +112,8 @@ struct ResidMixBwdF {  // out 0: dm[0, :], out 1: dm[1, :]
     const float gy = dy[i];
     if (dx) dx[i] = accumulate ? __fadd_rn(dx[i], __fmul_rn(m[c], gy)) : __fmul_rn(m[c], gy);
     if (dx0) dx0[i] = __fadd_rn(dx0[i], __fmul_rn(m[D + c], gy));
-    v[0] = static_cast<double>(x[i]) * gy;
-    v[1] = static_cast<double>(x0[i]) * gy;
+    v[0] = static_cast<double>(get(x, i)) * gy;
+    v[1] = static_cast<double>(get(x0, i)) * gy;
   }
 };
 
@@ -125,12 +121,11 @@ struct ResidMixBwdF {  // out 0: dm[0, :], out 1: dm[1, :]
 
 // ---- launchers ----------------------------------------------------------------------------------------------
 
-void launch_scaled_residual_forward(const float* x, In o, const float* sc, int64_t N, int64_t D, float* y,
-                                    cudaStream_t s) {
+void launch_scaled_residual_forward(In x, In o, const float* sc, int64_t N, int64_t D, Out y, cudaStream_t s) {
   if (D <= 0) return;
-  if (D % 4 == 0 && o.f32 && aligned16(x) && aligned16(o.f32) && aligned16(y)) {
-    launch_map(Combine4F<ScaledSum>{reinterpret_cast<const float4*>(x), reinterpret_cast<const float4*>(o.f32), {sc},
-                                    reinterpret_cast<float4*>(y), D},
+  if (D % 4 == 0 && x.f32 && o.f32 && y.f32 && aligned16(x.f32) && aligned16(o.f32) && aligned16(y.f32)) {
+    launch_map(Combine4F<ScaledSum>{reinterpret_cast<const float4*>(x.f32), reinterpret_cast<const float4*>(o.f32),
+                                    {sc}, reinterpret_cast<float4*>(y.f32), D},
                N * D / 4, s, "scaled_residual_forward");
   } else {
     launch_map(CombineF<ScaledSum>{x, o, {sc}, y, D}, N * D, s, "scaled_residual_forward");
@@ -142,20 +137,20 @@ void launch_skip_add_forward(float* x, const float* skip, const float* w, int64_
   launch_map(SkipAddFwdF{x, skip, w, D}, N * D, s, "skip_add_forward");
 }
 
-void launch_skip_add_backward(const float* dy, const float* skip, const float* w, int64_t N, int64_t D,
+void launch_skip_add_backward(const float* dy, In skip, const float* w, int64_t N, int64_t D,
                               float* dskip, bool accumulate, float* dw_acc, Workspace& ws, cudaStream_t s) {
   if (!dskip && !dw_acc) return;
   launch_colreduce(SkipAddBwdF{dy, skip, w, dskip, D, accumulate}, N, D, 1, dw_acc, nullptr, ws, s,
                    "skip_add_backward");
 }
 
-void launch_gated_skip_forward(const float* x, const float* skip, const float* w, const float* g, int64_t N,
-                               int64_t D, float* y, cudaStream_t s) {
+void launch_gated_skip_forward(In x, In skip, const float* w, const float* g, int64_t N, int64_t D, Out y,
+                               cudaStream_t s) {
   if (D <= 0) return;
   launch_map(GatedSkipFwdF{x, skip, w, g, y, D}, N * D, s, "gated_skip_forward");
 }
 
-void launch_gated_skip_backward(const float* dy, const float* x, const float* skip, const float* w, const float* g,
+void launch_gated_skip_backward(const float* dy, In x, In skip, const float* w, const float* g,
                                 int64_t N, int64_t D, float* dx_acc, float* dskip_acc, float* dw_acc, float* dg_acc,
                                 Workspace& ws, cudaStream_t s) {
   if (!dx_acc && !dskip_acc && !dw_acc && !dg_acc) return;
@@ -163,13 +158,12 @@ void launch_gated_skip_backward(const float* dy, const float* x, const float* sk
                    "gated_skip_backward");
 }
 
-void launch_resid_mix_forward(const float* x, const float* x0, const float* m, int64_t N, int64_t D, float* y,
-                              cudaStream_t s) {
+void launch_resid_mix_forward(In x, In x0, const float* m, int64_t N, int64_t D, Out y, cudaStream_t s) {
   if (D <= 0) return;
   launch_map(CombineF<MixSum>{x, x0, {m, D}, y, D}, N * D, s, "resid_mix_forward");
 }
 
-void launch_resid_mix_backward(const float* dy, const float* x, const float* x0, const float* m, int64_t N,
+void launch_resid_mix_backward(const float* dy, In x, In x0, const float* m, int64_t N,
                                int64_t D, float* dx, bool accumulate, float* dx0_acc, float* dm_acc, Workspace& ws,
                                cudaStream_t s) {
   if (!dx && !dx0_acc && !dm_acc) return;

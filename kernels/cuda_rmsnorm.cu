@@ -21,21 +21,20 @@ namespace {
 
 // ---- RMSNorm ------------------------------------------------------------------------------------------------
 
-__global__ void __launch_bounds__(256) rmsnorm_fwd_kernel(const float* x, int64_t N, int64_t D, float eps,
-                                                          Out out, float* rstd) {
+__global__ void __launch_bounds__(256) rmsnorm_fwd_kernel(In x, int64_t N, int64_t D, float eps, Out out,
+                                                          float* rstd) {
   const int lane = threadIdx.x & 31;
   const int64_t wpb = blockDim.x >> 5;
   const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
   for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < N; row += nwarps) {
-    const float* xr = x + row * D;
     const float r = row_rstd(x, row * D, D, eps, lane);
     if (lane == 0) rstd[row] = r;
     // out may alias x (fp32): each element is read and written by the same lane
-    for (int64_t d = lane; d < D; d += 32) put(out, row * D + d, xr[d] * r);
+    for (int64_t d = lane; d < D; d += 32) put(out, row * D + d, get(x, row * D + d) * r);
   }
 }
 
-__global__ void __launch_bounds__(256) rmsnorm_bwd_kernel(In dout, const float* x, const float* rstd, int64_t N,
+__global__ void __launch_bounds__(256) rmsnorm_bwd_kernel(In dout, In x, const float* rstd, int64_t N,
                                                           int64_t D, float* dx, bool accumulate) {
   const int lane = threadIdx.x & 31;
   const int64_t wpb = blockDim.x >> 5;
@@ -46,47 +45,45 @@ __global__ void __launch_bounds__(256) rmsnorm_bwd_kernel(In dout, const float* 
 
 // ---- the residual stream's sum, then RMSNorm (fused forwards) -----------------------------------------------
 
-// The combination, then rmsnorm_fwd_kernel, one warp per row: y = f(a, b), h = y * rstd(y). The second pass
-// rereads y, which the same lane just wrote (from cache).
+// The combination, then rmsnorm_fwd_kernel, one warp per row: y = f(a, b), h = y * rstd(y) of y as stored. The
+// second pass rereads y, which the same lane just wrote (from cache).
 template <class Combine>
-__global__ void __launch_bounds__(256) combine_rmsnorm_kernel(const float* a, In b, Combine f, int64_t N, int64_t D,
-                                                              float eps, float* y, Out h, float* rstd) {
+__global__ void __launch_bounds__(256) combine_rmsnorm_kernel(In a, In b, Combine f, int64_t N, int64_t D, float eps,
+                                                              Out y, Out h, float* rstd) {
   const int lane = threadIdx.x & 31;
   const int64_t wpb = blockDim.x >> 5;
   const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
   for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < N; row += nwarps) {
-    const float* ar = a + row * D;
-    float* yr = y + row * D;
-    for (int64_t d = lane; d < D; d += 32) yr[d] = f(d, ar[d], get(b, row * D + d));
+    for (int64_t d = lane; d < D; d += 32) put(y, row * D + d, f(d, get(a, row * D + d), get(b, row * D + d)));
     const float r = row_rstd(y, row * D, D, eps, lane);
     if (lane == 0) rstd[row] = r;
-    for (int64_t d = lane; d < D; d += 32) put(h, row * D + d, yr[d] * r);
+    for (int64_t d = lane; d < D; d += 32) put(h, row * D + d, get(y, row * D + d) * r);
   }
 }
 
 // Backend::layer_entry_forward, one warp per row, with the roundings of the composed ops: x = ScaledSum(a, b),
-// xs = ScaledSum(x, skip) with the skip weights, y = MixSum(xs, x0), then rmsnorm_fwd_kernel's h and rstd.
-__global__ void __launch_bounds__(256) layer_entry_kernel(const float* a, In b, ScaledSum branch, const float* skip,
-                                                          ScaledSum skip_add, const float* x0, MixSum mix, int64_t N,
-                                                          int64_t D, float eps, float* x, float* xs, float* y, Out h,
-                                                          float* rstd) {
+// xs = ScaledSum(x, skip) with the skip weights, y = MixSum(xs, x0), each as y's storage holds it (x and xs are
+// rounded alike when not written), then rmsnorm_fwd_kernel's h and rstd.
+__global__ void __launch_bounds__(256) layer_entry_kernel(In a, In b, ScaledSum branch, In skip, ScaledSum skip_add,
+                                                          In x0, MixSum mix, int64_t N, int64_t D, float eps, Out x,
+                                                          Out xs, Out y, Out h, float* rstd) {
   const int lane = threadIdx.x & 31;
   const int64_t wpb = blockDim.x >> 5;
   const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
   for (int64_t row = blockIdx.x * wpb + (threadIdx.x >> 5); row < N; row += nwarps) {
     for (int64_t d = lane; d < D; d += 32) {
       const int64_t i = row * D + d;
-      float v = branch(d, a[i], get(b, i));
-      if (x) x[i] = v;
-      if (skip) {
-        v = skip_add(d, v, skip[i]);
-        if (xs) xs[i] = v;
+      float v = as_stored(y, branch(d, get(a, i), get(b, i)));
+      if (!x.empty()) put(x, i, v);
+      if (!skip.empty()) {
+        v = as_stored(y, skip_add(d, v, get(skip, i)));
+        if (!xs.empty()) put(xs, i, v);
       }
-      y[i] = mix(d, v, x0[i]);
+      put(y, i, mix(d, v, get(x0, i)));
     }
     const float r = row_rstd(y, row * D, D, eps, lane);
     if (lane == 0) rstd[row] = r;
-    for (int64_t d = lane; d < D; d += 32) put(h, row * D + d, y[row * D + d] * r);
+    for (int64_t d = lane; d < D; d += 32) put(h, row * D + d, get(y, row * D + d) * r);
   }
 }
 
@@ -156,17 +153,22 @@ __global__ void __launch_bounds__(256, 2) rmsnorm_bwd_then_kernel(typename Cfg::
 }
 
 // resid_mix's backward of t (with its rounding): dx = m0 t, dx0 += m1 t; column sums of t x and t x0. The norm's
-// input y = resid_mix(x, x0) is recomputed (MixSum, as the forward formed it) from the x and x0 it reads anyway.
-// dx_add (a skip's gradient) joins dx, and with fold_x0 dx goes to dx0 instead, with the roundings of the adds
-// they replace (Backend::rmsnorm_resid_mix_backward).
+// input y = resid_mix(x, x0) is recomputed (MixSum, as the forward formed it, rounded to bf16 when the forward
+// stored it so) from the x and x0 it reads anyway. dx_add (a skip's gradient) joins dx, and with fold_x0 dx goes to
+// dx0 instead, with the roundings of the adds they replace (Backend::rmsnorm_resid_mix_backward).
 struct ResidMixOfGradF {
   static constexpr int kOut = 2;
-  const float *x, *x0, *m;
+  In x, x0;
+  const float* m;
+  bool y_bf16;
   float *dx, *dx0;
   const float* dx_add;
   bool fold_x0;
   int64_t D;
-  __device__ float y(int64_t i, int64_t col) const { return MixSum{m, D}(col, x[i], x0[i]); }
+  __device__ float y(int64_t i, int64_t col) const {
+    const float v = MixSum{m, D}(col, get(x, i), get(x0, i));
+    return y_bf16 ? round_to_bf16(v) : v;
+  }
   __device__ void operator()(int64_t i, int64_t col, float t, double* v) const {
     float gx = __fmul_rn(m[col], t);
     if (dx_add) gx = __fadd_rn(gx, dx_add[i]);
@@ -177,20 +179,20 @@ struct ResidMixOfGradF {
       dx[i] = gx;
       dx0[i] = gx0;
     }
-    v[0] = static_cast<double>(x[i]) * t;
-    v[1] = static_cast<double>(x0[i]) * t;
+    v[0] = static_cast<double>(get(x, i)) * t;
+    v[1] = static_cast<double>(get(x0, i)) * t;
   }
 };
 
 // The channel scale's backward of t: dx = t (the residual gradient goes on), dout = s t; column sums of t o.
 struct ChannelScaleOfGradF {
   static constexpr int kOut = 1;
-  const float* yv;  // the norm's input
+  In yv;  // the norm's input
   In o;
   const float* sc;
   float* dx;
   Out dout;
-  __device__ float y(int64_t i, int64_t) const { return yv[i]; }
+  __device__ float y(int64_t i, int64_t) const { return get(yv, i); }
   __device__ void operator()(int64_t i, int64_t col, float t, double* v) const {
     dx[i] = t;
     put(dout, i, __fmul_rn(sc[col], t));
@@ -202,39 +204,37 @@ struct ChannelScaleOfGradF {
 
 // ---- launchers ----------------------------------------------------------------------------------------------
 
-void launch_rmsnorm_forward(const float* x, int64_t N, int64_t D, float eps, Out out, float* rstd,
-                            cudaStream_t s) {
+void launch_rmsnorm_forward(In x, int64_t N, int64_t D, float eps, Out out, float* rstd, cudaStream_t s) {
   if (N <= 0) return;
   PTOOL_LAUNCH(rmsnorm_fwd_kernel, row_warps_grid(N), 256, 0, s)(x, N, D, eps, out, rstd);
   PTOOL_CUDA_LAUNCHED("rmsnorm_forward", s);
 }
 
-void launch_rmsnorm_backward(In dout, const float* x, const float* rstd, int64_t N, int64_t D, float* dx,
+void launch_rmsnorm_backward(In dout, In x, const float* rstd, int64_t N, int64_t D, float* dx,
                              bool accumulate, cudaStream_t s) {
   if (N <= 0 || dx == nullptr) return;
   PTOOL_LAUNCH(rmsnorm_bwd_kernel, row_warps_grid(N), 256, 0, s)(dout, x, rstd, N, D, dx, accumulate);
   PTOOL_CUDA_LAUNCHED("rmsnorm_backward", s);
 }
 
-void launch_scaled_residual_rmsnorm_forward(const float* x, In o, const float* sc, int64_t N, int64_t D,
-                                            float eps, float* y, Out h, float* rstd, cudaStream_t s) {
+void launch_scaled_residual_rmsnorm_forward(In x, In o, const float* sc, int64_t N, int64_t D, float eps, Out y,
+                                            Out h, float* rstd, cudaStream_t s) {
   if (N <= 0 || D <= 0) return;
   PTOOL_LAUNCH(combine_rmsnorm_kernel<ScaledSum>, row_warps_grid(N), 256, 0, s)(x, o, ScaledSum{sc}, N, D, eps, y,
                                                                                 h, rstd);
   PTOOL_CUDA_LAUNCHED("scaled_residual_rmsnorm_forward", s);
 }
 
-void launch_layer_entry_forward(const float* a, In b, const float* sc, const float* skip, const float* w,
-                                const float* x0, const float* m, int64_t N, int64_t D, float eps, float* x, float* xs,
-                                float* y, Out h, float* rstd, cudaStream_t s) {
+void launch_layer_entry_forward(In a, In b, const float* sc, In skip, const float* w, In x0, const float* m, int64_t N,
+                                int64_t D, float eps, Out x, Out xs, Out y, Out h, float* rstd, cudaStream_t s) {
   if (N <= 0 || D <= 0) return;
   PTOOL_LAUNCH(layer_entry_kernel, row_warps_grid(N), 256, 0, s)(a, b, ScaledSum{sc}, skip, ScaledSum{w}, x0,
                                                                  MixSum{m, D}, N, D, eps, x, xs, y, h, rstd);
   PTOOL_CUDA_LAUNCHED("layer_entry_forward", s);
 }
 
-void launch_resid_mix_rmsnorm_forward(const float* x, const float* x0, const float* m, int64_t N, int64_t D,
-                                      float eps, float* y, Out h, float* rstd, cudaStream_t s) {
+void launch_resid_mix_rmsnorm_forward(In x, In x0, const float* m, int64_t N, int64_t D, float eps, Out y, Out h,
+                                      float* rstd, cudaStream_t s) {
   if (N <= 0 || D <= 0) return;
   PTOOL_LAUNCH(combine_rmsnorm_kernel<MixSum>, row_warps_grid(N), 256, 0, s)(x, x0, MixSum{m, D}, N, D, eps, y, h,
                                                                              rstd);
@@ -278,14 +278,14 @@ void launch_rmsnorm_bwd_then(const F& f, In dh, const float* rstd, const float* 
 
 }  // namespace
 
-void launch_rmsnorm_resid_mix_backward(In dh, const float* rstd, const float* x, const float* x0, const float* m,
-                                       int64_t N, int64_t D, float* dx, float* dx0, float* dm_acc,
-                                       const float* dx_add, bool fold_x0, Workspace& ws, cudaStream_t s) {
-  launch_rmsnorm_bwd_then(ResidMixOfGradF{x, x0, m, dx, dx0, dx_add, fold_x0, D}, dh, rstd, dx, N, D, dm_acc,
+void launch_rmsnorm_resid_mix_backward(In dh, const float* rstd, In x, In x0, const float* m, bool y_bf16, int64_t N,
+                                       int64_t D, float* dx, float* dx0, float* dm_acc, const float* dx_add,
+                                       bool fold_x0, Workspace& ws, cudaStream_t s) {
+  launch_rmsnorm_bwd_then(ResidMixOfGradF{x, x0, m, y_bf16, dx, dx0, dx_add, fold_x0, D}, dh, rstd, dx, N, D, dm_acc,
                           dm_acc + D, ws, s, "rmsnorm_resid_mix_backward");
 }
 
-void launch_rmsnorm_channel_scale_backward(In dh, const float* y, const float* rstd, In o, const float* sc,
+void launch_rmsnorm_channel_scale_backward(In dh, In y, const float* rstd, In o, const float* sc,
                                            int64_t N, int64_t D, float* dx, Out dout, float* ds_acc, Workspace& ws,
                                            cudaStream_t s) {
   launch_rmsnorm_bwd_then(ChannelScaleOfGradF{y, o, sc, dx, dout}, dh, rstd, dx, N, D, ds_acc, nullptr, ws, s,

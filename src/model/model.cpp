@@ -92,22 +92,26 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
   // of the plain pre-norms) are activation buffers (bf16 there too, rounded as under PyTorch's autocast).
   auto operand = [&](size_t n) { return DeviceBuffer<T>(be_, n, Storage::operand); };
   auto activation = [&](size_t n) { return DeviceBuffer<T>(be_, n, Storage::activation); };
+  // The residual stream has the embedding's precision, as in the reference (whose blocks cast their scales to the
+  // stream's dtype): under embed_bf16 its values are activation buffers too (rounded where the backend stores them
+  // in bf16; the norms after them normalize the stored values). Its gradient stays plain.
+  auto stream = [&](size_t n) { return DeviceBuffer<T>(be_, n, stream_storage()); };
   const bool plain_norms = plain_pre_norms();
   acts_.clear();
   acts_.resize(cfg_.virtual_layers());
   for (int64_t v = 0; v < cfg_.virtual_layers(); ++v) {
     LayerActs& a = acts_[v];
-    if (has_skip(v)) a.x_in_buf = buf(N * D);
-    if (cfg_.resid_mix) a.x_mix_buf = buf(N * D);
+    if (has_skip(v)) a.x_in_buf = stream(N * D);
+    if (cfg_.resid_mix) a.x_mix_buf = stream(N * D);
     a.h1 = plain_norms ? operand(N * D) : buf(N * D); a.rstd1 = buf(N);
     if (cfg_.norm_scale) { a.n1 = buf(N * D); a.n2 = buf(N * D); }
     a.q_raw = activation(N * D); a.rstd_q = buf(N * H); a.k_raw = activation(N * KV); a.rstd_k = buf(N * Hkv);
     a.q = operand(N * D); a.k = operand(N * KV); a.v = operand(N * KV); a.att = operand(N * D);
-    a.lse = buf(N * H); a.o = activation(N * D); a.x1 = buf(N * D); a.h2 = plain_norms ? operand(N * D) : buf(N * D);
-    a.rstd2 = buf(N); a.u = activation(N * Hd); a.a = operand(N * Hd); a.m = activation(N * D); a.x_out = buf(N * D);
+    a.lse = buf(N * H); a.o = activation(N * D); a.x1 = stream(N * D); a.h2 = plain_norms ? operand(N * D) : buf(N * D);
+    a.rstd2 = buf(N); a.u = activation(N * Hd); a.a = operand(N * Hd); a.m = activation(N * D); a.x_out = stream(N * D);
   }
   emb_ = train ? buf(N * D) : DeviceBuffer<T>();  // only the backward reads the looked-up rows
-  x0_ = buf(N * D); rstd0_ = buf(N); final_ = operand(N * D); rstdf_ = buf(N);
+  x0_ = stream(N * D); rstd0_ = buf(N); final_ = operand(N * D); rstdf_ = buf(N);
   logits_ = buf(N * V);
   if (train) {
     g_tmp_ = buf(N * D);
@@ -154,6 +158,11 @@ void Model<T>::pre_norm_backward(int64_t v, T* g, const T* x, int64_t N, const T
   }
   if (cfg_.ln_scale) be_.scale(g, ln_factor(v), N * D);
   be_.rmsnorm_backward(g, x, rstd, N, D, dx);
+}
+
+template <class T>
+Storage Model<T>::stream_storage() const {
+  return cfg_.embed_bf16 ? Storage::activation : Storage::plain;
 }
 
 template <class T>
@@ -388,7 +397,7 @@ double Model<T>::run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, 
   be_.embedding_rmsnorm_forward(P + tok_emb_, xdev_, N, D, rms_eps<T>(), cfg_.embed_bf16, train ? emb_.get() : nullptr,
                                 x0_.get(), rstd0_.get());
   if (score_from > 0 && scored_.size() < static_cast<size_t>(R * D))
-    scored_ = DeviceBuffer<T>(be_, static_cast<size_t>(N * D));
+    scored_ = DeviceBuffer<T>(be_, static_cast<size_t>(N * D), stream_storage());
   const int64_t L = cfg_.virtual_layers();  // >= 1 (a schedule is never empty)
   for (int64_t v = 0; v < L; ++v)
     layer_forward(v, B, Tn, x0_.get(), v == 0 ? x0_.get() : acts_[v - 1].x_out.get(), v == L - 1, score_from);

@@ -94,6 +94,8 @@ class Model {
   // The pre-norms are RMSNorm alone (no ln_scale factor, no learned scale): they can fuse with the op before them
   // and write operand buffers.
   bool plain_pre_norms() const;
+  // Where the residual stream lives (ensure_arena): activation buffers under embed_bf16, else plain memory.
+  Storage stream_storage() const;
   // resid_mix and the attention branch's plain pre-norm run as one op each way (resid_mix_rmsnorm_forward,
   // rmsnorm_resid_mix_backward). The backward one also takes in layer 0 the final add of x0's gradient and, where
   // skip_grad_joins_next(v), encoder layer v's skip gradient (on its way into layer v + 1's input gradient, which

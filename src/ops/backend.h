@@ -57,6 +57,17 @@ class Backend {
   // rmsnorm_channel_scale_backward (dh, o), copy_columns, gather_rows, and the linear ops and attention; written
   // only by ops that name them as outputs (linear ops with a written, not accumulated, output). Values through
   // operand_values()/store_operand().
+  //
+  // The residual stream may live in activation buffers too (the model puts it there under embed_bf16, as the
+  // reference's stream has its bf16 embedding's dtype). Ops may then write a stream value into one: x0
+  // (embedding_rmsnorm_forward's out), the y of scaled_residual_forward, scaled_residual_rmsnorm_forward,
+  // resid_mix(_rmsnorm)_forward and gated_skip_forward, layer_entry_forward's x, xs and y (all three in one
+  // storage), gather_rows' dst. The stored value is rounded, and what an op goes on to compute from it (a fused
+  // norm, layer_entry_forward's next sum, even where x or xs is not written) uses the stored value, as the composed
+  // ops would read it back. They may read one as a stream input: the x, x0, skip, a and y of those ops, of
+  // rmsnorm_forward, rmsnorm_backward(_set), resid_mix_backward(_set_dx), skip_add_backward(_set),
+  // gated_skip_backward, rmsnorm_resid_mix_backward (whose recomputed y is rounded as its y argument's storage
+  // would hold it) and rmsnorm_channel_scale_backward. The stream's gradients stay plain memory.
   virtual T* alloc_activation(size_t n) { return alloc(n); }
   // Bytes per element of the buffer at p as this backend stores it (for traffic estimates).
   virtual size_t element_bytes(const T*) const { return sizeof(T); }
@@ -350,8 +361,8 @@ class Backend {
   // the gradients dy_i side by side are the dy of that matrix (the producers of the dy_i write their columns of
   // it through a ColumnSlice, or copy_columns places them).
   // The rows from position `from` on of each of B sequences of Tn rows (D wide), packed: dst[b, s, :] =
-  // src[b, from + s, :] for s < Tn - from. src may be an operand or activation buffer and dst an operand buffer
-  // (values copied as stored, rounded where dst keeps fewer bits).
+  // src[b, from + s, :] for s < Tn - from. src may be an operand or activation buffer and dst an operand or
+  // activation buffer (values copied as stored, rounded where dst keeps fewer bits).
   virtual void gather_rows(const T* src, int64_t B, int64_t Tn, int64_t from, int64_t D, T* dst) = 0;
   // Its inverse, for the suffix ops' defaults: src's packed rows (Tn - from per sequence) to their positions in dst
   // [B, Tn, D], zeros before `from` (sequence b's suffix is the last (Tn - from) D elements of dst's row b).

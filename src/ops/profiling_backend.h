@@ -104,7 +104,7 @@ class ProfilingBackend final : public Backend<T> {
   }
   void embedding_rmsnorm_forward(const T* table, const int32_t* tokens, int64_t N, int64_t D, T eps, bool bf16_out,
                                  T* emb, T* out, T* rstd) override {
-    timed("embedding_rmsnorm_forward", E * (emb ? 3 : 2) * N * D + (4.0 + E) * N, 0,
+    timed("embedding_rmsnorm_forward", E * N * D + b(emb, N * D) + b(out, N * D) + (4.0 + E) * N, 0,
           [&] { in_.embedding_rmsnorm_forward(table, tokens, N, D, eps, bf16_out, emb, out, rstd); });
   }
   void embedding_backward(const T* dout, const int32_t* tokens, int64_t N, int64_t D, T* dtable) override {
@@ -116,7 +116,7 @@ class ProfilingBackend final : public Backend<T> {
           [&] { in_.rmsnorm_forward(x, N, D, eps, out, rstd); });
   }
   void rmsnorm_backward(const T* dout, const T* x, const T* rstd, int64_t N, int64_t D, T* dx) override {
-    timed("rmsnorm_backward", b(dout, N * D) + E * (3 * N * D + N), 0,
+    timed("rmsnorm_backward", b(dout, N * D) + b(x, N * D) + E * (2 * N * D + N), 0,
           [&] { in_.rmsnorm_backward(dout, x, rstd, N, D, dx); });
   }
   void linear_forward(const T* x, const T* W, int64_t N, int64_t K, int64_t M, T* y) override {
@@ -208,35 +208,37 @@ class ProfilingBackend final : public Backend<T> {
     timed("skip_add_forward", E * 3 * N * D, 0, [&] { in_.skip_add_forward(x, skip, w, N, D); });
   }
   void skip_add_backward(const T* dy, const T* skip, const T* w, int64_t N, int64_t D, T* dskip, T* dw) override {
-    timed("skip_add_backward", E * (dskip ? 4 : 2) * N * D, 0,
+    timed("skip_add_backward", E * (dskip ? 3 : 1) * N * D + b(skip, N * D), 0,
           [&] { in_.skip_add_backward(dy, skip, w, N, D, dskip, dw); });
   }
   void gated_skip_forward(const T* x, const T* skip, const T* w, const T* g, int64_t N, int64_t D, T* y) override {
-    timed("gated_skip_forward", E * 3 * N * D, 0, [&] { in_.gated_skip_forward(x, skip, w, g, N, D, y); });
+    timed("gated_skip_forward", b(x, N * D) + b(skip, N * D) + b(y, N * D), 0,
+          [&] { in_.gated_skip_forward(x, skip, w, g, N, D, y); });
   }
   void gated_skip_backward(const T* dy, const T* x, const T* skip, const T* w, const T* g, int64_t N, int64_t D,
                            T* dx, T* dskip, T* dw, T* dg) override {
-    timed("gated_skip_backward", E * (3 + (dx ? 2 : 0) + (dskip ? 2 : 0)) * N * D, 0,
+    timed("gated_skip_backward", b(x, N * D) + b(skip, N * D) + E * (1 + (dx ? 2 : 0) + (dskip ? 2 : 0)) * N * D, 0,
           [&] { in_.gated_skip_backward(dy, x, skip, w, g, N, D, dx, dskip, dw, dg); });
   }
   void resid_mix_forward(const T* x, const T* x0, const T* m, int64_t N, int64_t D, T* y) override {
-    timed("resid_mix_forward", E * 3 * N * D, 0, [&] { in_.resid_mix_forward(x, x0, m, N, D, y); });
+    timed("resid_mix_forward", b(x, N * D) + b(x0, N * D) + b(y, N * D), 0,
+          [&] { in_.resid_mix_forward(x, x0, m, N, D, y); });
   }
   void resid_mix_backward(const T* dy, const T* x, const T* x0, const T* m, int64_t N, int64_t D, T* dx, T* dx0,
                           T* dm) override {
-    timed("resid_mix_backward", E * (3 + (dx ? 2 : 0) + (dx0 ? 2 : 0)) * N * D, 0,
+    timed("resid_mix_backward", b(x, N * D) + b(x0, N * D) + E * (1 + (dx ? 2 : 0) + (dx0 ? 2 : 0)) * N * D, 0,
           [&] { in_.resid_mix_backward(dy, x, x0, m, N, D, dx, dx0, dm); });
   }
   void layer_entry_forward(const T* a, const T* b_, const T* s, const T* skip, const T* w, const T* x0, const T* m,
                            int64_t N, int64_t D, T eps, T* x, T* xs, T* y, T* h, T* rstd) override {
     const int64_t n = N * D;
-    const double bytes = E * n * (2 + (skip ? 1 : 0) + (x ? 1 : 0) + (xs ? 1 : 0) + 1) + b(b_, n) + b(h, n) + E * N;
+    const double bytes = b(a, n) + b(b_, n) + b(skip, n) + b(x0, n) + b(x, n) + b(xs, n) + b(y, n) + b(h, n) + E * N;
     timed("layer_entry_forward", bytes, 0,
           [&] { in_.layer_entry_forward(a, b_, s, skip, w, x0, m, N, D, eps, x, xs, y, h, rstd); });
   }
   void resid_mix_rmsnorm_forward(const T* x, const T* x0, const T* m, int64_t N, int64_t D, T eps, T* y, T* h,
                                  T* rstd) override {
-    timed("resid_mix_rmsnorm_forward", E * (3 * N * D + N) + b(h, N * D), 0,
+    timed("resid_mix_rmsnorm_forward", b(x, N * D) + b(x0, N * D) + b(y, N * D) + E * N + b(h, N * D), 0,
           [&] { in_.resid_mix_rmsnorm_forward(x, x0, m, N, D, eps, y, h, rstd); });
   }
   void qk_prep_forward(const T* raw, int64_t B, int64_t Tn, int64_t H, int64_t hd, int64_t rot, double base,
@@ -267,12 +269,12 @@ class ProfilingBackend final : public Backend<T> {
           [&] { in_.qk_prep_backward_gain(dq, gain, dg, raw, rstd, B, Tn, H, hd, rot, base, norm, eps, draw); });
   }
   void scaled_residual_forward(const T* x, const T* o, const T* s, int64_t N, int64_t D, T* y) override {
-    timed("scaled_residual_forward", 2 * E * N * D + b(o, N * D), 0,
+    timed("scaled_residual_forward", b(x, N * D) + b(o, N * D) + b(y, N * D), 0,
           [&] { in_.scaled_residual_forward(x, o, s, N, D, y); });
   }
   void scaled_residual_rmsnorm_forward(const T* x, const T* o, const T* s, int64_t N, int64_t D, T eps, T* y, T* h,
                                        T* rstd) override {
-    timed("scaled_residual_rmsnorm_forward", E * (2 * N * D + N) + b(o, N * D) + b(h, N * D), 0,
+    timed("scaled_residual_rmsnorm_forward", b(x, N * D) + b(o, N * D) + b(y, N * D) + b(h, N * D) + E * N, 0,
           [&] { in_.scaled_residual_rmsnorm_forward(x, o, s, N, D, eps, y, h, rstd); });
   }
   void linear_backward_set_dx(const T* dy, const T* x, const T* W, int64_t N, int64_t K, int64_t M, T* dx,
@@ -291,12 +293,12 @@ class ProfilingBackend final : public Backend<T> {
           [&] { in_.head_scale_backward_set_dx(dy, x, g, N, H, hd, dx, dg); });
   }
   void rmsnorm_backward_set(const T* dout, const T* x, const T* rstd, int64_t N, int64_t D, T* dx) override {
-    timed("rmsnorm_backward_set", b(dout, N * D) + E * (2 * N * D + N), 0,
+    timed("rmsnorm_backward_set", b(dout, N * D) + b(x, N * D) + E * (N * D + N), 0,
           [&] { in_.rmsnorm_backward_set(dout, x, rstd, N, D, dx); });
   }
   void skip_add_backward_set(const T* dy, const T* skip, const T* w, int64_t N, int64_t D, T* dskip,
                              T* dw) override {
-    timed("skip_add_backward_set", E * (dskip ? 3 : 2) * N * D, 0,
+    timed("skip_add_backward_set", E * (dskip ? 2 : 1) * N * D + b(skip, N * D), 0,
           [&] { in_.skip_add_backward_set(dy, skip, w, N, D, dskip, dw); });
   }
   void activation_backward_set(cpu::Activation a, const T* dout, const T* h, int64_t n, T* dh) override {
@@ -305,18 +307,20 @@ class ProfilingBackend final : public Backend<T> {
   }
   void resid_mix_backward_set_dx(const T* dy, const T* x, const T* x0, const T* m, int64_t N, int64_t D, T* dx,
                                  T* dx0, T* dm) override {
-    timed("resid_mix_backward_set_dx", E * (3 + (dx ? 1 : 0) + (dx0 ? 2 : 0)) * N * D, 0,
+    timed("resid_mix_backward_set_dx", b(x, N * D) + b(x0, N * D) + E * (1 + (dx ? 1 : 0) + (dx0 ? 2 : 0)) * N * D, 0,
           [&] { in_.resid_mix_backward_set_dx(dy, x, x0, m, N, D, dx, dx0, dm); });
   }
   void rmsnorm_resid_mix_backward(const T* dh, const T* y, const T* rstd, const T* x, const T* x0, const T* m,
                                   int64_t N, int64_t D, T* dx, T* dx0, T* dm, const T* dx_add, bool fold_x0) override {
     // y is not counted: a fused backward recomputes it from x and x0. Folded, dx is read but not written.
-    timed("rmsnorm_resid_mix_backward", b(dh, N * D) + E * ((6 + (dx_add ? 1 : 0) - (fold_x0 ? 1 : 0)) * N * D + N),
+    timed("rmsnorm_resid_mix_backward",
+          b(dh, N * D) + b(x, N * D) + b(x0, N * D) + E * ((4 + (dx_add ? 1 : 0) - (fold_x0 ? 1 : 0)) * N * D + N),
           0, [&] { in_.rmsnorm_resid_mix_backward(dh, y, rstd, x, x0, m, N, D, dx, dx0, dm, dx_add, fold_x0); });
   }
   void rmsnorm_channel_scale_backward(const T* dh, const T* y, const T* rstd, const T* o, const T* s, int64_t N,
                                       int64_t D, T* dx, T* dout, T* ds) override {
-    timed("rmsnorm_channel_scale_backward", b(dh, N * D) + b(o, N * D) + b(dout, N * D) + E * (3 * N * D + N + 3 * D),
+    timed("rmsnorm_channel_scale_backward",
+          b(dh, N * D) + b(y, N * D) + b(o, N * D) + b(dout, N * D) + E * (2 * N * D + N + 3 * D),
           0, [&] { in_.rmsnorm_channel_scale_backward(dh, y, rstd, o, s, N, D, dx, dout, ds); });
   }
   void linear_forward_shared(const T* x, int64_t N, int64_t K,

@@ -101,7 +101,10 @@ TEST_CASE("cuda: the tiny model's loss and gradients match the CPU backend", "[g
     model::ModelConfig cfg;
     int64_t B, Tn;
   };
+  model::ModelConfig tiny_bf16_stream = model::preset("tiny");
+  tiny_bf16_stream.embed_bf16 = true;  // the bf16 mode keeps the residual stream in bf16
   const ModelCase cases[] = {{"tiny", model::preset("tiny"), 2, 128},
+                             {"tiny, embed_bf16", tiny_bf16_stream, 2, 77},
                              {"tiny T=77", model::preset("tiny"), 3, 77},
                              {"tiny_recurrent", model::preset("tiny_recurrent"), 2, 128},
                              {"variant (leaky, partial rope, gated, ln_scale, untied)", variant_config(), 2, 77},
@@ -202,33 +205,37 @@ TEST_CASE("cuda: bf16 operand buffers give the bf16 mode's results bit for bit",
 // those positions: its last layer runs past attention on the scored rows alone.
 TEST_CASE("cuda: a suffix forward scores like the full forward", "[gpu]") {
   SKIP_WITHOUT_GPU();
-  const auto cfg = model::preset("tiny");
-  const auto L = model::make_layout(cfg);
-  const auto params = noisy_params(cfg, L, 43);
-  const int64_t B = 3, Tn = 40, from = 29, S = Tn - from, V = cfg.vocab_size;
-  std::mt19937_64 rng(47);
-  std::vector<int32_t> x(static_cast<size_t>(B * Tn)), y(x.size());
-  for (auto& t : x) t = static_cast<int32_t>(rand_int(rng, 0, V - 1));
-  for (auto& t : y) t = static_cast<int32_t>(rand_int(rng, 0, V - 1));
-  for (auto prec : {CudaGemmPrecision::fp32, CudaGemmPrecision::bf16}) {
-    auto g = gpu_backend(prec);
-    model::Model<float> m(cfg, *g);
-    m.load_params(params.data());
-    std::vector<double> all(x.size()), part(static_cast<size_t>(B * S));
-    m.forward(x.data(), y.data(), B, Tn, all.data());
-    Vec full(static_cast<size_t>(B * Tn * V)), suffix(static_cast<size_t>(B * S * V));
-    g->download(full.data(), m.logits(), full.size());
-    m.forward(x.data(), y.data(), B, Tn, part.data(), from);
-    g->download(suffix.data(), m.logits(), suffix.size());
-    Vec want_l, got_l, want_z;
-    for (int64_t b = 0; b < B; ++b)
-      for (int64_t t = from; t < Tn; ++t) {
-        want_l.push_back(static_cast<float>(all[b * Tn + t]));
-        got_l.push_back(static_cast<float>(part[b * S + t - from]));
-        want_z.insert(want_z.end(), full.begin() + (b * Tn + t) * V, full.begin() + (b * Tn + t + 1) * V);
-      }
-    check_close("suffix forward losses" + tag_of(prec), got_l, want_l, 1e-5, 1e-5);
-    check_close("suffix forward logits" + tag_of(prec), suffix, want_z, 1e-5, 1e-5);
+  for (const bool bf16_stream : {false, true}) {
+    auto cfg = model::preset("tiny");
+    cfg.embed_bf16 = bf16_stream;  // the bf16 mode's stream, and with it the scored rows, in bf16
+    const auto L = model::make_layout(cfg);
+    const auto params = noisy_params(cfg, L, 43);
+    const int64_t B = 3, Tn = 40, from = 29, S = Tn - from, V = cfg.vocab_size;
+    std::mt19937_64 rng(47);
+    std::vector<int32_t> x(static_cast<size_t>(B * Tn)), y(x.size());
+    for (auto& t : x) t = static_cast<int32_t>(rand_int(rng, 0, V - 1));
+    for (auto& t : y) t = static_cast<int32_t>(rand_int(rng, 0, V - 1));
+    for (auto prec : {CudaGemmPrecision::fp32, CudaGemmPrecision::bf16}) {
+      auto g = gpu_backend(prec);
+      model::Model<float> m(cfg, *g);
+      m.load_params(params.data());
+      std::vector<double> all(x.size()), part(static_cast<size_t>(B * S));
+      m.forward(x.data(), y.data(), B, Tn, all.data());
+      Vec full(static_cast<size_t>(B * Tn * V)), suffix(static_cast<size_t>(B * S * V));
+      g->download(full.data(), m.logits(), full.size());
+      m.forward(x.data(), y.data(), B, Tn, part.data(), from);
+      g->download(suffix.data(), m.logits(), suffix.size());
+      Vec want_l, got_l, want_z;
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t t = from; t < Tn; ++t) {
+          want_l.push_back(static_cast<float>(all[b * Tn + t]));
+          got_l.push_back(static_cast<float>(part[b * S + t - from]));
+          want_z.insert(want_z.end(), full.begin() + (b * Tn + t) * V, full.begin() + (b * Tn + t + 1) * V);
+        }
+      const std::string tag = tag_of(prec) + (bf16_stream ? " embed_bf16" : "");
+      check_close("suffix forward losses" + tag, got_l, want_l, 1e-5, 1e-5);
+      check_close("suffix forward logits" + tag, suffix, want_z, 1e-5, 1e-5);
+    }
   }
 }
 

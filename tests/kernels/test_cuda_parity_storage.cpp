@@ -69,7 +69,7 @@ TEST_CASE("cuda: ops write bf16 operand buffers as the rounded fp32 result, and 
   CHECK_THROWS_AS(g->copy(plain.p(), opnd.get(), n), std::invalid_argument);
   CHECK_THROWS_AS(g->add(opnd.get(), plain.p(), n), std::invalid_argument);
   CHECK_THROWS_AS(g->channel_scale_forward(gx.p(), gs.p(), N, D, opnd.get()), std::invalid_argument);  // fp32 out
-  CHECK_THROWS_AS(g->rmsnorm_backward(gdy.p(), opnd.get(), rstd.p(), N, D, plain.p()), std::invalid_argument);  // x
+  CHECK_THROWS_AS(g->rmsnorm_backward(gdy.p(), gx.p(), rstd.p(), N, D, opnd.get()), std::invalid_argument);  // dx
   CHECK_THROWS_AS(g->rmsnorm_forward(gx.p(), N - 1, D, eps, opnd.get() + D, rstd.p()),  // the middle of one
                   std::invalid_argument);
 

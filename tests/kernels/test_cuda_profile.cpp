@@ -3,7 +3,9 @@
 // profiled region.
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <functional>
+#include <map>
 #include <random>
 #include <vector>
 
@@ -109,3 +111,49 @@ TEST_CASE("cuda: a profile counts bf16 buffers at 2 bytes per element", "[gpu]")
   prof.activation_forward(cpu::Activation::relu2, u.get(), N * M, y.get());
   CHECK(prof.profile().at("activation_forward").bytes == 2.0 * N * M + 4.0 * N * M);
 }
+
+// The model puts its residual stream in activation buffers under embed_bf16 (bf16 in the bf16 mode, as the
+// reference's stream has its bf16 embedding's dtype): the stream's ops move 2 bytes per element of it, the others
+// are unchanged, and the loss stays within bf16 noise of the fp32 stream's.
+TEST_CASE("cuda: under embed_bf16 the bf16 mode keeps the model's residual stream in bf16", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  CudaBackendOptions o;
+  o.gemm = CudaGemmPrecision::bf16;
+  const int64_t B = 2, Tn = 64, N = B * Tn;
+  std::map<bool, OpProfile> prof;
+  std::map<bool, double> loss;
+  for (const bool bf16_stream : {false, true}) {
+    auto inner = make_cuda_backend(o);
+    ProfilingBackend<float> be(*inner, make_cuda_op_timer(*inner));
+    auto c = model::preset("tiny");
+    c.embed_bf16 = bf16_stream;
+    model::Model<float> m(c, be);
+    std::vector<float> p(static_cast<size_t>(m.param_count()));
+    model::init_params(c, m.layout(), 3, p.data());
+    m.load_params(p.data());
+    std::mt19937 rng(4);
+    std::vector<int32_t> x(N), y(N);
+    for (auto* v : {&x, &y})
+      for (auto& t : *v) t = static_cast<int32_t>(rng() % c.vocab_size);
+    loss[bf16_stream] = m.forward_backward(x.data(), y.data(), B, Tn, 1.f / N);
+    prof[bf16_stream] = be.profile();
+  }
+  const double D = model::preset("tiny").d_model;
+  // Per call: x read and y written (the norm's h and rstd, o: as before).
+  const OpStats &f32 = prof[false].at("scaled_residual_rmsnorm_forward"), &b16 = prof[true].at(
+                                                                                 "scaled_residual_rmsnorm_forward");
+  CHECK(f32.calls == b16.calls);
+  CHECK(f32.bytes - b16.bytes == f32.calls * 2.0 * 2.0 * N * D);
+  for (const char* op : {"layer_entry_forward", "rmsnorm_resid_mix_backward", "rmsnorm_channel_scale_backward",
+                         "rmsnorm_backward_set"}) {
+    INFO(op);
+    CHECK(prof[true].at(op).bytes < prof[false].at(op).bytes);
+  }
+  for (const char* op : {"linear_forward", "activation_forward", "attention_forward"}) {
+    INFO(op);
+    CHECK(prof[true].at(op).bytes == prof[false].at(op).bytes);
+  }
+  CHECK(loss[true] != loss[false]);
+  CHECK(std::abs(loss[true] - loss[false]) < 1e-2 * std::abs(loss[false]));
+}
+

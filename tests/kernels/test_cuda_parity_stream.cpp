@@ -1,0 +1,228 @@
+// The residual stream in bf16 activation buffers (the model's stream under embed_bf16, in the CUDA backend's bf16
+// mode; Backend's "residual stream" contract): the ops that form a stream value store it rounded and go on with the
+// stored value, as the composed ops would read it back; the ops that read the stream read its stored values.
+// References are the same ops on plain buffers holding the rounded values, composed where a fused op rounds
+// between its steps.
+#include <catch2/catch.hpp>
+
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda_backend.h"
+#include "src/ops/backend.h"
+#include "tests/kernels/gpu_test_util.h"
+#include "tests/kernels/parity_test_util.h"
+
+using namespace ptool;
+using namespace ptool::parity_test;
+
+using ptool::gpu_test::check_exact;
+using ptool::gpu_test::Dev;
+
+namespace {
+
+// A bf16 stream buffer of n elements, optionally holding x (rounded as stored), with its values readable.
+class Stream {
+ public:
+  Stream(Backend<float>& g, size_t n) : g_(&g), act_(g, n, Storage::activation), vals_(g, Vec(n)), n_(n) {}
+  Stream(Backend<float>& g, const Vec& x) : Stream(g, x.size()) {
+    const Dev src(g, x);
+    g.store_operand(act_.get(), src.p(), n_);
+  }
+  float* p() const { return act_.get(); }
+  Vec values() const {
+    g_->operand_values(act_.get(), n_, vals_.p());
+    return vals_.get();
+  }
+
+ private:
+  Backend<float>* g_;
+  DeviceBuffer<float> act_;
+  Dev vals_;
+  size_t n_;
+};
+
+}  // namespace
+
+TEST_CASE("cuda: ops write the residual stream into bf16 buffers rounded and go on with the stored value", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto g = gpu_backend(CudaGemmPrecision::bf16);
+  std::mt19937_64 rng(71);
+  const int64_t N = 37, D = 96, n = N * D;
+  const float eps = 1e-6f;
+  const Vec xv = bf16_rounded(rand_vec(rng, n, -3.f, 3.f)), ov = bf16_rounded(rand_vec(rng, n)),
+            kv = bf16_rounded(rand_vec(rng, n)), x0v = bf16_rounded(rand_vec(rng, n, -2.f, 2.f)),
+            sv = rand_vec(rng, D, 0.5f, 1.5f), wv = rand_vec(rng, D, 0.5f, 1.5f), mv = rand_vec(rng, 2 * D),
+            gv = rand_vec(rng, D, -2.f, 2.f);
+  // The stream's inputs in bf16 buffers, and the same values in plain memory.
+  const Stream x(*g, xv), o(*g, ov), skip(*g, kv), x0(*g, x0v);
+  const Dev xp(*g, xv), op(*g, ov), kp(*g, kv), x0p(*g, x0v), s(*g, sv), w(*g, wv), m(*g, mv), gate(*g, gv);
+  Dev y32(*g, Vec(n)), h32(*g, Vec(n)), r32(*g, Vec(N)), h(*g, Vec(n)), r(*g, Vec(N));
+  const Stream y(*g, n);
+
+  g->scaled_residual_forward(x.p(), o.p(), s.p(), N, D, y.p());
+  g->scaled_residual_forward(xp.p(), op.p(), s.p(), N, D, y32.p());
+  check_exact("scaled_residual_forward into a stream buffer", y.values(), bf16_rounded(y32.get()));
+
+  // Fused with the next norm: the norm of the rounded sum.
+  g->round_bf16(y32.p(), n);
+  g->rmsnorm_forward(y32.p(), N, D, eps, h32.p(), r32.p());
+  g->scaled_residual_rmsnorm_forward(x.p(), o.p(), s.p(), N, D, eps, y.p(), h.p(), r.p());
+  check_exact("scaled_residual_rmsnorm_forward y", y.values(), y32.get());
+  check_exact("scaled_residual_rmsnorm_forward h (the stored y normed)", h.get(), h32.get());
+  check_exact("scaled_residual_rmsnorm_forward rstd", r.get(), r32.get());
+
+  g->resid_mix_forward(xp.p(), x0p.p(), m.p(), N, D, y32.p());
+  g->round_bf16(y32.p(), n);
+  g->rmsnorm_forward(y32.p(), N, D, eps, h32.p(), r32.p());
+  g->resid_mix_forward(x.p(), x0.p(), m.p(), N, D, y.p());
+  check_exact("resid_mix_forward into a stream buffer", y.values(), y32.get());
+  g->resid_mix_rmsnorm_forward(x.p(), x0.p(), m.p(), N, D, eps, y.p(), h.p(), r.p());
+  check_exact("resid_mix_rmsnorm_forward y", y.values(), y32.get());
+  check_exact("resid_mix_rmsnorm_forward h (the stored y normed)", h.get(), h32.get());
+  check_exact("resid_mix_rmsnorm_forward rstd", r.get(), r32.get());
+
+  g->gated_skip_forward(xp.p(), kp.p(), w.p(), gate.p(), N, D, y32.p());
+  g->gated_skip_forward(x.p(), skip.p(), w.p(), gate.p(), N, D, y.p());
+  check_exact("gated_skip_forward into a stream buffer", y.values(), bf16_rounded(y32.get()));
+
+  // The layer entry rounds each sum it forms (x, x + w skip, the mix) as the composed ops would store them, whether
+  // or not it writes x and xs.
+  for (const bool with_skip : {true, false}) {
+    const std::string tag = with_skip ? " (with a skip)" : " (no skip)";
+    Dev xe32(*g, Vec(n)), xs32(*g, Vec(n));
+    g->scaled_residual_forward(xp.p(), op.p(), s.p(), N, D, xe32.p());
+    g->round_bf16(xe32.p(), n);
+    const float* into_mix = xe32.p();
+    if (with_skip) {
+      g->scaled_residual_forward(xe32.p(), kp.p(), w.p(), N, D, xs32.p());
+      g->round_bf16(xs32.p(), n);
+      into_mix = xs32.p();
+    }
+    g->resid_mix_forward(into_mix, x0p.p(), m.p(), N, D, y32.p());
+    g->round_bf16(y32.p(), n);
+    g->rmsnorm_forward(y32.p(), N, D, eps, h32.p(), r32.p());
+    for (const bool keep : {true, false}) {
+      const Stream xe(*g, n), xs(*g, n);
+      g->layer_entry_forward(x.p(), o.p(), s.p(), with_skip ? skip.p() : nullptr, with_skip ? w.p() : nullptr,
+                             x0.p(), m.p(), N, D, eps, keep ? xe.p() : nullptr,
+                             keep && with_skip ? xs.p() : nullptr, y.p(), h.p(), r.p());
+      const std::string t = tag + (keep ? ", x and xs written" : ", x and xs not written");
+      if (keep) check_exact("layer_entry_forward x" + t, xe.values(), xe32.get());
+      if (keep && with_skip) check_exact("layer_entry_forward xs" + t, xs.values(), xs32.get());
+      check_exact("layer_entry_forward y" + t, y.values(), y32.get());
+      check_exact("layer_entry_forward h" + t, h.get(), h32.get());
+      check_exact("layer_entry_forward rstd" + t, r.get(), r32.get());
+    }
+  }
+  // x, xs and y share one storage.
+  CHECK_THROWS_AS(g->layer_entry_forward(x.p(), o.p(), s.p(), nullptr, nullptr, x0.p(), m.p(), N, D, eps, y32.p(),
+                                         nullptr, y.p(), h.p(), r.p()),
+                  std::invalid_argument);
+
+  // x0: the embedding's rows normed into a stream buffer (rounded by the buffer, and by bf16_out on plain memory).
+  const int64_t V = 50;
+  const Dev table(*g, rand_vec(rng, V * D));
+  std::vector<int32_t> tokens(static_cast<size_t>(N));
+  for (auto& t : tokens) t = static_cast<int32_t>(rand_int(rng, 0, V - 1));
+  const DevIdx tok(*g, tokens);
+  Dev emb(*g, Vec(n));
+  for (const bool bf16_out : {false, true}) {
+    g->embedding_rmsnorm_forward(table.p(), tok.p(), N, D, eps, true, nullptr, y32.p(), r32.p());
+    g->embedding_rmsnorm_forward(table.p(), tok.p(), N, D, eps, bf16_out, emb.p(), y.p(), r.p());
+    check_exact("embedding_rmsnorm_forward into a stream buffer" + std::string(bf16_out ? " (bf16_out)" : ""),
+                y.values(), y32.get());
+    check_exact("embedding_rmsnorm_forward rstd", r.get(), r32.get());
+  }
+
+  // A suffix's rows, gathered from one stream buffer into another.
+  const int64_t B = 1, from = 30, rows = N - from;
+  const Stream suffix(*g, static_cast<size_t>(rows * D));
+  g->gather_rows(x.p(), B, N, from, D, suffix.p());
+  check_exact("gather_rows between stream buffers", suffix.values(), Vec(xv.begin() + from * D, xv.end()));
+}
+
+TEST_CASE("cuda: ops read the residual stream from bf16 buffers as its stored values", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto g = gpu_backend(CudaGemmPrecision::bf16);
+  std::mt19937_64 rng(73);
+  const float eps = 1e-6f;
+  for (const int64_t D : {128, 96}) {  // the fused backwards' kernels, and their composed fallback
+    const int64_t N = 300, n = N * D;
+    const std::string shape = " D=" + std::to_string(D);
+    const Vec xv = bf16_rounded(rand_vec(rng, n, -3.f, 3.f)), x0v = bf16_rounded(rand_vec(rng, n, -2.f, 2.f)),
+              kv = bf16_rounded(rand_vec(rng, n)), dyv = rand_vec(rng, n), dhv = rand_vec(rng, n),
+              ov = rand_vec(rng, n), mv = rand_vec(rng, 2 * D), sv = rand_vec(rng, D, 0.5f, 1.5f),
+              gv = rand_vec(rng, D, -2.f, 2.f), dsv = rand_vec(rng, 2 * D);
+    const Stream x(*g, xv), x0(*g, x0v), skip(*g, kv);
+    const Dev xp(*g, xv), x0p(*g, x0v), kp(*g, kv), dy(*g, dyv), dh(*g, dhv), o(*g, ov), m(*g, mv), s(*g, sv),
+        gate(*g, gv);
+    Dev r1(*g, Vec(N)), r2(*g, Vec(N)), h1(*g, Vec(n)), h2(*g, Vec(n));
+    g->rmsnorm_forward(x.p(), N, D, eps, h1.p(), r1.p());
+    g->rmsnorm_forward(xp.p(), N, D, eps, h2.p(), r2.p());
+    check_exact("rmsnorm_forward from a stream buffer" + shape, h1.get(), h2.get());
+    check_exact("rmsnorm_forward rstd from a stream buffer" + shape, r1.get(), r2.get());
+    for (const bool set : {false, true}) {
+      Dev d1(*g, dyv), d2(*g, dyv);
+      if (set) {
+        g->rmsnorm_backward_set(dh.p(), x.p(), r2.p(), N, D, d1.p());
+        g->rmsnorm_backward_set(dh.p(), xp.p(), r2.p(), N, D, d2.p());
+      } else {
+        g->rmsnorm_backward(dh.p(), x.p(), r2.p(), N, D, d1.p());
+        g->rmsnorm_backward(dh.p(), xp.p(), r2.p(), N, D, d2.p());
+      }
+      check_exact(std::string(set ? "rmsnorm_backward_set" : "rmsnorm_backward") + " from a stream x" + shape,
+                  d1.get(), d2.get());
+    }
+    {
+      Dev dx1(*g, Vec(n)), dx2(*g, Vec(n)), dx01(*g, dyv), dx02(*g, dyv), dm1(*g, dsv), dm2(*g, dsv);
+      g->resid_mix_backward_set_dx(dy.p(), x.p(), x0.p(), m.p(), N, D, dx1.p(), dx01.p(), dm1.p());
+      g->resid_mix_backward_set_dx(dy.p(), xp.p(), x0p.p(), m.p(), N, D, dx2.p(), dx02.p(), dm2.p());
+      check_exact("resid_mix_backward_set_dx dx from stream x, x0" + shape, dx1.get(), dx2.get());
+      check_exact("resid_mix_backward_set_dx dx0" + shape, dx01.get(), dx02.get());
+      check_exact("resid_mix_backward_set_dx dm" + shape, dm1.get(), dm2.get());
+    }
+    {
+      Dev k1(*g, Vec(n)), k2(*g, Vec(n)), dw1(*g, sv), dw2(*g, sv);
+      g->skip_add_backward_set(dy.p(), skip.p(), s.p(), N, D, k1.p(), dw1.p());
+      g->skip_add_backward_set(dy.p(), kp.p(), s.p(), N, D, k2.p(), dw2.p());
+      check_exact("skip_add_backward_set dskip from a stream skip" + shape, k1.get(), k2.get());
+      check_exact("skip_add_backward_set dw" + shape, dw1.get(), dw2.get());
+    }
+    {
+      Dev dx1(*g, dyv), dx2(*g, dyv), k1(*g, Vec(n)), k2(*g, Vec(n)), dw1(*g, sv), dw2(*g, sv), dg1(*g, gv),
+          dg2(*g, gv);
+      g->gated_skip_backward(dh.p(), x.p(), skip.p(), s.p(), gate.p(), N, D, dx1.p(), k1.p(), dw1.p(), dg1.p());
+      g->gated_skip_backward(dh.p(), xp.p(), kp.p(), s.p(), gate.p(), N, D, dx2.p(), k2.p(), dw2.p(), dg2.p());
+      check_exact("gated_skip_backward dx from stream x, skip" + shape, dx1.get(), dx2.get());
+      check_exact("gated_skip_backward dskip" + shape, k1.get(), k2.get());
+      check_exact("gated_skip_backward dw" + shape, dw1.get(), dw2.get());
+      check_exact("gated_skip_backward dg" + shape, dg1.get(), dg2.get());
+    }
+    // The fused RMSNorm + resid_mix backward recomputes the norm's input from x and x0 rounded as the stream
+    // buffer y holds it: the composed ops on the stored y give its dx and dx0 bit for bit, dm up to summation order.
+    {
+      const Stream y(*g, n);
+      Dev yp(*g, Vec(n)), rstd(*g, Vec(N));
+      g->resid_mix_rmsnorm_forward(x.p(), x0.p(), m.p(), N, D, eps, y.p(), h1.p(), rstd.p());
+      g->operand_values(y.p(), n, yp.p());
+      Dev dx1(*g, dyv), dx2(*g, dyv), dx01(*g, dhv), dx02(*g, dhv), dm1(*g, dsv), dm2(*g, dsv);
+      g->rmsnorm_resid_mix_backward(dh.p(), y.p(), rstd.p(), x.p(), x0.p(), m.p(), N, D, dx1.p(), dx01.p(), dm1.p(),
+                                    nullptr, false);
+      g->rmsnorm_backward(dh.p(), yp.p(), rstd.p(), N, D, dx2.p());
+      g->resid_mix_backward_set_dx(dx2.p(), xp.p(), x0p.p(), m.p(), N, D, dx2.p(), dx02.p(), dm2.p());
+      check_exact("rmsnorm_resid_mix_backward dx from a stream y" + shape, dx1.get(), dx2.get());
+      check_exact("rmsnorm_resid_mix_backward dx0 from a stream y" + shape, dx01.get(), dx02.get());
+      check_close("rmsnorm_resid_mix_backward dm from a stream y" + shape, dm1.get(), dm2.get(), 1e-6, 1e-6);
+
+      Dev dxa(*g, dyv), dxb(*g, dyv), d1(*g, Vec(n)), d2(*g, Vec(n)), ds1(*g, sv), ds2(*g, sv);
+      g->rmsnorm_channel_scale_backward(dh.p(), y.p(), rstd.p(), o.p(), s.p(), N, D, dxa.p(), d1.p(), ds1.p());
+      g->rmsnorm_channel_scale_backward(dh.p(), yp.p(), rstd.p(), o.p(), s.p(), N, D, dxb.p(), d2.p(), ds2.p());
+      check_exact("rmsnorm_channel_scale_backward dx from a stream y" + shape, dxa.get(), dxb.get());
+      check_exact("rmsnorm_channel_scale_backward dout" + shape, d1.get(), d2.get());
+      check_exact("rmsnorm_channel_scale_backward ds" + shape, ds1.get(), ds2.get());
+    }
+  }
+}
