@@ -253,9 +253,7 @@ class CudaBackend final : public Backend<float> {
       PTOOL_CUDA_CHECK(cudaMemcpyAsync(dst, src, n * sizeof(float), cudaMemcpyDeviceToDevice, stream_));
   }
   void add(float* y, const float* x, size_t n) override {
-    require_plain(y, "add");
-    require_plain(x, "add");
-    cuda::launch_add(y, x, n, stream_);
+    cuda::launch_add(out_of(y), in_of(x), n, stream_);
   }
   void scale(float* y, float a, size_t n) override {
     require_plain(y, "scale");
@@ -290,13 +288,13 @@ class CudaBackend final : public Backend<float> {
   }
   void rmsnorm_backward(const float* d, const float* x, const float* rstd, int64_t N, int64_t D,
                         float* dx) override {
-    require_plain("rmsnorm_backward", {rstd, dx});
-    cuda::launch_rmsnorm_backward(in_of(d), in_of(x), rstd, N, D, dx, true, stream_);
+    require_plain("rmsnorm_backward", {rstd});
+    cuda::launch_rmsnorm_backward(in_of(d), in_of(x), rstd, N, D, out_of(dx), true, stream_);
   }
   void rmsnorm_backward_set(const float* d, const float* x, const float* rstd, int64_t N, int64_t D,
                             float* dx) override {
-    require_plain("rmsnorm_backward_set", {rstd, dx});
-    cuda::launch_rmsnorm_backward(in_of(d), in_of(x), rstd, N, D, dx, false, stream_);
+    require_plain("rmsnorm_backward_set", {rstd});
+    cuda::launch_rmsnorm_backward(in_of(d), in_of(x), rstd, N, D, out_of(dx), false, stream_);
   }
 
   // y[N, M] = x[N, K] W[M, K]^T. cuBLASLt is column-major: the row-major y is the column-major y^T (M x N), and
@@ -369,13 +367,13 @@ class CudaBackend final : public Backend<float> {
   }
   void channel_scale_backward(const float* dy, const float* x, const float* s, int64_t N, int64_t D, float* dx,
                               float* ds) override {
-    require_plain("channel_scale_backward", {dy, s, ds});
-    cuda::launch_channel_scale_backward(dy, in_of(x), s, N, D, out_of(dx), true, ds, ws_, stream_);
+    require_plain("channel_scale_backward", {s, ds});
+    cuda::launch_channel_scale_backward(in_of(dy), in_of(x), s, N, D, out_of(dx), true, ds, ws_, stream_);
   }
   void channel_scale_backward_set_dx(const float* dy, const float* x, const float* s, int64_t N, int64_t D, float* dx,
                                      float* ds) override {
-    require_plain("channel_scale_backward_set_dx", {dy, s, ds});
-    cuda::launch_channel_scale_backward(dy, in_of(x), s, N, D, out_of(dx), false, ds, ws_, stream_);
+    require_plain("channel_scale_backward_set_dx", {s, ds});
+    cuda::launch_channel_scale_backward(in_of(dy), in_of(x), s, N, D, out_of(dx), false, ds, ws_, stream_);
   }
   void head_scale_forward(const float* x, const float* g, int64_t N, int64_t H, int64_t hd, float* y) override {
     require_plain("head_scale_forward", {x, g, y});
@@ -562,13 +560,13 @@ class CudaBackend final : public Backend<float> {
   }
   void skip_add_backward(const float* dy, const float* skip, const float* w, int64_t N, int64_t D, float* dskip,
                          float* dw) override {
-    require_plain("skip_add_backward", {dy, w, dskip, dw});
-    cuda::launch_skip_add_backward(dy, in_of(skip), w, N, D, dskip, true, dw, ws_, stream_);
+    require_plain("skip_add_backward", {w, dw});
+    cuda::launch_skip_add_backward(in_of(dy), in_of(skip), w, N, D, out_of(dskip), true, dw, ws_, stream_);
   }
   void skip_add_backward_set(const float* dy, const float* skip, const float* w, int64_t N, int64_t D, float* dskip,
                              float* dw) override {
-    require_plain("skip_add_backward_set", {dy, w, dskip, dw});
-    cuda::launch_skip_add_backward(dy, in_of(skip), w, N, D, dskip, false, dw, ws_, stream_);
+    require_plain("skip_add_backward_set", {w, dw});
+    cuda::launch_skip_add_backward(in_of(dy), in_of(skip), w, N, D, out_of(dskip), false, dw, ws_, stream_);
   }
   void gated_skip_forward(const float* x, const float* skip, const float* w, const float* g, int64_t N, int64_t D,
                           float* y) override {
@@ -577,8 +575,9 @@ class CudaBackend final : public Backend<float> {
   }
   void gated_skip_backward(const float* dy, const float* x, const float* skip, const float* w, const float* g,
                            int64_t N, int64_t D, float* dx, float* dskip, float* dw, float* dg) override {
-    require_plain("gated_skip_backward", {dy, w, g, dx, dskip, dw, dg});
-    cuda::launch_gated_skip_backward(dy, in_of(x), in_of(skip), w, g, N, D, dx, dskip, dw, dg, ws_, stream_);
+    require_plain("gated_skip_backward", {w, g, dw, dg});
+    cuda::launch_gated_skip_backward(in_of(dy), in_of(x), in_of(skip), w, g, N, D, out_of(dx), out_of(dskip), dw, dg,
+                                     ws_, stream_);
   }
   void layer_entry_forward(const float* a, const float* b, const float* s, const float* skip, const float* w,
                            const float* x0, const float* m, int64_t N, int64_t D, float eps, float* x, float* xs,
@@ -603,35 +602,37 @@ class CudaBackend final : public Backend<float> {
   }
   void resid_mix_backward(const float* dy, const float* x, const float* x0, const float* m, int64_t N, int64_t D,
                           float* dx, float* dx0, float* dm) override {
-    require_plain("resid_mix_backward", {dy, m, dx, dx0, dm});
-    cuda::launch_resid_mix_backward(dy, in_of(x), in_of(x0), m, N, D, dx, true, dx0, dm, ws_, stream_);
+    require_plain("resid_mix_backward", {m, dm});
+    cuda::launch_resid_mix_backward(in_of(dy), in_of(x), in_of(x0), m, N, D, out_of(dx), true, out_of(dx0), dm, ws_,
+                                    stream_);
   }
   void rmsnorm_resid_mix_backward(const float* dh, const float* y, const float* rstd, const float* x, const float* x0,
                                   const float* m, int64_t N, int64_t D, float* dx, float* dx0, float* dm,
                                   const float* dx_add, bool fold_x0) override {
-    require_plain("rmsnorm_resid_mix_backward", {rstd, m, dx, dx0, dm, dx_add});
+    require_plain("rmsnorm_resid_mix_backward", {rstd, m, dm});
     if (!cuda::rmsnorm_fused_backward(D) || !dx0 || !dm) {
       Backend<float>::rmsnorm_resid_mix_backward(dh, y, rstd, x, x0, m, N, D, dx, dx0, dm, dx_add, fold_x0);
       return;
     }
-    cuda::launch_rmsnorm_resid_mix_backward(in_of(dh), rstd, in_of(x), in_of(x0), m, is_bf16(y), N, D, dx, dx0, dm,
-                                            dx_add, fold_x0, ws_, stream_);
+    cuda::launch_rmsnorm_resid_mix_backward(in_of(dh), rstd, in_of(x), in_of(x0), m, is_bf16(y), N, D, out_of(dx),
+                                            out_of(dx0), dm, in_of(dx_add), fold_x0, ws_, stream_);
   }
   void rmsnorm_channel_scale_backward(const float* dh, const float* y, const float* rstd, const float* o,
                                       const float* s, int64_t N, int64_t D, float* dx, float* dout,
                                       float* ds) override {
-    require_plain("rmsnorm_channel_scale_backward", {rstd, s, dx, ds});
+    require_plain("rmsnorm_channel_scale_backward", {rstd, s, ds});
     if (!cuda::rmsnorm_fused_backward(D) || !dout || !ds) {
       Backend<float>::rmsnorm_channel_scale_backward(dh, y, rstd, o, s, N, D, dx, dout, ds);
       return;
     }
-    cuda::launch_rmsnorm_channel_scale_backward(in_of(dh), in_of(y), rstd, in_of(o), s, N, D, dx, out_of(dout), ds, ws_,
-                                                stream_);
+    cuda::launch_rmsnorm_channel_scale_backward(in_of(dh), in_of(y), rstd, in_of(o), s, N, D, out_of(dx), out_of(dout),
+                                                ds, ws_, stream_);
   }
   void resid_mix_backward_set_dx(const float* dy, const float* x, const float* x0, const float* m, int64_t N,
                                  int64_t D, float* dx, float* dx0, float* dm) override {
-    require_plain("resid_mix_backward_set_dx", {dy, m, dx, dx0, dm});
-    cuda::launch_resid_mix_backward(dy, in_of(x), in_of(x0), m, N, D, dx, false, dx0, dm, ws_, stream_);
+    require_plain("resid_mix_backward_set_dx", {m, dm});
+    cuda::launch_resid_mix_backward(in_of(dy), in_of(x), in_of(x0), m, N, D, out_of(dx), false, out_of(dx0), dm, ws_,
+                                    stream_);
   }
 
   // The only op that waits for the device: per-token losses come back to the host (and with them the check

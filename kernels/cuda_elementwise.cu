@@ -29,10 +29,10 @@ void require_writable(const Out& o, bool accumulate, const char* op) {
 
 // ---- add, scale and bf16 conversions ------------------------------------------------------------------------
 
-struct AddF {
-  float* y;
-  const float* x;
-  __device__ void operator()(int64_t i) const { y[i] += x[i]; }
+struct AddF {  // either side may be a bf16 buffer (the residual stream's gradient)
+  Out y;
+  In x;
+  __device__ void operator()(int64_t i) const { put(y, i, get(y, i) + get(x, i)); }
 };
 struct Add4F {
   float4* y;
@@ -112,18 +112,17 @@ struct ChannelScaleFwdF {
 };
 struct ChannelScaleBwdF {
   static constexpr int kOut = 1;
-  const float* dy;
-  In x;
+  In dy, x;
   const float* s;
   Out dx;
   int64_t D;
-  bool accumulate;  // dx += (else dx =; a bf16 dx is only written)
+  bool accumulate;  // dx += (else dx =)
   __device__ void operator()(int64_t n, int64_t c, double* v) const {
     const int64_t i = n * D + c;
-    const float g = dy[i];
-    if (accumulate && dx.f32)
-      dx.f32[i] += s[c] * g;
-    else if (dx.f32 || dx.bf16)
+    const float g = get(dy, i);
+    if (accumulate && !dx.empty())
+      put(dx, i, get(dx, i) + s[c] * g);
+    else if (!dx.empty())
       put(dx, i, s[c] * g);
     v[0] = static_cast<double>(g) * static_cast<double>(get(x, i));
   }
@@ -188,12 +187,12 @@ struct ActBwdF {
 
 // ---- launchers ----------------------------------------------------------------------------------------------
 
-void launch_add(float* y, const float* x, size_t n, cudaStream_t s) {
+void launch_add(Out y, In x, size_t n, cudaStream_t s) {
   const int64_t nn = static_cast<int64_t>(n);
-  if (aligned16(y) && aligned16(x)) {
+  if (y.f32 && x.f32 && aligned16(y.f32) && aligned16(x.f32)) {
     const int64_t n4 = nn / 4;
-    launch_map(Add4F{reinterpret_cast<float4*>(y), reinterpret_cast<const float4*>(x)}, n4, s, "add");
-    launch_map(AddF{y + 4 * n4, x + 4 * n4}, nn - 4 * n4, s, "add");
+    launch_map(Add4F{reinterpret_cast<float4*>(y.f32), reinterpret_cast<const float4*>(x.f32)}, n4, s, "add");
+    launch_map(AddF{y.f32 + 4 * n4, x.f32 + 4 * n4}, nn - 4 * n4, s, "add");
   } else {
     launch_map(AddF{y, x}, nn, s, "add");
   }
@@ -250,10 +249,9 @@ void launch_channel_scale_forward(const float* x, const float* sc, int64_t N, in
   launch_map(ChannelScaleFwdF{x, sc, y, D}, N * D, s, "channel_scale_forward");
 }
 
-void launch_channel_scale_backward(const float* dy, In x, const float* sc, int64_t N, int64_t D,
-                                   Out dx, bool accumulate, float* ds_acc, Workspace& ws, cudaStream_t s) {
-  if (!dx.f32 && !dx.bf16 && !ds_acc) return;
-  require_writable(dx, accumulate, "channel_scale_backward");
+void launch_channel_scale_backward(In dy, In x, const float* sc, int64_t N, int64_t D, Out dx, bool accumulate,
+                                   float* ds_acc, Workspace& ws, cudaStream_t s) {
+  if (dx.empty() && !ds_acc) return;
   launch_colreduce(ChannelScaleBwdF{dy, x, sc, dx, D, accumulate}, N, D, 1, ds_acc, nullptr, ws, s,
                    "channel_scale_backward");
 }

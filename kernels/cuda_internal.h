@@ -108,7 +108,8 @@ struct In {
 };
 
 // ---- the kernel files of the other ops (named above) --------------------------------------------------------
-void launch_add(float* y, const float* x, size_t n, cudaStream_t s);
+// y += x; either may be a bf16 buffer (read widened, written rounded).
+void launch_add(Out y, In x, size_t n, cudaStream_t s);
 void launch_scale(float* y, float a, size_t n, cudaStream_t s);
 // y[i] = bf16 bits of x[i], rounded to nearest even (the GEMM operands of CudaGemmPrecision::bf16).
 void launch_to_bf16(const float* x, size_t n, uint16_t* y, cudaStream_t s);
@@ -135,8 +136,8 @@ void launch_embedding_backward_sorted(const float* dout, const int32_t* tokens, 
 
 void launch_rmsnorm_forward(In x, int64_t N, int64_t D, float eps, Out out, float* rstd, cudaStream_t s);
 // dx += (accumulate) or dx = RMSNorm's backward of dout.
-void launch_rmsnorm_backward(In dout, In x, const float* rstd, int64_t N, int64_t D, float* dx,
-                             bool accumulate, cudaStream_t s);
+void launch_rmsnorm_backward(In dout, In x, const float* rstd, int64_t N, int64_t D, Out dx, bool accumulate,
+                             cudaStream_t s);
 
 void launch_channel_scale_forward(const float* x, const float* sc, int64_t N, int64_t D, float* y, cudaStream_t s);
 // The residual stream's ops read it (x, x0, skip, y) as In and write it (y, and layer_entry's x and xs) as Out: a bf16
@@ -147,10 +148,12 @@ void launch_scaled_residual_forward(In x, In o, const float* sc, int64_t N, int6
 // The same, then h = rmsnorm(y) with rstd per row (Backend::scaled_residual_rmsnorm_forward): one warp per row.
 void launch_scaled_residual_rmsnorm_forward(In x, In o, const float* sc, int64_t N, int64_t D, float eps, Out y,
                                             Out h, float* rstd, cudaStream_t s);
-// The backwards below add into their input gradient (dx, dh) when accumulate, else overwrite it (a bf16 one
-// only so: accumulating into it throws std::invalid_argument); parameter gradients (ds, dg) always accumulate.
-void launch_channel_scale_backward(const float* dy, In x, const float* sc, int64_t N, int64_t D,
-                                   Out dx, bool accumulate, float* ds_acc, Workspace& ws, cudaStream_t s);
+// The backwards below add into their input gradient (dx, dh) when accumulate, else overwrite it; parameter
+// gradients (ds, dg) always accumulate. A bf16 gradient (an activation buffer, or the residual stream's gradient
+// under embed_bf16) is read widened and written rounded, once per element: the fp32 arithmetic on its stored
+// values, rounded as stored. (The head scale's takes fp32 only.)
+void launch_channel_scale_backward(In dy, In x, const float* sc, int64_t N, int64_t D, Out dx, bool accumulate,
+                                   float* ds_acc, Workspace& ws, cudaStream_t s);
 void launch_head_scale_forward(const float* x, const float* g, int64_t N, int64_t H, int64_t hd, float* y,
                                cudaStream_t s);
 void launch_head_scale_backward(const float* dy, const float* x, const float* g, int64_t N, int64_t H, int64_t hd,
@@ -176,13 +179,13 @@ void launch_activation_backward(bool leaky, In dout, In h, int64_t n, Out dh, bo
                                 cudaStream_t s);
 
 void launch_skip_add_forward(float* x, const float* skip, const float* w, int64_t N, int64_t D, cudaStream_t s);
-void launch_skip_add_backward(const float* dy, In skip, const float* w, int64_t N, int64_t D,
-                              float* dskip, bool accumulate, float* dw_acc, Workspace& ws, cudaStream_t s);
+void launch_skip_add_backward(In dy, In skip, const float* w, int64_t N, int64_t D, Out dskip, bool accumulate,
+                              float* dw_acc, Workspace& ws, cudaStream_t s);
 void launch_gated_skip_forward(In x, In skip, const float* w, const float* g, int64_t N, int64_t D, Out y,
                                cudaStream_t s);
-void launch_gated_skip_backward(const float* dy, In x, In skip, const float* w, const float* g,
-                                int64_t N, int64_t D, float* dx_acc, float* dskip_acc, float* dw_acc, float* dg_acc,
-                                Workspace& ws, cudaStream_t s);
+void launch_gated_skip_backward(In dy, In x, In skip, const float* w, const float* g, int64_t N, int64_t D,
+                                Out dx_acc, Out dskip_acc, float* dw_acc, float* dg_acc, Workspace& ws,
+                                cudaStream_t s);
 void launch_resid_mix_forward(In x, In x0, const float* m, int64_t N, int64_t D, Out y, cudaStream_t s);
 // The same, then h = rmsnorm(y) with rstd per row (Backend::resid_mix_rmsnorm_forward): one warp per row.
 // Backend::layer_entry_forward: one warp per row; x, xs may be empty (not written; rounded as y's storage would
@@ -192,9 +195,8 @@ void launch_layer_entry_forward(In a, In b, const float* sc, In skip, const floa
 void launch_resid_mix_rmsnorm_forward(In x, In x0, const float* m, int64_t N, int64_t D, float eps, Out y, Out h,
                                       float* rstd, cudaStream_t s);
 // dx may be dy (in place).
-void launch_resid_mix_backward(const float* dy, In x, In x0, const float* m, int64_t N,
-                               int64_t D, float* dx, bool accumulate, float* dx0_acc, float* dm_acc, Workspace& ws,
-                               cudaStream_t s);
+void launch_resid_mix_backward(In dy, In x, In x0, const float* m, int64_t N, int64_t D, Out dx, bool accumulate,
+                               Out dx0_acc, float* dm_acc, Workspace& ws, cudaStream_t s);
 
 // Backend::qk_prep_backward_gain in one pass over rows = tokens * H head rows (hd <= kMaxPrepHd, else
 // std::invalid_argument), x formed again from raw and rstd as launch_qk_prep_forward forms it; cos/sin as
@@ -212,10 +214,10 @@ bool rmsnorm_fused_backward(int64_t D);
 // The resid_mix form recomputes the norm's input y = resid_mix(x, x0, m) as resid_mix_forward forms it, rounded to
 // bf16 when y_bf16 (the forward stored it in a bf16 stream buffer).
 void launch_rmsnorm_resid_mix_backward(In dh, const float* rstd, In x, In x0, const float* m, bool y_bf16, int64_t N,
-                                       int64_t D, float* dx, float* dx0, float* dm_acc, const float* dx_add,
-                                       bool fold_x0, Workspace& ws, cudaStream_t s);
+                                       int64_t D, Out dx, Out dx0, float* dm_acc, In dx_add, bool fold_x0,
+                                       Workspace& ws, cudaStream_t s);
 void launch_rmsnorm_channel_scale_backward(In dh, In y, const float* rstd, In o, const float* sc,
-                                           int64_t N, int64_t D, float* dx, Out dout, float* ds_acc, Workspace& ws,
+                                           int64_t N, int64_t D, Out dx, Out dout, float* ds_acc, Workspace& ws,
                                            cudaStream_t s);
 
 // One block per row. losses_dev[n] gets each row's loss (double); *bad_row gets the smallest row whose target

@@ -42,8 +42,8 @@ __device__ __forceinline__ void rotate_pair(float& x1, float& x2, float c, float
 }
 
 // RMSNorm's backward of one row by one warp: g's row at [goff, goff + D) (a warp's row in shared memory, or the
-// same offset as x's), x's and o's at [off, off + D); o = r g - r^3 x mean(g x), added to o (accumulate, fp32
-// only) or written (fp32 or bf16). rmsnorm_grad_coef and rmsnorm_grad are its two halves.
+// same offset as x's), x's and o's at [off, off + D); o = r g - r^3 x mean(g x), added to o (accumulate) or
+// written (fp32 or bf16; a bf16 o is read widened and written rounded). rmsnorm_grad_coef and rmsnorm_grad are its two halves.
 __device__ __forceinline__ float rmsnorm_grad_coef(double dot, float r, int64_t D) {  // dot: the warp's sum of g x
   return static_cast<float>(static_cast<double>(r) * r * r * dot / static_cast<double>(D));
 }
@@ -58,10 +58,7 @@ __device__ __forceinline__ void rmsnorm_bwd_row(In g, int64_t goff, In x, int64_
   const float c = rmsnorm_grad_coef(warp_sum_d(dot), r, D);
   for (int64_t d = lane; d < D; d += 32) {
     const float v = rmsnorm_grad(r, get(g, goff + d), c, get(x, off + d));
-    if (accumulate)
-      o.f32[ooff + d] = __fadd_rn(o.f32[ooff + d], v);
-    else
-      put(o, ooff + d, v);
+    put(o, ooff + d, accumulate ? __fadd_rn(get(o, ooff + d), v) : v);
   }
 }
 

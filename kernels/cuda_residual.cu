@@ -53,16 +53,16 @@ struct SkipAddFwdF {
 };
 struct SkipAddBwdF {
   static constexpr int kOut = 1;
-  const float* dy;
-  In skip;
+  In dy, skip;
   const float* w;
-  float* dskip;
+  Out dskip;
   int64_t D;
   bool accumulate;  // dskip += (else dskip =)
   __device__ void operator()(int64_t n, int64_t c, double* v) const {
     const int64_t i = n * D + c;
-    const float g = dy[i];
-    if (dskip) dskip[i] = accumulate ? __fadd_rn(dskip[i], __fmul_rn(w[c], g)) : __fmul_rn(w[c], g);
+    const float g = get(dy, i);
+    if (!dskip.empty())
+      put(dskip, i, accumulate ? __fadd_rn(get(dskip, i), __fmul_rn(w[c], g)) : __fmul_rn(w[c], g));
     v[0] = static_cast<double>(g) * static_cast<double>(get(skip, i));
   }
 };
@@ -80,19 +80,17 @@ struct GatedSkipFwdF {
 };
 struct GatedSkipBwdF {  // out 0: dw, out 1: dg
   static constexpr int kOut = 2;
-  const float* dy;
-  In x, skip;
+  In dy, x, skip;
   const float* w;
   const float* g;
-  float* dx;
-  float* dskip;
+  Out dx, dskip;  // added to
   int64_t D;
   __device__ void operator()(int64_t n, int64_t c, double* v) const {
     const int64_t i = n * D + c;
     const float s = sigmoidf_(g[c]);
-    const float gy = dy[i];
-    if (dx) dx[i] += s * gy;
-    if (dskip) dskip[i] += (1.f - s) * w[c] * gy;
+    const float gy = get(dy, i);
+    if (!dx.empty()) put(dx, i, get(dx, i) + s * gy);
+    if (!dskip.empty()) put(dskip, i, get(dskip, i) + (1.f - s) * w[c] * gy);
     const double sd = s, gyd = gy, k = get(skip, i);
     v[0] = (1.0 - sd) * k * gyd;
     v[1] = sd * (1.0 - sd) * (static_cast<double>(get(x, i)) - static_cast<double>(w[c]) * k) * gyd;
@@ -100,18 +98,17 @@ struct GatedSkipBwdF {  // out 0: dw, out 1: dg
 };
 struct ResidMixBwdF {  // out 0: dm[0, :], out 1: dm[1, :]
   static constexpr int kOut = 2;
-  const float* dy;
-  In x, x0;
+  In dy, x, x0;
   const float* m;
-  float* dx;  // may be dy: the element is read before it is written, by the same thread
-  float* dx0;
+  Out dx;  // may be dy: the element is read before it is written, by the same thread
+  Out dx0;
   int64_t D;
   bool accumulate;  // dx += (else dx =); dx0 always accumulates
   __device__ void operator()(int64_t n, int64_t c, double* v) const {
     const int64_t i = n * D + c;
-    const float gy = dy[i];
-    if (dx) dx[i] = accumulate ? __fadd_rn(dx[i], __fmul_rn(m[c], gy)) : __fmul_rn(m[c], gy);
-    if (dx0) dx0[i] = __fadd_rn(dx0[i], __fmul_rn(m[D + c], gy));
+    const float gy = get(dy, i);
+    if (!dx.empty()) put(dx, i, accumulate ? __fadd_rn(get(dx, i), __fmul_rn(m[c], gy)) : __fmul_rn(m[c], gy));
+    if (!dx0.empty()) put(dx0, i, __fadd_rn(get(dx0, i), __fmul_rn(m[D + c], gy)));
     v[0] = static_cast<double>(get(x, i)) * gy;
     v[1] = static_cast<double>(get(x0, i)) * gy;
   }
@@ -137,9 +134,9 @@ void launch_skip_add_forward(float* x, const float* skip, const float* w, int64_
   launch_map(SkipAddFwdF{x, skip, w, D}, N * D, s, "skip_add_forward");
 }
 
-void launch_skip_add_backward(const float* dy, In skip, const float* w, int64_t N, int64_t D,
-                              float* dskip, bool accumulate, float* dw_acc, Workspace& ws, cudaStream_t s) {
-  if (!dskip && !dw_acc) return;
+void launch_skip_add_backward(In dy, In skip, const float* w, int64_t N, int64_t D, Out dskip, bool accumulate,
+                              float* dw_acc, Workspace& ws, cudaStream_t s) {
+  if (dskip.empty() && !dw_acc) return;
   launch_colreduce(SkipAddBwdF{dy, skip, w, dskip, D, accumulate}, N, D, 1, dw_acc, nullptr, ws, s,
                    "skip_add_backward");
 }
@@ -150,10 +147,10 @@ void launch_gated_skip_forward(In x, In skip, const float* w, const float* g, in
   launch_map(GatedSkipFwdF{x, skip, w, g, y, D}, N * D, s, "gated_skip_forward");
 }
 
-void launch_gated_skip_backward(const float* dy, In x, In skip, const float* w, const float* g,
-                                int64_t N, int64_t D, float* dx_acc, float* dskip_acc, float* dw_acc, float* dg_acc,
-                                Workspace& ws, cudaStream_t s) {
-  if (!dx_acc && !dskip_acc && !dw_acc && !dg_acc) return;
+void launch_gated_skip_backward(In dy, In x, In skip, const float* w, const float* g, int64_t N, int64_t D,
+                                Out dx_acc, Out dskip_acc, float* dw_acc, float* dg_acc, Workspace& ws,
+                                cudaStream_t s) {
+  if (dx_acc.empty() && dskip_acc.empty() && !dw_acc && !dg_acc) return;
   launch_colreduce(GatedSkipBwdF{dy, x, skip, w, g, dx_acc, dskip_acc, D}, N, D, 1, dw_acc, dg_acc, ws, s,
                    "gated_skip_backward");
 }
@@ -163,10 +160,9 @@ void launch_resid_mix_forward(In x, In x0, const float* m, int64_t N, int64_t D,
   launch_map(CombineF<MixSum>{x, x0, {m, D}, y, D}, N * D, s, "resid_mix_forward");
 }
 
-void launch_resid_mix_backward(const float* dy, In x, In x0, const float* m, int64_t N,
-                               int64_t D, float* dx, bool accumulate, float* dx0_acc, float* dm_acc, Workspace& ws,
-                               cudaStream_t s) {
-  if (!dx && !dx0_acc && !dm_acc) return;
+void launch_resid_mix_backward(In dy, In x, In x0, const float* m, int64_t N, int64_t D, Out dx, bool accumulate,
+                               Out dx0_acc, float* dm_acc, Workspace& ws, cudaStream_t s) {
+  if (dx.empty() && dx0_acc.empty() && !dm_acc) return;
   launch_colreduce(ResidMixBwdF{dy, x, x0, m, dx, dx0_acc, D, accumulate}, N, D, 1, dm_acc, dm_acc ? dm_acc + D : nullptr,
                    ws, s, "resid_mix_backward");
 }

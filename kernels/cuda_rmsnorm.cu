@@ -35,7 +35,7 @@ __global__ void __launch_bounds__(256) rmsnorm_fwd_kernel(In x, int64_t N, int64
 }
 
 __global__ void __launch_bounds__(256) rmsnorm_bwd_kernel(In dout, In x, const float* rstd, int64_t N,
-                                                          int64_t D, float* dx, bool accumulate) {
+                                                          int64_t D, Out dx, bool accumulate) {
   const int lane = threadIdx.x & 31;
   const int64_t wpb = blockDim.x >> 5;
   const int64_t nwarps = static_cast<int64_t>(gridDim.x) * wpb;
@@ -104,8 +104,8 @@ struct BwdThen {
   using F = Op;
 };
 template <class Cfg>
-__global__ void __launch_bounds__(256, 2) rmsnorm_bwd_then_kernel(typename Cfg::F f, In dh, const float* rstd,
-                                                                  const float* dx, int64_t N, int64_t rows_per_warp,
+__global__ void __launch_bounds__(256, 2) rmsnorm_bwd_then_kernel(typename Cfg::F f, In dh, const float* rstd, In dx,
+                                                                  int64_t N, int64_t rows_per_warp,
                                                                   double* partial) {
   constexpr int CPL = Cfg::kCpl;
   constexpr int64_t D = 32 * CPL;
@@ -132,7 +132,7 @@ __global__ void __launch_bounds__(256, 2) rmsnorm_bwd_then_kernel(typename Cfg::
     for (int j = 0; j < CPL; ++j) {
       const int64_t col = lane + 32 * j, i = off + col;
       double v[K];
-      f(i, col, __fadd_rn(dx[i], rmsnorm_grad(r, get(dh, i), c, f.y(i, col))), v);
+      f(i, col, __fadd_rn(get(dx, i), rmsnorm_grad(r, get(dh, i), c, f.y(i, col))), v);
 #pragma unroll
       for (int k = 0; k < K; ++k) sums[k][j] += v[k];
     }
@@ -155,14 +155,15 @@ __global__ void __launch_bounds__(256, 2) rmsnorm_bwd_then_kernel(typename Cfg::
 // resid_mix's backward of t (with its rounding): dx = m0 t, dx0 += m1 t; column sums of t x and t x0. The norm's
 // input y = resid_mix(x, x0) is recomputed (MixSum, as the forward formed it, rounded to bf16 when the forward
 // stored it so) from the x and x0 it reads anyway. dx_add (a skip's gradient) joins dx, and with fold_x0 dx goes to
-// dx0 instead, with the roundings of the adds they replace (Backend::rmsnorm_resid_mix_backward).
+// dx0 instead, with the fp32 roundings of the adds they replace (Backend::rmsnorm_resid_mix_backward); bf16
+// gradients are rounded once, as stored.
 struct ResidMixOfGradF {
   static constexpr int kOut = 2;
   In x, x0;
   const float* m;
   bool y_bf16;
-  float *dx, *dx0;
-  const float* dx_add;
+  Out dx, dx0;
+  In dx_add;
   bool fold_x0;
   int64_t D;
   __device__ float y(int64_t i, int64_t col) const {
@@ -171,13 +172,13 @@ struct ResidMixOfGradF {
   }
   __device__ void operator()(int64_t i, int64_t col, float t, double* v) const {
     float gx = __fmul_rn(m[col], t);
-    if (dx_add) gx = __fadd_rn(gx, dx_add[i]);
-    const float gx0 = __fadd_rn(dx0[i], __fmul_rn(m[D + col], t));
+    if (!dx_add.empty()) gx = __fadd_rn(gx, get(dx_add, i));
+    const float gx0 = __fadd_rn(get(dx0, i), __fmul_rn(m[D + col], t));
     if (fold_x0) {
-      dx0[i] = __fadd_rn(gx0, gx);
+      put(dx0, i, __fadd_rn(gx0, gx));
     } else {
-      dx[i] = gx;
-      dx0[i] = gx0;
+      put(dx, i, gx);
+      put(dx0, i, gx0);
     }
     v[0] = static_cast<double>(get(x, i)) * t;
     v[1] = static_cast<double>(get(x0, i)) * t;
@@ -190,11 +191,11 @@ struct ChannelScaleOfGradF {
   In yv;  // the norm's input
   In o;
   const float* sc;
-  float* dx;
+  Out dx;
   Out dout;
   __device__ float y(int64_t i, int64_t) const { return get(yv, i); }
   __device__ void operator()(int64_t i, int64_t col, float t, double* v) const {
-    dx[i] = t;
+    put(dx, i, t);
     put(dout, i, __fmul_rn(sc[col], t));
     v[0] = static_cast<double>(t) * static_cast<double>(get(o, i));
   }
@@ -210,9 +211,9 @@ void launch_rmsnorm_forward(In x, int64_t N, int64_t D, float eps, Out out, floa
   PTOOL_CUDA_LAUNCHED("rmsnorm_forward", s);
 }
 
-void launch_rmsnorm_backward(In dout, In x, const float* rstd, int64_t N, int64_t D, float* dx,
-                             bool accumulate, cudaStream_t s) {
-  if (N <= 0 || dx == nullptr) return;
+void launch_rmsnorm_backward(In dout, In x, const float* rstd, int64_t N, int64_t D, Out dx, bool accumulate,
+                             cudaStream_t s) {
+  if (N <= 0 || dx.empty()) return;
   PTOOL_LAUNCH(rmsnorm_bwd_kernel, row_warps_grid(N), 256, 0, s)(dout, x, rstd, N, D, dx, accumulate);
   PTOOL_CUDA_LAUNCHED("rmsnorm_backward", s);
 }
@@ -246,7 +247,7 @@ bool rmsnorm_fused_backward(int64_t D) { return D == 64 || D == 128 || D == 256 
 namespace {
 
 template <class F>
-void launch_rmsnorm_bwd_then(const F& f, In dh, const float* rstd, const float* dx, int64_t N, int64_t D,
+void launch_rmsnorm_bwd_then(const F& f, In dh, const float* rstd, In dx, int64_t N, int64_t D,
                              float* sum0, float* sum1, Workspace& ws, cudaStream_t s, const char* name) {
   if (!rmsnorm_fused_backward(D))
     throw std::invalid_argument(std::string(name) + ": no fused kernel for D = " + std::to_string(D));
@@ -279,14 +280,14 @@ void launch_rmsnorm_bwd_then(const F& f, In dh, const float* rstd, const float* 
 }  // namespace
 
 void launch_rmsnorm_resid_mix_backward(In dh, const float* rstd, In x, In x0, const float* m, bool y_bf16, int64_t N,
-                                       int64_t D, float* dx, float* dx0, float* dm_acc, const float* dx_add,
-                                       bool fold_x0, Workspace& ws, cudaStream_t s) {
+                                       int64_t D, Out dx, Out dx0, float* dm_acc, In dx_add, bool fold_x0,
+                                       Workspace& ws, cudaStream_t s) {
   launch_rmsnorm_bwd_then(ResidMixOfGradF{x, x0, m, y_bf16, dx, dx0, dx_add, fold_x0, D}, dh, rstd, dx, N, D, dm_acc,
                           dm_acc + D, ws, s, "rmsnorm_resid_mix_backward");
 }
 
 void launch_rmsnorm_channel_scale_backward(In dh, In y, const float* rstd, In o, const float* sc,
-                                           int64_t N, int64_t D, float* dx, Out dout, float* ds_acc, Workspace& ws,
+                                           int64_t N, int64_t D, Out dx, Out dout, float* ds_acc, Workspace& ws,
                                            cudaStream_t s) {
   launch_rmsnorm_bwd_then(ChannelScaleOfGradF{y, o, sc, dx, dout}, dh, rstd, dx, N, D, ds_acc, nullptr, ws, s,
                           "rmsnorm_channel_scale_backward");

@@ -94,7 +94,8 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
   auto activation = [&](size_t n) { return DeviceBuffer<T>(be_, n, Storage::activation); };
   // The residual stream has the embedding's precision, as in the reference (whose blocks cast their scales to the
   // stream's dtype): under embed_bf16 its values are activation buffers too (rounded where the backend stores them
-  // in bf16; the norms after them normalize the stored values). Its gradient stays plain.
+  // in bf16; the norms after them normalize the stored values), and so is its gradient (the reference's autograd
+  // keeps it in the stream's dtype): each op that adds into it rounds what it stores.
   auto stream = [&](size_t n) { return DeviceBuffer<T>(be_, n, stream_storage()); };
   const bool plain_norms = plain_pre_norms();
   acts_.clear();
@@ -116,13 +117,13 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
   if (train) {
     g_tmp_ = buf(N * D);
     dlogits_ = operand(N * V);
-    g_x_ = buf(N * D); g_x0_ = buf(N * D); g_q_ = buf(N * D); g_k_ = buf(N * KV);
+    g_x_ = stream(N * D); g_x0_ = stream(N * D); g_q_ = buf(N * D); g_k_ = buf(N * KV);
     g_qkv_ = operand(N * (D + 2 * KV));  // q, k and v's raw gradients side by side, written there by their ops
     g_att_ = operand(N * D); g_o_ = operand(N * D); g_u_ = operand(N * Hd);
     g_a_ = activation(N * Hd); g_m_ = operand(N * D); g_final_ = buf(N * D);
     g_h_ = plain_norms ? activation(N * D) : buf(N * D); g_h2_ = plain_norms ? activation(N * D) : buf(N * D);
     g_skip_.clear();
-    for (int64_t i = 0; i < cfg_.encoder_layers(); ++i) g_skip_.push_back(buf(N * D));
+    for (int64_t i = 0; i < cfg_.encoder_layers(); ++i) g_skip_.push_back(stream(N * D));
   }
   if (idx_cap_ < N) {
     if (xdev_) be_.release_index(xdev_);
@@ -361,7 +362,7 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
       be_.zero(g_tmp_.get(), N * D);
       be_.gated_skip_backward(dx, a.x_pre, skip, P + skip_w_ + k * D, P + skip_g_ + k * D, N, D, g_tmp_.get(),
                               g_skip_[e].get(), G + skip_w_ + k * D, G + skip_g_ + k * D);
-      be_.copy(dx, g_tmp_.get(), N * D);
+      be_.copy_columns(g_tmp_.get(), N, D, dx);  // dx may be a stream buffer (bf16): copied as it stores values
     } else {
       be_.skip_add_backward_set(dx, skip, P + skip_w_ + k * D, N, D, g_skip_[e].get(), G + skip_w_ + k * D);
     }

@@ -67,7 +67,11 @@ class Backend {
   // ops would read it back. They may read one as a stream input: the x, x0, skip, a and y of those ops, of
   // rmsnorm_forward, rmsnorm_backward(_set), resid_mix_backward(_set_dx), skip_add_backward(_set),
   // gated_skip_backward, rmsnorm_resid_mix_backward (whose recomputed y is rounded as its y argument's storage
-  // would hold it) and rmsnorm_channel_scale_backward. The stream's gradients stay plain memory.
+  // would hold it) and rmsnorm_channel_scale_backward. The stream's gradient lives where the stream does (the
+  // reference's autograd keeps it in the stream's dtype): the input gradients of those backwards and of
+  // channel_scale_backward(_set_dx), rmsnorm_backward(_set)'s dx, add's y and x, copy_columns' dst, and their dy,
+  // dout and dx_add may be activation buffers, added into as well as written. Such an op computes what it would on
+  // fp32 memory holding the stored values and stores each result rounded, once.
   virtual T* alloc_activation(size_t n) { return alloc(n); }
   // Bytes per element of the buffer at p as this backend stores it (for traffic estimates).
   virtual size_t element_bytes(const T*) const { return sizeof(T); }
@@ -85,7 +89,8 @@ class Backend {
     bool whole(int64_t width) const { return row_stride(width) == width && col == 0; }
   };
   // dst's columns [col, col + width) of rows n < N = src[n, :] (src is [N, width]). src may be an operand or
-  // activation buffer and dst an operand buffer: values are copied as stored, rounded where dst keeps fewer bits.
+  // activation buffer and dst an operand or activation buffer: values are copied as stored, rounded where dst keeps
+  // fewer bits.
   virtual void copy_columns(const T* src, int64_t N, int64_t width, ColumnSlice dst) = 0;
 
   // Model ops (see cpu_ops.h for the contracts).

@@ -95,7 +95,7 @@ class ProfilingBackend final : public Backend<T> {
   }
   void zero(T* p, size_t n) override { timed("zero", b(p, n), 0, [&] { in_.zero(p, n); }); }
   void copy(T* dst, const T* src, size_t n) override { timed("copy", 2 * E * n, 0, [&] { in_.copy(dst, src, n); }); }
-  void add(T* y, const T* x, size_t n) override { timed("add", 3 * E * n, 0, [&] { in_.add(y, x, n); }); }
+  void add(T* y, const T* x, size_t n) override { timed("add", 2 * b(y, n) + b(x, n), 0, [&] { in_.add(y, x, n); }); }
   void scale(T* y, T a, size_t n) override { timed("scale", 2 * E * n, 0, [&] { in_.scale(y, a, n); }); }
   void round_bf16(T* y, size_t n) override { timed("round_bf16", 2 * E * n, 0, [&] { in_.round_bf16(y, n); }); }
 
@@ -116,7 +116,7 @@ class ProfilingBackend final : public Backend<T> {
           [&] { in_.rmsnorm_forward(x, N, D, eps, out, rstd); });
   }
   void rmsnorm_backward(const T* dout, const T* x, const T* rstd, int64_t N, int64_t D, T* dx) override {
-    timed("rmsnorm_backward", b(dout, N * D) + b(x, N * D) + E * (2 * N * D + N), 0,
+    timed("rmsnorm_backward", b(dout, N * D) + b(x, N * D) + 2 * b(dx, N * D) + E * N, 0,
           [&] { in_.rmsnorm_backward(dout, x, rstd, N, D, dx); });
   }
   void linear_forward(const T* x, const T* W, int64_t N, int64_t K, int64_t M, T* y) override {
@@ -131,7 +131,7 @@ class ProfilingBackend final : public Backend<T> {
     timed("channel_scale_forward", E * 2 * N * D, 0, [&] { in_.channel_scale_forward(x, s, N, D, y); });
   }
   void channel_scale_backward(const T* dy, const T* x, const T* s, int64_t N, int64_t D, T* dx, T* ds) override {
-    timed("channel_scale_backward", E * N * D + b(x, N * D) + (dx ? 2 * E * N * D : 0), 0,
+    timed("channel_scale_backward", b(dy, N * D) + b(x, N * D) + 2 * b(dx, N * D), 0,
           [&] { in_.channel_scale_backward(dy, x, s, N, D, dx, ds); });
   }
   void head_scale_forward(const T* x, const T* g, int64_t N, int64_t H, int64_t hd, T* y) override {
@@ -208,7 +208,7 @@ class ProfilingBackend final : public Backend<T> {
     timed("skip_add_forward", E * 3 * N * D, 0, [&] { in_.skip_add_forward(x, skip, w, N, D); });
   }
   void skip_add_backward(const T* dy, const T* skip, const T* w, int64_t N, int64_t D, T* dskip, T* dw) override {
-    timed("skip_add_backward", E * (dskip ? 3 : 1) * N * D + b(skip, N * D), 0,
+    timed("skip_add_backward", b(dy, N * D) + 2 * b(dskip, N * D) + b(skip, N * D), 0,
           [&] { in_.skip_add_backward(dy, skip, w, N, D, dskip, dw); });
   }
   void gated_skip_forward(const T* x, const T* skip, const T* w, const T* g, int64_t N, int64_t D, T* y) override {
@@ -217,7 +217,8 @@ class ProfilingBackend final : public Backend<T> {
   }
   void gated_skip_backward(const T* dy, const T* x, const T* skip, const T* w, const T* g, int64_t N, int64_t D,
                            T* dx, T* dskip, T* dw, T* dg) override {
-    timed("gated_skip_backward", b(x, N * D) + b(skip, N * D) + E * (1 + (dx ? 2 : 0) + (dskip ? 2 : 0)) * N * D, 0,
+    timed("gated_skip_backward",
+          b(dy, N * D) + b(x, N * D) + b(skip, N * D) + 2 * b(dx, N * D) + 2 * b(dskip, N * D), 0,
           [&] { in_.gated_skip_backward(dy, x, skip, w, g, N, D, dx, dskip, dw, dg); });
   }
   void resid_mix_forward(const T* x, const T* x0, const T* m, int64_t N, int64_t D, T* y) override {
@@ -226,7 +227,8 @@ class ProfilingBackend final : public Backend<T> {
   }
   void resid_mix_backward(const T* dy, const T* x, const T* x0, const T* m, int64_t N, int64_t D, T* dx, T* dx0,
                           T* dm) override {
-    timed("resid_mix_backward", b(x, N * D) + b(x0, N * D) + E * (1 + (dx ? 2 : 0) + (dx0 ? 2 : 0)) * N * D, 0,
+    timed("resid_mix_backward",
+          b(dy, N * D) + b(x, N * D) + b(x0, N * D) + 2 * b(dx, N * D) + 2 * b(dx0, N * D), 0,
           [&] { in_.resid_mix_backward(dy, x, x0, m, N, D, dx, dx0, dm); });
   }
   void layer_entry_forward(const T* a, const T* b_, const T* s, const T* skip, const T* w, const T* x0, const T* m,
@@ -284,7 +286,7 @@ class ProfilingBackend final : public Backend<T> {
   }
   void channel_scale_backward_set_dx(const T* dy, const T* x, const T* s, int64_t N, int64_t D, T* dx,
                                      T* ds) override {
-    timed("channel_scale_backward_set_dx", E * N * D + b(x, N * D) + b(dx, N * D), 0,
+    timed("channel_scale_backward_set_dx", b(dy, N * D) + b(x, N * D) + b(dx, N * D), 0,
           [&] { in_.channel_scale_backward_set_dx(dy, x, s, N, D, dx, ds); });
   }
   void head_scale_backward_set_dx(const T* dy, const T* x, const T* g, int64_t N, int64_t H, int64_t hd, T* dx,
@@ -293,12 +295,12 @@ class ProfilingBackend final : public Backend<T> {
           [&] { in_.head_scale_backward_set_dx(dy, x, g, N, H, hd, dx, dg); });
   }
   void rmsnorm_backward_set(const T* dout, const T* x, const T* rstd, int64_t N, int64_t D, T* dx) override {
-    timed("rmsnorm_backward_set", b(dout, N * D) + b(x, N * D) + E * (N * D + N), 0,
+    timed("rmsnorm_backward_set", b(dout, N * D) + b(x, N * D) + b(dx, N * D) + E * N, 0,
           [&] { in_.rmsnorm_backward_set(dout, x, rstd, N, D, dx); });
   }
   void skip_add_backward_set(const T* dy, const T* skip, const T* w, int64_t N, int64_t D, T* dskip,
                              T* dw) override {
-    timed("skip_add_backward_set", E * (dskip ? 2 : 1) * N * D + b(skip, N * D), 0,
+    timed("skip_add_backward_set", b(dy, N * D) + b(dskip, N * D) + b(skip, N * D), 0,
           [&] { in_.skip_add_backward_set(dy, skip, w, N, D, dskip, dw); });
   }
   void activation_backward_set(cpu::Activation a, const T* dout, const T* h, int64_t n, T* dh) override {
@@ -307,20 +309,22 @@ class ProfilingBackend final : public Backend<T> {
   }
   void resid_mix_backward_set_dx(const T* dy, const T* x, const T* x0, const T* m, int64_t N, int64_t D, T* dx,
                                  T* dx0, T* dm) override {
-    timed("resid_mix_backward_set_dx", b(x, N * D) + b(x0, N * D) + E * (1 + (dx ? 1 : 0) + (dx0 ? 2 : 0)) * N * D, 0,
+    timed("resid_mix_backward_set_dx",
+          b(dy, N * D) + b(x, N * D) + b(x0, N * D) + b(dx, N * D) + 2 * b(dx0, N * D), 0,
           [&] { in_.resid_mix_backward_set_dx(dy, x, x0, m, N, D, dx, dx0, dm); });
   }
   void rmsnorm_resid_mix_backward(const T* dh, const T* y, const T* rstd, const T* x, const T* x0, const T* m,
                                   int64_t N, int64_t D, T* dx, T* dx0, T* dm, const T* dx_add, bool fold_x0) override {
     // y is not counted: a fused backward recomputes it from x and x0. Folded, dx is read but not written.
     timed("rmsnorm_resid_mix_backward",
-          b(dh, N * D) + b(x, N * D) + b(x0, N * D) + E * ((4 + (dx_add ? 1 : 0) - (fold_x0 ? 1 : 0)) * N * D + N),
+          b(dh, N * D) + b(x, N * D) + b(x0, N * D) + (fold_x0 ? 1 : 2) * b(dx, N * D) + 2 * b(dx0, N * D) +
+              b(dx_add, N * D) + E * N,
           0, [&] { in_.rmsnorm_resid_mix_backward(dh, y, rstd, x, x0, m, N, D, dx, dx0, dm, dx_add, fold_x0); });
   }
   void rmsnorm_channel_scale_backward(const T* dh, const T* y, const T* rstd, const T* o, const T* s, int64_t N,
                                       int64_t D, T* dx, T* dout, T* ds) override {
     timed("rmsnorm_channel_scale_backward",
-          b(dh, N * D) + b(y, N * D) + b(o, N * D) + b(dout, N * D) + E * (2 * N * D + N + 3 * D),
+          b(dh, N * D) + b(y, N * D) + b(o, N * D) + b(dout, N * D) + 2 * b(dx, N * D) + E * (N + 3 * D),
           0, [&] { in_.rmsnorm_channel_scale_backward(dh, y, rstd, o, s, N, D, dx, dout, ds); });
   }
   void linear_forward_shared(const T* x, int64_t N, int64_t K,

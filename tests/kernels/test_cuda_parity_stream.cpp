@@ -226,3 +226,141 @@ TEST_CASE("cuda: ops read the residual stream from bf16 buffers as its stored va
     }
   }
 }
+
+// The stream's gradient in bf16 buffers: an op that writes or adds into one computes what it would on fp32 memory
+// holding the stored values and stores each result rounded once (the fused backwards; their composed fallbacks
+// round at every op they compose, so those are compared within a few bf16 ulps); the gradients it reads (dy,
+// dout, dx_add) are read as stored. Parameter gradients stay fp32 and equal the plain run's.
+TEST_CASE("cuda: ops add into the residual stream's gradient in bf16 buffers, rounding once", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto g = gpu_backend(CudaGemmPrecision::bf16);
+  std::mt19937_64 rng(79);
+  const float eps = 1e-6f;
+  for (const int64_t D : {128, 96}) {
+    const int64_t N = 300, n = N * D;
+    const bool fused = D == 128;
+    const std::string shape = " D=" + std::to_string(D);
+    auto rnd = [&](float lo = -1.f, float hi = 1.f) { return bf16_rounded(rand_vec(rng, n, lo, hi)); };
+    const Vec xv = rnd(-3.f, 3.f), x0v = rnd(-2.f, 2.f), kv = rnd(), dyv = rnd(), dhv = rnd(), dxv = rnd(),
+              dx0v = rnd(), addv = rnd(), mv = rand_vec(rng, 2 * D), sv = rand_vec(rng, D, 0.5f, 1.5f),
+              gv = rand_vec(rng, D, -2.f, 2.f);
+    const Dev x(*g, xv), x0(*g, x0v), skip(*g, kv), dh(*g, dhv), m(*g, mv), s(*g, sv), gate(*g, gv);
+    const Stream dy(*g, dyv), dx_add(*g, addv);
+    const Dev dyp(*g, dyv), addp(*g, addv);
+    // The stored result against the plain run's, rounded.
+    auto same = [&](const std::string& what, const Stream& got, const Dev& want) {
+      check_exact(what + shape, got.values(), bf16_rounded(want.get()));
+    };
+
+    {
+      const Stream y(*g, dxv), y2(*g, dxv);
+      Dev yp(*g, dxv), xp(*g, Vec(n));
+      g->add(y.p(), dy.p(), n);
+      g->add(yp.p(), dyp.p(), n);
+      same("add, both bf16", y, yp);
+      g->upload(xp.p(), dhv.data(), n);
+      g->add(y2.p(), xp.p(), n);
+      Dev yq(*g, dxv);
+      g->add(yq.p(), xp.p(), n);
+      same("add of fp32 into bf16", y2, yq);
+    }
+    Dev rstd(*g, Vec(N)), hn(*g, Vec(n));
+    g->rmsnorm_forward(x.p(), N, D, eps, hn.p(), rstd.p());
+    for (const bool set : {false, true}) {
+      const Stream dx(*g, dxv);
+      Dev dxp(*g, dxv);
+      if (set) {
+        g->rmsnorm_backward_set(dy.p(), x.p(), rstd.p(), N, D, dx.p());
+        g->rmsnorm_backward_set(dyp.p(), x.p(), rstd.p(), N, D, dxp.p());
+      } else {
+        g->rmsnorm_backward(dy.p(), x.p(), rstd.p(), N, D, dx.p());
+        g->rmsnorm_backward(dyp.p(), x.p(), rstd.p(), N, D, dxp.p());
+      }
+      same(set ? "rmsnorm_backward_set dx" : "rmsnorm_backward dx (added into)", dx, dxp);
+      const Stream cx(*g, dxv);
+      Dev cxp(*g, dxv), ds1(*g, sv), ds2(*g, sv);
+      if (set) {
+        g->channel_scale_backward_set_dx(dy.p(), x.p(), s.p(), N, D, cx.p(), ds1.p());
+        g->channel_scale_backward_set_dx(dyp.p(), x.p(), s.p(), N, D, cxp.p(), ds2.p());
+      } else {
+        g->channel_scale_backward(dy.p(), x.p(), s.p(), N, D, cx.p(), ds1.p());
+        g->channel_scale_backward(dyp.p(), x.p(), s.p(), N, D, cxp.p(), ds2.p());
+      }
+      same(set ? "channel_scale_backward_set_dx dx" : "channel_scale_backward dx (added into)", cx, cxp);
+      check_exact("channel_scale_backward ds" + shape, ds1.get(), ds2.get());
+      const Stream k(*g, dxv);
+      Dev kp(*g, dxv), dw1(*g, sv), dw2(*g, sv);
+      if (set) {
+        g->skip_add_backward_set(dy.p(), skip.p(), s.p(), N, D, k.p(), dw1.p());
+        g->skip_add_backward_set(dyp.p(), skip.p(), s.p(), N, D, kp.p(), dw2.p());
+      } else {
+        g->skip_add_backward(dy.p(), skip.p(), s.p(), N, D, k.p(), dw1.p());
+        g->skip_add_backward(dyp.p(), skip.p(), s.p(), N, D, kp.p(), dw2.p());
+      }
+      same(set ? "skip_add_backward_set dskip" : "skip_add_backward dskip (added into)", k, kp);
+      check_exact("skip_add_backward dw" + shape, dw1.get(), dw2.get());
+    }
+    {
+      const Stream dx(*g, dxv), k(*g, dx0v);
+      Dev dxp(*g, dxv), kp(*g, dx0v), dw1(*g, sv), dw2(*g, sv), dg1(*g, gv), dg2(*g, gv);
+      g->gated_skip_backward(dy.p(), x.p(), skip.p(), s.p(), gate.p(), N, D, dx.p(), k.p(), dw1.p(), dg1.p());
+      g->gated_skip_backward(dyp.p(), x.p(), skip.p(), s.p(), gate.p(), N, D, dxp.p(), kp.p(), dw2.p(), dg2.p());
+      same("gated_skip_backward dx (added into)", dx, dxp);
+      same("gated_skip_backward dskip (added into)", k, kp);
+      check_exact("gated_skip_backward dw" + shape, dw1.get(), dw2.get());
+      check_exact("gated_skip_backward dg" + shape, dg1.get(), dg2.get());
+    }
+    {  // resid_mix's backward, in place (dx is dy) as the model runs it
+      const Stream dx(*g, dyv), dx0(*g, dx0v);
+      Dev dxp(*g, dyv), dx0p(*g, dx0v), dm1(*g, mv), dm2(*g, mv);
+      g->resid_mix_backward_set_dx(dx.p(), x.p(), x0.p(), m.p(), N, D, dx.p(), dx0.p(), dm1.p());
+      g->resid_mix_backward_set_dx(dxp.p(), x.p(), x0.p(), m.p(), N, D, dxp.p(), dx0p.p(), dm2.p());
+      same("resid_mix_backward_set_dx dx (in place)", dx, dxp);
+      same("resid_mix_backward_set_dx dx0 (added into)", dx0, dx0p);
+      check_exact("resid_mix_backward_set_dx dm" + shape, dm1.get(), dm2.get());
+    }
+    // The fused backwards: t = dx + the norm's gradient, from the stored dx, then each output rounded once.
+    Dev y(*g, Vec(n)), ry(*g, Vec(N));
+    g->resid_mix_rmsnorm_forward(x.p(), x0.p(), m.p(), N, D, eps, y.p(), hn.p(), ry.p());
+    for (const bool with_add : {false, true})
+      for (const bool fold : {false, true}) {
+        const std::string tag = std::string(with_add ? " + dx_add" : "") + (fold ? " folded into dx0" : "");
+        const Stream dx(*g, dxv), dx0(*g, dx0v);
+        Dev dxp(*g, dxv), dx0p(*g, dx0v), dm1(*g, mv), dm2(*g, mv);
+        g->rmsnorm_resid_mix_backward(dh.p(), y.p(), ry.p(), x.p(), x0.p(), m.p(), N, D, dx.p(), dx0.p(), dm1.p(),
+                                      with_add ? dx_add.p() : nullptr, fold);
+        g->rmsnorm_resid_mix_backward(dh.p(), y.p(), ry.p(), x.p(), x0.p(), m.p(), N, D, dxp.p(), dx0p.p(), dm2.p(),
+                                      with_add ? addp.p() : nullptr, fold);
+        if (fused) {
+          if (!fold) same("rmsnorm_resid_mix_backward dx" + tag, dx, dxp);
+          same("rmsnorm_resid_mix_backward dx0" + tag, dx0, dx0p);
+          check_exact("rmsnorm_resid_mix_backward dm" + tag + shape, dm1.get(), dm2.get());
+        } else {  // composed: rounded at each op; bf16 has 8 significant bits
+          if (!fold) check_close("rmsnorm_resid_mix_backward dx" + tag + shape, dx.values(), dxp.get(), 0.05, 0.02);
+          check_close("rmsnorm_resid_mix_backward dx0" + tag + shape, dx0.values(), dx0p.get(), 0.05, 0.02);
+        }
+      }
+    {
+      const Stream dx(*g, dxv);
+      Dev dxp(*g, dxv), d1(*g, Vec(n)), d2(*g, Vec(n)), ds1(*g, sv), ds2(*g, sv);
+      g->rmsnorm_channel_scale_backward(dh.p(), y.p(), ry.p(), x0.p(), s.p(), N, D, dx.p(), d1.p(), ds1.p());
+      g->rmsnorm_channel_scale_backward(dh.p(), y.p(), ry.p(), x0.p(), s.p(), N, D, dxp.p(), d2.p(), ds2.p());
+      if (fused) {
+        same("rmsnorm_channel_scale_backward dx", dx, dxp);
+        check_exact("rmsnorm_channel_scale_backward dout" + shape, d1.get(), d2.get());
+        check_exact("rmsnorm_channel_scale_backward ds" + shape, ds1.get(), ds2.get());
+      } else {
+        same("rmsnorm_channel_scale_backward dx", dx, dxp);  // one rounding here too: dx = t, then dout = s t
+        check_close("rmsnorm_channel_scale_backward dout" + shape, d1.get(), d2.get(), 0.02, 0.01);
+      }
+    }
+    {
+      const Stream dst(*g, n);
+      g->copy_columns(dyp.p(), N, D, dst.p());  // already bf16 values: copied exactly
+      check_exact("copy_columns into a stream buffer" + shape, dst.values(), dyv);
+      Dev plain(*g, rand_vec(rng, n));
+      g->copy_columns(plain.p(), N, D, dst.p());
+      same("copy_columns of fp32 into a stream buffer", dst, plain);
+    }
+  }
+}
