@@ -71,8 +71,8 @@ struct CudaBackendOptions {
   // no conversion. false keeps them fp32 and converts before each GEMM; the results are the same bit for bit.
   bool bf16_operands = true;
   // bf16 mode: activation buffers (Backend::alloc_activation: the model's GEMM outputs and their gradients that
-  // element-wise ops read; under embed_bf16 the model's residual stream too) hold bf16, as under PyTorch's autocast
-  // and the reference's bf16 stream: half the bytes, values rounded. false: fp32.
+  // element-wise ops read; under embed_bf16 the model's residual stream and its gradient too) hold bf16, as under
+  // PyTorch's autocast and the reference's bf16 stream: half the bytes, values rounded. false: fp32.
   bool bf16_activations = true;
 };
 

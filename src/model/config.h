@@ -33,7 +33,8 @@ struct ModelConfig {
   // initialisation, after every optimizer step and when loaded, Adam's moments for it too, and the normed
   // embedding x0 is rounded to bf16 (F.rms_norm of a bf16 tensor returns bf16). The residual stream then has the
   // embedding's dtype, as the reference's does (its blocks cast their scales to the stream's dtype): the model keeps
-  // it in activation buffers, bf16 in the CUDA backend's bf16 mode (fp32 on the CPU and in the fp32/tf32 modes).
+  // it and its gradient in activation buffers, bf16 in the CUDA backend's bf16 mode (fp32 on the CPU and in the
+  // fp32/tf32 modes).
   bool embed_bf16 = false;
   bool resid_mix = true;
   bool ln_scale = false;            // multiply pre-norm outputs of virtual layer i by 1/sqrt(i+1)
