@@ -2,9 +2,11 @@
 //   cpu          the reference (fp32)
 //   cuda         kernels/ with TF32 GEMMs (the default precision)
 //   cuda:tf32    the same, spelled out
-//   cuda:bf16    bf16 GEMM and attention inputs, fp32 accumulation, the residual stream and parameters in fp32,
-//                GEMM outputs that element-wise ops read stored in bf16 (as PyTorch's autocast keeps them)
-//   cuda:bf16-gemm  the same with those GEMM outputs kept in fp32 (CudaBackendOptions::bf16_activations off)
+//   cuda:bf16    bf16 GEMM and attention inputs, fp32 accumulation, parameters in fp32, GEMM outputs that
+//                element-wise ops read stored in bf16 (as PyTorch's autocast keeps them); the residual stream and
+//                its gradient in bf16 under embed_bf16 (as the reference's), else fp32
+//   cuda:bf16-gemm  the same with those GEMM outputs and the stream kept in fp32 (CudaBackendOptions::
+//                bf16_activations off)
 //   cuda:fp32    full fp32 GEMMs (slow; for checking)
 //   cuda:bf16,nondeterministic  (after any cuda spelling) floating-point atomics where they are faster: the
 //                bf16 flash backward's dQ and the embedding backward; reruns then differ in the last bits
