@@ -101,10 +101,15 @@ TEST_CASE("cuda: the tiny model's loss and gradients match the CPU backend", "[g
     model::ModelConfig cfg;
     int64_t B, Tn;
   };
-  model::ModelConfig tiny_bf16_stream = model::preset("tiny");
-  tiny_bf16_stream.embed_bf16 = true;  // the bf16 mode keeps the residual stream in bf16
+  // embed_bf16: the bf16 mode keeps the residual stream and its gradient in bf16 (fused and composed paths)
+  auto bf16_stream = [](model::ModelConfig c) {
+    c.embed_bf16 = true;
+    return c;
+  };
   const ModelCase cases[] = {{"tiny", model::preset("tiny"), 2, 128},
-                             {"tiny, embed_bf16", tiny_bf16_stream, 2, 77},
+                             {"tiny, embed_bf16", bf16_stream(model::preset("tiny")), 2, 77},
+                             {"variant, embed_bf16", bf16_stream(variant_config()), 2, 77},
+                             {"one block, embed_bf16", bf16_stream(single_block_config()), 2, 50},
                              {"tiny T=77", model::preset("tiny"), 3, 77},
                              {"tiny_recurrent", model::preset("tiny_recurrent"), 2, 128},
                              {"variant (leaky, partial rope, gated, ln_scale, untied)", variant_config(), 2, 77},
