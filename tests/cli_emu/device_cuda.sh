@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `--device cuda` end to end through the CLI, on the emulated CUDA backend (kernels/emu): train (also on
-# `cuda:bf16,nondeterministic`), GPTQ calibration, standard and sliding eval each agree with the CPU run of the
-# same command, and without a device
+# `cuda:bf16,nondeterministic`, and with `embed_bf16`'s bf16 residual stream), GPTQ calibration, standard and
+# sliding eval each agree with the CPU run of the same command, and without a device
 # `--device cuda` fails with a clear message and no output file.
 # Usage: bash tests/cli_emu/device_cuda.sh PTOOL_EXE_ON_THE_EMULATOR SOURCE_DIR
 set -euo pipefail
@@ -45,6 +45,19 @@ ln=$(train --device cuda:bf16,nondeterministic --out "$T/nd.ptc" | field val_los
 [ -n "$ln" ] || fail "no val_loss from train --device cuda:bf16,nondeterministic"
 close "$lc" "$ln" 2e-2 || fail "train --device cuda:bf16,nondeterministic val_loss $ln, cpu $lc"
 
+# embed_bf16: cuda:bf16 keeps the residual stream and its gradient in bf16; train, then a sliding eval of its
+# checkpoint, each near the CPU's (whose stream stays fp32).
+le=$(train --set embed_bf16=true --device cpu --out "$T/e_cpu.ptc" | field val_loss)
+lb=$(train --set embed_bf16=true --device cuda:bf16 --out "$T/e_gpu.ptc" | field val_loss)
+[ -n "$le" ] && [ -n "$lb" ] || fail "no val_loss from the embed_bf16 runs: $le / $lb"
+close "$le" "$lb" 2e-2 || fail "train --set embed_bf16=true --device cuda:bf16 val_loss $lb, cpu $le"
+ee() { "$PTOOL" eval "$T/e_gpu.ptc" --val "$T/shards/c_val_*.bin" --tokenizer "$TOK" --max-tokens 512 --stride 8 \
+  --json "$@" | field val_bpb; }
+ec=$(ee --device cpu)
+eb=$(ee --device cuda:bf16)
+[ -n "$ec" ] && [ -n "$eb" ] || fail "no val_bpb from the embed_bf16 evals: $ec / $eb"
+close "$ec" "$eb" 2e-2 || fail "eval --stride 8 of an embed_bf16 model on cuda:bf16 val_bpb $eb, cpu $ec"
+
 ev() { "$PTOOL" eval "$T/cpu.ptc" --val "$T/shards/c_val_*.bin" --tokenizer "$TOK" --max-tokens 512 --json "$@"; }
 for mode in "" "--stride 8"; do
   # shellcheck disable=SC2086
@@ -67,4 +80,5 @@ q --device cuda:fp32 --out "$T/gpu.ptq"
 qc=$("$PTOOL" eval "$T/cpu.ptq" --val "$T/shards/c_val_*.bin" --tokenizer "$TOK" --max-tokens 512 --json | field val_bpb)
 qg=$("$PTOOL" eval "$T/gpu.ptq" --val "$T/shards/c_val_*.bin" --tokenizer "$TOK" --max-tokens 512 --json | field val_bpb)
 close "$qc" "$qg" 1e-3 || fail "GPTQ calibrated on cuda: val_bpb $qg, on cpu $qc"
-echo "ok: train val_loss cpu $lc cuda $lg bf16,nondeterministic $ln; GPTQ val_bpb cpu $qc cuda $qg"
+echo "ok: train val_loss cpu $lc cuda $lg bf16,nondeterministic $ln; embed_bf16 cpu $le bf16 $lb, its sliding" \
+  "eval cpu $ec bf16 $eb; GPTQ val_bpb cpu $qc cuda $qg"
