@@ -3,6 +3,7 @@
 //   bench_train --preset baseline --device cuda:bf16 --json          (the twin's defaults: 524,288 tokens per
 //                                                                      step in 8 micro-batches, 10 timed steps)
 //   bench_train --preset tiny --device cpu --batch-tokens 1024 --grad-accum 2 --steps 2 --eval-tokens 4096
+//   bench_train --preset baseline --set embed_bf16=false --device cuda:bf16 --json   (a preset with keys changed)
 //
 // A step is what `ptool train` does per step: zero gradients, grad_accum forward+backward passes over random
 // tokens, then Muon + Adam through the trainer's OptimizerStep (src/train/optimizer_step.h) with ptool train's
@@ -58,6 +59,7 @@ namespace {
 
 struct Args {
   std::string preset = "baseline", device = "cuda", optimizer = "auto";
+  std::vector<std::string> sets;  // --set KEY=VALUE over the preset, as in ptool train
   int64_t batch_tokens = 524288, grad_accum = 8, seq_len = 0, steps = 10, warmup = 2;
   int64_t eval_tokens = 1048576, eval_stride = 64, eval_batch = 32;
   double peak_tflops = 989.0;
@@ -244,6 +246,9 @@ int main(int argc, char** argv) {
   CLI::App app{"ptool training and sliding-window eval throughput (tokens/s, ms/step, MFU, peak memory)"};
   Args a;
   app.add_option("--preset", a.preset, "model preset")->capture_default_str();
+  app.add_option("--set", a.sets, "override one model key of the preset, KEY=VALUE, as ptool train's --set "
+                 "(e.g. --set embed_bf16=false: the baseline with an fp32 embedding and residual stream)")
+      ->allow_extra_args(false);
   app.add_option("--device", a.device, kDeviceHelp)->capture_default_str();
   app.add_option("--batch-tokens", a.batch_tokens, "tokens per optimizer step")->capture_default_str();
   app.add_option("--grad-accum", a.grad_accum, "micro-batches per step")->capture_default_str();
@@ -267,15 +272,18 @@ int main(int argc, char** argv) {
   try {
     if (a.steps < 1 || a.warmup < 0 || a.grad_accum < 1 || a.eval_tokens < 1 || a.eval_batch < 1)
       throw std::runtime_error("--steps, --grad-accum, --eval-tokens and --eval-batch must be positive");
-    const auto cfg = model::preset(a.preset);
+    nlohmann::json cj = model::config_to_json(model::preset(a.preset));
+    model::apply_config_settings(cj, a.sets);
+    const auto cfg = model::config_from_json(cj);
     const int64_t T = a.seq_len > 0 ? a.seq_len : cfg.train_seq_len;
     auto be = make_backend(a.device);
     std::unique_ptr<Profiler> prof;
     if (a.profile) prof = std::make_unique<Profiler>(*be, op_timer_for(*be));
     Backend<float>& run_on = prof ? static_cast<Backend<float>&>(*prof) : *be;
     model::Model<float> m(cfg, run_on);
-    nlohmann::json res = {{"preset", a.preset}, {"device", a.device}, {"device_name", device_name(*be)},
-                          {"params", m.param_count()}, {"executed_matmul_params", executed_matmul_params(cfg)},
+    nlohmann::json res = {{"preset", a.preset}, {"sets", a.sets}, {"device", a.device},
+                          {"device_name", device_name(*be)}, {"params", m.param_count()},
+                          {"executed_matmul_params", executed_matmul_params(cfg)},
                           {"virtual_layers", cfg.virtual_layers()}, {"seq_len", T}, {"peak_tflops", a.peak_tflops}};
     if (!a.no_train) bench_training(a, cfg, m, *be, prof.get(), T, res);
     std::string train_table;

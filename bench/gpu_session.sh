@@ -103,13 +103,15 @@ done
   echo
 } >>"$SUMMARY"
 
-bt() {  # bench_train for PRESET PRECISION LIMIT; if it fails (not by timeout), once more without the optimizer
-  local common=(--preset "$1" --device "cuda:$2" "${BATCH[@]}" --grad-accum "$(accum_of "$1")" "${EVAL[@]}")
-  step "bench_train $1 $2" "$3" "$OUT/bench_train.jsonl" "$BUILD/bench_train" "${common[@]}" "${BENCH_STEPS[@]}" \
-    --muon-bf16 --json
+bt() {  # bench_train for PRESET PRECISION LIMIT [MORE ARGS]; if it fails (not by timeout), once more without the
+        # optimizer
+  local common=(--preset "$1" --device "cuda:$2" "${BATCH[@]}" --grad-accum "$(accum_of "$1")" "${EVAL[@]}" "${@:4}")
+  local name="bench_train $1 $2"
+  [ $# -gt 3 ] && name+=" ${*:4}"
+  step "$name" "$3" "$OUT/bench_train.jsonl" "$BUILD/bench_train" "${common[@]}" "${BENCH_STEPS[@]}" --muon-bf16 --json
   local rc=$?
   if [ $rc != 0 ] && [ $rc != 124 ]; then
-    step "bench_train $1 $2 --optimizer none" "$3" "$OUT/bench_train.jsonl" "$BUILD/bench_train" "${common[@]}" \
+    step "$name --optimizer none" "$3" "$OUT/bench_train.jsonl" "$BUILD/bench_train" "${common[@]}" \
       --steps 3 --warmup 1 --optimizer none --json
   fi
 }
@@ -151,7 +153,9 @@ step "ptool train baseline cuda:bf16" 90 "$OUT/ptool_train.txt" "$BUILD/ptool" t
 step "ptool quantize gptq --device cuda" 60 "$OUT/ptool_train.txt" "$BUILD/ptool" quantize "$T/m.ptc" --preset gptq \
   --calib "$T/shards/c_train_*.bin" "${CALIB[@]}" --device cuda --dry-run
 
-# ---- 4. TF32, bf16 GEMMs with fp32 activations (what bf16 activation storage buys), fp32, if time is left ------
+# ---- 4. if time is left: the baseline with an fp32 embedding and residual stream (what the bf16 stream buys), TF32,
+# bf16 GEMMs with fp32 activations (what bf16 activation storage buys), fp32 ------------------------------------
+bt baseline bf16 60 --set embed_bf16=false
 bt baseline tf32 60
 bt baseline bf16-gemm 60
 bt baseline fp32 90
@@ -186,7 +190,7 @@ for r in rows("torch_twin.jsonl"):
 for r in rows("bench_train.jsonl"):
     peak = max([v for v in (r.get("train_peak_mem_gb"), r.get("eval_peak_mem_gb")) if isinstance(v, (int, float))] or [0])
     print("ptool %-44s %11s %8s %5s %14s %11s %9s %8s" % (
-        "%s %s" % (r["preset"], r["device"]), f(r.get("tokens_per_s")), f(r.get("ms_per_step"), "%.1f"),
+        " ".join([r["preset"], r["device"]] + r.get("sets", [])), f(r.get("tokens_per_s")), f(r.get("ms_per_step"), "%.1f"),
         f(r.get("mfu"), "%.3f"), f(r.get("forward_backward_tokens_per_s")), f(r.get("eval_tokens_per_s")),
         f(r.get("eval_mfu"), "%.3f"), f(peak, "%.1f")))
     t = twin.get(r["preset"])

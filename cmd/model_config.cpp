@@ -33,21 +33,7 @@ nlohmann::json base_config(const ModelConfigArgs& a) {
 model::ModelConfig resolve_model_config(const ModelConfigArgs& a) {
   nlohmann::json j = base_config(a);
   if (!j.is_object()) throw Error(a.config_file + ": model config: expected a JSON object");
-  auto is_set = [&](const std::string& key) {
-    for (const auto& s : a.sets)
-      if (s.rfind(key + "=", 0) == 0) return true;
-    return false;
-  };
-  for (const auto& s : a.sets) {
-    const size_t eq = s.find('=');
-    if (eq == std::string::npos || eq == 0) throw Error("--set expects KEY=VALUE, got '" + s + "'");
-    const std::string key = s.substr(0, eq), text = s.substr(eq + 1);
-    nlohmann::json value = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-    if (value.is_discarded()) value = text;  // a bare word: --set activation=leaky_relu2
-    if ((key == "physical_blocks" || key == "recurrence") && !is_set("schedule")) j.erase("schedule");
-    if (key == "schedule") j.erase("recurrence");
-    j[key] = value;
-  }
+  model::apply_config_settings(j, a.sets);
   const std::string origin = a.config_file.empty() ? "preset " + preset_name(a) : a.config_file;
   try {
     return model::config_from_json(j);

@@ -128,6 +128,24 @@ ModelConfig config_from_json(const json& j) {
   return c;
 }
 
+void apply_config_settings(json& j, const std::vector<std::string>& sets) {
+  auto is_set = [&](const std::string& key) {
+    for (const auto& s : sets)
+      if (s.rfind(key + "=", 0) == 0) return true;
+    return false;
+  };
+  for (const auto& s : sets) {
+    const size_t eq = s.find('=');
+    if (eq == std::string::npos || eq == 0) throw Error("--set expects KEY=VALUE, got '" + s + "'");
+    const std::string key = s.substr(0, eq), text = s.substr(eq + 1);
+    json value = json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (value.is_discarded()) value = text;
+    if ((key == "physical_blocks" || key == "recurrence") && !is_set("schedule")) j.erase("schedule");
+    if (key == "schedule") j.erase("recurrence");
+    j[key] = value;
+  }
+}
+
 json config_to_json(const ModelConfig& c) {
   return json{{"vocab_size", c.vocab_size},
               {"d_model", c.d_model},

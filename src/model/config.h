@@ -63,6 +63,10 @@ struct ModelConfig {
 
 ModelConfig config_from_json(const nlohmann::json& j);  // unknown keys refused; schedule expanded
 nlohmann::json config_to_json(const ModelConfig& c);
+// KEY=VALUE overrides (the --set of ptool's commands and bench_train) applied to a config's JSON object: VALUE is
+// JSON or else a bare word (`activation=leaky_relu2`). Setting physical_blocks or recurrence drops the expanded
+// schedule unless schedule is set too; setting schedule drops recurrence. Throws Error for a setting without '='.
+void apply_config_settings(nlohmann::json& j, const std::vector<std::string>& sets);
 
 // Built-in presets: tiny, baseline and the depth-recurrent seed systems.
 std::vector<std::string> preset_names();
