@@ -190,7 +190,8 @@ for r in rows("torch_twin.jsonl"):
 for r in rows("bench_train.jsonl"):
     peak = max([v for v in (r.get("train_peak_mem_gb"), r.get("eval_peak_mem_gb")) if isinstance(v, (int, float))] or [0])
     print("ptool %-44s %11s %8s %5s %14s %11s %9s %8s" % (
-        " ".join([r["preset"], r["device"]] + r.get("sets", [])), f(r.get("tokens_per_s")), f(r.get("ms_per_step"), "%.1f"),
+        " ".join([r["preset"], r["device"]] + r.get("sets", [])), f(r.get("tokens_per_s")),
+        f(r.get("ms_per_step"), "%.1f"),
         f(r.get("mfu"), "%.3f"), f(r.get("forward_backward_tokens_per_s")), f(r.get("eval_tokens_per_s")),
         f(r.get("eval_mfu"), "%.3f"), f(peak, "%.1f")))
     t = twin.get(r["preset"])

@@ -43,7 +43,8 @@ __device__ __forceinline__ void rotate_pair(float& x1, float& x2, float c, float
 
 // RMSNorm's backward of one row by one warp: g's row at [goff, goff + D) (a warp's row in shared memory, or the
 // same offset as x's), x's and o's at [off, off + D); o = r g - r^3 x mean(g x), added to o (accumulate) or
-// written (fp32 or bf16; a bf16 o is read widened and written rounded). rmsnorm_grad_coef and rmsnorm_grad are its two halves.
+// written (fp32 or bf16; a bf16 o is read widened and written rounded). rmsnorm_grad_coef and rmsnorm_grad are its
+// two halves.
 __device__ __forceinline__ float rmsnorm_grad_coef(double dot, float r, int64_t D) {  // dot: the warp's sum of g x
   return static_cast<float>(static_cast<double>(r) * r * r * dot / static_cast<double>(D));
 }

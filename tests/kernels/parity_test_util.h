@@ -85,6 +85,28 @@ class DevIdx {
 
 using gpu_test::rand_vec;
 
+// An activation buffer (Storage::activation) of n elements, optionally holding x (rounded where the backend stores
+// bf16), its stored values readable as fp32.
+class ActivationBuf {
+ public:
+  ActivationBuf(Backend<float>& g, size_t n) : g_(&g), act_(g, n, Storage::activation), vals_(g, Vec(n)), n_(n) {}
+  ActivationBuf(Backend<float>& g, const Vec& x) : ActivationBuf(g, x.size()) {
+    const gpu_test::Dev src(g, x);
+    g.store_operand(act_.get(), src.p(), n_);
+  }
+  float* p() const { return act_.get(); }
+  Vec values() const {
+    g_->operand_values(act_.get(), n_, vals_.p());
+    return vals_.get();
+  }
+
+ private:
+  Backend<float>* g_;
+  DeviceBuffer<float> act_;
+  gpu_test::Dev vals_;
+  size_t n_;
+};
+
 // Each element rounded to bf16 (nearest even): what a bf16 operand buffer holds.
 inline Vec bf16_rounded(Vec v) {
   for (auto& f : v) f = round_to_bf16(f);

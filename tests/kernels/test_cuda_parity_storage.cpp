@@ -163,61 +163,56 @@ TEST_CASE("cuda: ops read bf16 activation buffers as their rounded values", "[gp
   const float eps = 1e-6f;
   // An activation buffer holding x rounded, and the rounded values in plain memory.
   struct Pair {
-    DeviceBuffer<float> act;
+    ActivationBuf act;
     Dev plain;
   };
-  auto pair = [&](const Vec& x) {
-    Dev src(*g, x);
-    Pair p{DeviceBuffer<float>(*g, x.size(), Storage::activation), Dev(*g, bf16_rounded(x))};
-    g->store_operand(p.act.get(), src.p(), x.size());
-    return p;
-  };
+  auto pair = [&](const Vec& x) { return Pair{ActivationBuf(*g, x), Dev(*g, bf16_rounded(x))}; };
   const Vec xv = rand_vec(rng, n, -3.f, 3.f), dyv = rand_vec(rng, n), sv = rand_vec(rng, D, 0.5f, 1.5f);
   Pair h = pair(xv), dout = pair(dyv);
   Dev x(*g, xv), dy(*g, dyv), sc(*g, sv), r1(*g, Vec(n)), r2(*g, Vec(n)), y1(*g, Vec(n)), y2(*g, Vec(n)),
       rs1(*g, Vec(N)), rs2(*g, Vec(N)), ds1(*g, Vec(D)), ds2(*g, Vec(D));
   for (auto act : {cpu::Activation::relu2, cpu::Activation::leaky_relu2}) {
-    g->activation_forward(act, h.act.get(), n, r1.p());
+    g->activation_forward(act, h.act.p(), n, r1.p());
     g->activation_forward(act, h.plain.p(), n, r2.p());
     check_exact("activation_forward from an activation buffer", r1.get(), r2.get());
-    g->activation_backward_set(act, dout.act.get(), h.act.get(), n, r1.p());
+    g->activation_backward_set(act, dout.act.p(), h.act.p(), n, r1.p());
     g->activation_backward_set(act, dout.plain.p(), h.plain.p(), n, r2.p());
     check_exact("activation_backward_set from activation buffers", r1.get(), r2.get());
-    g->activation_backward(act, dout.act.get(), h.act.get(), n, r1.p());
+    g->activation_backward(act, dout.act.p(), h.act.p(), n, r1.p());
     g->activation_backward(act, dout.plain.p(), h.plain.p(), n, r2.p());
     check_exact("activation_backward from activation buffers", r1.get(), r2.get());
   }
-  g->scaled_residual_forward(x.p(), h.act.get(), sc.p(), N, D, y1.p());
+  g->scaled_residual_forward(x.p(), h.act.p(), sc.p(), N, D, y1.p());
   g->scaled_residual_forward(x.p(), h.plain.p(), sc.p(), N, D, y2.p());
   check_exact("scaled_residual_forward with o from an activation buffer", y1.get(), y2.get());
-  g->scaled_residual_rmsnorm_forward(x.p(), h.act.get(), sc.p(), N, D, eps, y1.p(), r1.p(), rs1.p());
+  g->scaled_residual_rmsnorm_forward(x.p(), h.act.p(), sc.p(), N, D, eps, y1.p(), r1.p(), rs1.p());
   g->scaled_residual_rmsnorm_forward(x.p(), h.plain.p(), sc.p(), N, D, eps, y2.p(), r2.p(), rs2.p());
   check_exact("scaled_residual_rmsnorm_forward y, o from an activation buffer", y1.get(), y2.get());
   check_exact("scaled_residual_rmsnorm_forward h, o from an activation buffer", r1.get(), r2.get());
-  g->channel_scale_backward_set_dx(dy.p(), h.act.get(), sc.p(), N, D, r1.p(), ds1.p());
+  g->channel_scale_backward_set_dx(dy.p(), h.act.p(), sc.p(), N, D, r1.p(), ds1.p());
   g->channel_scale_backward_set_dx(dy.p(), h.plain.p(), sc.p(), N, D, r2.p(), ds2.p());
   check_exact("channel_scale_backward_set_dx ds, x from an activation buffer", ds1.get(), ds2.get());
   g->rmsnorm_forward(x.p(), N, D, eps, y1.p(), rs1.p());
   g->zero(r1.p(), n);
   g->zero(r2.p(), n);
-  g->rmsnorm_backward(dout.act.get(), x.p(), rs1.p(), N, D, r1.p());
+  g->rmsnorm_backward(dout.act.p(), x.p(), rs1.p(), N, D, r1.p());
   g->rmsnorm_backward(dout.plain.p(), x.p(), rs1.p(), N, D, r2.p());
   check_exact("rmsnorm_backward with dout from an activation buffer", r1.get(), r2.get());
   // q/k preparation reads raw from one, forward and backward (x = [B, Tn, H, hd] rows of the same floats).
   const int64_t B = 2, Tn = 37, H = 3, hd = 16;
   static_assert(B * Tn * H * hd == 37 * 96, "the [N, D] floats reshaped");
   Dev qr1(*g, Vec(B * Tn * H)), qr2(*g, Vec(B * Tn * H));
-  g->qk_prep_forward(h.act.get(), B, Tn, H, hd, 8, 10000.0, true, eps, sc.p(), qr1.p(), y1.p(), r1.p());
+  g->qk_prep_forward(h.act.p(), B, Tn, H, hd, 8, 10000.0, true, eps, sc.p(), qr1.p(), y1.p(), r1.p());
   g->qk_prep_forward(h.plain.p(), B, Tn, H, hd, 8, 10000.0, true, eps, sc.p(), qr2.p(), y2.p(), r2.p());
   check_exact("qk_prep_forward with raw from an activation buffer", r1.get(), r2.get());
   Dev d1(*g, dyv), d2(*g, dyv);
-  g->qk_prep_backward(d1.p(), h.act.get(), qr1.p(), B, Tn, H, hd, 8, 10000.0, true, r1.p());
+  g->qk_prep_backward(d1.p(), h.act.p(), qr1.p(), B, Tn, H, hd, 8, 10000.0, true, r1.p());
   g->qk_prep_backward(d2.p(), h.plain.p(), qr2.p(), B, Tn, H, hd, 8, 10000.0, true, r2.p());
   check_exact("qk_prep_backward with raw from an activation buffer", r1.get(), r2.get());
   // A GEMM reads one as its bf16 operand, and writes one rounded.
   const Vec W = rand_vec(rng, 40 * D);
   Dev gW(*g, W), z1(*g, Vec(N * 40)), z2(*g, Vec(N * 40)), zv(*g, Vec(N * 40));
-  g->linear_forward(h.act.get(), gW.p(), N, D, 40, z1.p());
+  g->linear_forward(h.act.p(), gW.p(), N, D, 40, z1.p());
   g->linear_forward(h.plain.p(), gW.p(), N, D, 40, z2.p());
   check_exact("linear_forward with x from an activation buffer", z1.get(), z2.get());
   DeviceBuffer<float> zact(*g, N * 40, Storage::activation);

@@ -21,31 +21,6 @@ using namespace ptool::parity_test;
 using ptool::gpu_test::check_exact;
 using ptool::gpu_test::Dev;
 
-namespace {
-
-// A bf16 stream buffer of n elements, optionally holding x (rounded as stored), with its values readable.
-class Stream {
- public:
-  Stream(Backend<float>& g, size_t n) : g_(&g), act_(g, n, Storage::activation), vals_(g, Vec(n)), n_(n) {}
-  Stream(Backend<float>& g, const Vec& x) : Stream(g, x.size()) {
-    const Dev src(g, x);
-    g.store_operand(act_.get(), src.p(), n_);
-  }
-  float* p() const { return act_.get(); }
-  Vec values() const {
-    g_->operand_values(act_.get(), n_, vals_.p());
-    return vals_.get();
-  }
-
- private:
-  Backend<float>* g_;
-  DeviceBuffer<float> act_;
-  Dev vals_;
-  size_t n_;
-};
-
-}  // namespace
-
 TEST_CASE("cuda: ops write the residual stream into bf16 buffers rounded and go on with the stored value", "[gpu]") {
   SKIP_WITHOUT_GPU();
   auto g = gpu_backend(CudaGemmPrecision::bf16);
@@ -57,10 +32,10 @@ TEST_CASE("cuda: ops write the residual stream into bf16 buffers rounded and go 
             sv = rand_vec(rng, D, 0.5f, 1.5f), wv = rand_vec(rng, D, 0.5f, 1.5f), mv = rand_vec(rng, 2 * D),
             gv = rand_vec(rng, D, -2.f, 2.f);
   // The stream's inputs in bf16 buffers, and the same values in plain memory.
-  const Stream x(*g, xv), o(*g, ov), skip(*g, kv), x0(*g, x0v);
+  const ActivationBuf x(*g, xv), o(*g, ov), skip(*g, kv), x0(*g, x0v);
   const Dev xp(*g, xv), op(*g, ov), kp(*g, kv), x0p(*g, x0v), s(*g, sv), w(*g, wv), m(*g, mv), gate(*g, gv);
   Dev y32(*g, Vec(n)), h32(*g, Vec(n)), r32(*g, Vec(N)), h(*g, Vec(n)), r(*g, Vec(N));
-  const Stream y(*g, n);
+  const ActivationBuf y(*g, n);
 
   g->scaled_residual_forward(x.p(), o.p(), s.p(), N, D, y.p());
   g->scaled_residual_forward(xp.p(), op.p(), s.p(), N, D, y32.p());
@@ -105,7 +80,7 @@ TEST_CASE("cuda: ops write the residual stream into bf16 buffers rounded and go 
     g->round_bf16(y32.p(), n);
     g->rmsnorm_forward(y32.p(), N, D, eps, h32.p(), r32.p());
     for (const bool keep : {true, false}) {
-      const Stream xe(*g, n), xs(*g, n);
+      const ActivationBuf xe(*g, n), xs(*g, n);
       g->layer_entry_forward(x.p(), o.p(), s.p(), with_skip ? skip.p() : nullptr, with_skip ? w.p() : nullptr,
                              x0.p(), m.p(), N, D, eps, keep ? xe.p() : nullptr,
                              keep && with_skip ? xs.p() : nullptr, y.p(), h.p(), r.p());
@@ -139,7 +114,7 @@ TEST_CASE("cuda: ops write the residual stream into bf16 buffers rounded and go 
 
   // A suffix's rows, gathered from one stream buffer into another.
   const int64_t B = 1, from = 30, rows = N - from;
-  const Stream suffix(*g, static_cast<size_t>(rows * D));
+  const ActivationBuf suffix(*g, static_cast<size_t>(rows * D));
   g->gather_rows(x.p(), B, N, from, D, suffix.p());
   check_exact("gather_rows between stream buffers", suffix.values(), Vec(xv.begin() + from * D, xv.end()));
 }
@@ -156,7 +131,7 @@ TEST_CASE("cuda: ops read the residual stream from bf16 buffers as its stored va
               kv = bf16_rounded(rand_vec(rng, n)), dyv = rand_vec(rng, n), dhv = rand_vec(rng, n),
               ov = rand_vec(rng, n), mv = rand_vec(rng, 2 * D), sv = rand_vec(rng, D, 0.5f, 1.5f),
               gv = rand_vec(rng, D, -2.f, 2.f), dsv = rand_vec(rng, 2 * D);
-    const Stream x(*g, xv), x0(*g, x0v), skip(*g, kv);
+    const ActivationBuf x(*g, xv), x0(*g, x0v), skip(*g, kv);
     const Dev xp(*g, xv), x0p(*g, x0v), kp(*g, kv), dy(*g, dyv), dh(*g, dhv), o(*g, ov), m(*g, mv), s(*g, sv),
         gate(*g, gv);
     Dev r1(*g, Vec(N)), r2(*g, Vec(N)), h1(*g, Vec(n)), h2(*g, Vec(n));
@@ -204,7 +179,7 @@ TEST_CASE("cuda: ops read the residual stream from bf16 buffers as its stored va
     // The fused RMSNorm + resid_mix backward recomputes the norm's input from x and x0 rounded as the stream
     // buffer y holds it: the composed ops on the stored y give its dx and dx0 bit for bit, dm up to summation order.
     {
-      const Stream y(*g, n);
+      const ActivationBuf y(*g, n);
       Dev yp(*g, Vec(n)), rstd(*g, Vec(N));
       g->resid_mix_rmsnorm_forward(x.p(), x0.p(), m.p(), N, D, eps, y.p(), h1.p(), rstd.p());
       g->operand_values(y.p(), n, yp.p());
@@ -245,15 +220,15 @@ TEST_CASE("cuda: ops add into the residual stream's gradient in bf16 buffers, ro
               dx0v = rnd(), addv = rnd(), mv = rand_vec(rng, 2 * D), sv = rand_vec(rng, D, 0.5f, 1.5f),
               gv = rand_vec(rng, D, -2.f, 2.f);
     const Dev x(*g, xv), x0(*g, x0v), skip(*g, kv), dh(*g, dhv), m(*g, mv), s(*g, sv), gate(*g, gv);
-    const Stream dy(*g, dyv), dx_add(*g, addv);
+    const ActivationBuf dy(*g, dyv), dx_add(*g, addv);
     const Dev dyp(*g, dyv), addp(*g, addv);
     // The stored result against the plain run's, rounded.
-    auto same = [&](const std::string& what, const Stream& got, const Dev& want) {
+    auto same = [&](const std::string& what, const ActivationBuf& got, const Dev& want) {
       check_exact(what + shape, got.values(), bf16_rounded(want.get()));
     };
 
     {
-      const Stream y(*g, dxv), y2(*g, dxv);
+      const ActivationBuf y(*g, dxv), y2(*g, dxv);
       Dev yp(*g, dxv), xp(*g, Vec(n));
       g->add(y.p(), dy.p(), n);
       g->add(yp.p(), dyp.p(), n);
@@ -266,42 +241,44 @@ TEST_CASE("cuda: ops add into the residual stream's gradient in bf16 buffers, ro
     }
     Dev rstd(*g, Vec(N)), hn(*g, Vec(n));
     g->rmsnorm_forward(x.p(), N, D, eps, hn.p(), rstd.p());
+    // Each op of the pair (the *_set form writes its input gradient, the other adds into it) runs once on the bf16
+    // buffers and once on plain memory holding the same values.
     for (const bool set : {false, true}) {
-      const Stream dx(*g, dxv);
-      Dev dxp(*g, dxv);
-      if (set) {
-        g->rmsnorm_backward_set(dy.p(), x.p(), rstd.p(), N, D, dx.p());
-        g->rmsnorm_backward_set(dyp.p(), x.p(), rstd.p(), N, D, dxp.p());
-      } else {
-        g->rmsnorm_backward(dy.p(), x.p(), rstd.p(), N, D, dx.p());
-        g->rmsnorm_backward(dyp.p(), x.p(), rstd.p(), N, D, dxp.p());
-      }
-      same(set ? "rmsnorm_backward_set dx" : "rmsnorm_backward dx (added into)", dx, dxp);
-      const Stream cx(*g, dxv);
-      Dev cxp(*g, dxv), ds1(*g, sv), ds2(*g, sv);
-      if (set) {
-        g->channel_scale_backward_set_dx(dy.p(), x.p(), s.p(), N, D, cx.p(), ds1.p());
-        g->channel_scale_backward_set_dx(dyp.p(), x.p(), s.p(), N, D, cxp.p(), ds2.p());
-      } else {
-        g->channel_scale_backward(dy.p(), x.p(), s.p(), N, D, cx.p(), ds1.p());
-        g->channel_scale_backward(dyp.p(), x.p(), s.p(), N, D, cxp.p(), ds2.p());
-      }
-      same(set ? "channel_scale_backward_set_dx dx" : "channel_scale_backward dx (added into)", cx, cxp);
-      check_exact("channel_scale_backward ds" + shape, ds1.get(), ds2.get());
-      const Stream k(*g, dxv);
-      Dev kp(*g, dxv), dw1(*g, sv), dw2(*g, sv);
-      if (set) {
-        g->skip_add_backward_set(dy.p(), skip.p(), s.p(), N, D, k.p(), dw1.p());
-        g->skip_add_backward_set(dyp.p(), skip.p(), s.p(), N, D, kp.p(), dw2.p());
-      } else {
-        g->skip_add_backward(dy.p(), skip.p(), s.p(), N, D, k.p(), dw1.p());
-        g->skip_add_backward(dyp.p(), skip.p(), s.p(), N, D, kp.p(), dw2.p());
-      }
-      same(set ? "skip_add_backward_set dskip" : "skip_add_backward dskip (added into)", k, kp);
-      check_exact("skip_add_backward dw" + shape, dw1.get(), dw2.get());
+      const std::string mode = set ? " (written)" : " (added into)";
+      auto rmsnorm_bwd = [&](const float* d, float* dx) {
+        if (set)
+          g->rmsnorm_backward_set(d, x.p(), rstd.p(), N, D, dx);
+        else
+          g->rmsnorm_backward(d, x.p(), rstd.p(), N, D, dx);
+      };
+      auto channel_scale_bwd = [&](const float* d, float* dx, float* ds) {
+        if (set)
+          g->channel_scale_backward_set_dx(d, x.p(), s.p(), N, D, dx, ds);
+        else
+          g->channel_scale_backward(d, x.p(), s.p(), N, D, dx, ds);
+      };
+      auto skip_add_bwd = [&](const float* d, float* dskip, float* dw) {
+        if (set)
+          g->skip_add_backward_set(d, skip.p(), s.p(), N, D, dskip, dw);
+        else
+          g->skip_add_backward(d, skip.p(), s.p(), N, D, dskip, dw);
+      };
+      const ActivationBuf dx(*g, dxv), cx(*g, dxv), k(*g, dxv);
+      Dev dxp(*g, dxv), cxp(*g, dxv), kp(*g, dxv), ds1(*g, sv), ds2(*g, sv), dw1(*g, sv), dw2(*g, sv);
+      rmsnorm_bwd(dy.p(), dx.p());
+      rmsnorm_bwd(dyp.p(), dxp.p());
+      same("rmsnorm_backward dx" + mode, dx, dxp);
+      channel_scale_bwd(dy.p(), cx.p(), ds1.p());
+      channel_scale_bwd(dyp.p(), cxp.p(), ds2.p());
+      same("channel_scale_backward dx" + mode, cx, cxp);
+      check_exact("channel_scale_backward ds" + mode + shape, ds1.get(), ds2.get());
+      skip_add_bwd(dy.p(), k.p(), dw1.p());
+      skip_add_bwd(dyp.p(), kp.p(), dw2.p());
+      same("skip_add_backward dskip" + mode, k, kp);
+      check_exact("skip_add_backward dw" + mode + shape, dw1.get(), dw2.get());
     }
     {
-      const Stream dx(*g, dxv), k(*g, dx0v);
+      const ActivationBuf dx(*g, dxv), k(*g, dx0v);
       Dev dxp(*g, dxv), kp(*g, dx0v), dw1(*g, sv), dw2(*g, sv), dg1(*g, gv), dg2(*g, gv);
       g->gated_skip_backward(dy.p(), x.p(), skip.p(), s.p(), gate.p(), N, D, dx.p(), k.p(), dw1.p(), dg1.p());
       g->gated_skip_backward(dyp.p(), x.p(), skip.p(), s.p(), gate.p(), N, D, dxp.p(), kp.p(), dw2.p(), dg2.p());
@@ -311,7 +288,7 @@ TEST_CASE("cuda: ops add into the residual stream's gradient in bf16 buffers, ro
       check_exact("gated_skip_backward dg" + shape, dg1.get(), dg2.get());
     }
     {  // resid_mix's backward, in place (dx is dy) as the model runs it
-      const Stream dx(*g, dyv), dx0(*g, dx0v);
+      const ActivationBuf dx(*g, dyv), dx0(*g, dx0v);
       Dev dxp(*g, dyv), dx0p(*g, dx0v), dm1(*g, mv), dm2(*g, mv);
       g->resid_mix_backward_set_dx(dx.p(), x.p(), x0.p(), m.p(), N, D, dx.p(), dx0.p(), dm1.p());
       g->resid_mix_backward_set_dx(dxp.p(), x.p(), x0.p(), m.p(), N, D, dxp.p(), dx0p.p(), dm2.p());
@@ -325,7 +302,7 @@ TEST_CASE("cuda: ops add into the residual stream's gradient in bf16 buffers, ro
     for (const bool with_add : {false, true})
       for (const bool fold : {false, true}) {
         const std::string tag = std::string(with_add ? " + dx_add" : "") + (fold ? " folded into dx0" : "");
-        const Stream dx(*g, dxv), dx0(*g, dx0v);
+        const ActivationBuf dx(*g, dxv), dx0(*g, dx0v);
         Dev dxp(*g, dxv), dx0p(*g, dx0v), dm1(*g, mv), dm2(*g, mv);
         g->rmsnorm_resid_mix_backward(dh.p(), y.p(), ry.p(), x.p(), x0.p(), m.p(), N, D, dx.p(), dx0.p(), dm1.p(),
                                       with_add ? dx_add.p() : nullptr, fold);
@@ -341,7 +318,7 @@ TEST_CASE("cuda: ops add into the residual stream's gradient in bf16 buffers, ro
         }
       }
     {
-      const Stream dx(*g, dxv);
+      const ActivationBuf dx(*g, dxv);
       Dev dxp(*g, dxv), d1(*g, Vec(n)), d2(*g, Vec(n)), ds1(*g, sv), ds2(*g, sv);
       g->rmsnorm_channel_scale_backward(dh.p(), y.p(), ry.p(), x0.p(), s.p(), N, D, dx.p(), d1.p(), ds1.p());
       g->rmsnorm_channel_scale_backward(dh.p(), y.p(), ry.p(), x0.p(), s.p(), N, D, dxp.p(), d2.p(), ds2.p());
@@ -355,7 +332,7 @@ TEST_CASE("cuda: ops add into the residual stream's gradient in bf16 buffers, ro
       }
     }
     {
-      const Stream dst(*g, n);
+      const ActivationBuf dst(*g, n);
       g->copy_columns(dyp.p(), N, D, dst.p());  // already bf16 values: copied exactly
       check_exact("copy_columns into a stream buffer" + shape, dst.values(), dyv);
       Dev plain(*g, rand_vec(rng, n));
