@@ -1,6 +1,8 @@
 // Times the CUDA backend (kernels/) at the baseline shapes (REFERENCE.md §3.1): the linear layers (cuBLASLt)
 // and causal GQA attention, forward and backward (B=8, T=1024, d 512, 8 heads / 4 kv heads of 64, MLP 1024,
-// vocab 1024), then the whole model's forward_backward for the tiny and baseline presets (tokens/s).
+// vocab 1024); the fused RMSNorm + resid_mix and RMSNorm + channel-scale backwards against the two ops they
+// replace, at the presets' widths 512, 768 and 1024 (GB/s of each form's own traffic); then the whole model's
+// forward_backward for the tiny and baseline presets (tokens/s).
 // Prints a table, or one JSON object with --json. Exits 1 when the build has no CUDA or there is no device.
 //
 //   bench_cuda_ops [--json] [--reps 20] [--gemm tf32|bf16|fp32] [--batch 8] [--seq 1024] [--device 0]
@@ -31,7 +33,7 @@ using Clock = std::chrono::steady_clock;
 
 struct Result {
   std::string op, pass, shape;
-  double ms = 0, flops = 0, tokens = 0;
+  double ms = 0, flops = 0, tokens = 0, bytes = 0;
 };
 
 // Mean wall time of one call in ms: `warm` untimed calls, then `reps` calls and a synchronization.
@@ -113,6 +115,44 @@ std::vector<Result> bench_ops(ptool::Backend<float>& be, int64_t B, int64_t Tn, 
   return res;
 }
 
+// The fused backwards of RMSNorm with resid_mix and with the channel scale (one pass each) against the ops they
+// replace, at width D on fp32 buffers. Bytes as ProfilingBackend counts them: the fused resid_mix form reads dh, x,
+// x0 and dx0, writes dx0 and dx (reads and writes dx: it is added to); composed, rmsnorm_backward reads dh and y and
+// adds into dx, then resid_mix_backward_set_dx reads it with x and x0 and writes dx and dx0.
+std::vector<Result> bench_norm_backwards(ptool::Backend<float>& be, int64_t N, int reps) {
+  std::mt19937_64 rng(2);
+  std::vector<Result> res;
+  for (const int64_t D : {512, 768, 1024}) {
+    const size_t n = static_cast<size_t>(N * D);
+    const double e = static_cast<double>(n) * sizeof(float);
+    auto dh = device_random(be, rng, n, 1.f), x = device_random(be, rng, n, 1.f), x0 = device_random(be, rng, n, 1.f),
+         y = device_random(be, rng, n, 1.f), o = device_random(be, rng, n, 1.f), dx = device_random(be, rng, n, 1.f),
+         dx0 = device_random(be, rng, n, 1.f), dout = device_random(be, rng, n, 1.f);
+    auto rstd = device_random(be, rng, static_cast<size_t>(N), 1.f), m = device_random(be, rng, 2 * D, 1.f),
+         s = device_random(be, rng, D, 1.f), dm = device_random(be, rng, 2 * D, 1.f),
+         ds = device_random(be, rng, D, 1.f);
+    const std::string shape = std::to_string(N) + "x" + std::to_string(D);
+    res.push_back({"rmsnorm+resid_mix", "backward fused", shape, time_ms(be, [&] {
+                     be.rmsnorm_resid_mix_backward(dh.get(), y.get(), rstd.get(), x.get(), x0.get(), m.get(), N, D,
+                                                   dx.get(), dx0.get(), dm.get(), nullptr, false);
+                   }, reps), 0, 0, 7 * e});
+    res.push_back({"rmsnorm+resid_mix", "backward 2 ops", shape, time_ms(be, [&] {
+                     be.rmsnorm_backward(dh.get(), y.get(), rstd.get(), N, D, dx.get());
+                     be.resid_mix_backward_set_dx(dx.get(), x.get(), x0.get(), m.get(), N, D, dx.get(), dx0.get(),
+                                                  dm.get());
+                   }, reps), 0, 0, 10 * e});
+    res.push_back({"rmsnorm+channel_scale", "backward fused", shape, time_ms(be, [&] {
+                     be.rmsnorm_channel_scale_backward(dh.get(), y.get(), rstd.get(), o.get(), s.get(), N, D, dx.get(),
+                                                       dout.get(), ds.get());
+                   }, reps), 0, 0, 6 * e});
+    res.push_back({"rmsnorm+channel_scale", "backward 2 ops", shape, time_ms(be, [&] {
+                     be.rmsnorm_backward(dh.get(), y.get(), rstd.get(), N, D, dx.get());
+                     be.channel_scale_backward_set_dx(dx.get(), o.get(), s.get(), N, D, dout.get(), ds.get());
+                   }, reps), 0, 0, 7 * e});
+  }
+  return res;
+}
+
 Result bench_model(ptool::Backend<float>& be, const std::string& preset, int64_t B, int64_t Tn, int reps) {
   auto cfg = ptool::model::preset(preset);
   ptool::model::Model<float> m(cfg, be);
@@ -169,6 +209,7 @@ int main(int argc, char** argv) {
     auto be = ptool::make_cuda_backend(opt);
     const std::string dev = ptool::cuda_device_name(device);
     auto results = bench_ops(*be, batch, seq, reps);
+    for (auto& r : bench_norm_backwards(*be, batch * seq, reps)) results.push_back(std::move(r));
     const auto tiny_T = ptool::model::preset("tiny").train_seq_len;
     results.push_back(bench_model(*be, "tiny", std::max<int64_t>(1, batch * seq / tiny_T), tiny_T, reps));
     results.push_back(bench_model(*be, "baseline", batch, seq, std::max(1, reps / 4)));
@@ -189,6 +230,7 @@ int main(int argc, char** argv) {
           e["tflops_per_s"] = r.flops / (r.ms * 1e-3) * 1e-12;
         }
         if (r.tokens > 0) e["tokens_per_s"] = r.tokens / (r.ms * 1e-3);
+        if (r.bytes > 0) e["gb_per_s"] = r.bytes / (r.ms * 1e-3) * 1e-9;
         j["results"].push_back(e);
       }
       std::printf("%s\n", j.dump(2).c_str());
@@ -202,6 +244,8 @@ int main(int argc, char** argv) {
           std::snprintf(rate, sizeof(rate), "%.1f TFLOP/s", r.flops / (r.ms * 1e-3) * 1e-12);
         else if (r.tokens > 0)
           std::snprintf(rate, sizeof(rate), "%.0f tok/s", r.tokens / (r.ms * 1e-3));
+        else if (r.bytes > 0)
+          std::snprintf(rate, sizeof(rate), "%.0f GB/s", r.bytes / (r.ms * 1e-3) * 1e-9);
         std::printf("%-22s %-17s %-34s %10.3f %12s\n", r.op.c_str(), r.pass.c_str(), r.shape.c_str(), r.ms, rate);
       }
     }

@@ -199,6 +199,22 @@ for r in rows("bench_train.jsonl"):
         print("      ptool/twin: train %.2fx (target 1.2x; ptool optimizer: %s), eval %.2fx (target 1.5x)" % (
             r["tokens_per_s"] / t["tokens_per_s"], r.get("optimizer"), r["eval_tokens_per_s"] / t["eval_tokens_per_s"]))
         print("      fwd+bwd alone: %.2fx the twin's whole step" % (r["forward_backward_tokens_per_s"] / t["tokens_per_s"]))
+# bench_cuda_ops prints indented JSON objects one after another: the fused RMSNorm backwards against their two ops
+p = os.path.join(out, "bench_cuda_ops.jsonl")
+text, dec, i = open(p).read() if os.path.exists(p) else "", json.JSONDecoder(), 0
+while True:
+    while i < len(text) and text[i].isspace():
+        i += 1
+    try:
+        o, i = dec.raw_decode(text, i)
+    except ValueError:
+        break
+    ms = {(r["op"], r["pass"], r["shape"]): r["ms"] for r in o.get("results", [])}
+    print("\nbench_cuda_ops %s, fused RMSNorm backwards against the two ops they replace (ms):" % o.get("gemm"))
+    for (op, ps, shape), fused in ms.items():
+        two = ms.get((op, "backward 2 ops", shape))
+        if ps == "backward fused" and two:
+            print("  %-22s %-12s fused %8.3f  2 ops %8.3f  (%.2fx)" % (op, shape, fused, two, two / fused))
 EOF
 echo "total $(($(date +%s) - start))s" >>"$SUMMARY"
 cat "$SUMMARY"

@@ -15,7 +15,7 @@
 // (an estimate from ProfilingBackend's traffic counts, not yet a measurement), so the model uses the fused ops of the
 // interface and this backend runs each in one kernel: the embedding's lookup with its RMSNorm (x0),
 // scaled_residual_forward (y = x + s ⊙ o, no copy then add) and its form fused with the next RMSNorm, q/k preparation
-// (forward; backward with q's gain), RMSNorm's backward with resid_mix's (rmsnorm_resid_mix_backward, for D up to 512),
+// (forward; backward with q's gain), RMSNorm's backward with resid_mix's (rmsnorm_resid_mix_backward, presets' D),
 // and the *_set backwards, which write the input gradient instead of adding it to a zeroed buffer (cuBLASLt beta = 0
 // for linear dx). linear_*_shared read the shared input of q, k and v once. In bf16 mode the tensors that only GEMMs
 // and attention read (operand buffers: pre-norm outputs, attention's q, k, v, the activation, the final norm, the

@@ -208,8 +208,8 @@ void launch_qk_prep_backward_gain(const float* dq, const float* gain, float* dg_
                                   Workspace& ws, cudaStream_t s);
 
 // Backend::rmsnorm_resid_mix_backward and rmsnorm_channel_scale_backward in one pass each, for the D that
-// rmsnorm_fused_backward accepts (others throw std::invalid_argument: compose the ops instead). dx0, dm_acc and
-// ds_acc are added to; dout is written.
+// rmsnorm_fused_backward accepts (64, 128, 256, 512, 768 and 1024: the presets' widths; others throw
+// std::invalid_argument: compose the ops instead). dx0, dm_acc and ds_acc are added to; dout is written.
 bool rmsnorm_fused_backward(int64_t D);
 // The resid_mix form recomputes the norm's input y = resid_mix(x, x0, m) as resid_mix_forward forms it, rounded to
 // bf16 when y_bf16 (the forward stored it in a bf16 stream buffer).

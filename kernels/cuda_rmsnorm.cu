@@ -3,9 +3,10 @@
 //
 // - RMSNorm forward/backward: one warp per row; sum of squares and the backward's dot product accumulate in
 //   double (as the CPU reference does), so rstd almost always matches it bit for bit.
-// - Row-wise backwards with column sums (RMSNorm + resid_mix, RMSNorm + channel scale): one warp per row does the
-//   row's reduction and element-wise work in registers, and keeps its double column sums; blocks write them as
-//   chunk partials in a fixed layout that colreduce_finalize adds up. Deterministic.
+// - Row-wise backwards with column sums (RMSNorm + resid_mix, RMSNorm + channel scale): one warp per row (two at
+//   D > 512, each with half the columns) does the row's reduction and element-wise work in registers, and keeps
+//   its double column sums; blocks write them as chunk partials in a fixed layout that colreduce_finalize adds up.
+//   Deterministic.
 #include <algorithm>
 #include <cstdint>
 #include <stdexcept>
@@ -90,34 +91,41 @@ __global__ void __launch_bounds__(256) layer_entry_kernel(In a, In b, ScaledSum 
 // ---- RMSNorm's backward, then a per-element op (fused backwards) --------------------------------------------
 
 // RMSNorm's backward followed by a per-element op in one pass (Backend::rmsnorm_resid_mix_backward and
-// rmsnorm_channel_scale_backward): one warp per row with the row's D = 32 CPL columns in registers (lane owns
-// columns lane + 32 j). The norm's input y comes from F::y(i, col). t = dx + rmsnorm_grad(dh, y), the gradient at
-// y, goes to F(i, col, t, v), which writes its outputs and returns its F::kOut column-sum terms in v. Each warp
-// keeps the double column sums over its rows_per_warp rows; the block adds its 8 warps' sums in warp order into
-// partial[(block * kOut + k) * D + c] for colreduce_finalize (a fixed order: deterministic). Saves the write and
-// re-read of t that composed ops pass through memory. 256 threads per block, at most 128 registers (2 blocks per
-// SM; at D = 512 the double sums of resid_mix take 64 of them and ptxas spills a few words).
-// Its template argument: the columns per lane and the element op, as one type (PTOOL_LAUNCH takes no commas).
-template <int C, class Op>
+// rmsnorm_channel_scale_backward): a team of G warps per row, the row's D = 32 CPL columns split among them (lane
+// owns columns lane + 32 j; warp part g of its team the j in [g CPL / G, (g + 1) CPL / G)), their values held in
+// registers. The norm's input y comes from F::y(i, col). Each warp forms the row's dot product over all D columns
+// itself, in the order of the composed rmsnorm_backward (so c, and dx, are bit for bit the same; the team's other
+// warps read the row from cache, and need no barrier). t = dx + rmsnorm_grad(dh, y), the gradient at y, goes to
+// F(i, col, t, v), which writes its outputs and returns its F::kOut column-sum terms in v. Each warp keeps the
+// double column sums of its columns over its team's rows_per_team rows; the block adds its teams' sums in team
+// order into partial[(block * kOut + k) * D + c] for colreduce_finalize (a fixed order: deterministic). Saves the
+// write and re-read of t that composed ops pass through memory. 256 threads per block, at most 128 registers (2
+// blocks per SM): a warp's double sums take 2 kOut CPL / G of them, which fits up to CPL / G = 16 (D = 512 with
+// one warp a row, D = 1024 with two).
+// Its template argument: the columns per lane, the warps per row and the element op, as one type (PTOOL_LAUNCH
+// takes no commas).
+template <int C, int G, class Op>
 struct BwdThen {
   static constexpr int kCpl = C;
+  static constexpr int kWarpsPerRow = G;
   using F = Op;
 };
 template <class Cfg>
 __global__ void __launch_bounds__(256, 2) rmsnorm_bwd_then_kernel(typename Cfg::F f, In dh, const float* rstd, In dx,
-                                                                  int64_t N, int64_t rows_per_warp,
+                                                                  int64_t N, int64_t rows_per_team,
                                                                   double* partial) {
-  constexpr int CPL = Cfg::kCpl;
+  constexpr int CPL = Cfg::kCpl, G = Cfg::kWarpsPerRow, CPW = CPL / G, TEAMS = 8 / G;
+  static_assert(CPL % G == 0 && 8 % G == 0, "a row's columns split evenly among the warps of a block's teams");
   constexpr int64_t D = 32 * CPL;
   constexpr int K = Cfg::F::kOut;
-  const int lane = threadIdx.x & 31;
-  const int64_t w = static_cast<int64_t>(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5);
-  const int64_t r0 = w * rows_per_warp, r1 = r0 + rows_per_warp < N ? r0 + rows_per_warp : N;
-  double sums[K][CPL];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, part = warp % G, j0 = part * CPW;
+  const int64_t team = static_cast<int64_t>(blockIdx.x) * TEAMS + warp / G;
+  const int64_t r0 = team * rows_per_team, r1 = r0 + rows_per_team < N ? r0 + rows_per_team : N;
+  double sums[K][CPW];
 #pragma unroll
   for (int k = 0; k < K; ++k)
 #pragma unroll
-    for (int j = 0; j < CPL; ++j) sums[k][j] = 0.0;
+    for (int j = 0; j < CPW; ++j) sums[k][j] = 0.0;
   for (int64_t row = r0; row < r1; ++row) {
     const int64_t off = row * D;
     double dot = 0.0;
@@ -129,24 +137,23 @@ __global__ void __launch_bounds__(256, 2) rmsnorm_bwd_then_kernel(typename Cfg::
     const float c = rmsnorm_grad_coef(warp_sum_d(dot), r, D);
     // dh and y are read again (from L1: the warp just read them) rather than held: fewer registers, more warps.
 #pragma unroll
-    for (int j = 0; j < CPL; ++j) {
-      const int64_t col = lane + 32 * j, i = off + col;
+    for (int j = 0; j < CPW; ++j) {
+      const int64_t col = lane + 32 * (j0 + j), i = off + col;
       double v[K];
       f(i, col, __fadd_rn(get(dx, i), rmsnorm_grad(r, get(dh, i), c, f.y(i, col))), v);
 #pragma unroll
       for (int k = 0; k < K; ++k) sums[k][j] += v[k];
     }
   }
-  __shared__ double sh[8][D];
-  const int warp = threadIdx.x >> 5;
+  __shared__ double sh[TEAMS][D];
   for (int k = 0; k < K; ++k) {
     __syncthreads();  // sh is free (k > 0: the block has read k - 1's sums)
 #pragma unroll
-    for (int j = 0; j < CPL; ++j) sh[warp][lane + 32 * j] = sums[k][j];
+    for (int j = 0; j < CPW; ++j) sh[warp / G][lane + 32 * (j0 + j)] = sums[k][j];
     __syncthreads();
     for (int64_t col = threadIdx.x; col < D; col += blockDim.x) {
       double t = 0.0;
-      for (int v = 0; v < 8; ++v) t += sh[v][col];
+      for (int v = 0; v < TEAMS; ++v) t += sh[v][col];
       partial[(static_cast<int64_t>(blockIdx.x) * K + k) * D + col] = t;
     }
   }
@@ -242,7 +249,9 @@ void launch_resid_mix_rmsnorm_forward(In x, In x0, const float* m, int64_t N, in
   PTOOL_CUDA_LAUNCHED("resid_mix_rmsnorm_forward", s);
 }
 
-bool rmsnorm_fused_backward(int64_t D) { return D == 64 || D == 128 || D == 256 || D == 512; }
+bool rmsnorm_fused_backward(int64_t D) {
+  return D == 64 || D == 128 || D == 256 || D == 512 || D == 768 || D == 1024;
+}
 
 namespace {
 
@@ -253,23 +262,31 @@ void launch_rmsnorm_bwd_then(const F& f, In dh, const float* rstd, In dx, int64_
     throw std::invalid_argument(std::string(name) + ": no fused kernel for D = " + std::to_string(D));
   if (N <= 0) return;
   constexpr int K = F::kOut;
-  // At most 4096 warps (512 blocks, a few waves on an H100) and at least 4 rows a warp: few block partials.
-  const int64_t rows_per_warp = std::max<int64_t>(4, (N + 4095) / 4096);
-  const int64_t warps = (N + rows_per_warp - 1) / rows_per_warp, blocks = (warps + 7) / 8;
+  // At most about 4096 warps (512 blocks, a few waves on an H100) and at least 4 rows a team: few block partials.
+  const int64_t G = D > 512 ? 2 : 1;
+  const int64_t rows_per_team = std::max<int64_t>(4, (N * G + 4095) / 4096);
+  const int64_t teams = (N + rows_per_team - 1) / rows_per_team, teams_per_block = 8 / G;
+  const int64_t blocks = (teams + teams_per_block - 1) / teams_per_block;
   auto* partial = static_cast<double*>(ws.get(static_cast<size_t>(blocks * K * D) * sizeof(double)));
   const unsigned g = static_cast<unsigned>(blocks);
-  using C2 = BwdThen<2, F>;
-  using C4 = BwdThen<4, F>;
-  using C8 = BwdThen<8, F>;
-  using C16 = BwdThen<16, F>;
+  using C2 = BwdThen<2, 1, F>;
+  using C4 = BwdThen<4, 1, F>;
+  using C8 = BwdThen<8, 1, F>;
+  using C16 = BwdThen<16, 1, F>;
+  using C24 = BwdThen<24, 2, F>;
+  using C32 = BwdThen<32, 2, F>;
   switch (D) {
-    case 64: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C2>, g, 256, 0, s)(f, dh, rstd, dx, N, rows_per_warp, partial);
+    case 64: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C2>, g, 256, 0, s)(f, dh, rstd, dx, N, rows_per_team, partial);
       break;
-    case 128: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C4>, g, 256, 0, s)(f, dh, rstd, dx, N, rows_per_warp, partial);
+    case 128: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C4>, g, 256, 0, s)(f, dh, rstd, dx, N, rows_per_team, partial);
       break;
-    case 256: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C8>, g, 256, 0, s)(f, dh, rstd, dx, N, rows_per_warp, partial);
+    case 256: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C8>, g, 256, 0, s)(f, dh, rstd, dx, N, rows_per_team, partial);
       break;
-    default: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C16>, g, 256, 0, s)(f, dh, rstd, dx, N, rows_per_warp, partial);
+    case 512: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C16>, g, 256, 0, s)(f, dh, rstd, dx, N, rows_per_team, partial);
+      break;
+    case 768: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C24>, g, 256, 0, s)(f, dh, rstd, dx, N, rows_per_team, partial);
+      break;
+    default: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C32>, g, 256, 0, s)(f, dh, rstd, dx, N, rows_per_team, partial);
   }
   PTOOL_CUDA_LAUNCHED(name, s);
   PTOOL_LAUNCH(colreduce_finalize<K>, dim3(static_cast<unsigned>(D), K), 256, 0, s)(partial, blocks, D, 1, sum0,

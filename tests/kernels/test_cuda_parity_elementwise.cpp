@@ -452,15 +452,16 @@ TEST_CASE("cuda: q's backward through its gain in one pass matches the composed 
   }
 }
 
-// rmsnorm_resid_mix_backward: the fused kernel (D 64 .. 512) gives the composed ops' dx and dx0 bit for bit and
-// their dm up to summation order, from fp32 and from a bf16 activation dh; other D compose; the CPU agrees.
+// rmsnorm_resid_mix_backward: the fused kernel (one warp a row up to D = 512, two at 768 and 1024) gives the
+// composed ops' dx and dx0 bit for bit and their dm up to summation order, from fp32 and from a bf16 activation dh;
+// other D compose; the CPU agrees.
 TEST_CASE("cuda: the fused RMSNorm + resid_mix backward matches the two ops", "[gpu]") {
   SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend<float>();
   auto g = gpu_backend(CudaGemmPrecision::bf16);
   std::mt19937_64 rng(67);
-  for (const int64_t D : {64, 512, 96}) {
-    for (const int64_t N : {1, 300, 5000}) {
+  for (const int64_t D : {64, 512, 768, 1024, 96}) {
+    for (const int64_t N : {int64_t{1}, int64_t{300}, D > 512 ? int64_t{2100} : int64_t{5000}}) {
       const std::string shape = " N=" + std::to_string(N) + " D=" + std::to_string(D);
       const Vec x = rand_vec(rng, N * D, -2.f, 2.f), x0 = rand_vec(rng, N * D, -2.f, 2.f), m = rand_vec(rng, 2 * D),
                 dh = bf16_rounded(rand_vec(rng, N * D)), dx_in = rand_vec(rng, N * D), dx0_in = rand_vec(rng, N * D),
@@ -517,16 +518,16 @@ TEST_CASE("cuda: the fused RMSNorm + resid_mix backward matches the two ops", "[
   }
 }
 
-// rmsnorm_channel_scale_backward: the fused kernel (D 64 .. 512) gives the composed ops' dx and dout bit for bit
-// (dout in fp32 memory and in an operand buffer) and their ds up to summation order, from fp32 and from bf16
-// activation dh and o; other D compose; the CPU agrees.
+// rmsnorm_channel_scale_backward: the fused kernel (one warp a row up to D = 512, two at 768 and 1024) gives the
+// composed ops' dx and dout bit for bit (dout in fp32 memory and in an operand buffer) and their ds up to summation
+// order, from fp32 and from bf16 activation dh and o; other D compose; the CPU agrees.
 TEST_CASE("cuda: the fused RMSNorm + channel-scale backward matches the two ops", "[gpu]") {
   SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend<float>();
   auto g = gpu_backend(CudaGemmPrecision::bf16);
   std::mt19937_64 rng(71);
-  for (const int64_t D : {128, 512, 96}) {
-    for (const int64_t N : {1, 300, 5000}) {
+  for (const int64_t D : {128, 512, 768, 1024, 96}) {
+    for (const int64_t N : {int64_t{1}, int64_t{300}, D > 512 ? int64_t{2100} : int64_t{5000}}) {
       const std::string shape = " N=" + std::to_string(N) + " D=" + std::to_string(D);
       const Vec y = rand_vec(rng, N * D, -2.f, 2.f), o = bf16_rounded(rand_vec(rng, N * D)),
                 sc = rand_vec(rng, D, 0.5f, 1.5f), dh = bf16_rounded(rand_vec(rng, N * D)),
