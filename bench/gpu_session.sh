@@ -15,7 +15,8 @@
 #   bench_cuda_ops.jsonl  bench_cuda_ops per GEMM precision
 #   profile.txt           bench_train --profile, baseline bf16: per-op time, share, GB/s and TFLOP/s of a training
 #                         step and of the sliding eval (what limits ptool, op by op)
-#   ptool_train.txt       a short `ptool train --device cuda --preset baseline` run and a GPU-calibrated quantize
+#   ptool_train.txt       a short `ptool train --device cuda --preset baseline` run, a GPU-calibrated quantize,
+#                         and `ptool eval --device cuda` of its checkpoint: sliding window and score-first TTT
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 BUILD=${1:-build-device}
@@ -44,6 +45,7 @@ OPS=(--reps 10)
 TRAIN=(--batch-tokens 524288 --grad-accum 8 --max-seconds 600 --steps 4 --val-tokens 65536 --muon-bf16)
 PROFILE_RUN=(--steps 2 --warmup 1 --eval-tokens 65536 --eval-stride 64 --eval-batch 32)
 CALIB=(--calib-batches 2 --calib-batch-seqs 4)
+EVAL_RUN=(--stride 64 --max-tokens 65536 --ttt-chunk 32768)
 accum_of() { if [ "$1" = baseline ]; then echo 8; else echo 16; fi; }
 if [ "$SMOKE" = 1 ]; then
   BATCH=(--batch-tokens 128 --seq-len 32)
@@ -54,6 +56,7 @@ if [ "$SMOKE" = 1 ]; then
   TRAIN=(--batch-tokens 128 --seq-len 32 --grad-accum 2 --steps 1 --val-tokens 256 --muon-bf16)
   PROFILE_RUN=(--steps 1 --warmup 1 --eval-tokens 256 --eval-stride 16 --eval-batch 2)
   CALIB=(--calib-batches 1 --calib-batch-seqs 1 --calib-seq-len 32)
+  EVAL_RUN=(--seq-len 32 --stride 16 --max-tokens 128 --batch-seqs 2 --ttt-chunk 64 --ttt-epochs 1 --ttt-batch-seqs 2)
   accum_of() { echo 2; }
 fi
 
@@ -152,6 +155,11 @@ step "ptool train baseline cuda:bf16" 90 "$OUT/ptool_train.txt" "$BUILD/ptool" t
   "${TRAIN[@]}" --log-every 1 --out "$T/m.ptc"
 step "ptool quantize gptq --device cuda" 60 "$OUT/ptool_train.txt" "$BUILD/ptool" quantize "$T/m.ptc" --preset gptq \
   --calib "$T/shards/c_train_*.bin" "${CALIB[@]}" --device cuda --dry-run
+for mode in sliding ttt; do  # `ptool eval` on the device: a sliding window at stride 64, then score-first TTT
+  step "ptool eval $mode cuda:bf16" 40 "$OUT/ptool_train.txt" "$BUILD/ptool" eval "$T/m.ptc" \
+    --val "$T/shards/c_val_*.bin" --tokenizer testdata/tiny_sp.model --device cuda:bf16 "${EVAL_RUN[@]}" \
+    $([ $mode = ttt ] && echo --ttt) --json
+done
 
 # ---- 4. if time is left: the baseline with an fp32 embedding and residual stream (what the bf16 stream buys), TF32,
 # bf16 GEMMs with fp32 activations (what bf16 activation storage buys), fp32 ------------------------------------
@@ -199,6 +207,11 @@ for r in rows("bench_train.jsonl"):
         print("      ptool/twin: train %.2fx (target 1.2x; ptool optimizer: %s), eval %.2fx (target 1.5x)" % (
             r["tokens_per_s"] / t["tokens_per_s"], r.get("optimizer"), r["eval_tokens_per_s"] / t["eval_tokens_per_s"]))
         print("      fwd+bwd alone: %.2fx the twin's whole step" % (r["forward_backward_tokens_per_s"] / t["tokens_per_s"]))
+# ptool eval --json of the trained checkpoint (sliding window, then TTT), in ptool_train.txt among other output
+for r in rows("ptool_train.txt"):
+    if "val_bpb" in r and "mode" in r:
+        print("ptool eval cuda:bf16 %-9s val_bpb %.4f over %s tokens in %.2f s" % (
+            r["mode"], r["val_bpb"], r.get("tokens"), r.get("seconds", float("nan"))))
 # bench_cuda_ops prints indented JSON objects one after another: the fused RMSNorm backwards against their two ops
 p = os.path.join(out, "bench_cuda_ops.jsonl")
 text, dec, i = open(p).read() if os.path.exists(p) else "", json.JSONDecoder(), 0
