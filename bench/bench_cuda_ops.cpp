@@ -1,8 +1,9 @@
 // Times the CUDA backend (kernels/) at the baseline shapes (REFERENCE.md §3.1): the linear layers (cuBLASLt)
 // and causal GQA attention, forward and backward (B=8, T=1024, d 512, 8 heads / 4 kv heads of 64, MLP 1024,
-// vocab 1024); the fused RMSNorm + resid_mix and RMSNorm + channel-scale backwards against the two ops they
-// replace, at the presets' widths 512, 768 and 1024 (GB/s of each form's own traffic); then the whole model's
-// forward_backward for the tiny and baseline presets (tokens/s).
+// vocab 1024; attention also at the head dims 96 and 32 of the wider presets); the fused RMSNorm + resid_mix and
+// RMSNorm + channel-scale backwards against the two ops they replace, at the presets' widths 512, 768 and 1024
+// (GB/s of each form's own traffic); then the whole model's forward_backward for the tiny and baseline presets
+// (tokens/s).
 // Prints a table, or one JSON object with --json. Exits 1 when the build has no CUDA or there is no device.
 //
 //   bench_cuda_ops [--json] [--reps 20] [--gemm tf32|bf16|fp32] [--batch 8] [--seq 1024] [--device 0]
@@ -87,28 +88,33 @@ std::vector<Result> bench_ops(ptool::Backend<float>& be, int64_t B, int64_t Tn, 
                            reps),
                    2.0 * gemm, 0});
   }
-  {
-    const size_t qn = static_cast<size_t>(N * H * hd), kvn = static_cast<size_t>(N * Hkv * hd);
+  // Attention at the heads of the baseline (8 x 64, 4 kv), ultimate_recurrent (8 x 96, 2 kv) and recursive_4x7
+  // (32 x 32, 8 kv): each head dim is its own flash kernel.
+  struct AttnShape {
+    int64_t H, Hkv, hd;
+  };
+  for (const AttnShape a : {AttnShape{H, Hkv, hd}, AttnShape{8, 2, 96}, AttnShape{32, 8, 32}}) {
+    const size_t qn = static_cast<size_t>(N * a.H * a.hd), kvn = static_cast<size_t>(N * a.Hkv * a.hd);
     auto q = device_random(be, rng, qn, 1.f), k = device_random(be, rng, kvn, 1.f),
          v = device_random(be, rng, kvn, 1.f), dout = device_random(be, rng, qn, 1.f);
-    ptool::DeviceBuffer<float> out(be, qn), lse(be, static_cast<size_t>(B * H * Tn)), dq(be, qn), dk(be, kvn),
+    ptool::DeviceBuffer<float> out(be, qn), lse(be, static_cast<size_t>(B * a.H * Tn)), dq(be, qn), dk(be, kvn),
         dv(be, kvn);
     be.zero(dq.get(), qn);
     be.zero(dk.get(), kvn);
     be.zero(dv.get(), kvn);
     // Causal FLOPs as FlashAttention's benchmarks count them: T(T+1)/2 visible pairs, 2 GEMMs forward (QK^T, PV),
     // 5 backward (QK^T, dV, dP, dQ, dK); the kernels here recompute QK^T and dP once more (7), not counted.
-    const double pairs = static_cast<double>(B * H) * static_cast<double>(Tn) * static_cast<double>(Tn + 1) / 2.0;
-    const double per_gemm = 2.0 * pairs * static_cast<double>(hd);
-    const std::string shape = "B" + std::to_string(B) + " T" + std::to_string(Tn) + " H" + std::to_string(H) +
-                              " Hkv" + std::to_string(Hkv) + " hd" + std::to_string(hd);
+    const double pairs = static_cast<double>(B * a.H) * static_cast<double>(Tn) * static_cast<double>(Tn + 1) / 2.0;
+    const double per_gemm = 2.0 * pairs * static_cast<double>(a.hd);
+    const std::string shape = "B" + std::to_string(B) + " T" + std::to_string(Tn) + " H" + std::to_string(a.H) +
+                              " Hkv" + std::to_string(a.Hkv) + " hd" + std::to_string(a.hd);
     res.push_back({"attention", "forward", shape, time_ms(be, [&] {
-                     be.attention_forward(q.get(), k.get(), v.get(), B, Tn, H, Hkv, hd, out.get(), lse.get());
+                     be.attention_forward(q.get(), k.get(), v.get(), B, Tn, a.H, a.Hkv, a.hd, out.get(), lse.get());
                    }, reps),
                    2.0 * per_gemm, 0});
     res.push_back({"attention", "backward", shape, time_ms(be, [&] {
-                     be.attention_backward(dout.get(), q.get(), k.get(), v.get(), out.get(), lse.get(), B, Tn, H, Hkv,
-                                           hd, dq.get(), dk.get(), dv.get());
+                     be.attention_backward(dout.get(), q.get(), k.get(), v.get(), out.get(), lse.get(), B, Tn, a.H,
+                                           a.Hkv, a.hd, dq.get(), dk.get(), dv.get());
                    }, reps),
                    5.0 * per_gemm, 0});
   }

@@ -6,7 +6,7 @@
 #
 # Each step has its own time limit (timeout) inside one overall budget (BUDGET_S, default 530 s, so the call ends
 # well inside the tool's 10 minutes); a failing or timed-out step is recorded and the next one runs. Steps run in
-# order of importance, so a slow GPU loses only the last ones. Files written to $OUT (8):
+# order of importance, so a slow GPU loses only the last ones. Files written to $OUT (10):
 #   summary.txt           environment, one line per step (exit code, seconds), key figures and ptool/twin ratios
 #   log.txt               every step's command line and stderr
 #   test_kernels.txt      all [gpu] tests (parity, Hessians, optimizer), with each check's share of its tolerance
@@ -17,6 +17,8 @@
 #                         step and of the sliding eval (what limits ptool, op by op)
 #   ptool_train.txt       a short `ptool train --device cuda --preset baseline` run, a GPU-calibrated quantize,
 #                         and `ptool eval --device cuda` of its checkpoint: sliding window and score-first TTT
+#   twin_parity.txt       bench/twin_parity.py (the twin against ptool's CPU path, fp32) under the device's torch
+#   sanitizer.txt         compute-sanitizer's memcheck over the [gpu] tests but the long ones, if time is left
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 BUILD=${1:-build-device}
@@ -39,6 +41,7 @@ BATCH=(--batch-tokens 524288)
 EVAL=(--eval-tokens 262144 --eval-stride 64 --eval-batch 32)
 BENCH_STEPS=(--steps 5 --warmup 2)
 TESTS="[gpu]"
+SAN_TESTS="[gpu]~[long]"
 OPS=(--reps 10)
 # The reference's 10-minute configuration (524,288 tokens a step, 8 micro-batches on one GPU, 600 s cap, Newton-
 # Schulz in bf16), cut to 4 steps: ptool train's own step time at the challenge's settings, on this repository's text.
@@ -52,6 +55,7 @@ if [ "$SMOKE" = 1 ]; then
   EVAL=(--eval-tokens 256 --eval-stride 16 --eval-batch 2)
   BENCH_STEPS=(--steps 1 --warmup 1)
   TESTS="cuda: device and backend basics"
+  SAN_TESTS=$TESTS
   OPS=(--reps 1 --batch 1 --seq 64)
   TRAIN=(--batch-tokens 128 --seq-len 32 --grad-accum 2 --steps 1 --val-tokens 256 --muon-bf16)
   PROFILE_RUN=(--steps 1 --warmup 1 --eval-tokens 256 --eval-stride 16 --eval-batch 2)
@@ -96,6 +100,8 @@ done
 {
   echo "gpu_session $(date -u +%FT%TZ), build $BUILD, budget ${BUDGET}s"
   nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader 2>&1
+  # clocks, power and temperature at the start and (below) at the end: a throttled GPU shows up here
+  nvidia-smi --query-gpu=clocks.sm,clocks.mem,power.draw,power.limit,temperature.gpu --format=csv 2>&1
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2), $(nproc) cores"
   echo "torch: $(python3 -c 'import torch; print(torch.__version__, torch.version.cuda)' 2>&1 | tail -1)"
   echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
@@ -170,6 +176,16 @@ bt baseline fp32 90
 bt "$RECURRENT" fp32 120
 rm -rf "$T"
 
+# ---- 5. if time is still left: the kernels' memory accesses on the device, by compute-sanitizer ---------------
+SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null)
+if [ -n "$SANITIZER" ]; then
+  step "compute-sanitizer memcheck [gpu]~[long]" 120 "$OUT/sanitizer.txt" "$SANITIZER" --tool memcheck \
+    --error-exitcode 1 "$BUILD/test_kernels" "$SAN_TESTS"
+else
+  printf '%-48s skipped: no compute-sanitizer on this machine\n' "compute-sanitizer memcheck" >>"$SUMMARY"
+fi
+nvidia-smi --query-gpu=clocks.sm,clocks.mem,power.draw,power.limit,temperature.gpu --format=csv >>"$SUMMARY" 2>&1
+
 # ---- figures: per run, and ptool / twin ratios (targets: training >= 1.2x, sliding eval >= 1.5x) ---------------
 python3 - "$OUT" >>"$SUMMARY" 2>&1 <<'EOF'
 import json, sys, os
@@ -223,7 +239,11 @@ while True:
     except ValueError:
         break
     ms = {(r["op"], r["pass"], r["shape"]): r["ms"] for r in o.get("results", [])}
-    print("\nbench_cuda_ops %s, fused RMSNorm backwards against the two ops they replace (ms):" % o.get("gemm"))
+    print("\nbench_cuda_ops %s, attention (TFLOP/s, causal pairs counted once):" % o.get("gemm"))
+    for r in o.get("results", []):
+        if r["op"] == "attention":
+            print("  %-9s %-28s %8.3f ms %7.1f" % (r["pass"], r["shape"], r["ms"], r.get("tflops_per_s", 0)))
+    print("bench_cuda_ops %s, fused RMSNorm backwards against the two ops they replace (ms):" % o.get("gemm"))
     for (op, ps, shape), fused in ms.items():
         two = ms.get((op, "backward 2 ops", shape))
         if ps == "backward fused" and two:
