@@ -580,15 +580,15 @@ class CudaBackend final : public Backend<float> {
                                      ws_, stream_);
   }
   void layer_entry_forward(const float* a, const float* b, const float* s, const float* skip, const float* w,
-                           const float* x0, const float* m, int64_t N, int64_t D, float eps, float* x, float* xs,
-                           float* y, float* h, float* rstd) override {
-    require_plain("layer_entry_forward", {s, w, m, rstd});
+                           const float* g, const float* x0, const float* m, int64_t N, int64_t D, float eps, float* x,
+                           float* xs, float* y, float* h, float* rstd) override {
+    require_plain("layer_entry_forward", {s, w, g, m, rstd});
     // x and xs hold values of the stream that y continues: one storage for the three (the kernel rounds x and xs
     // as y's storage would, written or not).
     for (const float* p : {x, xs})
       if (p && is_bf16(p) != is_bf16(y))
         throw std::invalid_argument("layer_entry_forward: x, xs and y must all be bf16 buffers or all fp32");
-    cuda::launch_layer_entry_forward(in_of(a), in_of(b), s, in_of(skip), w, in_of(x0), m, N, D, eps, out_of(x),
+    cuda::launch_layer_entry_forward(in_of(a), in_of(b), s, in_of(skip), w, g, in_of(x0), m, N, D, eps, out_of(x),
                                      out_of(xs), out_of(y), out_of(h), rstd, stream_);
   }
   void resid_mix_rmsnorm_forward(const float* x, const float* x0, const float* m, int64_t N, int64_t D, float eps,

@@ -189,9 +189,10 @@ void launch_gated_skip_backward(In dy, In x, In skip, const float* w, const floa
 void launch_resid_mix_forward(In x, In x0, const float* m, int64_t N, int64_t D, Out y, cudaStream_t s);
 // The same, then h = rmsnorm(y) with rstd per row (Backend::resid_mix_rmsnorm_forward): one warp per row.
 // Backend::layer_entry_forward: one warp per row; x, xs may be empty (not written; rounded as y's storage would
-// round them all the same); skip empty: no skip add.
-void launch_layer_entry_forward(In a, In b, const float* sc, In skip, const float* w, In x0, const float* m, int64_t N,
-                                int64_t D, float eps, Out x, Out xs, Out y, Out h, float* rstd, cudaStream_t s);
+// round them all the same); skip empty: no skip add; g (gate logits) given: the gated skip.
+void launch_layer_entry_forward(In a, In b, const float* sc, In skip, const float* w, const float* g, In x0,
+                                const float* m, int64_t N, int64_t D, float eps, Out x, Out xs, Out y, Out h,
+                                float* rstd, cudaStream_t s);
 void launch_resid_mix_rmsnorm_forward(In x, In x0, const float* m, int64_t N, int64_t D, float eps, Out y, Out h,
                                       float* rstd, cudaStream_t s);
 // dx may be dy (in place).

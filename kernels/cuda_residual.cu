@@ -42,8 +42,6 @@ struct Combine4F {  // four channels at a time (D % 4 == 0, a, b, y 16-byte alig
 
 // ---- skips and resid_mix ------------------------------------------------------------------------------------
 
-__device__ __forceinline__ float sigmoidf_(float g) { return 1.f / (1.f + expf(-g)); }
-
 struct SkipAddFwdF {
   float* x;
   const float* skip;
@@ -72,11 +70,7 @@ struct GatedSkipFwdF {
   const float* g;
   Out y;
   int64_t D;
-  __device__ void operator()(int64_t i) const {
-    const int64_t d = i % D;
-    const float s = sigmoidf_(g[d]);
-    put(y, i, s * get(x, i) + (1.f - s) * w[d] * get(skip, i));
-  }
+  __device__ void operator()(int64_t i) const { put(y, i, GatedSum{w, g}(i % D, get(x, i), get(skip, i))); }
 };
 struct GatedSkipBwdF {  // out 0: dw, out 1: dg
   static constexpr int kOut = 2;

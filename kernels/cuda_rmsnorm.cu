@@ -63,9 +63,10 @@ __global__ void __launch_bounds__(256) combine_rmsnorm_kernel(In a, In b, Combin
 }
 
 // Backend::layer_entry_forward, one warp per row, with the roundings of the composed ops: x = ScaledSum(a, b),
-// xs = ScaledSum(x, skip) with the skip weights, y = MixSum(xs, x0), each as y's storage holds it (x and xs are
-// rounded alike when not written), then rmsnorm_fwd_kernel's h and rstd.
-__global__ void __launch_bounds__(256) layer_entry_kernel(In a, In b, ScaledSum branch, In skip, ScaledSum skip_add,
+// xs = Skip(x, skip) (ScaledSum with the skip weights, or GatedSum), y = MixSum(xs, x0), each as y's storage holds
+// it (x and xs are rounded alike when not written), then rmsnorm_fwd_kernel's h and rstd.
+template <class Skip>
+__global__ void __launch_bounds__(256) layer_entry_kernel(In a, In b, ScaledSum branch, In skip, Skip skip_add,
                                                           In x0, MixSum mix, int64_t N, int64_t D, float eps, Out x,
                                                           Out xs, Out y, Out h, float* rstd) {
   const int lane = threadIdx.x & 31;
@@ -233,11 +234,18 @@ void launch_scaled_residual_rmsnorm_forward(In x, In o, const float* sc, int64_t
   PTOOL_CUDA_LAUNCHED("scaled_residual_rmsnorm_forward", s);
 }
 
-void launch_layer_entry_forward(In a, In b, const float* sc, In skip, const float* w, In x0, const float* m, int64_t N,
-                                int64_t D, float eps, Out x, Out xs, Out y, Out h, float* rstd, cudaStream_t s) {
+void launch_layer_entry_forward(In a, In b, const float* sc, In skip, const float* w, const float* g, In x0,
+                                const float* m, int64_t N, int64_t D, float eps, Out x, Out xs, Out y, Out h,
+                                float* rstd, cudaStream_t s) {
   if (N <= 0 || D <= 0) return;
-  PTOOL_LAUNCH(layer_entry_kernel, row_warps_grid(N), 256, 0, s)(a, b, ScaledSum{sc}, skip, ScaledSum{w}, x0,
-                                                                 MixSum{m, D}, N, D, eps, x, xs, y, h, rstd);
+  if (g && !skip.empty())
+    PTOOL_LAUNCH(layer_entry_kernel<GatedSum>, row_warps_grid(N), 256, 0, s)(a, b, ScaledSum{sc}, skip,
+                                                                             GatedSum{w, g}, x0, MixSum{m, D}, N, D,
+                                                                             eps, x, xs, y, h, rstd);
+  else
+    PTOOL_LAUNCH(layer_entry_kernel<ScaledSum>, row_warps_grid(N), 256, 0, s)(a, b, ScaledSum{sc}, skip,
+                                                                              ScaledSum{w}, x0, MixSum{m, D}, N, D,
+                                                                              eps, x, xs, y, h, rstd);
   PTOOL_CUDA_LAUNCHED("layer_entry_forward", s);
 }
 

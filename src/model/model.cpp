@@ -182,8 +182,8 @@ bool Model<T>::skip_grad_joins_next(int64_t v) const {  // not when layer v + 1'
 }
 
 template <class T>
-bool Model<T>::fused_layer_entries() const {  // what layer_entry_forward computes: plain skips, resid_mix, plain norms
-  return fused_resid_mix_norm() && cfg_.skips != SkipKind::gated;
+bool Model<T>::fused_layer_entries() const {  // what layer_entry_forward computes: resid_mix and plain norms
+  return fused_resid_mix_norm();
 }
 
 template <class T>
@@ -247,8 +247,10 @@ void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, cons
     const LayerActs& p = acts_[v - 1];
     const T* skip = has_skip(v) ? acts_[n_enc - 1 - k].x_out.get() : nullptr;
     const bool keep_x = backward_pass_ || skip_source(v - 1), keep_xs = backward_pass_ && skip;
+    const bool gated = skip && cfg_.skips == SkipKind::gated;
     be_.layer_entry_forward(p.x1.get(), p.m.get(), P + scal_[cfg_.scalar_index(v - 1)].mlp_scale, skip,
-                            skip ? P + skip_w_ + k * D : nullptr, x0, P + s.resid_mix, N, D, rms_eps<T>(),
+                            skip ? P + skip_w_ + k * D : nullptr, gated ? P + skip_g_ + k * D : nullptr, x0,
+                            P + s.resid_mix, N, D, rms_eps<T>(),
                             keep_x ? p.x_out.get() : nullptr, keep_xs ? a.x_in_buf.get() : nullptr,
                             a.x_mix_buf.get(), a.h1.get(), a.rstd1.get());
     if (keep_xs) a.x_in = a.x_in_buf.get();

@@ -173,12 +173,14 @@ class Backend {
   }
   // The residual stream from one layer into the next, in one pass where a backend can: x = a + s ⊙ b (the
   // previous layer's MLP branch joining, as scaled_residual_forward), then with a skip xs = x + w ⊙ skip (a U-Net
-  // skip, likewise; without one xs is x), then the next layer's entry y = resid_mix(xs, x0, m) and its pre-norm
-  // h = rmsnorm(y) with rstd. y, h and rstd are written; x and xs where given (the backward and later skips read
-  // them; a forward-only pass may pass null for what nothing reads). b may be an activation buffer and h an
-  // operand buffer; the outputs must not alias the inputs.
-  virtual void layer_entry_forward(const T* a, const T* b, const T* s, const T* skip, const T* w, const T* x0,
-                                   const T* m, int64_t N, int64_t D, T eps, T* x, T* xs, T* y, T* h, T* rstd) = 0;
+  // skip, likewise), or with gate logits g the gated skip xs = gated_skip(x, skip, w, g) (as gated_skip_forward;
+  // without a skip xs is x), then the next layer's entry y = resid_mix(xs, x0, m) and its pre-norm h = rmsnorm(y)
+  // with rstd. y, h and rstd are written; x and xs where given (the backward and later skips read them; a
+  // forward-only pass may pass null for what nothing reads). b may be an activation buffer and h an operand
+  // buffer; the outputs must not alias the inputs.
+  virtual void layer_entry_forward(const T* a, const T* b, const T* s, const T* skip, const T* w, const T* g,
+                                   const T* x0, const T* m, int64_t N, int64_t D, T eps, T* x, T* xs, T* y, T* h,
+                                   T* rstd) = 0;
   // Attention inputs from their projections, fused into one pass where a backend can: over [B, Tn, H, hd] rows,
   // x = rope(norm ? rmsnorm(raw) : raw) (rstd per row when norm), then out = g[h] x when gain is given (q);
   // without gain (k) out is x itself and must equal it. With gain, out may also be x when only out is wanted (no

@@ -71,14 +71,17 @@ class CpuBackend final : public Backend<T> {
   }
   // The ops it fuses in turn, x and xs kept in y or h (free until the norm) where the caller does not keep them:
   // the same arithmetic as the composed calls.
-  void layer_entry_forward(const T* a, const T* b, const T* s, const T* skip, const T* w, const T* x0, const T* m,
-                           int64_t N, int64_t D, T eps, T* x, T* xs, T* y, T* h, T* rstd) override {
+  void layer_entry_forward(const T* a, const T* b, const T* s, const T* skip, const T* w, const T* g, const T* x0,
+                           const T* m, int64_t N, int64_t D, T eps, T* x, T* xs, T* y, T* h, T* rstd) override {
     T* xt = x ? x : y;
     this->scaled_residual_forward(a, b, s, N, D, xt);
     T* xst = xt;
     if (skip) {
       xst = xs ? xs : xt == y ? h : y;
-      this->scaled_residual_forward(xt, skip, w, N, D, xst);
+      if (g)
+        this->gated_skip_forward(xt, skip, w, g, N, D, xst);
+      else
+        this->scaled_residual_forward(xt, skip, w, N, D, xst);
     }
     cpu::resid_mix_forward(xst, x0, m, N, D, y);  // element by element, so y may be xst
     cpu::rmsnorm_forward(y, N, D, eps, h, rstd);

@@ -231,12 +231,12 @@ class ProfilingBackend final : public Backend<T> {
           b(dy, N * D) + b(x, N * D) + b(x0, N * D) + 2 * b(dx, N * D) + 2 * b(dx0, N * D), 0,
           [&] { in_.resid_mix_backward(dy, x, x0, m, N, D, dx, dx0, dm); });
   }
-  void layer_entry_forward(const T* a, const T* b_, const T* s, const T* skip, const T* w, const T* x0, const T* m,
-                           int64_t N, int64_t D, T eps, T* x, T* xs, T* y, T* h, T* rstd) override {
+  void layer_entry_forward(const T* a, const T* b_, const T* s, const T* skip, const T* w, const T* g, const T* x0,
+                           const T* m, int64_t N, int64_t D, T eps, T* x, T* xs, T* y, T* h, T* rstd) override {
     const int64_t n = N * D;
     const double bytes = b(a, n) + b(b_, n) + b(skip, n) + b(x0, n) + b(x, n) + b(xs, n) + b(y, n) + b(h, n) + E * N;
     timed("layer_entry_forward", bytes, 0,
-          [&] { in_.layer_entry_forward(a, b_, s, skip, w, x0, m, N, D, eps, x, xs, y, h, rstd); });
+          [&] { in_.layer_entry_forward(a, b_, s, skip, w, g, x0, m, N, D, eps, x, xs, y, h, rstd); });
   }
   void resid_mix_rmsnorm_forward(const T* x, const T* x0, const T* m, int64_t N, int64_t D, T eps, T* y, T* h,
                                  T* rstd) override {

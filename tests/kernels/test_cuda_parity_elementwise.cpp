@@ -568,41 +568,52 @@ TEST_CASE("cuda: the fused RMSNorm + channel-scale backward matches the two ops"
   }
 }
 
-// layer_entry_forward gives the composed ops' outputs (scaled_residual_forward for the branch and the skip, then
-// resid_mix_rmsnorm_forward) bit for bit, with and without a skip, keeping x and xs or not, from a bf16
-// activation branch output into an operand h; the CPU's fused form agrees with its composed ops exactly.
+// layer_entry_forward gives the composed ops' outputs (scaled_residual_forward for the branch, then for the skip
+// scaled_residual_forward or, with gate logits, gated_skip_forward, then resid_mix_rmsnorm_forward) bit for bit,
+// without a skip and with either kind, keeping x and xs or not, from a bf16 activation branch output into an
+// operand h; the CPU's fused form agrees with its composed ops exactly.
 TEST_CASE("cuda: the fused layer entry matches the composed ops", "[gpu]") {
   SKIP_WITHOUT_GPU();
   auto cpu = make_cpu_backend<float>();
   auto g = gpu_backend(CudaGemmPrecision::bf16);
   std::mt19937_64 rng(79);
   const float eps = 1e-6f;
+  enum class Skip { none, plain, gated };
   for (const int64_t D : {64, 96}) {
     const int64_t N = 301, n = N * D;
     const Vec a = rand_vec(rng, n, -2.f, 2.f), b = bf16_rounded(rand_vec(rng, n)), s = rand_vec(rng, D, 0.5f, 1.5f),
               skip = rand_vec(rng, n, -2.f, 2.f), w = rand_vec(rng, D, 0.5f, 1.5f),
-              x0 = rand_vec(rng, n, -2.f, 2.f), m = rand_vec(rng, 2 * D);
-    for (const bool with_skip : {false, true}) {
-      const std::string shape = " D=" + std::to_string(D) + (with_skip ? " with a skip" : "");
+              gate = rand_vec(rng, D, -3.f, 3.f), x0 = rand_vec(rng, n, -2.f, 2.f), m = rand_vec(rng, 2 * D);
+    for (const Skip kind : {Skip::none, Skip::plain, Skip::gated}) {
+      const bool with_skip = kind != Skip::none, gated = kind == Skip::gated;
+      const std::string shape = " D=" + std::to_string(D) +
+                                (gated ? " with a gated skip" : with_skip ? " with a skip" : "");
       // composed, CPU and device
       Vec cx(n), cxs(n), cy(n), ch(n), cr(N);
       cpu->scaled_residual_forward(a.data(), b.data(), s.data(), N, D, cx.data());
-      if (with_skip) cpu->scaled_residual_forward(cx.data(), skip.data(), w.data(), N, D, cxs.data());
+      if (gated)
+        cpu->gated_skip_forward(cx.data(), skip.data(), w.data(), gate.data(), N, D, cxs.data());
+      else if (with_skip)
+        cpu->scaled_residual_forward(cx.data(), skip.data(), w.data(), N, D, cxs.data());
       cpu->resid_mix_rmsnorm_forward(with_skip ? cxs.data() : cx.data(), x0.data(), m.data(), N, D, eps, cy.data(),
                                      ch.data(), cr.data());
-      Dev ga(*g, a), gb(*g, b), gs(*g, s), gskip(*g, skip), gw(*g, w), gx0(*g, x0), gm(*g, m);
+      Dev ga(*g, a), gb(*g, b), gs(*g, s), gskip(*g, skip), gw(*g, w), ggate(*g, gate), gx0(*g, x0), gm(*g, m);
       Dev x1(*g, Vec(n)), xs1(*g, Vec(n)), y1(*g, Vec(n)), h1(*g, Vec(n)), r1(*g, Vec(N));
       g->scaled_residual_forward(ga.p(), gb.p(), gs.p(), N, D, x1.p());
-      if (with_skip) g->scaled_residual_forward(x1.p(), gskip.p(), gw.p(), N, D, xs1.p());
+      if (gated)
+        g->gated_skip_forward(x1.p(), gskip.p(), gw.p(), ggate.p(), N, D, xs1.p());
+      else if (with_skip)
+        g->scaled_residual_forward(x1.p(), gskip.p(), gw.p(), N, D, xs1.p());
       g->resid_mix_rmsnorm_forward(with_skip ? xs1.p() : x1.p(), gx0.p(), gm.p(), N, D, eps, y1.p(), h1.p(), r1.p());
       DeviceBuffer<float> b_act(*g, n, Storage::activation);
       g->store_operand(b_act.get(), gb.p(), n);
       for (const bool keep : {true, false}) {
         const std::string tag = shape + (keep ? ", keeping x and xs" : ", forward only");
         Vec fx(n), fxs(n), fy(n), fh(n), fr(N);
-        cpu->layer_entry_forward(a.data(), b.data(), s.data(), with_skip ? skip.data() : nullptr, w.data(), x0.data(),
-                                 m.data(), N, D, eps, keep ? fx.data() : nullptr,
-                                 keep && with_skip ? fxs.data() : nullptr, fy.data(), fh.data(), fr.data());
+        cpu->layer_entry_forward(a.data(), b.data(), s.data(), with_skip ? skip.data() : nullptr, w.data(),
+                                 gated ? gate.data() : nullptr, x0.data(), m.data(), N, D, eps,
+                                 keep ? fx.data() : nullptr, keep && with_skip ? fxs.data() : nullptr, fy.data(),
+                                 fh.data(), fr.data());
         check_exact("cpu layer_entry_forward y" + tag, fy, cy);
         check_exact("cpu layer_entry_forward h" + tag, fh, ch);
         check_exact("cpu layer_entry_forward rstd" + tag, fr, cr);
@@ -610,9 +621,9 @@ TEST_CASE("cuda: the fused layer entry matches the composed ops", "[gpu]") {
         if (keep && with_skip) check_exact("cpu layer_entry_forward xs" + tag, fxs, cxs);
         Dev x2(*g, Vec(n)), xs2(*g, Vec(n)), y2(*g, Vec(n)), r2(*g, Vec(N)), hv(*g, Vec(n));
         DeviceBuffer<float> h_op(*g, n, Storage::operand);
-        g->layer_entry_forward(ga.p(), b_act.get(), gs.p(), with_skip ? gskip.p() : nullptr, gw.p(), gx0.p(), gm.p(),
-                               N, D, eps, keep ? x2.p() : nullptr, keep && with_skip ? xs2.p() : nullptr, y2.p(),
-                               h_op.get(), r2.p());
+        g->layer_entry_forward(ga.p(), b_act.get(), gs.p(), with_skip ? gskip.p() : nullptr, gw.p(),
+                               gated ? ggate.p() : nullptr, gx0.p(), gm.p(), N, D, eps, keep ? x2.p() : nullptr,
+                               keep && with_skip ? xs2.p() : nullptr, y2.p(), h_op.get(), r2.p());
         g->operand_values(h_op.get(), n, hv.p());
         check_exact("layer_entry_forward y" + tag, y2.get(), y1.get());
         check_exact("layer_entry_forward h (operand buffer)" + tag, hv.get(), bf16_rounded(h1.get()));

@@ -82,7 +82,7 @@ TEST_CASE("cuda: ops write the residual stream into bf16 buffers rounded and go 
     for (const bool keep : {true, false}) {
       const ActivationBuf xe(*g, n), xs(*g, n);
       g->layer_entry_forward(x.p(), o.p(), s.p(), with_skip ? skip.p() : nullptr, with_skip ? w.p() : nullptr,
-                             x0.p(), m.p(), N, D, eps, keep ? xe.p() : nullptr,
+                             nullptr, x0.p(), m.p(), N, D, eps, keep ? xe.p() : nullptr,
                              keep && with_skip ? xs.p() : nullptr, y.p(), h.p(), r.p());
       const std::string t = tag + (keep ? ", x and xs written" : ", x and xs not written");
       if (keep) check_exact("layer_entry_forward x" + t, xe.values(), xe32.get());
@@ -93,8 +93,8 @@ TEST_CASE("cuda: ops write the residual stream into bf16 buffers rounded and go 
     }
   }
   // x, xs and y share one storage.
-  CHECK_THROWS_AS(g->layer_entry_forward(x.p(), o.p(), s.p(), nullptr, nullptr, x0.p(), m.p(), N, D, eps, y32.p(),
-                                         nullptr, y.p(), h.p(), r.p()),
+  CHECK_THROWS_AS(g->layer_entry_forward(x.p(), o.p(), s.p(), nullptr, nullptr, nullptr, x0.p(), m.p(), N, D, eps,
+                                         y32.p(), nullptr, y.p(), h.p(), r.p()),
                   std::invalid_argument);
 
   // x0: the embedding's rows normed into a stream buffer (rounded by the buffer, and by bf16_out on plain memory).
