@@ -196,8 +196,8 @@ struct MixSum {
     return __fmaf_rn(m[d], a, __fmul_rn(m[D + d], b));
   }
 };
-// A gated U-Net skip's sum, gated_skip_forward's y = σ(g[d]) a + (1 - σ(g[d])) w[d] b (the CPU's roundings: this
-// file is compiled without FMA contraction).
+// A gated U-Net skip's sum, gated_skip_forward's y = σ(g[d]) a + (1 - σ(g[d])) w[d] b, rounded at each step as on
+// the CPU (the kernel files that include this header are compiled without FMA contraction).
 __device__ __forceinline__ float sigmoidf_(float g) { return 1.f / (1.f + expf(-g)); }
 struct GatedSum {
   const float* w;

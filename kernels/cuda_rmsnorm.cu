@@ -238,14 +238,14 @@ void launch_layer_entry_forward(In a, In b, const float* sc, In skip, const floa
                                 const float* m, int64_t N, int64_t D, float eps, Out x, Out xs, Out y, Out h,
                                 float* rstd, cudaStream_t s) {
   if (N <= 0 || D <= 0) return;
+  auto run = [&](auto skip_sum) {
+    PTOOL_LAUNCH(layer_entry_kernel<decltype(skip_sum)>, row_warps_grid(N), 256, 0, s)(
+        a, b, ScaledSum{sc}, skip, skip_sum, x0, MixSum{m, D}, N, D, eps, x, xs, y, h, rstd);
+  };
   if (g && !skip.empty())
-    PTOOL_LAUNCH(layer_entry_kernel<GatedSum>, row_warps_grid(N), 256, 0, s)(a, b, ScaledSum{sc}, skip,
-                                                                             GatedSum{w, g}, x0, MixSum{m, D}, N, D,
-                                                                             eps, x, xs, y, h, rstd);
+    run(GatedSum{w, g});
   else
-    PTOOL_LAUNCH(layer_entry_kernel<ScaledSum>, row_warps_grid(N), 256, 0, s)(a, b, ScaledSum{sc}, skip,
-                                                                              ScaledSum{w}, x0, MixSum{m, D}, N, D,
-                                                                              eps, x, xs, y, h, rstd);
+    run(ScaledSum{w});
   PTOOL_CUDA_LAUNCHED("layer_entry_forward", s);
 }
 
@@ -270,31 +270,27 @@ void launch_rmsnorm_bwd_then(const F& f, In dh, const float* rstd, In dx, int64_
     throw std::invalid_argument(std::string(name) + ": no fused kernel for D = " + std::to_string(D));
   if (N <= 0) return;
   constexpr int K = F::kOut;
-  // At most about 4096 warps (512 blocks, a few waves on an H100) and at least 4 rows a team: few block partials.
-  const int64_t G = D > 512 ? 2 : 1;
-  const int64_t rows_per_team = std::max<int64_t>(4, (N * G + 4095) / 4096);
-  const int64_t teams = (N + rows_per_team - 1) / rows_per_team, teams_per_block = 8 / G;
-  const int64_t blocks = (teams + teams_per_block - 1) / teams_per_block;
-  auto* partial = static_cast<double*>(ws.get(static_cast<size_t>(blocks * K * D) * sizeof(double)));
-  const unsigned g = static_cast<unsigned>(blocks);
-  using C2 = BwdThen<2, 1, F>;
-  using C4 = BwdThen<4, 1, F>;
-  using C8 = BwdThen<8, 1, F>;
-  using C16 = BwdThen<16, 1, F>;
-  using C24 = BwdThen<24, 2, F>;
-  using C32 = BwdThen<32, 2, F>;
-  switch (D) {
-    case 64: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C2>, g, 256, 0, s)(f, dh, rstd, dx, N, rows_per_team, partial);
-      break;
-    case 128: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C4>, g, 256, 0, s)(f, dh, rstd, dx, N, rows_per_team, partial);
-      break;
-    case 256: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C8>, g, 256, 0, s)(f, dh, rstd, dx, N, rows_per_team, partial);
-      break;
-    case 512: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C16>, g, 256, 0, s)(f, dh, rstd, dx, N, rows_per_team, partial);
-      break;
-    case 768: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C24>, g, 256, 0, s)(f, dh, rstd, dx, N, rows_per_team, partial);
-      break;
-    default: PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<C32>, g, 256, 0, s)(f, dh, rstd, dx, N, rows_per_team, partial);
+  double* partial = nullptr;
+  int64_t blocks = 0;
+  // The grid for Cfg's warps per row: at most about 4096 warps (512 blocks, a few waves on an H100) and at least 4
+  // rows a team, so few block partials.
+  auto run = [&](auto cfg) {
+    using Cfg = decltype(cfg);
+    constexpr int64_t G = Cfg::kWarpsPerRow;
+    const int64_t rows_per_team = std::max<int64_t>(4, (N * G + 4095) / 4096);
+    const int64_t teams = (N + rows_per_team - 1) / rows_per_team, teams_per_block = 8 / G;
+    blocks = (teams + teams_per_block - 1) / teams_per_block;
+    partial = static_cast<double*>(ws.get(static_cast<size_t>(blocks * K * D) * sizeof(double)));
+    PTOOL_LAUNCH(rmsnorm_bwd_then_kernel<Cfg>, static_cast<unsigned>(blocks), 256, 0, s)(f, dh, rstd, dx, N,
+                                                                                         rows_per_team, partial);
+  };
+  switch (D) {  // one warp a row up to D = 512 (16 columns a lane), two beyond
+    case 64: run(BwdThen<2, 1, F>{}); break;
+    case 128: run(BwdThen<4, 1, F>{}); break;
+    case 256: run(BwdThen<8, 1, F>{}); break;
+    case 512: run(BwdThen<16, 1, F>{}); break;
+    case 768: run(BwdThen<24, 2, F>{}); break;
+    default: run(BwdThen<32, 2, F>{});
   }
   PTOOL_CUDA_LAUNCHED(name, s);
   PTOOL_LAUNCH(colreduce_finalize<K>, dim3(static_cast<unsigned>(D), K), 256, 0, s)(partial, blocks, D, 1, sum0,
