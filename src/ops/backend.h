@@ -42,7 +42,7 @@ class Backend {
   // linear ops; attention's q, k, v and dout), so a backend may keep it in the precision those ops round their
   // inputs to (the CUDA backend's bf16 mode: bf16, half the bytes, and no conversion before every op that reads
   // it). Only ops that name it as an output may write it (a backend that cannot write one there throws), only
-  // linear ops, attention, copy_columns and gather_rows may read it, and zero() may clear it; anything else
+  // linear ops, attention, the xsa ops, copy_columns and gather_rows may read it, and zero() may clear it; anything else
   // reads its values through operand_values() (into plain memory) and stores them with store_operand(). Released
   // with release().
   // Default: plain memory.
@@ -139,6 +139,15 @@ class Backend {
     attention_forward(fq.get(), k, v, B, Tn, H, Hkv, hd, fo.get(), lse.get());
     gather_rows(fo.get(), B, Tn, from, D, out);
   }
+  // Exclusive self-attention (cpu::xsa_forward): each head's output minus its component along the token's unit
+  // value vector. att, v and y may be operand buffers; y must not alias att.
+  virtual void xsa_forward(const T* att, const T* v, int64_t N, int64_t H, int64_t Hkv, int64_t hd, T* y) = 0;
+  // Its backward, in the two halves a layer needs on either side of attention's backward: with datt, the gradient of
+  // att is written there (attention's dout: it may be an operand buffer); with dv.base, the gradient of v along this
+  // path is added into dv (Hkv * hd columns of N rows: a ColumnSlice of an operand buffer where attention's backward
+  // has just written v's gradient). dy may be an operand buffer.
+  virtual void xsa_backward(const T* dy, const T* att, const T* v, int64_t N, int64_t H, int64_t Hkv, int64_t hd,
+                            T* datt, ColumnSlice dv) = 0;
   virtual void activation_forward(cpu::Activation a, const T* h, int64_t n, T* out) = 0;
   virtual void activation_backward(cpu::Activation a, const T* dout, const T* h, int64_t n, T* dh) = 0;
   virtual void skip_add_forward(T* x, const T* skip, const T* w, int64_t N, int64_t D) = 0;

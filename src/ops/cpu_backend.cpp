@@ -117,6 +117,22 @@ class CpuBackend final : public Backend<T> {
                           int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, T* dq, T* dk, T* dv) override {
     cpu::attention_backward(dout, q, k, v, out, lse, B, Tn, H, Hkv, hd, dq, dk, dv);
   }
+  void xsa_forward(const T* att, const T* v, int64_t N, int64_t H, int64_t Hkv, int64_t hd, T* y) override {
+    cpu::xsa_forward(att, v, N, H, Hkv, hd, y);
+  }
+  void xsa_backward(const T* dy, const T* att, const T* v, int64_t N, int64_t H, int64_t Hkv, int64_t hd, T* datt,
+                    typename Backend<T>::ColumnSlice dv) override {
+    if (datt) {
+      std::fill_n(datt, N * H * hd, T(0));
+      cpu::xsa_backward(dy, att, v, N, H, Hkv, hd, datt, static_cast<T*>(nullptr));
+    }
+    if (!dv.base) return;
+    const int64_t w = Hkv * hd, ld = dv.row_stride(w);
+    std::vector<T> add(static_cast<size_t>(N * w), T(0));
+    cpu::xsa_backward(dy, att, v, N, H, Hkv, hd, static_cast<T*>(nullptr), add.data());
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t j = 0; j < w; ++j) dv.base[n * ld + dv.col + j] += add[static_cast<size_t>(n * w + j)];
+  }
   void activation_forward(cpu::Activation a, const T* h, int64_t n, T* out) override {
     cpu::activation_forward(a, h, n, out);
   }

@@ -67,6 +67,16 @@ template <class T> void attention_backward(const T* dout, const T* q, const T* k
                                            const T* lse, int64_t B, int64_t Tn, int64_t H, int64_t Hkv, int64_t hd,
                                            T* dq_acc, T* dk_acc, T* dv_acc);
 
+// Exclusive self-attention (XSA): for token n and head h of kv group g = h / (H / Hkv), with the unit value
+// u = v[n, g] / max(|v[n, g]|, kXsaEps) (F.normalize): y[n, h] = att[n, h] - (att[n, h] · u) u. att and y are
+// [N, H, hd], v is [N, Hkv, hd]; y may alias att. Dot products and |v| in double.
+constexpr double kXsaEps = 1e-12;
+template <class T> void xsa_forward(const T* att, const T* v, int64_t N, int64_t H, int64_t Hkv, int64_t hd, T* y);
+// datt_acc += d/datt, dv_acc += d/dv (the value's gradient through u, summed over its group's heads); either may be
+// null.
+template <class T> void xsa_backward(const T* dy, const T* att, const T* v, int64_t N, int64_t H, int64_t Hkv,
+                                     int64_t hd, T* datt_acc, T* dv_acc);
+
 enum class Activation { relu2, leaky_relu2 };  // relu(x)^2 ; leaky_relu(x, 0.5)^2. out may alias h.
 template <class T> void activation_forward(Activation a, const T* h, int64_t n, T* out);
 template <class T> void activation_backward(Activation a, const T* dout, const T* h, int64_t n, T* dh_acc);

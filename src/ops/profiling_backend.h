@@ -162,6 +162,17 @@ class ProfilingBackend final : public Backend<T> {
           attention_flops(B, Tn, H, hd, 2) - attention_flops(B, from, H, hd, 2),
           [&] { in_.attention_forward_suffix(q, k, v, B, Tn, from, H, Hkv, hd, out); });
   }
+  void xsa_forward(const T* att, const T* v, int64_t N, int64_t H, int64_t Hkv, int64_t hd, T* y) override {
+    timed("xsa_forward", b(att, N * H * hd) + b(v, N * Hkv * hd) + b(y, N * H * hd), 0,
+          [&] { in_.xsa_forward(att, v, N, H, Hkv, hd, y); });
+  }
+  void xsa_backward(const T* dy, const T* att, const T* v, int64_t N, int64_t H, int64_t Hkv, int64_t hd, T* datt,
+                    typename Backend<T>::ColumnSlice dv) override {
+    const int64_t nq = N * H * hd, nkv = N * Hkv * hd;
+    timed("xsa_backward",
+          b(dy, nq) + b(att, nq) + b(v, nkv) + (datt ? b(datt, nq) : 0) + (dv.base ? 2 * b(dv.base, nkv) : 0), 0,
+          [&] { in_.xsa_backward(dy, att, v, N, H, Hkv, hd, datt, dv); });
+  }
   void attention_backward(const T* dout, const T* q, const T* k, const T* v, const T* out, const T* lse, int64_t B,
                           int64_t Tn, int64_t H, int64_t Hkv, int64_t hd, T* dq, T* dk, T* dv) override {
     timed("attention_backward", attention_backward_bytes(dout, q, k, v, out, B, Tn, H, Hkv, hd, dq, dk, dv, true),
