@@ -73,6 +73,7 @@ CONFIG_DEFAULTS = {
     "schedule": [],
     "per_virtual_scalars": False,
     "train_seq_len": 1024,
+    "xsa_last": 0,  # exclusive self-attention in the last xsa_last virtual layers
 }
 KNOWN_KEYS = set(CONFIG_DEFAULTS) | {"recurrence"}
 
@@ -89,7 +90,7 @@ PRESETS = {
                          "recurrence": {"entry": 1, "shared": 4, "loops": 5, "exit": 1},
                          "per_virtual_scalars": True, "train_seq_len": 1024},
     "recursive_4x7": {"d_model": 1024, "n_heads": 32, "n_kv_heads": 8, "mlp_mult": 2,
-                      "recurrence": {"shared": 4, "loops": 7}, "train_seq_len": 2048},
+                      "recurrence": {"shared": 4, "loops": 7}, "train_seq_len": 2048, "xsa_last": 16},
     "ultimate_recurrent": {"d_model": 768, "n_heads": 8, "n_kv_heads": 2, "mlp_mult": 2, "rope_base": 500000,
                            "recurrence": {"shared": 3, "loops": 3}, "per_virtual_scalars": True,
                            "train_seq_len": 2048},
@@ -131,7 +132,7 @@ def expand_config(raw):
         if k != "recurrence":
             c[k] = v
     for k in ("vocab_size", "d_model", "n_heads", "n_kv_heads", "mlp_hidden", "rope_dims", "physical_blocks",
-              "train_seq_len"):
+              "train_seq_len", "xsa_last"):
         if not _is_int(c[k]):
             raise ConfigError("model config: '%s' must be an integer" % k)
     for k in ("mlp_mult", "rope_base", "q_gain_init", "logit_softcap", "embed_init_std"):
@@ -249,6 +250,8 @@ def validate_config(c):
         fail("embed_init_std must be positive")
     if c["train_seq_len"] < 1:
         fail("train_seq_len must be positive")
+    if c["xsa_last"] < 0:
+        fail("xsa_last must be >= 0")
 
 
 def load_config(args):
@@ -481,7 +484,7 @@ class Attention(_Module):
         if with_q_gain:
             self.q_gain = nn.Parameter(torch.full((c["n_heads"],), float(c["q_gain_init"]), dtype=torch.float32))
 
-    def forward(self, h, q_gain, rotary):
+    def forward(self, h, q_gain, rotary, xsa):
         B, T, D = h.shape
         q = self.c_q(h).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # [B, H, T, hd]
         k = self.c_k(h).view(B, T, self.n_kv, self.hd).transpose(1, 2)     # [B, Hkv, T, hd]
@@ -500,6 +503,9 @@ class Attention(_Module):
             rep = self.n_heads // self.n_kv
             y = F.scaled_dot_product_attention(q, k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1),
                                                is_causal=True)
+        if xsa:  # exclusive self-attention: drop each head's component along its token's own (unit) value
+            vn = F.normalize(v, dim=-1).repeat_interleave(self.n_heads // self.n_kv, dim=1)
+            y = y - (y * vn).sum(dim=-1, keepdim=True) * vn
         y = y.transpose(1, 2).contiguous().view(B, T, D)
         return self.proj(y)
 
@@ -551,7 +557,7 @@ class Block(_Module):
         if with_scalars:
             _scalar_params(self, c)
 
-    def forward(self, x, x0, sc, q_gain, ln, rotary):
+    def forward(self, x, x0, sc, q_gain, ln, rotary, xsa):
         """sc: the module holding attn_scale/mlp_scale/resid_mix for this virtual layer; ln: 1/sqrt(v+1) or
         1.0. Same order as ptool's layer_forward (the residual adds to the resid_mix output)."""
         D = x.size(-1)
@@ -565,7 +571,7 @@ class Block(_Module):
         ns = getattr(sc, "attn_norm_scale", None)
         if ns is not None:
             h = h * ns.to(h.dtype)[None, None, :]
-        x = x + sc.attn_scale.to(x.dtype)[None, None, :] * self.attn(h, q_gain, rotary)
+        x = x + sc.attn_scale.to(x.dtype)[None, None, :] * self.attn(h, q_gain, rotary, xsa)
         h = F.rms_norm(x, (D,))
         if ln != 1.0:
             h = h * ln
@@ -589,6 +595,7 @@ class GPT(_Module):
         self.per_virtual = c["per_virtual_scalars"]
         self.softcap = float(c["logit_softcap"])
         self.tied = c["tie_embeddings"]
+        self.xsa_last = c["xsa_last"]
         self.ln = [1.0 / math.sqrt(v + 1) if c["ln_scale"] else 1.0 for v in range(self.n_virtual)]
         self.tok_emb = nn.Embedding(V, D)
         self.blocks = nn.ModuleList(
@@ -627,7 +634,7 @@ class GPT(_Module):
                     x = g * x + (1.0 - g) * ws
                 else:
                     x = x + ws
-            x = blk(x, x0, sc, q_gain, self.ln[v], self.rotary)
+            x = blk(x, x0, sc, q_gain, self.ln[v], self.rotary, v >= self.n_virtual - self.xsa_last)
             if v < self.n_enc:
                 enc_out.append(x)
         return F.rms_norm(x, (x.size(-1),))

@@ -49,6 +49,8 @@ CASES = {
         {"physical_blocks": 3, "schedule": [0, 1, 2, 1, 2], "activation": "leaky_relu2", "rope_dims": 4,
          "ln_scale": True, "norm_scale": True, "tie_embeddings": False, "logit_softcap": 15.0,
          "train_seq_len": 16}, 24),
+    "XSA in the last 3 of 5 layers (GQA groups of 2 heads), a looped block with and without it": (
+        {"physical_blocks": 3, "schedule": [0, 1, 2, 1, 2], "xsa_last": 3}, 24),
     "no QK-norm, no resid_mix, no skips, MHA, no softcap": (
         {"physical_blocks": 2, "qk_norm": False, "resid_mix": False, "skips": "none", "n_kv_heads": 4,
          "logit_softcap": 0.0}, 24),

@@ -543,15 +543,18 @@ class CudaBackend final : public Backend<float> {
       if (via_copy) cuda::launch_copy_columns(dvf, B * Tn, Hkv * hd, out_of(dv.base), dv_ld, dv.col, stream_);
     }
   }
+  // In the bf16 mode XSA reads and writes values as bf16 operand buffers hold them, whether or not they are such
+  // buffers (bf16_operands off), as the GEMMs and attention do.
   void xsa_forward(const float* att, const float* v, int64_t N, int64_t H, int64_t Hkv, int64_t hd,
                    float* y) override {
-    cuda::launch_xsa_forward(in_of(att), in_of(v), N, H, Hkv, hd, out_of(y), stream_);
+    cuda::launch_xsa_forward(in_of(att), in_of(v), N, H, Hkv, hd, opt_.gemm == CudaGemmPrecision::bf16, out_of(y),
+                             stream_);
   }
   void xsa_backward(const float* dy, const float* att, const float* v, int64_t N, int64_t H, int64_t Hkv, int64_t hd,
                     float* datt, ColumnSlice dv) override {
     const int64_t w = Hkv * hd;
-    cuda::launch_xsa_backward(in_of(dy), in_of(att), in_of(v), N, H, Hkv, hd, out_of(datt), out_of(dv.base),
-                              dv.row_stride(w), dv.col, stream_);
+    cuda::launch_xsa_backward(in_of(dy), in_of(att), in_of(v), N, H, Hkv, hd, opt_.gemm == CudaGemmPrecision::bf16,
+                              out_of(datt), out_of(dv.base), dv.row_stride(w), dv.col, stream_);
   }
   void activation_forward(cpu::Activation a, const float* h, int64_t n, float* out) override {
     cuda::launch_activation_forward(a == cpu::Activation::leaky_relu2, in_of(h), n, out_of(out), stream_);

@@ -235,10 +235,12 @@ void launch_sum_into(const double* x, int64_t n, double* acc, cudaStream_t s);
 void launch_add_chunk_sums(const double* partial, int64_t chunks, int64_t H, float* acc, cudaStream_t s);
 
 // Backend::xsa_forward and xsa_backward (cuda_xsa.cu; head_dim <= 128, else std::invalid_argument). The backward
-// writes datt and adds into dv (row n at n * ld + col) where each is given.
-void launch_xsa_forward(In att, In v, int64_t N, int64_t H, int64_t Hkv, int64_t hd, Out y, cudaStream_t s);
-void launch_xsa_backward(In dy, In att, In v, int64_t N, int64_t H, int64_t Hkv, int64_t hd, Out datt, Out dv,
-                         int64_t ld, int64_t col, cudaStream_t s);
+// writes datt and adds into dv (row n at n * ld + col) where each is given. bf16: every value read and stored as a
+// bf16 buffer holds it, fp32 buffers included.
+void launch_xsa_forward(In att, In v, int64_t N, int64_t H, int64_t Hkv, int64_t hd, bool bf16, Out y,
+                        cudaStream_t s);
+void launch_xsa_backward(In dy, In att, In v, int64_t N, int64_t H, int64_t Hkv, int64_t hd, bool bf16, Out datt,
+                         Out dv, int64_t ld, int64_t col, cudaStream_t s);
 
 // ---- cuda_attention.cu --------------------------------------------------------------------------------------
 // Throws std::invalid_argument for bad shapes (H % Hkv != 0, ...) and for head_dim > 128, which the kernels do

@@ -42,6 +42,7 @@ void ModelConfig::validate() const {
   if (static_cast<int64_t>(used.size()) != physical_blocks) fail("a physical block is never used by the schedule");
   if (embed_init_std <= 0) fail("embed_init_std must be positive");
   if (train_seq_len < 1) fail("train_seq_len must be positive");
+  if (xsa_last < 0) fail("xsa_last must be >= 0");
 }
 
 namespace {
@@ -85,7 +86,7 @@ ModelConfig config_from_json(const json& j) {
       "vocab_size", "d_model", "n_heads", "n_kv_heads", "mlp_mult", "mlp_hidden", "activation", "rope_base",
       "rope_dims", "qk_norm", "q_gain_init", "logit_softcap", "tie_embeddings", "embed_init_std", "embed_bf16",
       "resid_mix", "ln_scale", "norm_scale", "skips", "physical_blocks", "schedule", "recurrence",
-      "per_virtual_scalars", "train_seq_len"};
+      "per_virtual_scalars", "train_seq_len", "xsa_last"};
   for (auto& [k, v] : j.items())
     if (!known.count(k)) throw Error("model config: unknown key '" + k + "'");
   ModelConfig c;
@@ -112,6 +113,7 @@ ModelConfig config_from_json(const json& j) {
     c.physical_blocks = j.value("physical_blocks", c.physical_blocks);
     c.per_virtual_scalars = j.value("per_virtual_scalars", c.per_virtual_scalars);
     c.train_seq_len = j.value("train_seq_len", c.train_seq_len);
+    c.xsa_last = j.value("xsa_last", c.xsa_last);
     if (j.contains("schedule") && j.contains("recurrence"))
       throw Error("model config: give either 'schedule' or 'recurrence', not both");
     if (j.contains("schedule")) {
@@ -169,7 +171,8 @@ json config_to_json(const ModelConfig& c) {
               {"physical_blocks", c.physical_blocks},
               {"schedule", c.schedule},
               {"per_virtual_scalars", c.per_virtual_scalars},
-              {"train_seq_len", c.train_seq_len}};
+              {"train_seq_len", c.train_seq_len},
+              {"xsa_last", c.xsa_last}};
 }
 
 }  // namespace ptool::model

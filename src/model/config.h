@@ -45,6 +45,10 @@ struct ModelConfig {
   std::vector<int64_t> schedule;
   // Scalars (attn/mlp scale, resid_mix, q_gain) per virtual layer instead of per physical block.
   bool per_virtual_scalars = false;
+  // Exclusive self-attention (XSA, REFERENCE.md 8.1) in the last xsa_last virtual layers (all of them when it is at
+  // least their number): each head's attention output loses its component along the token's own value vector
+  // before the output projection. No parameters.
+  int64_t xsa_last = 0;
   int64_t train_seq_len = 1024;
 
   int64_t head_dim() const { return d_model / n_heads; }
@@ -56,6 +60,7 @@ struct ModelConfig {
   int64_t skip_count() const;
   int64_t scalar_sets() const { return per_virtual_scalars ? virtual_layers() : physical_blocks; }
   int64_t scalar_index(int64_t virtual_layer) const;
+  bool xsa(int64_t virtual_layer) const { return virtual_layer >= virtual_layers() - xsa_last; }
 
   // Throws Error with a message naming the key or the shape constraint that fails.
   void validate() const;

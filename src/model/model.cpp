@@ -108,6 +108,7 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
     if (cfg_.norm_scale) { a.n1 = buf(N * D); a.n2 = buf(N * D); }
     a.q_raw = activation(N * D); a.rstd_q = buf(N * H); a.k_raw = activation(N * KV); a.rstd_k = buf(N * Hkv);
     a.q = operand(N * D); a.k = operand(N * KV); a.v = operand(N * KV); a.att = operand(N * D);
+    if (cfg_.xsa(v)) a.xatt = operand(N * D);
     a.lse = buf(N * H); a.o = activation(N * D); a.x1 = stream(N * D); a.h2 = plain_norms ? operand(N * D) : buf(N * D);
     a.rstd2 = buf(N); a.u = activation(N * Hd); a.a = operand(N * Hd); a.m = activation(N * D); a.x_out = stream(N * D);
   }
@@ -120,6 +121,7 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
     g_x_ = stream(N * D); g_x0_ = stream(N * D); g_q_ = buf(N * D); g_k_ = buf(N * KV);
     g_qkv_ = operand(N * (D + 2 * KV));  // q, k and v's raw gradients side by side, written there by their ops
     g_att_ = operand(N * D); g_o_ = operand(N * D); g_u_ = operand(N * Hd);
+    g_xatt_ = cfg_.xsa_last > 0 ? operand(N * D) : DeviceBuffer<T>();
     g_a_ = activation(N * Hd); g_m_ = operand(N * D); g_final_ = buf(N * D);
     g_h_ = plain_norms ? activation(N * D) : buf(N * D); g_h2_ = plain_norms ? activation(N * D) : buf(N * D);
     g_skip_.clear();
@@ -283,15 +285,21 @@ void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, cons
                         a.rstd_q.get(), a.q.get(), a.q.get());
   be_.qk_prep_forward(a.k_raw.get(), B, Tn, Hkv, hd, rot, base, cfg_.qk_norm, rms_eps<T>(), nullptr, a.rstd_k.get(),
                       a.k.get(), a.k.get());
-  const T* att = a.att.get();
+  const T* att = a.proj_in();
   const T* x_mix = a.x_mix;
   if (suffix) {
     be_.attention_forward_suffix(a.att.get(), a.k.get(), a.v.get(), B, Tn, score_from, H, Hkv, hd, a.q.get());
     be_.gather_rows(x_mix, B, Tn, score_from, D, scored_.get());
     att = a.q.get();
     x_mix = scored_.get();
+    if (cfg_.xsa(v)) {  // the scored rows' values into xatt (free), XSA's output into att (free too)
+      be_.gather_rows(a.v.get(), B, Tn, score_from, KV, a.xatt.get());
+      be_.xsa_forward(a.q.get(), a.xatt.get(), R, H, Hkv, hd, a.att.get());
+      att = a.att.get();
+    }
   } else {
     be_.attention_forward(a.q.get(), a.k.get(), a.v.get(), B, Tn, H, Hkv, hd, a.att.get(), a.lse.get());
+    if (cfg_.xsa(v)) be_.xsa_forward(a.att.get(), a.v.get(), N, H, Hkv, hd, a.xatt.get());
   }
   be_.linear_forward(att, P + w.proj, R, D, D, a.o.get());
   // MLP branch (its pre-norm fused with the residual add when it is a plain RMSNorm).
@@ -336,16 +344,23 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
     pre_norm_backward(v, g_h2_.get(), a.x1.get(), N, a.n2.get(), a.rstd2.get(), s.mlp_norm_scale, dx);
     be_.channel_scale_backward_set_dx(dx, a.o.get(), P + s.attn_scale, N, D, g_o_.get(), G + s.attn_scale);
   }
-  be_.linear_backward_set_dx(g_o_.get(), a.att.get(), P + w.proj, N, D, D, g_att_.get(), G + w.proj);
+  be_.linear_backward_set_dx(g_o_.get(), a.proj_in(), P + w.proj, N, D, D, g_att_.get(), G + w.proj);
+  // With XSA, g_att_ is the gradient of its output: attention's own output gradient goes to g_xatt_, and v's
+  // gradient along XSA's path joins what attention's backward writes.
+  const bool xsa = cfg_.xsa(v);
+  if (xsa) be_.xsa_backward(g_att_.get(), a.att.get(), a.v.get(), N, H, Hkv, hd, g_xatt_.get(), {nullptr});
+  const T* d_att = xsa ? g_xatt_.get() : g_att_.get();
   // q, k and v's projections act as one [D + 2 KV, D] matrix (consecutive in the layout): their raw gradients are
   // written side by side into the columns of g_qkv_ (rows W apart), the dy of one GEMM for dx and one for dW.
   using Slice = typename Backend<T>::ColumnSlice;
   const int64_t W = D + 2 * KV;
-  be_.attention_prep_backward_set(g_att_.get(), a.q.get(), a.k.get(), a.v.get(), a.att.get(), a.lse.get(), B, Tn, H,
+  be_.attention_prep_backward_set(d_att, a.q.get(), a.k.get(), a.v.get(), a.att.get(), a.lse.get(), B, Tn, H,
                                  Hkv, hd, cfg_.rotary_dims(), rope_base_at(Tn), cfg_.qk_norm, rms_eps<T>(),
                                  P + s.q_gain, G + s.q_gain, {a.q_raw.get(), a.rstd_q.get(), Slice(g_qkv_.get(), W, 0)},
                                  {a.k_raw.get(), a.rstd_k.get(), Slice(g_qkv_.get(), W, D)},
                                  Slice(g_qkv_.get(), W, D + KV), g_q_.get(), g_k_.get());
+  if (xsa)
+    be_.xsa_backward(g_att_.get(), a.att.get(), a.v.get(), N, H, Hkv, hd, nullptr, Slice(g_qkv_.get(), W, D + KV));
   be_.linear_backward_set_dx(g_qkv_.get(), a.h1.get(), P + w.c_q, N, D, W, g_h_.get(), G + w.c_q);
   if (fused_resid_mix_norm()) {  // both backwards in one pass; layer 0's x is x0: its gradient joins dx0's
     const T* g_skip_prev = v > 0 && skip_grad_joins_next(v - 1) ? g_skip_[v - 1].get() : nullptr;
@@ -474,7 +489,7 @@ void Model<T>::visit_linear_inputs(const LinearInputVisitor& f) const {
     f(p + "attn.c_q.weight", h1, N, D);
     f(p + "attn.c_k.weight", h1, N, D);
     f(p + "attn.c_v.weight", h1, N, D);
-    f(p + "attn.proj.weight", values(a.att, D, N), N, D);
+    f(p + "attn.proj.weight", values(a.xatt.get() ? a.xatt : a.att, D, N), N, D);
     f(p + "mlp.fc.weight", values(a.h2, D, N), N, D);
     f(p + "mlp.proj.weight", values(a.a, Hd, N), N, Hd);
   }

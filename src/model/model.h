@@ -74,8 +74,10 @@ class Model {
     const T* x_pre = nullptr;
     const T* x_in = nullptr;
     const T* x_mix = nullptr;
-    DeviceBuffer<T> x_in_buf, x_mix_buf, n1, n2, h1, rstd1, q_raw, rstd_q, k_raw, rstd_k, q, k, v, att, lse,
+    // att is attention's output; with XSA, xatt is that output after XSA (the output projection's input).
+    DeviceBuffer<T> x_in_buf, x_mix_buf, n1, n2, h1, rstd1, q_raw, rstd_q, k_raw, rstd_k, q, k, v, att, xatt, lse,
         o, x1, h2, rstd2, u, a, m, x_out;
+    const T* proj_in() const { return xatt.get() ? xatt.get() : att.get(); }
   };
 
   void ensure_arena(int64_t B, int64_t Tn, bool train);
@@ -125,7 +127,8 @@ class Model {
   std::vector<LayerActs> acts_;
   DeviceBuffer<T> scored_;  // eval: the last layer's residual input rows of the scored positions
   DeviceBuffer<T> emb_, x0_, rstd0_, final_, rstdf_, logits_, dlogits_;
-  DeviceBuffer<T> g_x_, g_x0_, g_h_, g_qkv_, g_q_, g_k_, g_h2_, g_att_, g_o_, g_u_, g_a_, g_m_, g_tmp_, g_final_;
+  DeviceBuffer<T> g_x_, g_x0_, g_h_, g_qkv_, g_q_, g_k_, g_h2_, g_att_, g_xatt_, g_o_, g_u_, g_a_, g_m_, g_tmp_,
+      g_final_;
   std::vector<DeviceBuffer<T>> g_skip_;  // gradient flowing back into each encoder output
   int32_t* xdev_ = nullptr;
   int32_t* ydev_ = nullptr;

@@ -42,7 +42,7 @@ class Backend {
   // linear ops; attention's q, k, v and dout), so a backend may keep it in the precision those ops round their
   // inputs to (the CUDA backend's bf16 mode: bf16, half the bytes, and no conversion before every op that reads
   // it). Only ops that name it as an output may write it (a backend that cannot write one there throws), only
-  // linear ops, attention, the xsa ops, copy_columns and gather_rows may read it, and zero() may clear it; anything else
+  // linear ops, attention, the xsa ops, copy_columns and gather_rows may read it, and zero() may clear it; all else
   // reads its values through operand_values() (into plain memory) and stores them with store_operand(). Released
   // with release().
   // Default: plain memory.

@@ -14,8 +14,8 @@ namespace {
 
 void check_xsa_shape(const char* op, int64_t H, int64_t Hkv) {
   if (H < 1 || Hkv < 1 || H % Hkv != 0)
-    throw std::invalid_argument(std::string(op) + ": H (" + std::to_string(H) + ") must be a positive multiple of Hkv (" +
-                                std::to_string(Hkv) + ")");
+    throw std::invalid_argument(std::string(op) + ": H (" + std::to_string(H) +
+                                ") must be a positive multiple of Hkv (" + std::to_string(Hkv) + ")");
 }
 
 // r = 1 / max(|v|, eps) of one value row (F.normalize's clamp), with |v| in double; returns |v|.

@@ -77,6 +77,7 @@ model::ModelConfig variant_config() {  // features the presets above do not reac
   c.schedule = {0, 1, 2, 1, 2};
   c.per_virtual_scalars = true;
   c.train_seq_len = 64;  // evaluated at T = 77 > 64: NTK-rescaled RoPE base
+  c.xsa_last = 3;        // XSA in the last three layers: block 2 with it and without, block 1 with it
   return c;
 }
 
@@ -112,7 +113,7 @@ TEST_CASE("cuda: the tiny model's loss and gradients match the CPU backend", "[g
                              {"one block, embed_bf16", bf16_stream(single_block_config()), 2, 50},
                              {"tiny T=77", model::preset("tiny"), 3, 77},
                              {"tiny_recurrent", model::preset("tiny_recurrent"), 2, 128},
-                             {"variant (leaky, partial rope, gated, ln_scale, untied)", variant_config(), 2, 77},
+                             {"variant (leaky, partial rope, gated, ln_scale, untied, xsa)", variant_config(), 2, 77},
                              {"one block (norm_scale, no resid_mix, no skips, no qk_norm)", single_block_config(), 2,
                               50}};
   for (const auto& mc : cases) {
@@ -210,9 +211,10 @@ TEST_CASE("cuda: bf16 operand buffers give the bf16 mode's results bit for bit",
 // those positions: its last layer runs past attention on the scored rows alone.
 TEST_CASE("cuda: a suffix forward scores like the full forward", "[gpu]") {
   SKIP_WITHOUT_GPU();
-  for (const bool bf16_stream : {false, true}) {
+  for (const auto& [bf16_stream, xsa] : {std::pair{false, false}, {true, false}, {false, true}}) {
     auto cfg = model::preset("tiny");
     cfg.embed_bf16 = bf16_stream;  // the bf16 mode's stream, and with it the scored rows, in bf16
+    cfg.xsa_last = xsa ? 1 : 0;    // the last layer's XSA on the scored rows and their own values
     const auto L = model::make_layout(cfg);
     const auto params = noisy_params(cfg, L, 43);
     const int64_t B = 3, Tn = 40, from = 29, S = Tn - from, V = cfg.vocab_size;
@@ -237,7 +239,7 @@ TEST_CASE("cuda: a suffix forward scores like the full forward", "[gpu]") {
           got_l.push_back(static_cast<float>(part[b * S + t - from]));
           want_z.insert(want_z.end(), full.begin() + (b * Tn + t) * V, full.begin() + (b * Tn + t + 1) * V);
         }
-      const std::string tag = tag_of(prec) + (bf16_stream ? " embed_bf16" : "");
+      const std::string tag = tag_of(prec) + (bf16_stream ? " embed_bf16" : "") + (xsa ? " xsa" : "");
       check_close("suffix forward losses" + tag, got_l, want_l, 1e-5, 1e-5);
       check_close("suffix forward logits" + tag, suffix, want_z, 1e-5, 1e-5);
     }

@@ -168,6 +168,36 @@ TEST_CASE("model gradient matches finite differences: untied head, ln_scale, lea
   check_model_gradient(c);
 }
 
+TEST_CASE("model gradient matches finite differences: XSA in the last layer, and in every visit of a looped block",
+          "[model][gradcheck]") {
+  auto c = small_config();
+  c.xsa_last = 1;
+  check_model_gradient(c);
+  c.physical_blocks = 3;
+  c.schedule = {0, 1, 1, 1, 2};
+  c.n_heads = 4;  // groups of 2 heads share a value: v's gradient from XSA sums over them
+  c.xsa_last = 99;
+  check_model_gradient(c);
+}
+
+TEST_CASE("XSA changes only the layers it is configured for", "[model]") {
+  auto loss = [](int64_t xsa_last) {
+    ModelConfig c = small_config();
+    c.xsa_last = xsa_last;
+    auto be = make_cpu_backend<double>();
+    Model<double> m(c, *be);
+    const auto p = random_params(m.layout(), 21);
+    m.load_params(p.data());
+    std::vector<int32_t> x{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}, y{2, 3, 4, 5, 6, 7, 8, 9, 10, 0};
+    return m.forward(x.data(), y.data(), 2, 5);
+  };
+  const double none = loss(0), last = loss(1), both = loss(2);
+  CHECK(none != last);
+  CHECK(last != both);
+  CHECK(loss(5) == both);  // more than the layers there are: all of them
+  CHECK_THROWS_WITH(config_from_json(nlohmann::json::parse(R"({"xsa_last": -1})")), Catch::Contains("xsa_last"));
+}
+
 TEST_CASE("accumulate_gradients gives forward_backward's gradients and loss sums, read once per step", "[model]") {
   const ModelConfig c = small_config();
   auto be = make_cpu_backend<double>();
@@ -331,6 +361,8 @@ TEST_CASE("load_model puts an embed_bf16 model's tok_emb back on the bf16 grid, 
 
 TEST_CASE("forward with score_from scores only each sequence's suffix, as the full forward does", "[model]") {
   ModelConfig c = small_config();
+  c.xsa_last = GENERATE(0, 1);  // with XSA, the last layer's scored rows take their own values along
+  INFO("xsa_last " << c.xsa_last);
   auto be = make_cpu_backend<double>();
   Model<double> m(c, *be);
   const auto p = random_params(m.layout(), 13);
