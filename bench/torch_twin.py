@@ -74,6 +74,8 @@ CONFIG_DEFAULTS = {
     "per_virtual_scalars": False,
     "train_seq_len": 1024,
     "xsa_last": 0,  # exclusive self-attention in the last xsa_last virtual layers
+    "ve_dim": 0,    # value embeddings: a [vocab, ve_dim] table joining v in the last ve_last virtual layers
+    "ve_last": 0,
 }
 KNOWN_KEYS = set(CONFIG_DEFAULTS) | {"recurrence"}
 
@@ -90,7 +92,8 @@ PRESETS = {
                          "recurrence": {"entry": 1, "shared": 4, "loops": 5, "exit": 1},
                          "per_virtual_scalars": True, "train_seq_len": 1024},
     "recursive_4x7": {"d_model": 1024, "n_heads": 32, "n_kv_heads": 8, "mlp_mult": 2,
-                      "recurrence": {"shared": 4, "loops": 7}, "train_seq_len": 2048, "xsa_last": 16},
+                      "recurrence": {"shared": 4, "loops": 7}, "train_seq_len": 2048, "xsa_last": 16,
+                      "ve_dim": 128, "ve_last": 8},
     "ultimate_recurrent": {"d_model": 768, "n_heads": 8, "n_kv_heads": 2, "mlp_mult": 2, "rope_base": 500000,
                            "recurrence": {"shared": 3, "loops": 3}, "per_virtual_scalars": True,
                            "train_seq_len": 2048},
@@ -132,7 +135,7 @@ def expand_config(raw):
         if k != "recurrence":
             c[k] = v
     for k in ("vocab_size", "d_model", "n_heads", "n_kv_heads", "mlp_hidden", "rope_dims", "physical_blocks",
-              "train_seq_len", "xsa_last"):
+              "train_seq_len", "xsa_last", "ve_dim", "ve_last"):
         if not _is_int(c[k]):
             raise ConfigError("model config: '%s' must be an integer" % k)
     for k in ("mlp_mult", "rope_base", "q_gain_init", "logit_softcap", "embed_init_std"):
@@ -209,6 +212,10 @@ def skip_count(c):
     return min(encoder_layers(c), virtual_layers(c) - encoder_layers(c))
 
 
+def ve_layers(c):
+    return min(c["ve_last"], virtual_layers(c)) if c["ve_dim"] > 0 else 0
+
+
 def scalar_sets(c):
     return virtual_layers(c) if c["per_virtual_scalars"] else c["physical_blocks"]
 
@@ -252,6 +259,10 @@ def validate_config(c):
         fail("train_seq_len must be positive")
     if c["xsa_last"] < 0:
         fail("xsa_last must be >= 0")
+    if c["ve_dim"] < 0 or c["ve_last"] < 0:
+        fail("ve_dim and ve_last must be >= 0")
+    if (c["ve_dim"] > 0) != (c["ve_last"] > 0):
+        fail("ve_dim and ve_last go together: both positive, or both 0 (no value embeddings)")
 
 
 def load_config(args):
@@ -302,6 +313,11 @@ def ptool_layout(c):
             out.append(("skip_gates", [skip_count(c), D], "zeros", "scalar"))
     if not c["tie_embeddings"]:
         out.append(("lm_head.weight", [c["vocab_size"], D], "zeros", "head"))
+    if ve_layers(c) > 0:
+        out += [("ve.embed.weight", [c["vocab_size"], c["ve_dim"]], "ve_embed", "embed"),
+                ("ve.proj.weight", [KV, c["ve_dim"]], "zeros", "matrix"),
+                ("ve_scale", [1], "ve_scale", "scalar"),
+                ("ve_layer_scales", [ve_layers(c)], "ones", "scalar")]
     return out
 
 
@@ -484,11 +500,14 @@ class Attention(_Module):
         if with_q_gain:
             self.q_gain = nn.Parameter(torch.full((c["n_heads"],), float(c["q_gain_init"]), dtype=torch.float32))
 
-    def forward(self, h, q_gain, rotary, xsa):
+    def forward(self, h, q_gain, rotary, xsa, ve):
         B, T, D = h.shape
         q = self.c_q(h).view(B, T, self.n_heads, self.hd).transpose(1, 2)  # [B, H, T, hd]
         k = self.c_k(h).view(B, T, self.n_kv, self.hd).transpose(1, 2)     # [B, Hkv, T, hd]
-        v = self.c_v(h).view(B, T, self.n_kv, self.hd).transpose(1, 2)
+        v = self.c_v(h)
+        if ve is not None:  # the value embedding, already scaled for this layer
+            v = v + ve
+        v = v.view(B, T, self.n_kv, self.hd).transpose(1, 2)
         if self.qk_norm:
             q = F.rms_norm(q, (self.hd,))
             k = F.rms_norm(k, (self.hd,))
@@ -508,6 +527,17 @@ class Attention(_Module):
             y = y - (y * vn).sum(dim=-1, keepdim=True) * vn
         y = y.transpose(1, 2).contiguous().view(B, T, D)
         return self.proj(y)
+
+
+class ValueEmbedding(_Module):
+    """ve.embed (a [vocab, ve_dim] table, N(0, 0.01)) and ve.proj (to the KV width, zero-initialised)."""
+
+    def __init__(self, V, dim, kv):
+        super().__init__()
+        self.embed = nn.Embedding(V, dim)
+        self.proj = CastedLinear(dim, kv, zero_init=True)
+        with torch.no_grad():
+            nn.init.normal_(self.embed.weight, mean=0.0, std=0.01)
 
 
 class MLP(_Module):
@@ -557,7 +587,7 @@ class Block(_Module):
         if with_scalars:
             _scalar_params(self, c)
 
-    def forward(self, x, x0, sc, q_gain, ln, rotary, xsa):
+    def forward(self, x, x0, sc, q_gain, ln, rotary, xsa, ve):
         """sc: the module holding attn_scale/mlp_scale/resid_mix for this virtual layer; ln: 1/sqrt(v+1) or
         1.0. Same order as ptool's layer_forward (the residual adds to the resid_mix output)."""
         D = x.size(-1)
@@ -571,7 +601,7 @@ class Block(_Module):
         ns = getattr(sc, "attn_norm_scale", None)
         if ns is not None:
             h = h * ns.to(h.dtype)[None, None, :]
-        x = x + sc.attn_scale.to(x.dtype)[None, None, :] * self.attn(h, q_gain, rotary, xsa)
+        x = x + sc.attn_scale.to(x.dtype)[None, None, :] * self.attn(h, q_gain, rotary, xsa, ve)
         h = F.rms_norm(x, (D,))
         if ln != 1.0:
             h = h * ln
@@ -596,6 +626,7 @@ class GPT(_Module):
         self.softcap = float(c["logit_softcap"])
         self.tied = c["tie_embeddings"]
         self.xsa_last = c["xsa_last"]
+        self.n_ve = ve_layers(c)
         self.ln = [1.0 / math.sqrt(v + 1) if c["ln_scale"] else 1.0 for v in range(self.n_virtual)]
         self.tok_emb = nn.Embedding(V, D)
         self.blocks = nn.ModuleList(
@@ -608,6 +639,10 @@ class GPT(_Module):
                 self.skip_gates = nn.Parameter(torch.zeros(self.n_skip, D, dtype=torch.float32))
         if not self.tied:
             self.lm_head = CastedLinear(D, V, zero_init=True)
+        if self.n_ve > 0:
+            self.ve = ValueEmbedding(V, c["ve_dim"], kv_dim(c))
+            self.ve_scale = nn.Parameter(torch.full((1,), 0.1, dtype=torch.float32))
+            self.ve_layer_scales = nn.Parameter(torch.ones(self.n_ve, dtype=torch.float32))
         self.rotary = Rotary(rotary_dims(c), c["rope_base"], seq_len, c["train_seq_len"])
         with torch.no_grad():
             nn.init.normal_(self.tok_emb.weight, mean=0.0, std=c["embed_init_std"])
@@ -616,6 +651,10 @@ class GPT(_Module):
         x = self.tok_emb(idx)
         x = F.rms_norm(x, (x.size(-1),))
         x0 = x
+        ve_base = None
+        if self.n_ve > 0:  # ve_scale * proj(table[idx]), once; each VE layer adds its own scalar times it to v
+            p = self.ve.proj(self.ve.embed(idx))
+            ve_base = self.ve_scale.to(p.dtype) * p
         enc_out = []
         for v in range(self.n_virtual):
             blk = self.blocks[self.schedule[v]]
@@ -634,7 +673,9 @@ class GPT(_Module):
                     x = g * x + (1.0 - g) * ws
                 else:
                     x = x + ws
-            x = blk(x, x0, sc, q_gain, self.ln[v], self.rotary, v >= self.n_virtual - self.xsa_last)
+            i = v - (self.n_virtual - self.n_ve)
+            ve = self.ve_layer_scales[i].to(ve_base.dtype) * ve_base if i >= 0 and self.n_ve > 0 else None
+            x = blk(x, x0, sc, q_gain, self.ln[v], self.rotary, v >= self.n_virtual - self.xsa_last, ve)
             if v < self.n_enc:
                 enc_out.append(x)
         return F.rms_norm(x, (x.size(-1),))

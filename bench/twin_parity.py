@@ -51,6 +51,8 @@ CASES = {
          "train_seq_len": 16}, 24),
     "XSA in the last 3 of 5 layers (GQA groups of 2 heads), a looped block with and without it": (
         {"physical_blocks": 3, "schedule": [0, 1, 2, 1, 2], "xsa_last": 3}, 24),
+    "value embeddings in the last 2 of 5 layers": (
+        {"physical_blocks": 3, "schedule": [0, 1, 2, 1, 2], "ve_dim": 8, "ve_last": 2}, 24),
     "no QK-norm, no resid_mix, no skips, MHA, no softcap": (
         {"physical_blocks": 2, "qk_norm": False, "resid_mix": False, "skips": "none", "n_kv_heads": 4,
          "logit_softcap": 0.0}, 24),

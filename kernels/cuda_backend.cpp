@@ -543,6 +543,16 @@ class CudaBackend final : public Backend<float> {
       if (via_copy) cuda::launch_copy_columns(dvf, B * Tn, Hkv * hd, out_of(dv.base), dv_ld, dv.col, stream_);
     }
   }
+  void scaled_add_forward(const float* x, const float* sc, int64_t N, int64_t C, float* y) override {
+    require_plain("scaled_add_forward", {sc});
+    cuda::launch_scaled_add_forward(in_of(x), sc, N, C, opt_.gemm == CudaGemmPrecision::bf16, out_of(y), stream_);
+  }
+  void scaled_add_backward(ColumnSlice dy, const float* x, const float* sc, int64_t N, int64_t C, float* dx_acc,
+                           float* ds_acc) override {
+    require_plain("scaled_add_backward", {sc, ds_acc});
+    cuda::launch_scaled_add_backward(in_of(dy.base), dy.row_stride(C), dy.col, in_of(x), sc, N, C,
+                                     opt_.gemm == CudaGemmPrecision::bf16, out_of(dx_acc), ds_acc, ws_, stream_);
+  }
   // In the bf16 mode XSA reads and writes values as bf16 operand buffers hold them, whether or not they are such
   // buffers (bf16_operands off), as the GEMMs and attention do.
   void xsa_forward(const float* att, const float* v, int64_t N, int64_t H, int64_t Hkv, int64_t hd,

@@ -127,6 +127,29 @@ struct ChannelScaleBwdF {
     v[0] = static_cast<double>(g) * static_cast<double>(get(x, i));
   }
 };
+// y += s[0] x, and its backward (Backend::scaled_add_*): y and dy hold operand-buffer values (get_as/put_as), dy's
+// rows ld apart from column col.
+struct ScaledAddFwdF {
+  In x;
+  const float* s;
+  Out y;
+  bool bf16;
+  __device__ void operator()(int64_t i) const { put_as(y, i, get_as(In(y), i, bf16) + s[0] * get(x, i), bf16); }
+};
+struct ScaledAddBwdF {
+  static constexpr int kOut = 1;
+  In dy, x;
+  int64_t ld, col, C;
+  const float* s;
+  Out dx;  // added into; may be empty
+  bool bf16;
+  __device__ void operator()(int64_t n, int64_t c, double* v) const {
+    const int64_t i = n * C + c;
+    const float g = get_as(dy, n * ld + col + c, bf16);
+    if (!dx.empty()) put(dx, i, get(In(dx), i) + s[0] * g);
+    v[0] = static_cast<double>(g) * static_cast<double>(get(x, i));
+  }
+};
 struct HeadScaleFwdF {
   const float* x;
   const float* g;
@@ -247,6 +270,17 @@ void launch_gather_rows(In src, int64_t B, int64_t Tn, int64_t from, int64_t D, 
 void launch_channel_scale_forward(const float* x, const float* sc, int64_t N, int64_t D, float* y, cudaStream_t s) {
   if (D <= 0) return;
   launch_map(ChannelScaleFwdF{x, sc, y, D}, N * D, s, "channel_scale_forward");
+}
+
+void launch_scaled_add_forward(In x, const float* sc, int64_t N, int64_t C, bool bf16, Out y, cudaStream_t s) {
+  launch_map(ScaledAddFwdF{x, sc, y, bf16}, N * C, s, "scaled_add_forward");
+}
+
+void launch_scaled_add_backward(In dy, int64_t ld, int64_t col, In x, const float* sc, int64_t N, int64_t C, bool bf16,
+                                Out dx_acc, float* ds_acc, Workspace& ws, cudaStream_t s) {
+  if (dx_acc.empty() && !ds_acc) return;
+  launch_colreduce(ScaledAddBwdF{dy, x, ld, col, C, sc, dx_acc, bf16}, N, C, C, ds_acc, nullptr, ws, s,
+                   "scaled_add_backward");
 }
 
 void launch_channel_scale_backward(In dy, In x, const float* sc, int64_t N, int64_t D, Out dx, bool accumulate,

@@ -154,6 +154,12 @@ void launch_scaled_residual_rmsnorm_forward(In x, In o, const float* sc, int64_t
 // values, rounded as stored. (The head scale's takes fp32 only.)
 void launch_channel_scale_backward(In dy, In x, const float* sc, int64_t N, int64_t D, Out dx, bool accumulate,
                                    float* ds_acc, Workspace& ws, cudaStream_t s);
+// Backend::scaled_add_forward and _backward: y += s[0] x; dx_acc += s[0] dy and ds_acc[0] += sum dy ⊙ x (one
+// deterministic column reduction over all C columns), dy's rows ld apart from column col. With bf16, y and dy are
+// read (and y stored) as bf16 operand buffers hold values, fp32 buffers included.
+void launch_scaled_add_forward(In x, const float* sc, int64_t N, int64_t C, bool bf16, Out y, cudaStream_t s);
+void launch_scaled_add_backward(In dy, int64_t ld, int64_t col, In x, const float* sc, int64_t N, int64_t C, bool bf16,
+                                Out dx_acc, float* ds_acc, Workspace& ws, cudaStream_t s);
 void launch_head_scale_forward(const float* x, const float* g, int64_t N, int64_t H, int64_t hd, float* y,
                                cudaStream_t s);
 void launch_head_scale_backward(const float* dy, const float* x, const float* g, int64_t N, int64_t H, int64_t hd,

@@ -32,6 +32,16 @@ __device__ __forceinline__ float round_to_bf16(float x) { return __bfloat162floa
 // The value that put(o, i, v) stores, as fp32: what an op that goes on with the value it wrote must use (a norm fused
 // after a residual-stream write normalizes the stored value, as the composed ops would read it back).
 __device__ __forceinline__ float as_stored(const Out& o, float v) { return o.bf16 ? round_to_bf16(v) : v; }
+// An element of an operand buffer as the bf16 mode holds it (bf16 true), also where the buffer is fp32 (the mode
+// without operand buffers, whose GEMMs round at their input): an op other than a GEMM that reads or writes operand
+// buffers then computes the same either way.
+__device__ __forceinline__ float get_as(const In& x, int64_t i, bool bf16) {
+  const float v = get(x, i);
+  return bf16 ? round_to_bf16(v) : v;
+}
+__device__ __forceinline__ void put_as(const Out& o, int64_t i, float v, bool bf16) {
+  put(o, i, bf16 ? round_to_bf16(v) : v);
+}
 
 // ---- generic element-wise map -------------------------------------------------------------------------------
 // One grid-stride kernel over the flat index, coalesced. Memory-bound; no shared memory.

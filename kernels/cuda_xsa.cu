@@ -17,12 +17,6 @@ namespace {
 constexpr int kMaxXsaHd = 128;
 constexpr int kXsaSlots = kMaxXsaHd / 32;
 
-__device__ __forceinline__ float load(In x, int64_t i, bool bf16) {
-  const float v = get(x, i);
-  return bf16 ? round_to_bf16(v) : v;
-}
-__device__ __forceinline__ void store(Out o, int64_t i, float v, bool bf16) { put(o, i, bf16 ? round_to_bf16(v) : v); }
-
 // The unit value of row `off` into u (lane's elements; 0 beyond hd); returns |v| (double) and sets r = 1/max(|v|, eps)
 // as cpu::xsa_* do.
 __device__ __forceinline__ double unit_value(In v, int64_t off, int64_t hd, bool bf16, int lane, float u[kXsaSlots],
@@ -32,7 +26,7 @@ __device__ __forceinline__ double unit_value(In v, int64_t off, int64_t hd, bool
 #pragma unroll
   for (int k = 0; k < kXsaSlots; ++k) {
     const int64_t j = lane + 32 * k;
-    x[k] = j < hd ? load(v, off + j, bf16) : 0.f;
+    x[k] = j < hd ? get_as(v, off + j, bf16) : 0.f;
     ss += static_cast<double>(x[k]) * static_cast<double>(x[k]);
   }
   const double n = sqrt(warp_sum_d(ss));
@@ -49,7 +43,7 @@ __device__ __forceinline__ double load_dot(In x, int64_t off, int64_t hd, bool b
 #pragma unroll
   for (int k = 0; k < kXsaSlots; ++k) {
     const int64_t j = lane + 32 * k;
-    a[k] = j < hd ? load(x, off + j, bf16) : 0.f;
+    a[k] = j < hd ? get_as(x, off + j, bf16) : 0.f;
     s += static_cast<double>(a[k]) * static_cast<double>(u[k]);
   }
   return warp_sum_d(s);
@@ -69,7 +63,7 @@ __global__ void __launch_bounds__(256) xsa_fwd_kernel(In att, In v, int64_t rows
       const float c = static_cast<float>(load_dot(att, off, hd, bf16, lane, u, a));
 #pragma unroll
       for (int k = 0; k < kXsaSlots; ++k)
-        if (lane + 32 * k < hd) store(y, off + lane + 32 * k, __fsub_rn(a[k], __fmul_rn(c, u[k])), bf16);
+        if (lane + 32 * k < hd) put_as(y, off + lane + 32 * k, __fsub_rn(a[k], __fmul_rn(c, u[k])), bf16);
     }
   }
 }
@@ -93,7 +87,7 @@ __global__ void __launch_bounds__(256) xsa_bwd_kernel(In dy, In att, In v, int64
 #pragma unroll
       for (int k = 0; k < kXsaSlots; ++k) {
         if (!datt.empty() && lane + 32 * k < hd)
-          store(datt, off + lane + 32 * k, __fsub_rn(d[k], __fmul_rn(e, u[k])), bf16);
+          put_as(datt, off + lane + 32 * k, __fsub_rn(d[k], __fmul_rn(e, u[k])), bf16);
         du[k] -= static_cast<double>(__fmul_rn(c, d[k])) + static_cast<double>(__fmul_rn(e, a[k]));
       }
     }
@@ -110,7 +104,7 @@ __global__ void __launch_bounds__(256) xsa_bwd_kernel(In dy, In att, In v, int64
       const int64_t j = lane + 32 * k;
       if (j >= hd) continue;
       const float add = __fmul_rn(r, static_cast<float>(du[k] - p * static_cast<double>(u[k])));
-      store(dv, base + j, __fadd_rn(load(In(dv), base + j, bf16), add), bf16);
+      put_as(dv, base + j, __fadd_rn(get_as(In(dv), base + j, bf16), add), bf16);
     }
   }
 }

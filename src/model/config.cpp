@@ -43,6 +43,9 @@ void ModelConfig::validate() const {
   if (embed_init_std <= 0) fail("embed_init_std must be positive");
   if (train_seq_len < 1) fail("train_seq_len must be positive");
   if (xsa_last < 0) fail("xsa_last must be >= 0");
+  if (ve_dim < 0 || ve_last < 0) fail("ve_dim and ve_last must be >= 0");
+  if ((ve_dim > 0) != (ve_last > 0))
+    fail("ve_dim and ve_last go together: both positive, or both 0 (no value embeddings)");
 }
 
 namespace {
@@ -86,7 +89,7 @@ ModelConfig config_from_json(const json& j) {
       "vocab_size", "d_model", "n_heads", "n_kv_heads", "mlp_mult", "mlp_hidden", "activation", "rope_base",
       "rope_dims", "qk_norm", "q_gain_init", "logit_softcap", "tie_embeddings", "embed_init_std", "embed_bf16",
       "resid_mix", "ln_scale", "norm_scale", "skips", "physical_blocks", "schedule", "recurrence",
-      "per_virtual_scalars", "train_seq_len", "xsa_last"};
+      "per_virtual_scalars", "train_seq_len", "xsa_last", "ve_dim", "ve_last"};
   for (auto& [k, v] : j.items())
     if (!known.count(k)) throw Error("model config: unknown key '" + k + "'");
   ModelConfig c;
@@ -114,6 +117,8 @@ ModelConfig config_from_json(const json& j) {
     c.per_virtual_scalars = j.value("per_virtual_scalars", c.per_virtual_scalars);
     c.train_seq_len = j.value("train_seq_len", c.train_seq_len);
     c.xsa_last = j.value("xsa_last", c.xsa_last);
+    c.ve_dim = j.value("ve_dim", c.ve_dim);
+    c.ve_last = j.value("ve_last", c.ve_last);
     if (j.contains("schedule") && j.contains("recurrence"))
       throw Error("model config: give either 'schedule' or 'recurrence', not both");
     if (j.contains("schedule")) {
@@ -172,7 +177,9 @@ json config_to_json(const ModelConfig& c) {
               {"schedule", c.schedule},
               {"per_virtual_scalars", c.per_virtual_scalars},
               {"train_seq_len", c.train_seq_len},
-              {"xsa_last", c.xsa_last}};
+              {"xsa_last", c.xsa_last},
+              {"ve_dim", c.ve_dim},
+              {"ve_last", c.ve_last}};
 }
 
 }  // namespace ptool::model

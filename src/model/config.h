@@ -1,6 +1,7 @@
 // Model configuration: everything the model's shape and wiring depend on (DESIGN.md "Model").
 // Stored as JSON in every artifact; unknown keys and impossible shapes are refused.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -49,6 +50,11 @@ struct ModelConfig {
   // least their number): each head's attention output loses its component along the token's own value vector
   // before the output projection. No parameters.
   int64_t xsa_last = 0;
+  // Value embeddings (VE, REFERENCE.md 8.1): a second token table [vocab, ve_dim] (0: none), projected to the KV
+  // width and scaled by a learned scalar, joins the value projection of the last ve_last virtual layers, each through
+  // a learned scalar of its own.
+  int64_t ve_dim = 0;
+  int64_t ve_last = 0;
   int64_t train_seq_len = 1024;
 
   int64_t head_dim() const { return d_model / n_heads; }
@@ -61,6 +67,12 @@ struct ModelConfig {
   int64_t scalar_sets() const { return per_virtual_scalars ? virtual_layers() : physical_blocks; }
   int64_t scalar_index(int64_t virtual_layer) const;
   bool xsa(int64_t virtual_layer) const { return virtual_layer >= virtual_layers() - xsa_last; }
+  int64_t ve_layers() const { return ve_dim > 0 ? std::min(ve_last, virtual_layers()) : 0; }
+  // The value embedding's index among the VE layers of virtual layer v, or -1 when it has none.
+  int64_t ve_index(int64_t virtual_layer) const {
+    const int64_t i = virtual_layer - (virtual_layers() - ve_layers());
+    return i >= 0 ? i : -1;
+  }
 
   // Throws Error with a message naming the key or the shape constraint that fails.
   void validate() const;

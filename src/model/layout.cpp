@@ -65,6 +65,12 @@ ParamLayout make_layout(const ModelConfig& c) {
     if (c.skips == SkipKind::gated) add("skip_gates", {c.skip_count(), D}, Init::zeros, OptGroup::scalar);
   }
   if (!c.tie_embeddings) add("lm_head.weight", {c.vocab_size, D}, Init::zeros, OptGroup::head);
+  if (c.ve_layers() > 0) {
+    add("ve.embed.weight", {c.vocab_size, c.ve_dim}, Init::ve_embed, OptGroup::embed);
+    add("ve.proj.weight", {KV, c.ve_dim}, Init::zeros, OptGroup::matrix);
+    add("ve_scale", {1}, Init::ve_scale, OptGroup::scalar);
+    add("ve_layer_scales", {c.ve_layers()}, Init::ones, OptGroup::scalar);
+  }
   return L;
 }
 
@@ -91,6 +97,12 @@ void init_params(const ModelConfig& c, const ParamLayout& layout, uint64_t seed,
         std::fill(p + s.numel / 2, p + s.numel, 0.0f);
         break;
       case Init::q_gain: std::fill(p, p + s.numel, static_cast<float>(c.q_gain_init)); break;
+      case Init::ve_embed: {
+        std::normal_distribution<double> nd(0.0, 0.01);
+        for (int64_t i = 0; i < s.numel; ++i) p[i] = static_cast<float>(nd(rng));
+        break;
+      }
+      case Init::ve_scale: std::fill(p, p + s.numel, 0.1f); break;
     }
   }
   round_bf16_tensors(c, layout, params);  // the reference casts the initialised model to bf16

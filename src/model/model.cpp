@@ -25,6 +25,12 @@ Model<T>::Model(const ModelConfig& config, Backend<T>& backend)
   fwd_ = params_.get();
   tok_emb_ = layout_.at("tok_emb.weight").offset;
   if (!cfg_.tie_embeddings) lm_head_ = layout_.at("lm_head.weight").offset;
+  if (cfg_.ve_layers() > 0) {
+    ve_embed_ = layout_.at("ve.embed.weight").offset;
+    ve_proj_ = layout_.at("ve.proj.weight").offset;
+    ve_scale_ = layout_.at("ve_scale").offset;
+    ve_lam_ = layout_.at("ve_layer_scales").offset;
+  }
   if (cfg_.skip_count() > 0) {
     skip_w_ = layout_.at("skip_weights").offset;
     if (cfg_.skips == SkipKind::gated) skip_g_ = layout_.at("skip_gates").offset;
@@ -113,6 +119,10 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
     a.rstd2 = buf(N); a.u = activation(N * Hd); a.a = operand(N * Hd); a.m = activation(N * D); a.x_out = stream(N * D);
   }
   emb_ = train ? buf(N * D) : DeviceBuffer<T>();  // only the backward reads the looked-up rows
+  if (cfg_.ve_layers() > 0) {
+    ve_rows_ = buf(N * cfg_.ve_dim); ve_proj_out_ = activation(N * KV); ve_base_ = activation(N * KV);
+    if (train) { g_ve_base_ = buf(N * KV); g_ve_proj_out_ = buf(N * KV); g_ve_rows_ = buf(N * cfg_.ve_dim); }
+  }
   x0_ = stream(N * D); rstd0_ = buf(N); final_ = operand(N * D); rstdf_ = buf(N);
   logits_ = buf(N * V);
   if (train) {
@@ -274,6 +284,8 @@ void Model<T>::layer_forward(int64_t v, int64_t B, int64_t Tn, const T* x0, cons
   } else {
     be_.linear_forward_shared(a.h1.get(), N, D, qkv);
   }
+  if (const int64_t i = cfg_.ve_index(v); i >= 0)  // the value embedding joins v
+    be_.scaled_add_forward(ve_base_.get(), P + ve_lam_ + i, N, KV, a.v.get());
   const double base = rope_base_at(Tn);
   const int64_t rot = cfg_.rotary_dims();
   // q before its gain is not kept: the gain's backward forms it again from q_raw.
@@ -361,6 +373,9 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
                                  Slice(g_qkv_.get(), W, D + KV), g_q_.get(), g_k_.get());
   if (xsa)
     be_.xsa_backward(g_att_.get(), a.att.get(), a.v.get(), N, H, Hkv, hd, nullptr, Slice(g_qkv_.get(), W, D + KV));
+  if (const int64_t i = cfg_.ve_index(v); i >= 0)  // v's gradient also reaches the value embedding
+    be_.scaled_add_backward(Slice(g_qkv_.get(), W, D + KV), ve_base_.get(), P + ve_lam_ + i, N, KV, g_ve_base_.get(),
+                            G + ve_lam_ + i);
   be_.linear_backward_set_dx(g_qkv_.get(), a.h1.get(), P + w.c_q, N, D, W, g_h_.get(), G + w.c_q);
   if (fused_resid_mix_norm()) {  // both backwards in one pass; layer 0's x is x0: its gradient joins dx0's
     const T* g_skip_prev = v > 0 && skip_grad_joins_next(v - 1) ? g_skip_[v - 1].get() : nullptr;
@@ -384,6 +399,29 @@ void Model<T>::layer_backward(int64_t v, int64_t B, int64_t Tn, const T* x0, T* 
       be_.skip_add_backward_set(dx, skip, P + skip_w_ + k * D, N, D, g_skip_[e].get(), G + skip_w_ + k * D);
     }
   }
+}
+
+// ve_base = ve_scale * proj(ve_embed[x]), once per pass; each VE layer adds its own scalar times it to v.
+template <class T>
+void Model<T>::value_embedding_forward(int64_t N) {
+  const int64_t E = cfg_.ve_dim, KV = cfg_.kv_dim();
+  be_.embedding_forward(fwd_ + ve_embed_, xdev_, N, E, ve_rows_.get());
+  be_.linear_forward(ve_rows_.get(), fwd_ + ve_proj_, N, E, KV, ve_proj_out_.get());
+  be_.zero(ve_base_.get(), static_cast<size_t>(N * KV));
+  be_.scaled_add_forward(ve_proj_out_.get(), fwd_ + ve_scale_, N, KV, ve_base_.get());
+}
+
+// From g_ve_base_, the sum over the VE layers of their scalar times v's gradient.
+template <class T>
+void Model<T>::value_embedding_backward(int64_t N) {
+  const int64_t E = cfg_.ve_dim, KV = cfg_.kv_dim();
+  T* G = grads_.get();
+  be_.zero(g_ve_proj_out_.get(), static_cast<size_t>(N * KV));
+  be_.scaled_add_backward(g_ve_base_.get(), ve_proj_out_.get(), fwd_ + ve_scale_, N, KV, g_ve_proj_out_.get(),
+                          G + ve_scale_);
+  be_.linear_backward_set_dx(g_ve_proj_out_.get(), ve_rows_.get(), fwd_ + ve_proj_, N, E, KV, g_ve_rows_.get(),
+                             G + ve_proj_);
+  be_.embedding_backward(g_ve_rows_.get(), xdev_, N, E, G + ve_embed_);
 }
 
 template <class T>
@@ -414,6 +452,7 @@ double Model<T>::run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, 
   // straight through that rounding.
   be_.embedding_rmsnorm_forward(P + tok_emb_, xdev_, N, D, rms_eps<T>(), cfg_.embed_bf16, train ? emb_.get() : nullptr,
                                 x0_.get(), rstd0_.get());
+  if (cfg_.ve_layers() > 0) value_embedding_forward(N);
   if (score_from > 0 && scored_.size() < static_cast<size_t>(R * D))
     scored_ = DeviceBuffer<T>(be_, static_cast<size_t>(N * D), stream_storage());
   const int64_t L = cfg_.virtual_layers();  // >= 1 (a schedule is never empty)
@@ -438,11 +477,13 @@ double Model<T>::run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, 
                       G + (cfg_.tie_embeddings ? tok_emb_ : lm_head_));
   be_.rmsnorm_backward_set(g_final_.get(), acts_.back().x_out.get(), rstdf_.get(), N, D, g_x_.get());
   be_.zero(g_x0_.get(), N * D);
+  if (cfg_.ve_layers() > 0) be_.zero(g_ve_base_.get(), static_cast<size_t>(N * cfg_.kv_dim()));
   for (int64_t v = cfg_.virtual_layers() - 1; v >= 0; --v)
     layer_backward(v, B, Tn, x0_.get(), g_x_.get(), g_x0_.get());
   if (!fused_resid_mix_norm()) be_.add(g_x0_.get(), g_x_.get(), N * D);  // else layer 0 added it
   be_.rmsnorm_backward_set(g_x0_.get(), emb_.get(), rstd0_.get(), N, D, g_tmp_.get());
   be_.embedding_backward(g_tmp_.get(), xdev_, N, D, G + tok_emb_);
+  if (cfg_.ve_layers() > 0) value_embedding_backward(N);
   return sum;
 }
 
@@ -494,6 +535,7 @@ void Model<T>::visit_linear_inputs(const LinearInputVisitor& f) const {
     f(p + "mlp.proj.weight", values(a.a, Hd, N), N, Hd);
   }
   f(cfg_.tie_embeddings ? "tok_emb.weight" : "lm_head.weight", values(final_, D, head_rows_), head_rows_, D);
+  if (cfg_.ve_layers() > 0) f("ve.proj.weight", ve_rows_.get(), N, cfg_.ve_dim);
 }
 
 template class Model<float>;

@@ -92,6 +92,8 @@ class Model {
   bool has_skip(int64_t v) const;
   bool skip_source(int64_t v) const;
   bool fused_layer_entries() const;
+  void value_embedding_forward(int64_t N);
+  void value_embedding_backward(int64_t N);
   void layer_entry(int64_t v, int64_t N, const T* x0, const T* x);
   // The pre-norms are RMSNorm alone (no ln_scale factor, no learned scale): they can fuse with the op before them
   // and write operand buffers.
@@ -117,6 +119,7 @@ class Model {
   std::vector<Names> block_;     // offsets per physical block
   std::vector<Scalars> scal_;    // offsets per scalar set
   int64_t tok_emb_ = 0, lm_head_ = -1, skip_w_ = -1, skip_g_ = -1;
+  int64_t ve_embed_ = -1, ve_proj_ = -1, ve_scale_ = -1, ve_lam_ = -1;  // value embeddings (ve_dim > 0)
 
   // Arena, sized for (B, Tn).
   int64_t arenaB_ = 0, arenaT_ = 0;  // shape of the last pass
@@ -127,6 +130,8 @@ class Model {
   std::vector<LayerActs> acts_;
   DeviceBuffer<T> scored_;  // eval: the last layer's residual input rows of the scored positions
   DeviceBuffer<T> emb_, x0_, rstd0_, final_, rstdf_, logits_, dlogits_;
+  // Value embeddings: the looked-up rows, their projection, and ve_scale times it (what each VE layer adds to v).
+  DeviceBuffer<T> ve_rows_, ve_proj_out_, ve_base_, g_ve_base_, g_ve_proj_out_, g_ve_rows_;
   DeviceBuffer<T> g_x_, g_x0_, g_h_, g_qkv_, g_q_, g_k_, g_h2_, g_att_, g_xatt_, g_o_, g_u_, g_a_, g_m_, g_tmp_,
       g_final_;
   std::vector<DeviceBuffer<T>> g_skip_;  // gradient flowing back into each encoder output

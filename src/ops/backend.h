@@ -42,7 +42,7 @@ class Backend {
   // linear ops; attention's q, k, v and dout), so a backend may keep it in the precision those ops round their
   // inputs to (the CUDA backend's bf16 mode: bf16, half the bytes, and no conversion before every op that reads
   // it). Only ops that name it as an output may write it (a backend that cannot write one there throws), only
-  // linear ops, attention, the xsa ops, copy_columns and gather_rows may read it, and zero() may clear it; all else
+  // linear ops, attention, the xsa and scaled_add ops, copy_columns and gather_rows may read it, and zero() may clear it; all else
   // reads its values through operand_values() (into plain memory) and stores them with store_operand(). Released
   // with release().
   // Default: plain memory.
@@ -148,6 +148,15 @@ class Backend {
   // has just written v's gradient). dy may be an operand buffer.
   virtual void xsa_backward(const T* dy, const T* att, const T* v, int64_t N, int64_t H, int64_t Hkv, int64_t hd,
                             T* datt, ColumnSlice dv) = 0;
+  // y += s[0] x over [N, C] (cpu::scaled_add_forward; s one parameter): the value embeddings joining v. y may be an
+  // operand or activation buffer (it is read as well as written) and x an activation buffer. y and the backward's
+  // dy hold values of bf16 tensors in the reference (v and its gradient): a backend that rounds operand buffers may
+  // round them wherever they live.
+  virtual void scaled_add_forward(const T* x, const T* s, int64_t N, int64_t C, T* y) = 0;
+  // Its backward: dx_acc += s[0] dy, ds_acc[0] += sum dy ⊙ x. dy may be C columns of an operand buffer (a
+  // ColumnSlice of N rows: v's gradient among q's and k's); x and dx_acc may be activation buffers.
+  virtual void scaled_add_backward(ColumnSlice dy, const T* x, const T* s, int64_t N, int64_t C, T* dx_acc,
+                                   T* ds_acc) = 0;
   virtual void activation_forward(cpu::Activation a, const T* h, int64_t n, T* out) = 0;
   virtual void activation_backward(cpu::Activation a, const T* dout, const T* h, int64_t n, T* dh) = 0;
   virtual void skip_add_forward(T* x, const T* skip, const T* w, int64_t N, int64_t D) = 0;

@@ -133,6 +133,13 @@ class CpuBackend final : public Backend<T> {
     for (int64_t n = 0; n < N; ++n)
       for (int64_t j = 0; j < w; ++j) dv.base[n * ld + dv.col + j] += add[static_cast<size_t>(n * w + j)];
   }
+  void scaled_add_forward(const T* x, const T* s, int64_t N, int64_t C, T* y) override {
+    cpu::scaled_add_forward(x, s, N, C, y);
+  }
+  void scaled_add_backward(typename Backend<T>::ColumnSlice dy, const T* x, const T* s, int64_t N, int64_t C,
+                           T* dx_acc, T* ds_acc) override {
+    cpu::scaled_add_backward(dy.base + dy.col, dy.row_stride(C), x, s, N, C, dx_acc, ds_acc);
+  }
   void activation_forward(cpu::Activation a, const T* h, int64_t n, T* out) override {
     cpu::activation_forward(a, h, n, out);
   }

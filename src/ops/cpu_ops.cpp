@@ -215,6 +215,23 @@ template <class T> void resid_mix_backward_set_dx(const T* dy, const T* x, const
   resid_mix_backward_impl(dy, x, x0, m, N, D, dx, false, dx0_acc, dm_acc);
 }
 
+template <class T> void scaled_add_forward(const T* x, const T* s, int64_t N, int64_t C, T* y) {
+  const T a = s[0];
+  for (int64_t i = 0; i < N * C; ++i) y[i] += a * x[i];
+}
+
+template <class T> void scaled_add_backward(const T* dy, int64_t ld_dy, const T* x, const T* s, int64_t N, int64_t C,
+                                            T* dx_acc, T* ds_acc) {
+  double sum = 0.0;
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      const T g = dy[n * ld_dy + c];
+      if (dx_acc) dx_acc[n * C + c] += s[0] * g;
+      sum += static_cast<double>(g) * static_cast<double>(x[n * C + c]);
+    }
+  if (ds_acc) ds_acc[0] += static_cast<T>(sum);
+}
+
 #define PTOOL_INSTANTIATE(T)                                                                                        \
   template void embedding_forward<T>(const T*, const int32_t*, int64_t, int64_t, T*);                              \
   template void embedding_backward<T>(const T*, const int32_t*, int64_t, int64_t, T*);                             \
@@ -233,7 +250,9 @@ template <class T> void resid_mix_backward_set_dx(const T* dy, const T* x, const
                                        T*, T*);                                                                    \
   template void resid_mix_forward<T>(const T*, const T*, const T*, int64_t, int64_t, T*);                          \
   template void resid_mix_backward<T>(const T*, const T*, const T*, const T*, int64_t, int64_t, T*, T*, T*);      \
-  template void resid_mix_backward_set_dx<T>(const T*, const T*, const T*, const T*, int64_t, int64_t, T*, T*, T*);
+  template void resid_mix_backward_set_dx<T>(const T*, const T*, const T*, const T*, int64_t, int64_t, T*, T*, T*); \
+  template void scaled_add_forward<T>(const T*, const T*, int64_t, int64_t, T*);                                   \
+  template void scaled_add_backward<T>(const T*, int64_t, const T*, const T*, int64_t, int64_t, T*, T*);
 
 PTOOL_INSTANTIATE(float)
 PTOOL_INSTANTIATE(double)

@@ -77,6 +77,13 @@ template <class T> void xsa_forward(const T* att, const T* v, int64_t N, int64_t
 template <class T> void xsa_backward(const T* dy, const T* att, const T* v, int64_t N, int64_t H, int64_t Hkv,
                                      int64_t hd, T* datt_acc, T* dv_acc);
 
+// A tensor joining another through a learned scalar (the value and bigram embeddings' scales): y += s[0] x over
+// [N, C]. Its backward: dx_acc += s[0] dy, ds_acc[0] += the sum of dy ⊙ x (in double, rows in order); dy's rows are
+// ld_dy elements apart (C for a dense array). dx_acc and ds_acc may be null.
+template <class T> void scaled_add_forward(const T* x, const T* s, int64_t N, int64_t C, T* y);
+template <class T> void scaled_add_backward(const T* dy, int64_t ld_dy, const T* x, const T* s, int64_t N, int64_t C,
+                                            T* dx_acc, T* ds_acc);
+
 enum class Activation { relu2, leaky_relu2 };  // relu(x)^2 ; leaky_relu(x, 0.5)^2. out may alias h.
 template <class T> void activation_forward(Activation a, const T* h, int64_t n, T* out);
 template <class T> void activation_backward(Activation a, const T* dout, const T* h, int64_t n, T* dh_acc);

@@ -162,6 +162,14 @@ class ProfilingBackend final : public Backend<T> {
           attention_flops(B, Tn, H, hd, 2) - attention_flops(B, from, H, hd, 2),
           [&] { in_.attention_forward_suffix(q, k, v, B, Tn, from, H, Hkv, hd, out); });
   }
+  void scaled_add_forward(const T* x, const T* s, int64_t N, int64_t C, T* y) override {
+    timed("scaled_add_forward", b(x, N * C) + 2 * b(y, N * C), 0, [&] { in_.scaled_add_forward(x, s, N, C, y); });
+  }
+  void scaled_add_backward(typename Backend<T>::ColumnSlice dy, const T* x, const T* s, int64_t N, int64_t C,
+                           T* dx_acc, T* ds_acc) override {
+    timed("scaled_add_backward", b(dy.base, N * C) + b(x, N * C) + 2 * b(dx_acc, N * C), 0,
+          [&] { in_.scaled_add_backward(dy, x, s, N, C, dx_acc, ds_acc); });
+  }
   void xsa_forward(const T* att, const T* v, int64_t N, int64_t H, int64_t Hkv, int64_t hd, T* y) override {
     timed("xsa_forward", b(att, N * H * hd) + b(v, N * Hkv * hd) + b(y, N * H * hd), 0,
           [&] { in_.xsa_forward(att, v, N, H, Hkv, hd, y); });

@@ -78,6 +78,8 @@ model::ModelConfig variant_config() {  // features the presets above do not reac
   c.per_virtual_scalars = true;
   c.train_seq_len = 64;  // evaluated at T = 77 > 64: NTK-rescaled RoPE base
   c.xsa_last = 3;        // XSA in the last three layers: block 2 with it and without, block 1 with it
+  c.ve_dim = 16;         // value embeddings in the last two
+  c.ve_last = 2;
   return c;
 }
 
@@ -113,7 +115,7 @@ TEST_CASE("cuda: the tiny model's loss and gradients match the CPU backend", "[g
                              {"one block, embed_bf16", bf16_stream(single_block_config()), 2, 50},
                              {"tiny T=77", model::preset("tiny"), 3, 77},
                              {"tiny_recurrent", model::preset("tiny_recurrent"), 2, 128},
-                             {"variant (leaky, partial rope, gated, ln_scale, untied, xsa)", variant_config(), 2, 77},
+                             {"variant (leaky, partial rope, gated, ln_scale, untied, xsa, ve)", variant_config(), 2, 77},
                              {"one block (norm_scale, no resid_mix, no skips, no qk_norm)", single_block_config(), 2,
                               50}};
   for (const auto& mc : cases) {
@@ -195,12 +197,12 @@ TEST_CASE("cuda: bf16 operand buffers give the bf16 mode's results bit for bit",
       });
     }
     // Operand buffers: the pre-norm outputs when the norms are plain, the attention output, the activation and
-    // the final norm.
+    // the final norm; not the value embedding's looked-up rows.
     REQUIRE(seen_on.size() == seen_off.size());
     const bool plain_norms = !cfg.ln_scale && !cfg.norm_scale;
     for (auto& [w, v] : seen_off) {
       const bool pre_norm = w.find("attn.c_") != std::string::npos || w.find("mlp.fc") != std::string::npos;
-      const bool operand = !pre_norm || plain_norms;
+      const bool operand = w != "ve.proj.weight" && (!pre_norm || plain_norms);
       check_exact(name + " calibration input " + w + (operand ? " (bf16)" : ""), seen_on.at(w),
                   operand ? bf16_rounded(v) : v);
     }

@@ -180,6 +180,44 @@ TEST_CASE("model gradient matches finite differences: XSA in the last layer, and
   check_model_gradient(c);
 }
 
+TEST_CASE("model gradient matches finite differences: value embeddings in the last two layers of a looped block",
+          "[model][gradcheck]") {
+  auto c = small_config();
+  c.physical_blocks = 3;
+  c.schedule = {0, 1, 1, 1, 2};
+  c.ve_dim = 3;
+  c.ve_last = 2;  // one visit of block 1 with it, two without; block 2 with it
+  check_model_gradient(c);
+}
+
+TEST_CASE("value embeddings: a table, a zero projection, ve_scale 0.1 and one scalar per VE layer", "[model]") {
+  auto c = preset("tiny");
+  c.ve_dim = 8;
+  c.ve_last = 5;  // more than the two layers there are: both
+  const auto L = make_layout(c);
+  CHECK(L.at("ve.embed.weight").shape == std::vector<int64_t>{c.vocab_size, 8});
+  CHECK(L.at("ve.proj.weight").shape == std::vector<int64_t>{c.kv_dim(), 8});
+  CHECK(L.at("ve_layer_scales").shape == std::vector<int64_t>{2});
+  CHECK(L.at("ve.embed.weight").group == OptGroup::embed);
+  CHECK(L.at("ve.proj.weight").group == OptGroup::matrix);
+  CHECK(L.at("ve_scale").group == OptGroup::scalar);
+  std::vector<float> p(L.total);
+  init_params(c, L, 5, p.data());
+  auto span = [&](const std::string& n) {
+    auto& s = L.at(n);
+    return std::vector<float>(p.begin() + s.offset, p.begin() + s.offset + s.numel);
+  };
+  double ss = 0;
+  for (float v : span("ve.embed.weight")) ss += double(v) * v;
+  CHECK(std::sqrt(ss / L.at("ve.embed.weight").numel) == Approx(0.01).epsilon(0.05));
+  for (float v : span("ve.proj.weight")) REQUIRE(v == 0.0f);
+  CHECK(span("ve_scale") == std::vector<float>{0.1f});
+  CHECK(span("ve_layer_scales") == std::vector<float>{1.0f, 1.0f});
+  using nlohmann::json;
+  CHECK_THROWS_WITH(config_from_json(json::parse(R"({"ve_dim": 8})")), Catch::Contains("ve_last"));
+  CHECK_THROWS_WITH(config_from_json(json::parse(R"({"ve_last": 2})")), Catch::Contains("ve_dim"));
+}
+
 TEST_CASE("XSA changes only the layers it is configured for", "[model]") {
   auto loss = [](int64_t xsa_last) {
     ModelConfig c = small_config();

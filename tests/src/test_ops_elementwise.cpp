@@ -365,6 +365,49 @@ TEST_CASE("gated skip float matches double", "[ops]") {
                              {"x", "skip", "w", "g"});
 }
 
+namespace {
+
+// Inputs: x, s (one element), y's initial value.
+auto scaled_add_run(int64_t N, int64_t C) {
+  return [=](auto tag, const Vecs& in, const Vec* dout, Vecs* grads) {
+    using T = decltype(tag);
+    OpBuffers<T> b(in, grads);
+    std::vector<T> y(b.in[2]);
+    cpu::scaled_add_forward(b.p(0), b.p(1), N, C, y.data());
+    if (dout) {
+      auto g = cast_to<T>(*dout);
+      cpu::scaled_add_backward(g.data(), C, b.p(0), b.p(1), N, C, b.g(0), b.g(1));
+      if (T* dy0 = b.g(2))
+        for (size_t i = 0; i < g.size(); ++i) dy0[i] += g[i];  // y's old value passes straight through
+      b.write_back(grads);
+    }
+    return to_double(y);
+  };
+}
+
+}  // namespace
+
+TEST_CASE("scaled add backward matches central differences, accumulates, and float matches double", "[ops]") {
+  check_gradients(scaled_add_run(kN, kD), inputs({ND, 1, ND}, 8), {0, 1}, {"x", "s"});
+  check_backward_accumulates(scaled_add_run(kN, kD), inputs({ND, 1, ND}, 8), {0, 1}, {"x", "s"});
+  check_float_matches_double(scaled_add_run(kN, kD), inputs({ND, 1, ND}, 8), {0, 1}, {"x", "s"});
+}
+
+TEST_CASE("scaled add backward reads dy from columns of a wider matrix", "[ops]") {
+  std::mt19937_64 rng(9);
+  const int64_t ld = kD + 5, col = 2;
+  const Vec x = random_vec(rng, ND), s{0.7}, wide = random_vec(rng, static_cast<size_t>(kN * ld));
+  Vec dense(ND);
+  for (int64_t n = 0; n < kN; ++n)
+    for (int64_t c = 0; c < kD; ++c) dense[n * kD + c] = wide[n * ld + col + c];
+  Vec dx1(ND, 0.0), dx2(ND, 0.0), ds1{0.0}, ds2{0.0};
+  cpu::scaled_add_backward(dense.data(), kD, x.data(), s.data(), kN, kD, dx1.data(), ds1.data());
+  cpu::scaled_add_backward(wide.data() + col, ld, x.data(), s.data(), kN, kD, dx2.data(), ds2.data());
+  CHECK(dx1 == dx2);
+  CHECK(ds1 == ds2);
+  CHECK(ds1[0] != 0.0);
+}
+
 TEST_CASE("resid_mix at its init (ones, zeros) returns x", "[ops]") {
   std::mt19937_64 rng(8);
   const Vec x = random_vec(rng, ND), x0 = random_vec(rng, ND);

@@ -29,6 +29,20 @@ TEST_CASE("classify_param follows the records' _classify_param", "[quant]") {
   CHECK_FALSE(is_control_tensor("blocks.0.attn.c_q.weight"));
 }
 
+TEST_CASE("the GPTQ presets round the value embedding table without GPTQ (no linear reads it)", "[quant]") {
+  for (const char* preset : {"gptq", "gptq_int7", "sdclip"}) {
+    INFO(preset);
+    const RuleSet rs = preset_rules(preset);
+    const Rule& ve = match_rule(rs, "ve.embed.weight", 1024 * 128);
+    CHECK(ve.action == Action::quantize);
+    CHECK_FALSE(ve.spec.gptq);
+    CHECK(ve.spec.bits == (std::string(preset) == "gptq_int7" ? 7 : 8));
+    CHECK(match_rule(rs, "ve.proj.weight", 1024 * 128).spec.gptq == (std::string(preset) != "sdclip"));
+    CHECK(match_rule(rs, "ve_layer_scales", 8).action == Action::keep_f32);
+  }
+  CHECK(is_control_tensor("ve_scale"));
+}
+
 TEST_CASE("glob matching", "[quant]") {
   CHECK(glob_match("*", ""));
   CHECK(glob_match("*", "blocks.0.mlp.fc.weight"));
