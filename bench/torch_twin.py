@@ -76,6 +76,9 @@ CONFIG_DEFAULTS = {
     "xsa_last": 0,  # exclusive self-attention in the last xsa_last virtual layers
     "ve_dim": 0,    # value embeddings: a [vocab, ve_dim] table joining v in the last ve_last virtual layers
     "ve_last": 0,
+    "bigram_buckets": 0,   # BigramHash: a [buckets, bigram_dim] table of hashed (previous, current) token pairs
+    "bigram_dim": 0,
+    "smear_gate": False,   # SmearGate: each position blends in the one before it, after the embedding's norm
 }
 KNOWN_KEYS = set(CONFIG_DEFAULTS) | {"recurrence"}
 
@@ -93,7 +96,8 @@ PRESETS = {
                          "per_virtual_scalars": True, "train_seq_len": 1024},
     "recursive_4x7": {"d_model": 1024, "n_heads": 32, "n_kv_heads": 8, "mlp_mult": 2,
                       "recurrence": {"shared": 4, "loops": 7}, "train_seq_len": 2048, "xsa_last": 16,
-                      "ve_dim": 128, "ve_last": 8},
+                      "ve_dim": 128, "ve_last": 8, "bigram_buckets": 10240, "bigram_dim": 128,
+                      "smear_gate": True},
     "ultimate_recurrent": {"d_model": 768, "n_heads": 8, "n_kv_heads": 2, "mlp_mult": 2, "rope_base": 500000,
                            "recurrence": {"shared": 3, "loops": 3}, "per_virtual_scalars": True,
                            "train_seq_len": 2048},
@@ -135,7 +139,7 @@ def expand_config(raw):
         if k != "recurrence":
             c[k] = v
     for k in ("vocab_size", "d_model", "n_heads", "n_kv_heads", "mlp_hidden", "rope_dims", "physical_blocks",
-              "train_seq_len", "xsa_last", "ve_dim", "ve_last"):
+              "train_seq_len", "xsa_last", "ve_dim", "ve_last", "bigram_buckets", "bigram_dim"):
         if not _is_int(c[k]):
             raise ConfigError("model config: '%s' must be an integer" % k)
     for k in ("mlp_mult", "rope_base", "q_gain_init", "logit_softcap", "embed_init_std"):
@@ -143,7 +147,7 @@ def expand_config(raw):
             raise ConfigError("model config: '%s' must be a number" % k)
         c[k] = float(c[k])
     for k in ("qk_norm", "tie_embeddings", "embed_bf16", "resid_mix", "ln_scale", "norm_scale",
-              "per_virtual_scalars"):
+              "per_virtual_scalars", "smear_gate"):
         if not isinstance(c[k], bool):
             raise ConfigError("model config: '%s' must be true or false" % k)
     if c["activation"] not in ("relu2", "leaky_relu2"):
@@ -263,6 +267,14 @@ def validate_config(c):
         fail("ve_dim and ve_last must be >= 0")
     if (c["ve_dim"] > 0) != (c["ve_last"] > 0):
         fail("ve_dim and ve_last go together: both positive, or both 0 (no value embeddings)")
+    if c["bigram_buckets"] < 0 or c["bigram_dim"] < 0:
+        fail("bigram_buckets and bigram_dim must be >= 0")
+    if (c["bigram_buckets"] > 0) != (c["bigram_dim"] > 0):
+        fail("bigram_buckets and bigram_dim go together: both positive, or both 0 (no bigram hash)")
+    if c["bigram_buckets"] == 1:
+        fail("bigram_buckets must be at least 2 (the first position has a bucket of its own)")
+    if c["embed_bf16"] and (c["bigram_buckets"] > 0 or c["smear_gate"]):
+        fail("embed_bf16 does not combine with bigram_buckets or smear_gate (the embedding stage is then fp32)")
 
 
 def load_config(args):
@@ -318,6 +330,12 @@ def ptool_layout(c):
                 ("ve.proj.weight", [KV, c["ve_dim"]], "zeros", "matrix"),
                 ("ve_scale", [1], "ve_scale", "scalar"),
                 ("ve_layer_scales", [ve_layers(c)], "ones", "scalar")]
+    if c["bigram_buckets"] > 0:
+        out += [("bigram.embed.weight", [c["bigram_buckets"], c["bigram_dim"]], "zeros", "embed"),
+                ("bigram.proj.weight", [D, c["bigram_dim"]], "uniform_fan_in", "matrix"),
+                ("bigram_scale", [1], "bigram_scale", "scalar")]
+    if c["smear_gate"]:
+        out.append(("smear_gate", [D], "zeros", "scalar"))
     return out
 
 
@@ -540,6 +558,26 @@ class ValueEmbedding(_Module):
             nn.init.normal_(self.embed.weight, mean=0.0, std=0.01)
 
 
+class BigramHash(_Module):
+    """bigram.embed (a [buckets, dim] table, zeros) and bigram.proj (to d_model, the linears' default init)."""
+
+    def __init__(self, buckets, dim, D):
+        super().__init__()
+        self.buckets = buckets
+        self.embed = nn.Embedding(buckets, dim)
+        self.proj = CastedLinear(dim, D)
+        with torch.no_grad():
+            nn.init.zeros_(self.embed.weight)
+
+    def forward(self, idx):
+        """Bucket of each (previous, current) pair per sequence; the first position has bucket buckets - 1."""
+        cur = idx.long()
+        prev = torch.cat((torch.zeros_like(cur[:, :1]), cur[:, :-1]), dim=1)
+        h = torch.bitwise_xor(36313 * cur, 27191 * prev) % (self.buckets - 1)
+        h[:, 0] = self.buckets - 1
+        return self.proj(self.embed(h))
+
+
 class MLP(_Module):
     def __init__(self, c):
         super().__init__()
@@ -639,6 +677,11 @@ class GPT(_Module):
                 self.skip_gates = nn.Parameter(torch.zeros(self.n_skip, D, dtype=torch.float32))
         if not self.tied:
             self.lm_head = CastedLinear(D, V, zero_init=True)
+        if c["bigram_buckets"] > 0:
+            self.bigram = BigramHash(c["bigram_buckets"], c["bigram_dim"], D)
+            self.bigram_scale = nn.Parameter(torch.full((1,), 0.05, dtype=torch.float32))
+        if c["smear_gate"]:
+            self.smear_gate = nn.Parameter(torch.zeros(D, dtype=torch.float32))
         if self.n_ve > 0:
             self.ve = ValueEmbedding(V, c["ve_dim"], kv_dim(c))
             self.ve_scale = nn.Parameter(torch.full((1,), 0.1, dtype=torch.float32))
@@ -649,7 +692,14 @@ class GPT(_Module):
 
     def hidden(self, idx):
         x = self.tok_emb(idx)
+        if self.cfg["bigram_buckets"] > 0:
+            b = self.bigram(idx)
+            x = x + self.bigram_scale.to(b.dtype) * b
         x = F.rms_norm(x, (x.size(-1),))
+        if self.cfg["smear_gate"]:  # (1 - s) x_t + s x_{t-1}, x_{-1} = 0
+            s = torch.sigmoid(self.smear_gate.to(x.dtype))
+            prev = torch.cat((torch.zeros_like(x[:, :1]), x[:, :-1]), dim=1)
+            x = (1 - s) * x + s * prev
         x0 = x
         ve_base = None
         if self.n_ve > 0:  # ve_scale * proj(table[idx]), once; each VE layer adds its own scalar times it to v

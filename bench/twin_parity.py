@@ -53,6 +53,8 @@ CASES = {
         {"physical_blocks": 3, "schedule": [0, 1, 2, 1, 2], "xsa_last": 3}, 24),
     "value embeddings in the last 2 of 5 layers": (
         {"physical_blocks": 3, "schedule": [0, 1, 2, 1, 2], "ve_dim": 8, "ve_last": 2}, 24),
+    "bigram hash and smear gate at the embedding": (
+        {"physical_blocks": 2, "bigram_buckets": 37, "bigram_dim": 8, "smear_gate": True}, 24),
     "no QK-norm, no resid_mix, no skips, MHA, no softcap": (
         {"physical_blocks": 2, "qk_norm": False, "resid_mix": False, "skips": "none", "n_kv_heads": 4,
          "logit_softcap": 0.0}, 24),

@@ -543,6 +543,15 @@ class CudaBackend final : public Backend<float> {
       if (via_copy) cuda::launch_copy_columns(dvf, B * Tn, Hkv * hd, out_of(dv.base), dv_ld, dv.col, stream_);
     }
   }
+  void smear_forward(const float* x, const float* g, int64_t B, int64_t Tn, int64_t D, float* y) override {
+    require_plain("smear_forward", {x, g});
+    cuda::launch_smear_forward(x, g, B, Tn, D, out_of(y), stream_);
+  }
+  void smear_backward_set_dx(const float* dy, const float* x, const float* g, int64_t B, int64_t Tn, int64_t D,
+                             float* dx, float* dg) override {
+    require_plain("smear_backward_set_dx", {x, g, dx, dg});
+    cuda::launch_smear_backward(in_of(dy), x, g, B, Tn, D, dx, dg, ws_, stream_);
+  }
   void scaled_add_forward(const float* x, const float* sc, int64_t N, int64_t C, float* y) override {
     require_plain("scaled_add_forward", {sc});
     cuda::launch_scaled_add_forward(in_of(x), sc, N, C, opt_.gemm == CudaGemmPrecision::bf16, out_of(y), stream_);

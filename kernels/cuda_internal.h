@@ -160,6 +160,11 @@ void launch_channel_scale_backward(In dy, In x, const float* sc, int64_t N, int6
 void launch_scaled_add_forward(In x, const float* sc, int64_t N, int64_t C, bool bf16, Out y, cudaStream_t s);
 void launch_scaled_add_backward(In dy, int64_t ld, int64_t col, In x, const float* sc, int64_t N, int64_t C, bool bf16,
                                 Out dx_acc, float* ds_acc, Workspace& ws, cudaStream_t s);
+// Backend::smear_forward and smear_backward_set_dx (cuda_smear.cu): y (may be bf16) from fp32 x; dx written, dg_acc
+// added to.
+void launch_smear_forward(const float* x, const float* g, int64_t B, int64_t Tn, int64_t D, Out y, cudaStream_t s);
+void launch_smear_backward(In dy, const float* x, const float* g, int64_t B, int64_t Tn, int64_t D, float* dx,
+                           float* dg_acc, Workspace& ws, cudaStream_t s);
 void launch_head_scale_forward(const float* x, const float* g, int64_t N, int64_t H, int64_t hd, float* y,
                                cudaStream_t s);
 void launch_head_scale_backward(const float* dy, const float* x, const float* g, int64_t N, int64_t H, int64_t hd,

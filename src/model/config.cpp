@@ -46,6 +46,12 @@ void ModelConfig::validate() const {
   if (ve_dim < 0 || ve_last < 0) fail("ve_dim and ve_last must be >= 0");
   if ((ve_dim > 0) != (ve_last > 0))
     fail("ve_dim and ve_last go together: both positive, or both 0 (no value embeddings)");
+  if (bigram_buckets < 0 || bigram_dim < 0) fail("bigram_buckets and bigram_dim must be >= 0");
+  if ((bigram_buckets > 0) != (bigram_dim > 0))
+    fail("bigram_buckets and bigram_dim go together: both positive, or both 0 (no bigram hash)");
+  if (bigram_buckets == 1) fail("bigram_buckets must be at least 2 (the first position has a bucket of its own)");
+  if (embed_bf16 && token_features())
+    fail("embed_bf16 does not combine with bigram_buckets or smear_gate (the embedding stage is then fp32)");
 }
 
 namespace {
@@ -89,7 +95,8 @@ ModelConfig config_from_json(const json& j) {
       "vocab_size", "d_model", "n_heads", "n_kv_heads", "mlp_mult", "mlp_hidden", "activation", "rope_base",
       "rope_dims", "qk_norm", "q_gain_init", "logit_softcap", "tie_embeddings", "embed_init_std", "embed_bf16",
       "resid_mix", "ln_scale", "norm_scale", "skips", "physical_blocks", "schedule", "recurrence",
-      "per_virtual_scalars", "train_seq_len", "xsa_last", "ve_dim", "ve_last"};
+      "per_virtual_scalars", "train_seq_len", "xsa_last", "ve_dim", "ve_last", "bigram_buckets",
+      "bigram_dim", "smear_gate"};
   for (auto& [k, v] : j.items())
     if (!known.count(k)) throw Error("model config: unknown key '" + k + "'");
   ModelConfig c;
@@ -119,6 +126,9 @@ ModelConfig config_from_json(const json& j) {
     c.xsa_last = j.value("xsa_last", c.xsa_last);
     c.ve_dim = j.value("ve_dim", c.ve_dim);
     c.ve_last = j.value("ve_last", c.ve_last);
+    c.bigram_buckets = j.value("bigram_buckets", c.bigram_buckets);
+    c.bigram_dim = j.value("bigram_dim", c.bigram_dim);
+    c.smear_gate = j.value("smear_gate", c.smear_gate);
     if (j.contains("schedule") && j.contains("recurrence"))
       throw Error("model config: give either 'schedule' or 'recurrence', not both");
     if (j.contains("schedule")) {
@@ -179,7 +189,10 @@ json config_to_json(const ModelConfig& c) {
               {"train_seq_len", c.train_seq_len},
               {"xsa_last", c.xsa_last},
               {"ve_dim", c.ve_dim},
-              {"ve_last", c.ve_last}};
+              {"ve_last", c.ve_last},
+              {"bigram_buckets", c.bigram_buckets},
+              {"bigram_dim", c.bigram_dim},
+              {"smear_gate", c.smear_gate}};
 }
 
 }  // namespace ptool::model

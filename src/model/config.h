@@ -55,6 +55,13 @@ struct ModelConfig {
   // a learned scalar of its own.
   int64_t ve_dim = 0;
   int64_t ve_last = 0;
+  // BigramHash (REFERENCE.md 8.1, v2): a [bigram_buckets, bigram_dim] table (0: none) indexed by a hash of each
+  // position's (previous, current) tokens, projected to d_model and scaled by a learned scalar, joins the token
+  // embedding before its RMSNorm.
+  int64_t bigram_buckets = 0;
+  int64_t bigram_dim = 0;
+  // SmearGate (v2): after that RMSNorm, each position blends in the one before it through a per-channel gate.
+  bool smear_gate = false;
   int64_t train_seq_len = 1024;
 
   int64_t head_dim() const { return d_model / n_heads; }
@@ -67,6 +74,7 @@ struct ModelConfig {
   int64_t scalar_sets() const { return per_virtual_scalars ? virtual_layers() : physical_blocks; }
   int64_t scalar_index(int64_t virtual_layer) const;
   bool xsa(int64_t virtual_layer) const { return virtual_layer >= virtual_layers() - xsa_last; }
+  bool token_features() const { return bigram_buckets > 0 || smear_gate; }  // the embedding stage is composed
   int64_t ve_layers() const { return ve_dim > 0 ? std::min(ve_last, virtual_layers()) : 0; }
   // The value embedding's index among the VE layers of virtual layer v, or -1 when it has none.
   int64_t ve_index(int64_t virtual_layer) const {

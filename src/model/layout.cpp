@@ -71,6 +71,14 @@ ParamLayout make_layout(const ModelConfig& c) {
     add("ve_scale", {1}, Init::ve_scale, OptGroup::scalar);
     add("ve_layer_scales", {c.ve_layers()}, Init::ones, OptGroup::scalar);
   }
+  if (c.bigram_buckets > 0) {
+    // The records zero both the table and the projection, then their orthogonal init of every linear not marked
+    // zero-init overwrites the projection: here it gets the other linears' init, so that gradient reaches the table.
+    add("bigram.embed.weight", {c.bigram_buckets, c.bigram_dim}, Init::zeros, OptGroup::embed);
+    add("bigram.proj.weight", {D, c.bigram_dim}, Init::uniform_fan_in, OptGroup::matrix);
+    add("bigram_scale", {1}, Init::bigram_scale, OptGroup::scalar);
+  }
+  if (c.smear_gate) add("smear_gate", {D}, Init::zeros, OptGroup::scalar);
   return L;
 }
 
@@ -103,6 +111,7 @@ void init_params(const ModelConfig& c, const ParamLayout& layout, uint64_t seed,
         break;
       }
       case Init::ve_scale: std::fill(p, p + s.numel, 0.1f); break;
+      case Init::bigram_scale: std::fill(p, p + s.numel, 0.05f); break;
     }
   }
   round_bf16_tensors(c, layout, params);  // the reference casts the initialised model to bf16

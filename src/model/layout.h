@@ -9,8 +9,8 @@
 
 namespace ptool::model {
 
-// ve_embed: N(0, 0.01); ve_scale: 0.1 (REFERENCE.md 8.1, value embeddings).
-enum class Init { normal_embed, uniform_fan_in, zeros, ones, resid_mix, q_gain, ve_embed, ve_scale };
+// ve_embed: N(0, 0.01); ve_scale: 0.1; bigram_scale: 0.05 (REFERENCE.md 8.1).
+enum class Init { normal_embed, uniform_fan_in, zeros, ones, resid_mix, q_gain, ve_embed, ve_scale, bigram_scale };
 enum class OptGroup { embed, head, matrix, scalar };  // Adam (tied embed lr), Adam (head lr), Muon, Adam (scalar lr)
 
 struct ParamSpec {

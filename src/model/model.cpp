@@ -31,6 +31,12 @@ Model<T>::Model(const ModelConfig& config, Backend<T>& backend)
     ve_scale_ = layout_.at("ve_scale").offset;
     ve_lam_ = layout_.at("ve_layer_scales").offset;
   }
+  if (cfg_.bigram_buckets > 0) {
+    big_embed_ = layout_.at("bigram.embed.weight").offset;
+    big_proj_ = layout_.at("bigram.proj.weight").offset;
+    big_scale_ = layout_.at("bigram_scale").offset;
+  }
+  if (cfg_.smear_gate) smear_ = layout_.at("smear_gate").offset;
   if (cfg_.skip_count() > 0) {
     skip_w_ = layout_.at("skip_weights").offset;
     if (cfg_.skips == SkipKind::gated) skip_g_ = layout_.at("skip_gates").offset;
@@ -58,6 +64,7 @@ template <class T>
 Model<T>::~Model() {
   if (xdev_) be_.release_index(xdev_);
   if (ydev_) be_.release_index(ydev_);
+  if (bdev_) be_.release_index(bdev_);
 }
 
 template <class T>
@@ -118,7 +125,14 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
     a.lse = buf(N * H); a.o = activation(N * D); a.x1 = stream(N * D); a.h2 = plain_norms ? operand(N * D) : buf(N * D);
     a.rstd2 = buf(N); a.u = activation(N * Hd); a.a = operand(N * Hd); a.m = activation(N * D); a.x_out = stream(N * D);
   }
-  emb_ = train ? buf(N * D) : DeviceBuffer<T>();  // only the backward reads the looked-up rows
+  // The looked-up rows: read by the backward, and by the composed embedding stage's norm.
+  emb_ = train || cfg_.token_features() ? buf(N * D) : DeviceBuffer<T>();
+  if (cfg_.bigram_buckets > 0) {
+    const size_t E = cfg_.bigram_dim;
+    big_rows_ = buf(N * E); big_out_ = activation(N * D); big_scaled_ = activation(N * D);
+    if (train) { g_big_out_ = buf(N * D); g_big_rows_ = buf(N * E); }
+  }
+  if (cfg_.smear_gate) normed_ = buf(N * D);
   if (cfg_.ve_layers() > 0) {
     ve_rows_ = buf(N * cfg_.ve_dim); ve_proj_out_ = activation(N * KV); ve_base_ = activation(N * KV);
     if (train) { g_ve_base_ = buf(N * KV); g_ve_proj_out_ = buf(N * KV); g_ve_rows_ = buf(N * cfg_.ve_dim); }
@@ -140,8 +154,10 @@ void Model<T>::ensure_arena(int64_t B, int64_t Tn, bool train) {
   if (idx_cap_ < N) {
     if (xdev_) be_.release_index(xdev_);
     if (ydev_) be_.release_index(ydev_);
+    if (bdev_) be_.release_index(bdev_);
     xdev_ = be_.alloc_index(N);
     ydev_ = be_.alloc_index(N);
+    bdev_ = cfg_.bigram_buckets > 0 ? be_.alloc_index(N) : nullptr;
     idx_cap_ = N;
   }
   loss_scratch_.assign(N, 0.0);
@@ -425,6 +441,49 @@ void Model<T>::value_embedding_backward(int64_t N) {
 }
 
 template <class T>
+void Model<T>::token_features_forward(const int32_t* x, int64_t B, int64_t Tn) {
+  const int64_t N = B * Tn, D = cfg_.d_model;
+  const T* P = fwd_;
+  be_.embedding_forward(P + tok_emb_, xdev_, N, D, emb_.get());
+  if (cfg_.bigram_buckets > 0) {  // bigram_scale * proj(bigram[bucket]) joins the token embedding
+    const int64_t E = cfg_.bigram_dim;
+    buckets_.resize(static_cast<size_t>(N));
+    cpu::bigram_buckets(x, B, Tn, cfg_.bigram_buckets, buckets_.data());
+    be_.upload_index(bdev_, buckets_.data(), N);
+    be_.embedding_forward(P + big_embed_, bdev_, N, E, big_rows_.get());
+    be_.linear_forward(big_rows_.get(), P + big_proj_, N, E, D, big_out_.get());
+    be_.zero(big_scaled_.get(), static_cast<size_t>(N * D));
+    be_.scaled_add_forward(big_out_.get(), P + big_scale_, N, D, big_scaled_.get());
+    be_.add(emb_.get(), big_scaled_.get(), static_cast<size_t>(N * D));
+  }
+  T* normed = cfg_.smear_gate ? normed_.get() : x0_.get();
+  be_.rmsnorm_forward(emb_.get(), N, D, rms_eps<T>(), normed, rstd0_.get());
+  if (cfg_.smear_gate) be_.smear_forward(normed, P + smear_, B, Tn, D, x0_.get());
+}
+
+// From g_x0_; g_final_ (free by now) holds the smear gate's input gradient.
+template <class T>
+void Model<T>::token_features_backward(int64_t B, int64_t Tn) {
+  const int64_t N = B * Tn, D = cfg_.d_model;
+  T* G = grads_.get();
+  const T* g_normed = g_x0_.get();
+  if (cfg_.smear_gate) {
+    be_.smear_backward_set_dx(g_x0_.get(), normed_.get(), fwd_ + smear_, B, Tn, D, g_final_.get(), G + smear_);
+    g_normed = g_final_.get();
+  }
+  be_.rmsnorm_backward_set(g_normed, emb_.get(), rstd0_.get(), N, D, g_tmp_.get());
+  be_.embedding_backward(g_tmp_.get(), xdev_, N, D, G + tok_emb_);
+  if (cfg_.bigram_buckets > 0) {
+    const int64_t E = cfg_.bigram_dim;
+    be_.zero(g_big_out_.get(), static_cast<size_t>(N * D));
+    be_.scaled_add_backward(g_tmp_.get(), big_out_.get(), fwd_ + big_scale_, N, D, g_big_out_.get(), G + big_scale_);
+    be_.linear_backward_set_dx(g_big_out_.get(), big_rows_.get(), fwd_ + big_proj_, N, E, D, g_big_rows_.get(),
+                               G + big_proj_);
+    be_.embedding_backward(g_big_rows_.get(), bdev_, N, E, G + big_embed_);
+  }
+}
+
+template <class T>
 double Model<T>::run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, double* losses, T* dz,
                      T grad_scale, bool defer_loss, int64_t score_from) {
   const bool train = dz != nullptr;
@@ -450,8 +509,11 @@ double Model<T>::run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, 
   const T* P = fwd_;
   // The reference's x0 is F.rms_norm of a bf16 embedding under embed_bf16, a bf16 tensor; the backward passes
   // straight through that rounding.
-  be_.embedding_rmsnorm_forward(P + tok_emb_, xdev_, N, D, rms_eps<T>(), cfg_.embed_bf16, train ? emb_.get() : nullptr,
-                                x0_.get(), rstd0_.get());
+  if (cfg_.token_features())
+    token_features_forward(x, B, Tn);
+  else
+    be_.embedding_rmsnorm_forward(P + tok_emb_, xdev_, N, D, rms_eps<T>(), cfg_.embed_bf16,
+                                  train ? emb_.get() : nullptr, x0_.get(), rstd0_.get());
   if (cfg_.ve_layers() > 0) value_embedding_forward(N);
   if (score_from > 0 && scored_.size() < static_cast<size_t>(R * D))
     scored_ = DeviceBuffer<T>(be_, static_cast<size_t>(N * D), stream_storage());
@@ -481,8 +543,12 @@ double Model<T>::run(const int32_t* x, const int32_t* y, int64_t B, int64_t Tn, 
   for (int64_t v = cfg_.virtual_layers() - 1; v >= 0; --v)
     layer_backward(v, B, Tn, x0_.get(), g_x_.get(), g_x0_.get());
   if (!fused_resid_mix_norm()) be_.add(g_x0_.get(), g_x_.get(), N * D);  // else layer 0 added it
-  be_.rmsnorm_backward_set(g_x0_.get(), emb_.get(), rstd0_.get(), N, D, g_tmp_.get());
-  be_.embedding_backward(g_tmp_.get(), xdev_, N, D, G + tok_emb_);
+  if (cfg_.token_features()) {
+    token_features_backward(B, Tn);
+  } else {
+    be_.rmsnorm_backward_set(g_x0_.get(), emb_.get(), rstd0_.get(), N, D, g_tmp_.get());
+    be_.embedding_backward(g_tmp_.get(), xdev_, N, D, G + tok_emb_);
+  }
   if (cfg_.ve_layers() > 0) value_embedding_backward(N);
   return sum;
 }
@@ -536,6 +602,7 @@ void Model<T>::visit_linear_inputs(const LinearInputVisitor& f) const {
   }
   f(cfg_.tie_embeddings ? "tok_emb.weight" : "lm_head.weight", values(final_, D, head_rows_), head_rows_, D);
   if (cfg_.ve_layers() > 0) f("ve.proj.weight", ve_rows_.get(), N, cfg_.ve_dim);
+  if (cfg_.bigram_buckets > 0) f("bigram.proj.weight", big_rows_.get(), N, cfg_.bigram_dim);
 }
 
 template class Model<float>;

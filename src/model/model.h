@@ -94,6 +94,10 @@ class Model {
   bool fused_layer_entries() const;
   void value_embedding_forward(int64_t N);
   void value_embedding_backward(int64_t N);
+  // The embedding stage with the token features (ModelConfig::token_features): x0 = smear(rmsnorm(tok_emb[x] +
+  // bigram_scale * proj(bigram[hash]))), each part where configured; and its backward from x0's gradient.
+  void token_features_forward(const int32_t* x, int64_t B, int64_t Tn);
+  void token_features_backward(int64_t B, int64_t Tn);
   void layer_entry(int64_t v, int64_t N, const T* x0, const T* x);
   // The pre-norms are RMSNorm alone (no ln_scale factor, no learned scale): they can fuse with the op before them
   // and write operand buffers.
@@ -120,6 +124,7 @@ class Model {
   std::vector<Scalars> scal_;    // offsets per scalar set
   int64_t tok_emb_ = 0, lm_head_ = -1, skip_w_ = -1, skip_g_ = -1;
   int64_t ve_embed_ = -1, ve_proj_ = -1, ve_scale_ = -1, ve_lam_ = -1;  // value embeddings (ve_dim > 0)
+  int64_t big_embed_ = -1, big_proj_ = -1, big_scale_ = -1, smear_ = -1;  // bigram hash, smear gate
 
   // Arena, sized for (B, Tn).
   int64_t arenaB_ = 0, arenaT_ = 0;  // shape of the last pass
@@ -132,6 +137,10 @@ class Model {
   DeviceBuffer<T> emb_, x0_, rstd0_, final_, rstdf_, logits_, dlogits_;
   // Value embeddings: the looked-up rows, their projection, and ve_scale times it (what each VE layer adds to v).
   DeviceBuffer<T> ve_rows_, ve_proj_out_, ve_base_, g_ve_base_, g_ve_proj_out_, g_ve_rows_;
+  // Bigram hash: the looked-up rows, their projection and bigram_scale times it; smear gate: its input (the normed
+  // embedding).
+  DeviceBuffer<T> big_rows_, big_out_, big_scaled_, g_big_out_, g_big_rows_, normed_;
+  int32_t* bdev_ = nullptr;  // bigram buckets, idx_cap_ entries
   DeviceBuffer<T> g_x_, g_x0_, g_h_, g_qkv_, g_q_, g_k_, g_h2_, g_att_, g_xatt_, g_o_, g_u_, g_a_, g_m_, g_tmp_,
       g_final_;
   std::vector<DeviceBuffer<T>> g_skip_;  // gradient flowing back into each encoder output
@@ -140,6 +149,7 @@ class Model {
   size_t idx_cap_ = 0;
   std::vector<double> loss_scratch_;
   std::vector<int32_t> scored_targets_;  // forward with score_from: the targets of the scored positions
+  std::vector<int32_t> buckets_;         // the bigram buckets of the pass (host)
   mutable DeviceBuffer<T> visit_scratch_;  // visit_linear_inputs' values of operand buffers
 
  public:

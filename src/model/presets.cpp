@@ -36,10 +36,10 @@ const std::map<std::string, Preset>& presets() {
             "train_seq_len": 1024})"}},
       {"recursive_4x7",
        {"PR 927: 4 shared blocks looped 7 times, width 1024, 32 heads / 8 KV, U-Net across loops, XSA in the last "
-        "4 loops, 128-wide value embeddings in the last 2",
+        "4 loops, 128-wide value embeddings in the last 2, BigramHash 10240 x 128, SmearGate",
         R"({"d_model": 1024, "n_heads": 32, "n_kv_heads": 8, "mlp_mult": 2,
             "recurrence": {"shared": 4, "loops": 7}, "train_seq_len": 2048, "xsa_last": 16,
-            "ve_dim": 128, "ve_last": 8})"}},
+            "ve_dim": 128, "ve_last": 8, "bigram_buckets": 10240, "bigram_dim": 128, "smear_gate": true})"}},
       {"ultimate_recurrent",
        {"PR 298 (core): 3 unique layers x 3 passes, width 768, 8 heads / 2 KV, RoPE base 500000, per-pass scalars",
         R"({"d_model": 768, "n_heads": 8, "n_kv_heads": 2, "mlp_mult": 2, "rope_base": 500000,

@@ -157,6 +157,11 @@ class Backend {
   // ColumnSlice of N rows: v's gradient among q's and k's); x and dx_acc may be activation buffers.
   virtual void scaled_add_backward(ColumnSlice dy, const T* x, const T* s, int64_t N, int64_t C, T* dx_acc,
                                    T* ds_acc) = 0;
+  // SmearGate (cpu::smear_forward) over B sequences of Tn rows: x plain; y may be a residual-stream buffer (the
+  // model's x0), stored rounded. Its backward writes dx (plain; not added to) and adds to dg; dy may be a stream buffer.
+  virtual void smear_forward(const T* x, const T* g, int64_t B, int64_t Tn, int64_t D, T* y) = 0;
+  virtual void smear_backward_set_dx(const T* dy, const T* x, const T* g, int64_t B, int64_t Tn, int64_t D, T* dx,
+                                     T* dg) = 0;
   virtual void activation_forward(cpu::Activation a, const T* h, int64_t n, T* out) = 0;
   virtual void activation_backward(cpu::Activation a, const T* dout, const T* h, int64_t n, T* dh) = 0;
   virtual void skip_add_forward(T* x, const T* skip, const T* w, int64_t N, int64_t D) = 0;

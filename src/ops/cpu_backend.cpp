@@ -140,6 +140,14 @@ class CpuBackend final : public Backend<T> {
                            T* dx_acc, T* ds_acc) override {
     cpu::scaled_add_backward(dy.base + dy.col, dy.row_stride(C), x, s, N, C, dx_acc, ds_acc);
   }
+  void smear_forward(const T* x, const T* g, int64_t B, int64_t Tn, int64_t D, T* y) override {
+    cpu::smear_forward(x, g, B, Tn, D, y);
+  }
+  void smear_backward_set_dx(const T* dy, const T* x, const T* g, int64_t B, int64_t Tn, int64_t D, T* dx,
+                             T* dg) override {
+    std::fill_n(dx, B * Tn * D, T(0));
+    cpu::smear_backward(dy, x, g, B, Tn, D, dx, dg);
+  }
   void activation_forward(cpu::Activation a, const T* h, int64_t n, T* out) override {
     cpu::activation_forward(a, h, n, out);
   }

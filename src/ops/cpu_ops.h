@@ -84,6 +84,15 @@ template <class T> void scaled_add_forward(const T* x, const T* s, int64_t N, in
 template <class T> void scaled_add_backward(const T* dy, int64_t ld_dy, const T* x, const T* s, int64_t N, int64_t C,
                                             T* dx_acc, T* ds_acc);
 
+// BigramHash (REFERENCE.md 8.1, v2): each position's bucket of its (previous, current) token pair, per sequence of Tn:
+// out[t] = (36313 x[t] XOR 27191 x[t - 1]) mod (buckets - 1) for t >= 1, and buckets - 1 at t = 0. Host only.
+void bigram_buckets(const int32_t* tokens, int64_t B, int64_t Tn, int64_t buckets, int32_t* out);
+// SmearGate (v2): within each of B sequences of Tn rows of width D, y_t = (1 - s) x_t + s x_{t-1} with s = sigmoid(g)
+// per channel and x_{-1} = 0. y may alias x. The backward adds into dx_acc and dg_acc (column sums in double).
+template <class T> void smear_forward(const T* x, const T* g, int64_t B, int64_t Tn, int64_t D, T* y);
+template <class T> void smear_backward(const T* dy, const T* x, const T* g, int64_t B, int64_t Tn, int64_t D,
+                                       T* dx_acc, T* dg_acc);
+
 enum class Activation { relu2, leaky_relu2 };  // relu(x)^2 ; leaky_relu(x, 0.5)^2. out may alias h.
 template <class T> void activation_forward(Activation a, const T* h, int64_t n, T* out);
 template <class T> void activation_backward(Activation a, const T* dout, const T* h, int64_t n, T* dh_acc);

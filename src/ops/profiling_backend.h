@@ -162,6 +162,15 @@ class ProfilingBackend final : public Backend<T> {
           attention_flops(B, Tn, H, hd, 2) - attention_flops(B, from, H, hd, 2),
           [&] { in_.attention_forward_suffix(q, k, v, B, Tn, from, H, Hkv, hd, out); });
   }
+  void smear_forward(const T* x, const T* g, int64_t B, int64_t Tn, int64_t D, T* y) override {
+    timed("smear_forward", b(x, B * Tn * D) + b(y, B * Tn * D), 0, [&] { in_.smear_forward(x, g, B, Tn, D, y); });
+  }
+  void smear_backward_set_dx(const T* dy, const T* x, const T* g, int64_t B, int64_t Tn, int64_t D, T* dx,
+                             T* dg) override {
+    const int64_t n = B * Tn * D;
+    timed("smear_backward_set_dx", b(dy, n) + b(x, n) + b(dx, n), 0,
+          [&] { in_.smear_backward_set_dx(dy, x, g, B, Tn, D, dx, dg); });
+  }
   void scaled_add_forward(const T* x, const T* s, int64_t N, int64_t C, T* y) override {
     timed("scaled_add_forward", b(x, N * C) + 2 * b(y, N * C), 0, [&] { in_.scaled_add_forward(x, s, N, C, y); });
   }

@@ -32,7 +32,8 @@ bool is_control_tensor(std::string_view name) {
   static constexpr std::string_view kPatterns[] = {"attn_scale", "attn_scales", "mlp_scale",
                                                    "mlp_scales", "resid_mix", "resid_mixes",
                                                    "q_gain",     "skip_weight", "skip_weights",
-                                                   "ve_scale",   "ve_layer_scales"};
+                                                   "ve_scale",   "ve_layer_scales", "bigram_scale",
+                                                   "smear_gate"};
   for (std::string_view p : kPatterns)
     if (name.find(p) != std::string_view::npos) return true;
   return false;
@@ -145,10 +146,13 @@ Rule quant_rule(std::string pattern, std::optional<TensorClass> cls, int bits, C
   return r;
 }
 
-// A table the model only looks rows up in (the value embeddings'; the token embedding is the tied head too): no
-// linear reads it, so no Hessian exists for GPTQ: SDClip alone, at the embeddings' bits (the records' int8 for
-// tensors of the "other" class).
-Rule lookup_table_rule(int bits, double k) { return quant_rule("ve.embed.weight", {}, bits, Clip::sdclip, false, k); }
+// Tables the model only looks rows up in (the value and bigram embeddings; the token embedding is the tied head
+// too): no linear reads them, so no Hessian exists for GPTQ: SDClip alone, at the embeddings' bits (the records'
+// int8 for tensors of the "other" class).
+void add_lookup_table_rules(RuleSet& rs, int bits, double k) {
+  for (const char* table : {"ve.embed.weight", "bigram.embed.weight"})
+    rs.rules.push_back(quant_rule(table, {}, bits, Clip::sdclip, false, k));
+}
 
 const char* const kPresetNames[] = {"baseline", "int6", "ste", "gptq_lite", "sdclip", "gptq", "gptq_int7"};
 
@@ -175,11 +179,11 @@ RuleSet preset_rules(std::string_view name) {
     rs.rules.push_back(quant_rule("", {}, 6, Clip::search, false));
   } else if (name == "sdclip" || name == "gptq") {
     const bool g = name == "gptq";
-    rs.rules.push_back(lookup_table_rule(8, 20.0));
+    add_lookup_table_rules(rs, 8, 20.0);
     rs.rules.push_back(quant_rule("", embed, 8, Clip::sdclip, g, 20.0));
     rs.rules.push_back(quant_rule("", {}, 6, Clip::sdclip, g, 12.85));
   } else if (name == "gptq_int7") {
-    rs.rules.push_back(lookup_table_rule(7, 15.0));
+    add_lookup_table_rules(rs, 7, 15.0);
     rs.rules.push_back(quant_rule("", embed, 7, Clip::sdclip, true, 15.0));
     rs.rules.push_back(quant_rule("", TensorClass::mlp, 6, Clip::sdclip, true, 12.0));
     rs.rules.push_back(quant_rule("", {}, 6, Clip::sdclip, true, 13.0));

@@ -83,6 +83,14 @@ model::ModelConfig variant_config() {  // features the presets above do not reac
   return c;
 }
 
+model::ModelConfig token_features_config() {  // the bigram hash and smear gate at the embedding
+  model::ModelConfig c = model::preset("tiny");
+  c.bigram_buckets = 97;
+  c.bigram_dim = 24;
+  c.smear_gate = true;
+  return c;
+}
+
 model::ModelConfig single_block_config() {  // one layer (its norm fused with the final one), no mixing or skips
   model::ModelConfig c = model::preset("tiny");
   c.physical_blocks = 1;
@@ -115,6 +123,7 @@ TEST_CASE("cuda: the tiny model's loss and gradients match the CPU backend", "[g
                              {"one block, embed_bf16", bf16_stream(single_block_config()), 2, 50},
                              {"tiny T=77", model::preset("tiny"), 3, 77},
                              {"tiny_recurrent", model::preset("tiny_recurrent"), 2, 128},
+                             {"tiny with bigram hash and smear gate", token_features_config(), 2, 77},
                              {"variant (leaky, partial rope, gated, ln_scale, untied, xsa, ve)", variant_config(), 2, 77},
                              {"one block (norm_scale, no resid_mix, no skips, no qk_norm)", single_block_config(), 2,
                               50}};
@@ -163,7 +172,8 @@ TEST_CASE("cuda: bf16 operand buffers give the bf16 mode's results bit for bit",
   plain_tied.ln_scale = false;
   plain_tied.tie_embeddings = true;
   const std::pair<std::string, model::ModelConfig> cases[] = {
-      {"tiny", model::preset("tiny")}, {"variant", variant_config()}, {"variant, plain norms", plain_tied}};
+      {"tiny", model::preset("tiny")}, {"variant", variant_config()}, {"variant, plain norms", plain_tied},
+      {"bigram hash and smear gate", token_features_config()}};
   for (const auto& [name, cfg] : cases) {
     const auto L = model::make_layout(cfg);
     const auto params = noisy_params(cfg, L, 31);
@@ -197,12 +207,13 @@ TEST_CASE("cuda: bf16 operand buffers give the bf16 mode's results bit for bit",
       });
     }
     // Operand buffers: the pre-norm outputs when the norms are plain, the attention output, the activation and
-    // the final norm; not the value embedding's looked-up rows.
+    // the final norm; not the value and bigram embeddings' looked-up rows.
     REQUIRE(seen_on.size() == seen_off.size());
     const bool plain_norms = !cfg.ln_scale && !cfg.norm_scale;
     for (auto& [w, v] : seen_off) {
       const bool pre_norm = w.find("attn.c_") != std::string::npos || w.find("mlp.fc") != std::string::npos;
-      const bool operand = w != "ve.proj.weight" && (!pre_norm || plain_norms);
+      const bool lookup = w == "ve.proj.weight" || w == "bigram.proj.weight";  // fp32 rows, not operands
+      const bool operand = !lookup && (!pre_norm || plain_norms);
       check_exact(name + " calibration input " + w + (operand ? " (bf16)" : ""), seen_on.at(w),
                   operand ? bf16_rounded(v) : v);
     }

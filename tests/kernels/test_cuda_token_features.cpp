@@ -1,11 +1,12 @@
 // Parity of the CUDA backend with the CPU reference for the ops of the seeds' token features: the learned-scale add
-// that joins the value embeddings to v (scaled_add). Tolerances: the element-wise results 1e-6 relative (one
+// that joins the value embeddings to v (scaled_add) and SmearGate. Tolerances: the element-wise results 1e-6 relative (one
 // multiply-add); the scale's gradient 1e-5 of the sum of |terms| (a double sum in another order, rounded to float).
 #include <catch2/catch.hpp>
 
 #include <cmath>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "kernels/cuda_backend.h"
@@ -75,5 +76,35 @@ TEST_CASE("cuda: scaled add treats y and dy as operand buffers in the bf16 mode"
     check_exact("scaled_add_forward y" + tag, bf16_rounded(yv.get()), bf16_rounded(fy.get()));
     check_exact("scaled_add_backward dx" + tag, gdx.get(), fdx.get());
     check_exact("scaled_add_backward ds" + tag, gds.get(), fds.get());
+  }
+}
+
+// SmearGate: y and dx within 1e-6 relative (the gate's sigmoid from expf against glibc's exp, one ulp apart at most);
+// the gate's gradient within 1e-5 of the sum of |terms|.
+TEST_CASE("cuda: smear gate forward and backward", "[gpu]") {
+  SKIP_WITHOUT_GPU();
+  auto cpu = make_cpu_backend<float>();
+  auto g = gpu_backend(CudaGemmPrecision::fp32);
+  std::mt19937_64 rng(403);
+  for (const auto& [B, Tn, D] : {std::tuple<int64_t, int64_t, int64_t>{3, 70, 64}, {1, 1, 5}, {2, 33, 1024}}) {
+    const std::string shape = " B=" + std::to_string(B) + " Tn=" + std::to_string(Tn) + " D=" + std::to_string(D);
+    const size_t n = static_cast<size_t>(B * Tn * D);
+    const Vec x = rand_vec(rng, n), gate = rand_vec(rng, static_cast<size_t>(D)), dy = rand_vec(rng, n);
+    const Vec dg0 = rand_vec(rng, gate.size());
+    Vec y(n), dx(n), dg = dg0;
+    cpu->smear_forward(x.data(), gate.data(), B, Tn, D, y.data());
+    cpu->smear_backward_set_dx(dy.data(), x.data(), gate.data(), B, Tn, D, dx.data(), dg.data());
+    Dev gx(*g, x), gg(*g, gate), gy(*g, Vec(n, 3.f)), gdy(*g, dy), gdx(*g, Vec(n, 3.f)), gdg(*g, dg0);
+    g->smear_forward(gx.p(), gg.p(), B, Tn, D, gy.p());
+    g->smear_backward_set_dx(gdy.p(), gx.p(), gg.p(), B, Tn, D, gdx.p(), gdg.p());
+    check_close("smear_forward" + shape, gy.get(), y, 1e-7, 1e-6);
+    check_close("smear_backward dx" + shape, gdx.get(), dx, 1e-7, 1e-6);
+    std::vector<double> terms(dg0.begin(), dg0.end());
+    for (auto& t : terms) t = std::abs(t);
+    for (size_t i = 0; i < n; ++i) {
+      const size_t d = i % static_cast<size_t>(D), t = (i / static_cast<size_t>(D)) % static_cast<size_t>(Tn);
+      terms[d] += std::abs(dy[i] * ((t > 0 ? x[i - static_cast<size_t>(D)] : 0.f) - x[i]));
+    }
+    check_close("smear_backward dg" + shape, gdg.get(), dg, 1e-5, 0.0, &terms);
   }
 }

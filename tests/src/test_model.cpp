@@ -190,6 +190,45 @@ TEST_CASE("model gradient matches finite differences: value embeddings in the la
   check_model_gradient(c);
 }
 
+TEST_CASE("model gradient matches finite differences: bigram hash and smear gate at the embedding",
+          "[model][gradcheck]") {
+  auto c = small_config();
+  c.bigram_buckets = 7;
+  c.bigram_dim = 3;
+  c.smear_gate = true;
+  check_model_gradient(c);
+  c.bigram_buckets = c.bigram_dim = 0;  // each alone
+  check_model_gradient(c);
+  c.smear_gate = false;
+  c.bigram_buckets = 5;
+  c.bigram_dim = 2;
+  check_model_gradient(c);
+}
+
+TEST_CASE("bigram hash and smear gate: their parameters, inits and the configs refused", "[model]") {
+  auto c = preset("tiny");
+  c.bigram_buckets = 100;
+  c.bigram_dim = 16;
+  c.smear_gate = true;
+  const auto L = make_layout(c);
+  CHECK(L.at("bigram.embed.weight").shape == std::vector<int64_t>{100, 16});
+  CHECK(L.at("bigram.proj.weight").shape == std::vector<int64_t>{c.d_model, 16});
+  CHECK(L.at("smear_gate").shape == std::vector<int64_t>{c.d_model});
+  std::vector<float> p(L.total);
+  init_params(c, L, 5, p.data());
+  auto at = [&](const std::string& n, int64_t i) { return p[L.at(n).offset + i]; };
+  CHECK(at("bigram.embed.weight", 7) == 0.0f);
+  CHECK(at("bigram.proj.weight", 7) != 0.0f);  // gradient must reach the zero table
+  CHECK(at("bigram_scale", 0) == 0.05f);
+  CHECK(at("smear_gate", 3) == 0.0f);
+  using nlohmann::json;
+  CHECK_THROWS_WITH(config_from_json(json::parse(R"({"bigram_buckets": 64})")), Catch::Contains("bigram_dim"));
+  CHECK_THROWS_WITH(config_from_json(json::parse(R"({"bigram_buckets": 1, "bigram_dim": 4})")),
+                    Catch::Contains("at least 2"));
+  CHECK_THROWS_WITH(config_from_json(json::parse(R"({"smear_gate": true, "embed_bf16": true})")),
+                    Catch::Contains("embed_bf16"));
+}
+
 TEST_CASE("value embeddings: a table, a zero projection, ve_scale 0.1 and one scalar per VE layer", "[model]") {
   auto c = preset("tiny");
   c.ve_dim = 8;
