@@ -79,6 +79,7 @@ CONFIG_DEFAULTS = {
     "bigram_buckets": 0,   # BigramHash: a [buckets, bigram_dim] table of hashed (previous, current) token pairs
     "bigram_dim": 0,
     "smear_gate": False,   # SmearGate: each position blends in the one before it, after the embedding's norm
+    "overtone_init": False,  # resid_mix on a sigmoid schedule over depth, the embedding's spectrum S_1 k^-1/2
 }
 KNOWN_KEYS = set(CONFIG_DEFAULTS) | {"recurrence"}
 
@@ -93,7 +94,7 @@ PRESETS = {
                  "physical_blocks": 9, "train_seq_len": 1024, "embed_bf16": True},
     "hybrid_recurrent": {"d_model": 512, "n_heads": 8, "n_kv_heads": 4, "mlp_mult": 2,
                          "recurrence": {"entry": 1, "shared": 4, "loops": 5, "exit": 1},
-                         "per_virtual_scalars": True, "train_seq_len": 1024},
+                         "per_virtual_scalars": True, "train_seq_len": 1024, "overtone_init": True},
     "recursive_4x7": {"d_model": 1024, "n_heads": 32, "n_kv_heads": 8, "mlp_mult": 2,
                       "recurrence": {"shared": 4, "loops": 7}, "train_seq_len": 2048, "xsa_last": 16,
                       "ve_dim": 128, "ve_last": 8, "bigram_buckets": 10240, "bigram_dim": 128,
@@ -147,7 +148,7 @@ def expand_config(raw):
             raise ConfigError("model config: '%s' must be a number" % k)
         c[k] = float(c[k])
     for k in ("qk_norm", "tie_embeddings", "embed_bf16", "resid_mix", "ln_scale", "norm_scale",
-              "per_virtual_scalars", "smear_gate"):
+              "per_virtual_scalars", "smear_gate", "overtone_init"):
         if not isinstance(c[k], bool):
             raise ConfigError("model config: '%s' must be true or false" % k)
     if c["activation"] not in ("relu2", "leaky_relu2"):
@@ -689,6 +690,23 @@ class GPT(_Module):
         self.rotary = Rotary(rotary_dims(c), c["rope_base"], seq_len, c["train_seq_len"])
         with torch.no_grad():
             nn.init.normal_(self.tok_emb.weight, mean=0.0, std=c["embed_init_std"])
+            if c["overtone_init"]:
+                self._overtone(c)
+
+    def _overtone(self, c):
+        """ptool's overtone_init (src/model/layout.cpp): m0 = sigmoid(3 (i / (L - 1) - 0.5)) per scalar set, and
+        the embedding's singular values reshaped to S_1 k^(-1/2), its singular vectors kept (in float64)."""
+        L = scalar_sets(c)
+        if c["resid_mix"]:
+            for i in range(L):
+                f = i / (L - 1) if L > 1 else 0.0
+                m0 = 1.0 / (1.0 + math.exp(-3.0 * (f - 0.5)))
+                mix = (self.layers[i] if self.per_virtual else self.blocks[i]).resid_mix
+                mix[0].fill_(m0)
+                mix[1].fill_(1.0 - m0)
+        U, S, Vh = torch.linalg.svd(self.tok_emb.weight.double(), full_matrices=False)
+        k = torch.arange(1, S.numel() + 1, dtype=torch.float64)
+        self.tok_emb.weight.copy_((U * (S[0] / k.sqrt())) @ Vh)
 
     def hidden(self, idx):
         x = self.tok_emb(idx)

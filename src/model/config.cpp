@@ -96,7 +96,7 @@ ModelConfig config_from_json(const json& j) {
       "rope_dims", "qk_norm", "q_gain_init", "logit_softcap", "tie_embeddings", "embed_init_std", "embed_bf16",
       "resid_mix", "ln_scale", "norm_scale", "skips", "physical_blocks", "schedule", "recurrence",
       "per_virtual_scalars", "train_seq_len", "xsa_last", "ve_dim", "ve_last", "bigram_buckets",
-      "bigram_dim", "smear_gate"};
+      "bigram_dim", "smear_gate", "overtone_init"};
   for (auto& [k, v] : j.items())
     if (!known.count(k)) throw Error("model config: unknown key '" + k + "'");
   ModelConfig c;
@@ -129,6 +129,7 @@ ModelConfig config_from_json(const json& j) {
     c.bigram_buckets = j.value("bigram_buckets", c.bigram_buckets);
     c.bigram_dim = j.value("bigram_dim", c.bigram_dim);
     c.smear_gate = j.value("smear_gate", c.smear_gate);
+    c.overtone_init = j.value("overtone_init", c.overtone_init);
     if (j.contains("schedule") && j.contains("recurrence"))
       throw Error("model config: give either 'schedule' or 'recurrence', not both");
     if (j.contains("schedule")) {
@@ -192,7 +193,8 @@ json config_to_json(const ModelConfig& c) {
               {"ve_last", c.ve_last},
               {"bigram_buckets", c.bigram_buckets},
               {"bigram_dim", c.bigram_dim},
-              {"smear_gate", c.smear_gate}};
+              {"smear_gate", c.smear_gate},
+              {"overtone_init", c.overtone_init}};
 }
 
 }  // namespace ptool::model

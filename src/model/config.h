@@ -62,6 +62,10 @@ struct ModelConfig {
   int64_t bigram_dim = 0;
   // SmearGate (v2): after that RMSNorm, each position blends in the one before it through a per-channel gate.
   bool smear_gate = false;
+  // The "overtone" initialisation (REFERENCE.md 8.1, PR 341): scalar set i of L starts resid_mix at m0 =
+  // sigmoid(3 (i / (L - 1) - 0.5)), m1 = 1 - m0 (a sigmoid schedule over depth), and the token embedding's singular
+  // values are reshaped to S_k = S_1 k^(-1/2).
+  bool overtone_init = false;
   int64_t train_seq_len = 1024;
 
   int64_t head_dim() const { return d_model / n_heads; }

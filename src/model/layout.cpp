@@ -3,6 +3,8 @@
 #include <cmath>
 #include <random>
 
+#include <Eigen/Dense>
+
 #include "formats/error.h"
 #include "src/ops/bf16.h"
 
@@ -82,6 +84,34 @@ ParamLayout make_layout(const ModelConfig& c) {
   return L;
 }
 
+namespace {
+
+// The overtone initialisation (ModelConfig::overtone_init): the sigmoid schedule of resid_mix over the scalar sets,
+// and the token embedding's spectrum reshaped to a power law, S_k = S_1 k^(-1/2), keeping its singular vectors.
+void overtone(const ModelConfig& c, const ParamLayout& layout, float* params) {
+  const int64_t L = c.scalar_sets(), D = c.d_model;
+  if (c.resid_mix)
+    for (int64_t i = 0; i < L; ++i) {
+      const double f = L > 1 ? static_cast<double>(i) / static_cast<double>(L - 1) : 0.0;
+      const float m0 = static_cast<float>(1.0 / (1.0 + std::exp(-3.0 * (f - 0.5))));
+      float* m = params + layout.at((c.per_virtual_scalars ? "layers." : "blocks.") + std::to_string(i) +
+                                    ".resid_mix").offset;
+      std::fill(m, m + D, m0);
+      std::fill(m + D, m + 2 * D, 1.0f - m0);
+    }
+  const ParamSpec& e = layout.at("tok_emb.weight");
+  using Mat = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  Eigen::Map<Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> W(params + e.offset, e.shape[0],
+                                                                                        e.shape[1]);
+  const Mat Wd = W.cast<double>();
+  Eigen::BDCSVD<Mat> svd(Wd, Eigen::ComputeThinU | Eigen::ComputeThinV);
+  Eigen::VectorXd S = svd.singularValues();
+  for (Eigen::Index k = 1; k < S.size(); ++k) S[k] = S[0] / std::sqrt(static_cast<double>(k + 1));
+  W = (svd.matrixU() * S.asDiagonal() * svd.matrixV().transpose()).cast<float>();
+}
+
+}  // namespace
+
 void init_params(const ModelConfig& c, const ParamLayout& layout, uint64_t seed, float* params) {
   std::mt19937_64 rng(seed);
   for (auto& s : layout.specs) {
@@ -114,6 +144,7 @@ void init_params(const ModelConfig& c, const ParamLayout& layout, uint64_t seed,
       case Init::bigram_scale: std::fill(p, p + s.numel, 0.05f); break;
     }
   }
+  if (c.overtone_init) overtone(c, layout, params);
   round_bf16_tensors(c, layout, params);  // the reference casts the initialised model to bf16
 }
 

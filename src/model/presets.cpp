@@ -30,10 +30,11 @@ const std::map<std::string, Preset>& presets() {
         R"({"vocab_size": 1024, "d_model": 512, "n_heads": 8, "n_kv_heads": 4, "mlp_mult": 2,
             "physical_blocks": 9, "train_seq_len": 1024, "embed_bf16": true})"}},
       {"hybrid_recurrent",
-       {"PR 341: 1 unique entry + 4 shared blocks x 5 loops + 1 unique exit, per-virtual-layer scalars, U-Net",
+       {"PR 341: 1 unique entry + 4 shared blocks x 5 loops + 1 unique exit, per-virtual-layer scalars, U-Net, "
+        "overtone init (sigmoid-scheduled resid_mix, power-law embedding spectrum)",
         R"({"d_model": 512, "n_heads": 8, "n_kv_heads": 4, "mlp_mult": 2,
             "recurrence": {"entry": 1, "shared": 4, "loops": 5, "exit": 1}, "per_virtual_scalars": true,
-            "train_seq_len": 1024})"}},
+            "train_seq_len": 1024, "overtone_init": true})"}},
       {"recursive_4x7",
        {"PR 927: 4 shared blocks looped 7 times, width 1024, 32 heads / 8 KV, U-Net across loops, XSA in the last "
         "4 loops, 128-wide value embeddings in the last 2, BigramHash 10240 x 128, SmearGate",

@@ -1,5 +1,7 @@
 #include <catch2/catch.hpp>
 
+#include <Eigen/Dense>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -227,6 +229,46 @@ TEST_CASE("bigram hash and smear gate: their parameters, inits and the configs r
                     Catch::Contains("at least 2"));
   CHECK_THROWS_WITH(config_from_json(json::parse(R"({"smear_gate": true, "embed_bf16": true})")),
                     Catch::Contains("embed_bf16"));
+}
+
+TEST_CASE("overtone init: resid_mix on a sigmoid schedule over depth, the embedding's spectrum a power law with "
+          "its singular vectors kept", "[model]") {
+  auto c = preset("tiny_recurrent");  // 5 virtual layers with scalars of their own
+  c.vocab_size = 96;
+  const auto L = make_layout(c);
+  std::vector<float> plain(L.total), over(L.total);
+  init_params(c, L, 11, plain.data());
+  c.overtone_init = true;
+  init_params(c, L, 11, over.data());
+  const int64_t D = c.d_model, sets = c.scalar_sets();
+  REQUIRE(sets == 5);
+  for (int64_t i = 0; i < sets; ++i) {
+    const float* m = over.data() + L.at("layers." + std::to_string(i) + ".resid_mix").offset;
+    const double m0 = 1.0 / (1.0 + std::exp(-3.0 * (i / 4.0 - 0.5)));
+    CHECK(m[0] == Approx(m0).epsilon(1e-7));
+    CHECK(m[D - 1] == m[0]);
+    CHECK(m[D] == Approx(1.0 - m0).epsilon(1e-6));
+  }
+  using Mat = Eigen::MatrixXd;
+  const auto& e = L.at("tok_emb.weight");
+  auto matrix = [&](const std::vector<float>& p) {
+    Mat W(e.shape[0], e.shape[1]);
+    for (int64_t r = 0; r < e.shape[0]; ++r)
+      for (int64_t k = 0; k < e.shape[1]; ++k) W(r, k) = p[e.offset + r * e.shape[1] + k];
+    return W;
+  };
+  const Mat W0 = matrix(plain), W1 = matrix(over);
+  Eigen::JacobiSVD<Mat> s0(W0, Eigen::ComputeThinU | Eigen::ComputeThinV), s1(W1);
+  const Eigen::VectorXd S0 = s0.singularValues(), S1 = s1.singularValues();
+  for (Eigen::Index k = 0; k < S1.size(); ++k) CHECK(S1[k] == Approx(S0[0] / std::sqrt(k + 1.0)).epsilon(1e-5));
+  // W1 V0 = U0 S1: the same singular vectors, the new values
+  const Mat diff = W1 * s0.matrixV() - s0.matrixU() * S1.asDiagonal();
+  CHECK(diff.cwiseAbs().maxCoeff() < 1e-5 * S1[0]);
+  // the rest of the model is untouched
+  for (const auto& spec : L.specs)
+    if (spec.name != "tok_emb.weight" && spec.name.find("resid_mix") == std::string::npos)
+      CHECK(std::equal(plain.begin() + spec.offset, plain.begin() + spec.offset + spec.numel,
+                       over.begin() + spec.offset));
 }
 
 TEST_CASE("value embeddings: a table, a zero projection, ve_scale 0.1 and one scalar per VE layer", "[model]") {
