@@ -2,7 +2,8 @@
 // and causal GQA attention, forward and backward (B=8, T=1024, d 512, 8 heads / 4 kv heads of 64, MLP 1024,
 // vocab 1024; attention also at the head dims 96 and 32 of the wider presets); the fused RMSNorm + resid_mix and
 // RMSNorm + channel-scale backwards against the two ops they replace, at the presets' widths 512, 768 and 1024
-// (GB/s of each form's own traffic); then the whole model's forward_backward for the tiny and baseline presets
+// (GB/s of each form's own traffic); the token features' ops (XSA, the value embedding's add, the smear gate) at
+// recursive_4x7's shapes (GB/s); then the whole model's forward_backward for the tiny and baseline presets
 // (tokens/s).
 // Prints a table, or one JSON object with --json. Exits 1 when the build has no CUDA or there is no device.
 //
@@ -159,6 +160,48 @@ std::vector<Result> bench_norm_backwards(ptool::Backend<float>& be, int64_t N, i
   return res;
 }
 
+// The token features' ops at recursive_4x7's shapes (D 1024, 32 heads / 8 KV of 32): XSA's forward and its two
+// backward halves, the value embedding's scaled add into v and its backward, the smear gate. fp32 buffers; bytes are
+// each op's own reads and writes (a value added into is read and written).
+std::vector<Result> bench_token_features(ptool::Backend<float>& be, int64_t B, int64_t Tn, int reps) {
+  using Slice = ptool::Backend<float>::ColumnSlice;
+  std::mt19937_64 rng(4);
+  std::vector<Result> res;
+  const int64_t N = B * Tn, D = 1024, H = 32, Hkv = 8, hd = 32, KV = Hkv * hd;
+  const double f = sizeof(float), nd = static_cast<double>(N * D) * f, nkv = static_cast<double>(N * KV) * f;
+  auto att = device_random(be, rng, static_cast<size_t>(N * D), 1.f), dy = device_random(be, rng, att.size(), 1.f),
+       v = device_random(be, rng, static_cast<size_t>(N * KV), 1.f), dv = device_random(be, rng, v.size(), 1.f),
+       ve = device_random(be, rng, v.size(), 1.f), s = device_random(be, rng, 2, 1.f),
+       gate = device_random(be, rng, static_cast<size_t>(D), 1.f), dgate = device_random(be, rng, gate.size(), 1.f);
+  ptool::DeviceBuffer<float> y(be, att.size()), datt(be, att.size()), dve(be, v.size()), dx(be, att.size());
+  const std::string xsa_shape = std::to_string(N) + " x " + std::to_string(H) + "/" + std::to_string(Hkv) + " x " +
+                                std::to_string(hd);
+  res.push_back({"xsa", "forward", xsa_shape, time_ms(be, [&] {
+                   be.xsa_forward(att.get(), v.get(), N, H, Hkv, hd, y.get());
+                 }, reps), 0, 0, 2 * nd + nkv});
+  res.push_back({"xsa", "backward datt", xsa_shape, time_ms(be, [&] {
+                   be.xsa_backward(dy.get(), att.get(), v.get(), N, H, Hkv, hd, datt.get(), Slice(nullptr));
+                 }, reps), 0, 0, 3 * nd + nkv});
+  res.push_back({"xsa", "backward dv", xsa_shape, time_ms(be, [&] {
+                   be.xsa_backward(dy.get(), att.get(), v.get(), N, H, Hkv, hd, nullptr, Slice(dv.get()));
+                 }, reps), 0, 0, 2 * nd + 3 * nkv});
+  const std::string kv_shape = std::to_string(N) + "x" + std::to_string(KV);
+  res.push_back({"scaled_add (ve into v)", "forward", kv_shape, time_ms(be, [&] {
+                   be.scaled_add_forward(ve.get(), s.get(), N, KV, v.get());
+                 }, reps), 0, 0, 3 * nkv});
+  res.push_back({"scaled_add (ve into v)", "backward", kv_shape, time_ms(be, [&] {
+                   be.scaled_add_backward(Slice(dv.get()), ve.get(), s.get(), N, KV, dve.get(), s.get() + 1);
+                 }, reps), 0, 0, 4 * nkv});
+  const std::string d_shape = std::to_string(N) + "x" + std::to_string(D);
+  res.push_back({"smear_gate", "forward", d_shape, time_ms(be, [&] {
+                   be.smear_forward(att.get(), gate.get(), B, Tn, D, y.get());
+                 }, reps), 0, 0, 2 * nd});
+  res.push_back({"smear_gate", "backward", d_shape, time_ms(be, [&] {
+                   be.smear_backward_set_dx(dy.get(), att.get(), gate.get(), B, Tn, D, dx.get(), dgate.get());
+                 }, reps), 0, 0, 3 * nd});
+  return res;
+}
+
 Result bench_model(ptool::Backend<float>& be, const std::string& preset, int64_t B, int64_t Tn, int reps) {
   auto cfg = ptool::model::preset(preset);
   ptool::model::Model<float> m(cfg, be);
@@ -216,6 +259,7 @@ int main(int argc, char** argv) {
     const std::string dev = ptool::cuda_device_name(device);
     auto results = bench_ops(*be, batch, seq, reps);
     for (auto& r : bench_norm_backwards(*be, batch * seq, reps)) results.push_back(std::move(r));
+    for (auto& r : bench_token_features(*be, batch, seq, reps)) results.push_back(std::move(r));
     const auto tiny_T = ptool::model::preset("tiny").train_seq_len;
     results.push_back(bench_model(*be, "tiny", std::max<int64_t>(1, batch * seq / tiny_T), tiny_T, reps));
     results.push_back(bench_model(*be, "baseline", batch, seq, std::max(1, reps / 4)));

@@ -243,6 +243,11 @@ while True:
     for r in o.get("results", []):
         if r["op"] == "attention":
             print("  %-9s %-28s %8.3f ms %7.1f" % (r["pass"], r["shape"], r["ms"], r.get("tflops_per_s", 0)))
+    print("bench_cuda_ops %s, the token features' ops at recursive_4x7's shapes (GB/s of their own traffic):"
+          % o.get("gemm"))
+    for r in o.get("results", []):
+        if r["op"].startswith(("xsa", "scaled_add", "smear_gate")):
+            print("  %-22s %-14s %8.3f ms %7.1f" % (r["op"], r["pass"], r["ms"], r.get("gb_per_s", 0)))
     print("bench_cuda_ops %s, fused RMSNorm backwards against the two ops they replace (ms):" % o.get("gemm"))
     for (op, ps, shape), fused in ms.items():
         two = ms.get((op, "backward 2 ops", shape))
