@@ -74,8 +74,9 @@ ParamLayout make_layout(const ModelConfig& c) {
     add("ve_layer_scales", {c.ve_layers()}, Init::ones, OptGroup::scalar);
   }
   if (c.bigram_buckets > 0) {
-    // The records zero both the table and the projection, then their orthogonal init of every linear not marked
-    // zero-init overwrites the projection: here it gets the other linears' init, so that gradient reaches the table.
+    // REFERENCE.md 8.1 zero-initialises both the table and the projection, but with both at zero neither ever gets
+    // a gradient (each one's is a product with the other): the projection takes the other linears' init, as the
+    // records' orthogonal init of linears presumably gave it.
     add("bigram.embed.weight", {c.bigram_buckets, c.bigram_dim}, Init::zeros, OptGroup::embed);
     add("bigram.proj.weight", {D, c.bigram_dim}, Init::uniform_fan_in, OptGroup::matrix);
     add("bigram_scale", {1}, Init::bigram_scale, OptGroup::scalar);
